@@ -1,0 +1,95 @@
+"""Input checks shared by every backend and by the analysis code.
+
+Each check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong rank, shape,
+value) with a message that names the argument, what was expected and what came.
+"""
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _shape_str(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def check_dtype_arg(dtype):
+    """The network's dtype: float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype: expected numpy.float32 or numpy.float64, got {dtype!r}") from exc
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected numpy.float32 or numpy.float64, got {dt}")
+    return dt
+
+
+def check_int(name, value, minimum):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer >= {minimum}, got {value!r} "
+                        f"({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_real(name, value, low=None, high=None, low_open=False, high_open=False):
+    """A finite real number, optionally in an interval."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    lo_ok = low is None or (value > low if low_open else value >= low)
+    hi_ok = high is None or (value < high if high_open else value <= high)
+    if not np.isfinite(value) or not (lo_ok and hi_ok):
+        lb = "(" if low_open else "["
+        rb = ")" if high_open else "]"
+        interval = f"{lb}{'-inf' if low is None else low}, {'inf' if high is None else high}{rb}"
+        raise ValueError(f"{name}: expected a finite number in {interval}, got {value!r}")
+    return value
+
+
+def check_float_array(name, a, dtype, shapes, finite=True):
+    """Check an array argument and return it as a C-contiguous ndarray of ``dtype``.
+
+    ``shapes`` is a list of allowed shapes; ``None`` in a shape matches any length.  The dtype must
+    be exactly ``dtype``: numrnn never converts a user's float32 to float64 or back silently.
+    """
+    if hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: got a device array; this network runs on the CPU "
+                        "(copy it to the host, or use device='cuda')")
+    if not isinstance(a, np.ndarray):
+        if isinstance(a, (list, tuple)) or np.isscalar(a):
+            a = np.asarray(a)
+            if a.dtype.kind in "iub":
+                # Python number literals carry no dtype intent of the user's
+                a = a.astype(dtype)
+        else:
+            raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
+    if a.dtype.kind in "iub":
+        raise TypeError(f"{name}: expected a floating array of dtype {np.dtype(dtype)}, got "
+                        f"integer/boolean dtype {a.dtype}")
+    if a.dtype.kind == "c":
+        raise TypeError(f"{name}: expected a real floating array of dtype {np.dtype(dtype)}, "
+                        f"got complex dtype {a.dtype}")
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a floating array of dtype {np.dtype(dtype)}, got "
+                        f"dtype {a.dtype}")
+    if a.dtype != np.dtype(dtype):
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)} (the network's dtype), got "
+                        f"{a.dtype}; convert it explicitly with .astype(numpy.{np.dtype(dtype)})")
+    ranks = sorted({len(s) for s in shapes})
+    if a.ndim not in ranks:
+        raise ValueError(f"{name}: expected an array of rank {' or '.join(map(str, ranks))} "
+                         f"(shape {' or '.join(_shape_str(s) for s in shapes)}), got rank "
+                         f"{a.ndim} with shape {_shape_str(a.shape)}")
+    if not any(len(s) == a.ndim and all(e is None or e == g for e, g in zip(s, a.shape))
+               for s in shapes):
+        want = " or ".join(_shape_str(["*" if e is None else e for e in s]) for s in shapes
+                           if len(s) == a.ndim)
+        raise ValueError(f"{name}: expected shape {want}, got {_shape_str(a.shape)}")
+    if finite and not np.all(np.isfinite(a)):
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entr"
+                         f"{'y' if bad == 1 else 'ies'}")
+    return np.ascontiguousarray(a)

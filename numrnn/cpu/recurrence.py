@@ -1,0 +1,249 @@
+"""The sequential part of an RNN layer on the CPU: forward recurrence and the BPTT sweep.
+
+Everything that is not sequential (the input projection of all steps, the weight gradients) is one
+matrix product outside these kernels, in :mod:`numrnn.network`.  Each kernel runs one
+(layer, direction) over the whole sequence and the whole batch; a single compiled kernel serves
+every cell (the cell family is a run-time argument), so Numba compiles it once per dtype.
+
+Tiers: ``_forward_kernel``/``_backward_kernel`` take arrays and write preallocated outputs;
+``forward``/``backward`` allocate and choose the variant.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .. import cells, config
+
+_JIT = dict(cache=True, fastmath=config.FASTMATH, nogil=True)
+
+
+@njit(**_JIT)
+def _matmul(a, b, out, use_blas):
+    """out = a @ b for C-contiguous 2-D arrays: BLAS gemm, or compiled loops for small products."""
+    if use_blas:
+        np.dot(a, b, out)
+        return
+    m, k_dim = a.shape
+    p = b.shape[1]
+    for i in range(m):
+        row = out[i]
+        for q in range(p):
+            row[q] = 0
+        for k in range(k_dim):
+            aik = a[i, k]
+            brow = b[k]
+            for q in range(p):
+                row[q] += aik * brow[q]
+
+
+def _forward_kernel(kind, act, consts, xp, w_hh_t, b_hh, h0, c0, reverse, use_blas,
+                    out_h, out_c, aux, rec, hp):
+    """Forward recurrence of one layer and direction.
+
+    xp (T, B, G*N): input projection with b_ih; w_hh_t (N, G*N): W_hh transposed, C order;
+    b_hh (G*N,); h0, c0 (B, N); consts = [a, 1 - a, 1, 0] in the kernel's dtype.
+    Writes out_h (T, B, N), out_c (T, B, N) (LSTM only), aux (T, B, AUX_WIDTH*N).
+    rec (B, N) and hp (B, G*N) are scratch.  ``reverse`` runs t = T-1 .. 0.
+    """
+    T, B, GN = xp.shape
+    N = h0.shape[1]
+    a, oma, one, zero = consts[0], consts[1], consts[2], consts[3]
+    lstm = kind == cells.KIND_LSTM
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        if s == 0:
+            h_prev = h0
+            c_prev = c0
+        else:
+            tp = t + 1 if reverse else t - 1
+            h_prev = out_h[tp]
+            c_prev = out_c[tp] if lstm else c0
+        for b in range(B):
+            for k in range(N):
+                rec[b, k] = cells.recurrent_input(kind, act, h_prev[b, k], zero)
+        _matmul(rec, w_hh_t, hp, use_blas)
+        for b in prange(B):
+            hpb = hp[b]
+            for q in range(GN):
+                hpb[q] += b_hh[q]
+            xpb = xp[t, b]
+            auxb = aux[t, b]
+            for j in range(N):
+                h, c = cells.unit_forward(kind, act, a, oma, one, zero, xpb, hpb, j, N,
+                                          h_prev[b, j], c_prev[b, j], auxb)
+                out_h[t, b, j] = h
+                if lstm:
+                    out_c[t, b, j] = c
+
+
+def _backward_kernel(kind, act, consts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n,
+                     reverse, truncate, use_blas, dxp, dhp, dh0, dc0, sq_norm, carry, carry_c,
+                     tmp):
+    """Backpropagation through time of one layer and direction.
+
+    d_out (T, B, N): cotangent of the outputs; dh_n, dc_n (B, N): of the final state.
+    ``truncate`` > 0 cuts the time axis into chunks [0, k), [k, 2k), ...: no state gradient crosses
+    a chunk boundary (the state entering a chunk is a constant), except into h0/c0.
+    Writes dhp (T, B, G*N) (cotangent of the recurrent projection), dxp (GRU only: of the input
+    projection; pass the same array as dhp otherwise), dh0, dc0 (B, N) and sq_norm (T, B), the
+    squared norm of dL/dh_t.  carry, carry_c, tmp (B, N) are scratch.
+    """
+    T, B, N = out_h.shape
+    a, oma, one, zero = consts[0], consts[1], consts[2], consts[3]
+    lstm = kind == cells.KIND_LSTM
+    for b in range(B):
+        for j in range(N):
+            carry[b, j] = dh_n[b, j]
+            carry_c[b, j] = dc_n[b, j]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        first = t == (T - 1 if reverse else 0)
+        if first:
+            h_prev = h0
+            c_prev = c0
+        else:
+            tp = t + 1 if reverse else t - 1
+            h_prev = out_h[tp]
+            c_prev = out_c[tp] if lstm else c0
+        c_t = out_c[t] if lstm else c0
+        for b in prange(B):
+            auxb = aux[t, b]
+            dxpb = dxp[t, b]
+            dhpb = dhp[t, b]
+            acc = zero
+            for j in range(N):
+                dh = carry[b, j] + d_out[t, b, j]
+                acc += dh * dh
+                dhd, dcp = cells.unit_backward(kind, act, a, oma, one, zero, dh, carry_c[b, j], j,
+                                               N, h_prev[b, j], c_prev[b, j], c_t[b, j], auxb,
+                                               dxpb, dhpb)
+                carry[b, j] = dhd
+                carry_c[b, j] = dcp
+            sq_norm[t, b] = acc
+        cut = False
+        if truncate > 0 and not first:
+            cut = ((t + 1) % truncate == 0) if reverse else (t % truncate == 0)
+        if cut:
+            carry[:, :] = zero
+            carry_c[:, :] = zero
+            continue
+        _matmul(dhp[t], w_hh, tmp, use_blas)
+        for b in range(B):
+            for k in range(N):
+                carry[b, k] += tmp[b, k] * cells.recurrent_input_grad(kind, act, h_prev[b, k],
+                                                                      one, zero)
+        if first:
+            for b in range(B):
+                for j in range(N):
+                    dh0[b, j] = carry[b, j]
+                    dc0[b, j] = carry_c[b, j]
+
+
+@njit(**_JIT)
+def _recurrent_inputs_kernel(kind, act, consts, h0, out_h, reverse, out):
+    """out[t] = the recurrent input r of step t (h_{t-1}, or phi(h_{t-1}) for the rate network)."""
+    T, B, N = out_h.shape
+    zero = consts[3]
+    for t in range(T):
+        first = t == (T - 1 if reverse else 0)
+        for b in range(B):
+            for k in range(N):
+                if first:
+                    h = h0[b, k]
+                else:
+                    h = out_h[t + 1, b, k] if reverse else out_h[t - 1, b, k]
+                out[t, b, k] = cells.recurrent_input(kind, act, h, zero)
+
+
+# Serial variants (cached); the threaded variants are compiled from the same source on first use.
+_forward_serial = njit(**_JIT)(_forward_kernel)
+_backward_serial = njit(**_JIT)(_backward_kernel)
+_threaded = {}
+
+
+def _variant(kernel, batch, hidden):
+    if batch >= config.PARALLEL_MIN_BATCH and batch * hidden >= config.PARALLEL_MIN_WORK:
+        if kernel not in _threaded:
+            # Not cached on disk: a cache entry is keyed by the Python function, and the serial
+            # variant of the same function owns it.
+            _threaded[kernel] = njit(parallel=True, fastmath=config.FASTMATH, nogil=True)(kernel)
+        return _threaded[kernel]
+    return _forward_serial if kernel is _forward_kernel else _backward_serial
+
+
+def _consts(alpha, dtype):
+    return np.array([alpha, 1.0 - alpha, 1.0, 0.0], dtype=dtype)
+
+
+def _use_blas(batch, n_in, n_out):
+    return batch * n_in * n_out >= config.BLAS_MIN_WORK
+
+
+def forward(kind, act, alpha, xp, w_hh, b_hh, h0, c0, reverse):
+    """Run one layer and direction forward.
+
+    Parameters
+    ----------
+    kind, act : int
+        Cell family and nonlinearity codes from :mod:`numrnn.cells`.
+    alpha : float
+        Leak a in (0, 1].
+    xp : ndarray, shape (T, B, G*N)
+        Input projection W_ih x_t + b_ih for every step, C order.
+    w_hh : ndarray, shape (G*N, N)
+    b_hh : ndarray, shape (G*N,)
+    h0, c0 : ndarray, shape (B, N)
+    reverse : bool
+
+    Returns
+    -------
+    out_h : ndarray, shape (T, B, N)
+    out_c : ndarray, shape (T, B, N) for LSTM, else shape (1, B, N) (unused)
+    aux : ndarray, shape (T, B, AUX_WIDTH*N), what BPTT needs of each step
+    """
+    T, B, GN = xp.shape
+    N = w_hh.shape[1]
+    dtype = xp.dtype
+    out_h = np.empty((T, B, N), dtype)
+    out_c = np.empty((T if kind == cells.KIND_LSTM else 1, B, N), dtype)
+    aux = np.empty((T, B, cells.AUX_WIDTH[kind] * N), dtype)
+    kernel = _variant(_forward_kernel, B, N)
+    kernel(kind, act, _consts(alpha, dtype), xp, np.ascontiguousarray(w_hh.T), b_hh, h0, c0,
+           bool(reverse), _use_blas(B, N, GN), out_h, out_c, aux, np.empty((B, N), dtype),
+           np.empty((B, GN), dtype))
+    return out_h, out_c, aux
+
+
+def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, reverse,
+             truncate):
+    """BPTT through one layer and direction (see :func:`_backward_kernel`).
+
+    Returns
+    -------
+    dxp : ndarray, shape (T, B, G*N)
+        Cotangent of the input projection (the same array as ``dhp`` except for GRU).
+    dhp : ndarray, shape (T, B, G*N)
+        Cotangent of the recurrent projection W_hh r_t + b_hh.
+    dh0, dc0 : ndarray, shape (B, N)
+    sq_norm : ndarray, shape (T, B)
+        Squared norm of dL/dh_t.
+    """
+    T, B, N = out_h.shape
+    GN = w_hh.shape[0]
+    dtype = out_h.dtype
+    dhp = np.empty((T, B, GN), dtype)
+    dxp = np.empty((T, B, GN), dtype) if kind == cells.KIND_GRU else dhp
+    dh0 = np.zeros((B, N), dtype)
+    dc0 = np.zeros((B, N), dtype)
+    sq_norm = np.empty((T, B), dtype)
+    kernel = _variant(_backward_kernel, B, N)
+    kernel(kind, act, _consts(alpha, dtype), w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n,
+           bool(reverse), int(truncate or 0), _use_blas(B, GN, N), dxp, dhp, dh0, dc0, sq_norm,
+           np.empty((B, N), dtype), np.empty((B, N), dtype), np.empty((B, N), dtype))
+    return dxp, dhp, dh0, dc0, sq_norm
+
+
+def recurrent_inputs(kind, act, h0, out_h, reverse):
+    """The recurrent input r_t of every step, shape (T, B, N) (for the weight gradient)."""
+    out = np.empty_like(out_h)
+    _recurrent_inputs_kernel(kind, act, _consts(1.0, out_h.dtype), h0, out_h, bool(reverse), out)
+    return out

@@ -1,0 +1,488 @@
+"""The recurrent network: parameters in PyTorch's layout, forward pass and vector-Jacobian product.
+
+Data flow of one (layer, direction): the input projection of all T steps is one matrix product,
+the recurrence runs in a compiled kernel (:mod:`numrnn.cpu`), and in the backward pass the weight
+gradients are one matrix product each after the BPTT sweep.
+"""
+import numpy as np
+
+from . import _validation as _v
+from . import cells, cpu
+from .init import INITS, init_parameters
+
+__all__ = ["RNN"]
+
+
+class RNN:
+    r"""A multi-layer recurrent network with PyTorch's parameter names, shapes and gate orders.
+
+    Parameters
+    ----------
+    input_size : int
+        Number of input features I.
+    hidden_size : int
+        Number of hidden units N (>= 1).
+    cell : {"tanh", "relu", "linear", "rate", "lstm", "gru"}, default "tanh"
+        "tanh"/"relu"/"linear": Elman, :math:`h_t = (1-a) h_{t-1} + a\,\phi(W_{ih} x_t + b_{ih} +
+        W_{hh} h_{t-1} + b_{hh})` (with a = 1 exactly ``torch.nn.RNN``).
+        "rate": the continuous-time rate network of Sompolinsky, Crisanti and Sommers (1988), Euler
+        step a = dt/tau: :math:`h_t = (1-a) h_{t-1} + a (W_{hh}\phi(h_{t-1}) + W_{ih} x_t + b_{ih} +
+        b_{hh})`.  "lstm" and "gru": ``torch.nn.LSTM`` / ``torch.nn.GRU`` exactly (gates i, f, g, o
+        and r, z, n).
+    num_layers : int, default 1
+    bias : bool, default True
+    bidirectional : bool, default False
+    batch_first : bool, default False
+        Input and output are (B, T, F) instead of (T, B, F); states stay (L*D, B, N).
+    alpha : float, default 1.0
+        Leak a in (0, 1] of the Elman and rate cells (must be 1 for LSTM and GRU).
+    nonlinearity : {"tanh", "relu"} or None
+        phi of the rate network (default "tanh").  For Elman cells it may repeat the cell's name.
+    dtype : numpy.float32 or numpy.float64, default float64
+        Dtype of the parameters and of every computation; inputs must have it too.
+    init : {"default", "gaussian", "orthogonal", "identity", "spectral_radius"}
+        "default": PyTorch's U(-1/sqrt(N), 1/sqrt(N)) for every parameter.  The others set each
+        N x N block of ``weight_hh``: "gaussian" N(0, gain^2/N) entries (the random network of the
+        chaos literature), "orthogonal" gain times a Haar orthogonal matrix, "identity" gain times
+        the identity with zero biases (Le et al. 2015), "spectral_radius" a Gaussian matrix
+        rescaled to spectral radius ``gain``.
+    gain : float, default 1.0
+    seed : int or numpy.random.Generator or None
+        Same seed, same bits.
+
+    Attributes
+    ----------
+    num_directions : int
+        D = 2 if bidirectional else 1.
+    gate_count : int
+        G: 1 (Elman, rate), 4 (LSTM), 3 (GRU).
+
+    References
+    ----------
+    Sompolinsky, H., Crisanti, A. and Sommers, H. J. (1988). Chaos in random neural networks.
+    Physical Review Letters 61, 259.
+    Hochreiter, S. and Schmidhuber, J. (1997). Long short-term memory. Neural Computation 9(8).
+    Cho, K. et al. (2014). Learning phrase representations using RNN encoder-decoder. EMNLP.
+    Le, Q. V., Jaitly, N. and Hinton, G. E. (2015). A simple way to initialize recurrent networks
+    of rectified linear units. arXiv:1504.00941.
+
+    Examples
+    --------
+    >>> import numpy as np, numrnn
+    >>> net = numrnn.RNN(3, 8, cell="gru", seed=0)
+    >>> x = np.random.default_rng(1).standard_normal((20, 4, 3))   # (T, B, I)
+    >>> out, h_n = net.forward(x)
+    >>> out.shape, h_n.shape
+    ((20, 4, 8), (1, 4, 8))
+    >>> grads = net.vjp(x, np.ones_like(out))
+    >>> grads["weight_hh_l0"].shape, grads["state_grad_norm"].shape
+    ((24, 8), (20, 4))
+    """
+
+    def __init__(self, input_size, hidden_size, *, cell="tanh", num_layers=1, bias=True,
+                 bidirectional=False, batch_first=False, alpha=1.0, nonlinearity=None,
+                 dtype=np.float64, init="default", gain=1.0, seed=None):
+        self.input_size = _v.check_int("input_size", input_size, 1)
+        self.hidden_size = _v.check_int("hidden_size", hidden_size, 1)
+        self.num_layers = _v.check_int("num_layers", num_layers, 1)
+        if not isinstance(cell, str) or cell not in cells.CELLS:
+            raise ValueError(f"cell: expected one of {tuple(cells.CELLS)}, got {cell!r}")
+        self.cell = cell
+        self.kind, act, self.gate_count = cells.CELLS[cell]
+        self.nonlinearity = self._check_nonlinearity(cell, nonlinearity)
+        self.act = cells.ACTIVATIONS[self.nonlinearity] if self.nonlinearity else act
+        for name, flag in (("bias", bias), ("bidirectional", bidirectional),
+                           ("batch_first", batch_first)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name}: expected True or False, got {flag!r}")
+        self.bias = bool(bias)
+        self.bidirectional = bool(bidirectional)
+        self.batch_first = bool(batch_first)
+        self.num_directions = 2 if self.bidirectional else 1
+        self.alpha = _v.check_real("alpha", alpha, 0.0, 1.0, low_open=True)
+        if self.kind in (cells.KIND_LSTM, cells.KIND_GRU) and self.alpha != 1.0:
+            raise ValueError(f"alpha: the {cell} cell has no leak; expected 1.0, got {alpha!r}")
+        self.dtype = _v.check_dtype_arg(dtype)
+        if not isinstance(init, str) or init not in INITS:
+            raise ValueError(f"init: expected one of {INITS}, got {init!r}")
+        self.init = init
+        self.gain = _v.check_real("gain", gain, 0.0)
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self._params = init_parameters(rng, self._shapes(), self.hidden_size, init, self.gain,
+                                       self.dtype)
+
+    # --- configuration --------------------------------------------------------------------
+
+    @staticmethod
+    def _check_nonlinearity(cell, nonlinearity):
+        if nonlinearity is None:
+            return "tanh" if cell == "rate" else None
+        if cell == "rate":
+            if nonlinearity not in ("tanh", "relu"):
+                raise ValueError("nonlinearity: the rate cell's phi must be 'tanh' or 'relu', "
+                                 f"got {nonlinearity!r}")
+            return nonlinearity
+        if cell in ("tanh", "relu") and nonlinearity == cell:
+            return None
+        raise ValueError(f"nonlinearity: the {cell!r} cell fixes its own nonlinearity; expected "
+                         f"None{' or ' + repr(cell) if cell in ('tanh', 'relu') else ''}, got "
+                         f"{nonlinearity!r} (choose it with cell=...)")
+
+    def _suffix(self, layer, direction):
+        return f"_l{layer}" + ("_reverse" if direction else "")
+
+    def _shapes(self):
+        """Ordered parameter shapes, in PyTorch's order."""
+        N, G, D = self.hidden_size, self.gate_count, self.num_directions
+        shapes = {}
+        for layer in range(self.num_layers):
+            n_in = self.input_size if layer == 0 else D * N
+            for d in range(D):
+                sfx = self._suffix(layer, d)
+                shapes["weight_ih" + sfx] = (G * N, n_in)
+                shapes["weight_hh" + sfx] = (G * N, N)
+                if self.bias:
+                    shapes["bias_ih" + sfx] = (G * N,)
+                    shapes["bias_hh" + sfx] = (G * N,)
+        return shapes
+
+    def __repr__(self):
+        extra = "".join([
+            f", num_layers={self.num_layers}" if self.num_layers != 1 else "",
+            ", bias=False" if not self.bias else "",
+            ", bidirectional=True" if self.bidirectional else "",
+            ", batch_first=True" if self.batch_first else "",
+            f", alpha={self.alpha}" if self.alpha != 1.0 else "",
+            f", nonlinearity={self.nonlinearity!r}" if self.cell == "rate" else "",
+        ])
+        return (f"RNN({self.input_size}, {self.hidden_size}, cell={self.cell!r}{extra}, "
+                f"dtype=numpy.{self.dtype})")
+
+    # --- parameters -----------------------------------------------------------------------
+
+    def state_dict(self):
+        """A copy of every parameter, keyed by PyTorch's names, in PyTorch's order."""
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Replace every parameter. Names, shapes and dtype are checked; nothing is cast.
+
+        Values may be numpy arrays or torch tensors (copied to the host).
+        """
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict: expected a mapping of names to arrays, got "
+                            f"{type(state_dict).__name__}")
+        shapes = self._shapes()
+        missing = [k for k in shapes if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in shapes]
+        if missing or unexpected:
+            raise ValueError(f"state_dict: names do not match {self!r}: missing {missing}, "
+                             f"unexpected {unexpected}")
+        new = {}
+        for name, shape in shapes.items():
+            value = state_dict[name]
+            if hasattr(value, "detach"):
+                value = value.detach().cpu().numpy()
+            new[name] = _v.check_float_array(f"state_dict[{name!r}]", value, self.dtype,
+                                             [shape]).copy()
+        self._params = new
+
+    @property
+    def parameters(self):
+        """The live parameter arrays (a dict view; modify in place, or use load_state_dict)."""
+        return self._params
+
+    def _layer_params(self, layer, direction):
+        sfx = self._suffix(layer, direction)
+        p = self._params
+        GN = self.gate_count * self.hidden_size
+        if self.bias:
+            return p["weight_ih" + sfx], p["weight_hh" + sfx], p["bias_ih" + sfx], p["bias_hh" + sfx]
+        zeros = np.zeros(GN, self.dtype)
+        return p["weight_ih" + sfx], p["weight_hh" + sfx], None, zeros
+
+    # --- torch interop --------------------------------------------------------------------
+
+    @classmethod
+    def from_torch(cls, module):
+        """Build a network from ``torch.nn.RNN``, ``torch.nn.LSTM`` or ``torch.nn.GRU`` (weights copied)."""
+        import torch
+
+        kinds = {torch.nn.LSTM: "lstm", torch.nn.GRU: "gru", torch.nn.RNN: None}
+        cell = None
+        for klass, name in kinds.items():
+            if type(module) is klass:
+                cell = name if name else module.nonlinearity
+                break
+        if cell is None:
+            raise TypeError("module: expected torch.nn.RNN, torch.nn.LSTM or torch.nn.GRU, got "
+                            f"{type(module).__name__}")
+        if getattr(module, "proj_size", 0):
+            raise ValueError(f"module: LSTM projections (proj_size={module.proj_size}) are not "
+                             "supported")
+        if module.dropout:
+            raise ValueError(f"module: dropout between layers ({module.dropout}) is not supported; "
+                             "set it to 0")
+        params = {k: v.detach().cpu().numpy() for k, v in module.named_parameters()}
+        dtype = next(iter(params.values())).dtype
+        net = cls(module.input_size, module.hidden_size, cell=cell, num_layers=module.num_layers,
+                  bias=module.bias, bidirectional=module.bidirectional,
+                  batch_first=module.batch_first, dtype=dtype)
+        net.load_state_dict(params)
+        return net
+
+    def to_torch(self):
+        """The equivalent ``torch.nn.RNN``/``LSTM``/``GRU`` module, with these weights."""
+        import torch
+
+        if self.cell in ("linear", "rate"):
+            raise ValueError(f"cell: PyTorch has no {self.cell!r} cell; to_torch supports tanh, "
+                             "relu, lstm and gru")
+        if self.alpha != 1.0:
+            raise ValueError(f"alpha: PyTorch's RNN has no leak; expected 1.0, got {self.alpha}")
+        kw = dict(num_layers=self.num_layers, bias=self.bias, bidirectional=self.bidirectional,
+                  batch_first=self.batch_first,
+                  dtype=torch.float64 if self.dtype == np.float64 else torch.float32)
+        if self.cell == "lstm":
+            module = torch.nn.LSTM(self.input_size, self.hidden_size, **kw)
+        elif self.cell == "gru":
+            module = torch.nn.GRU(self.input_size, self.hidden_size, **kw)
+        else:
+            module = torch.nn.RNN(self.input_size, self.hidden_size, nonlinearity=self.cell, **kw)
+        with torch.no_grad():
+            for name, param in module.named_parameters():
+                param.copy_(torch.from_numpy(self._params[name]))
+        return module
+
+    # --- input handling -------------------------------------------------------------------
+
+    def _check_input(self, x):
+        """Validate x; return (x as (T, B, I) C-contiguous, unbatched flag)."""
+        I = self.input_size
+        x = _v.check_float_array("x", x, self.dtype,
+                                 [(None, I), (None, None, I)])
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        if x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"x: expected at least one time step and one sequence, got shape "
+                             f"{x.shape if not unbatched else x[:, 0].shape}")
+        return x, unbatched
+
+    def _check_state(self, name, s, batch, unbatched):
+        LD, N = self.num_layers * self.num_directions, self.hidden_size
+        if s is None:
+            return np.zeros((LD, batch, N), self.dtype)
+        shape = (LD, N) if unbatched else (LD, batch, N)
+        s = _v.check_float_array(name, s, self.dtype, [shape])
+        return s[:, None, :] if unbatched else s
+
+    def _split_state(self, h0, batch, unbatched):
+        if self.kind == cells.KIND_LSTM:
+            if h0 is None:
+                h0 = (None, None)
+            if not isinstance(h0, (tuple, list)) or len(h0) != 2:
+                raise TypeError(f"h0: the lstm cell's state is a pair (h0, c0), got "
+                                f"{type(h0).__name__}")
+            return (self._check_state("h0", h0[0], batch, unbatched),
+                    self._check_state("c0", h0[1], batch, unbatched))
+        if isinstance(h0, (tuple, list)) and not isinstance(h0, np.ndarray):
+            raise TypeError(f"h0: the {self.cell} cell's state is one array, got a "
+                            f"{type(h0).__name__}")
+        h = self._check_state("h0", h0, batch, unbatched)
+        return h, np.zeros_like(h)
+
+    def _to_user_layout(self, out, unbatched):
+        if unbatched:
+            return out[:, 0]
+        if self.batch_first:
+            return np.ascontiguousarray(out.transpose(1, 0, 2))
+        return out
+
+    # --- forward and backward -------------------------------------------------------------
+
+    def _forward_pass(self, x, h0, c0):
+        """x (T, B, I), h0/c0 (L*D, B, N). Returns output (T, B, D*N), h_n, c_n, tape."""
+        T, B, _ = x.shape
+        N, D = self.hidden_size, self.num_directions
+        h_n = np.empty((self.num_layers * D, B, N), self.dtype)
+        c_n = np.empty_like(h_n)
+        layer_in = x
+        tape = []
+        for layer in range(self.num_layers):
+            outs, records = [], []
+            flat_in = layer_in.reshape(T * B, -1)
+            for d in range(D):
+                k = layer * D + d
+                w_ih, w_hh, b_ih, b_hh = self._layer_params(layer, d)
+                xp = flat_in @ w_ih.T
+                if b_ih is not None:
+                    xp += b_ih
+                xp = xp.reshape(T, B, -1)
+                out_h, out_c, aux = cpu.forward(self.kind, self.act, self.alpha, xp, w_hh, b_hh,
+                                                h0[k], c0[k], d == 1)
+                last = 0 if d == 1 else T - 1
+                h_n[k] = out_h[last]
+                c_n[k] = out_c[last] if self.kind == cells.KIND_LSTM else 0.0
+                outs.append(out_h)
+                records.append((out_h, out_c, aux))
+            tape.append((layer_in, records))
+            layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+        return layer_in, h_n, c_n, tape
+
+    def _backward_pass(self, tape, h0, c0, d_out, d_h_n, d_c_n, truncate):
+        """BPTT through every layer; returns the gradient dict (time-major input gradient)."""
+        N, D, G = self.hidden_size, self.num_directions, self.gate_count
+        T, B = d_out.shape[:2]
+        grads = {}
+        d_h0 = np.empty_like(h0)
+        d_c0 = np.empty_like(c0)
+        sq_norm = None
+        for layer in reversed(range(self.num_layers)):
+            layer_in, records = tape[layer]
+            flat_in = layer_in.reshape(T * B, -1)
+            d_in = None
+            layer_sq = np.zeros((T, B), self.dtype)
+            for d in range(D):
+                k = layer * D + d
+                sfx = self._suffix(layer, d)
+                w_ih, w_hh, b_ih, _ = self._layer_params(layer, d)
+                out_h, out_c, aux = records[d]
+                d_dir = np.ascontiguousarray(d_out[:, :, d * N:(d + 1) * N])
+                dxp, dhp, d_h0[k], d_c0[k], sq = cpu.backward(
+                    self.kind, self.act, self.alpha, w_hh, h0[k], c0[k], out_h, out_c, aux,
+                    d_dir, d_h_n[k], d_c_n[k], d == 1, truncate)
+                layer_sq += sq
+                dxp2 = dxp.reshape(T * B, G * N)
+                dhp2 = dhp.reshape(T * B, G * N)
+                rec = cpu.recurrent_inputs(self.kind, self.act, h0[k], out_h, d == 1)
+                grads["weight_ih" + sfx] = dxp2.T @ flat_in
+                grads["weight_hh" + sfx] = dhp2.T @ rec.reshape(T * B, N)
+                if self.bias:
+                    grads["bias_ih" + sfx] = dxp2.sum(axis=0)
+                    grads["bias_hh" + sfx] = dhp2.sum(axis=0)
+                d_proj = dxp2 @ w_ih
+                d_in = d_proj if d_in is None else d_in + d_proj
+            if sq_norm is None:
+                sq_norm = layer_sq
+            d_out = d_in.reshape(T, B, -1)
+        ordered = {name: grads[name] for name in self._shapes()}
+        return ordered, d_out, d_h0, d_c0, np.sqrt(sq_norm)
+
+    def forward(self, x, h0=None):
+        """Run the network over a sequence.
+
+        Parameters
+        ----------
+        x : ndarray, shape (T, B, I), (B, T, I) if batch_first, or (T, I) unbatched
+            Input, of the network's dtype, finite.
+        h0 : ndarray, shape (L*D, B, N) or (L*D, N) unbatched, optional
+            Initial state (zeros by default).  For LSTM a pair (h0, c0) of such arrays, either of
+            which may be None.
+
+        Returns
+        -------
+        output : ndarray, shape (T, B, D*N) (or (B, T, D*N), or (T, D*N))
+            Last layer's hidden states, forward and reverse directions concatenated.
+        h_n : ndarray, shape (L*D, B, N) (or (L*D, N))
+            Final state of every layer and direction, ordered layer 0 forward, layer 0 reverse,
+            layer 1 forward, ...  For LSTM a pair (h_n, c_n).
+        """
+        x, unbatched = self._check_input(x)
+        h0, c0 = self._split_state(h0, x.shape[1], unbatched)
+        out, h_n, c_n, _ = self._forward_pass(x, h0, c0)
+        return self._pack(out, h_n, c_n, unbatched)
+
+    def _pack(self, out, h_n, c_n, unbatched):
+        out = self._to_user_layout(out, unbatched)
+        if unbatched:
+            h_n, c_n = h_n[:, 0], c_n[:, 0]
+        return out, ((h_n, c_n) if self.kind == cells.KIND_LSTM else h_n)
+
+    def forward_vjp(self, x, d_output, h0=None, d_h_n=None, truncate=None):
+        """Forward pass and vector-Jacobian product in one call.
+
+        Returns ``(output, h_n, grads)`` where ``output, h_n`` are exactly what :meth:`forward`
+        returns and ``grads`` is what :meth:`vjp` returns.
+        """
+        x, unbatched = self._check_input(x)
+        T, B = x.shape[:2]
+        h0, c0 = self._split_state(h0, B, unbatched)
+        D, N, LD = self.num_directions, self.hidden_size, self.num_layers * self.num_directions
+        out_shape = (T, D * N) if unbatched else ((B, T, D * N) if self.batch_first
+                                                  else (T, B, D * N))
+        d_out = _v.check_float_array("d_output", d_output, self.dtype, [out_shape])
+        if unbatched:
+            d_out = d_out[:, None, :]
+        elif self.batch_first:
+            d_out = np.ascontiguousarray(d_out.transpose(1, 0, 2))
+        d_h, d_c = self._check_state_cotangent(d_h_n, B, unbatched, LD, N)
+        if truncate is not None:
+            truncate = _v.check_int("truncate", truncate, 1)
+        out, h_n, c_n, tape = self._forward_pass(x, h0, c0)
+        grads, d_x, d_h0, d_c0, norms = self._backward_pass(tape, h0, c0, d_out, d_h, d_c,
+                                                            truncate)
+        grads["input"] = self._to_user_layout(d_x, unbatched)
+        grads["h0"] = d_h0[:, 0] if unbatched else d_h0
+        if self.kind == cells.KIND_LSTM:
+            grads["c0"] = d_c0[:, 0] if unbatched else d_c0
+        grads["state_grad_norm"] = norms[:, 0] if unbatched else norms
+        out, h_n = self._pack(out, h_n, c_n, unbatched)
+        return out, h_n, grads
+
+    def _check_state_cotangent(self, d_h_n, batch, unbatched, LD, N):
+        zeros = np.zeros((LD, batch, N), self.dtype)
+        if d_h_n is None:
+            return zeros, zeros
+        if self.kind == cells.KIND_LSTM:
+            if not isinstance(d_h_n, (tuple, list)) or len(d_h_n) != 2:
+                raise TypeError(f"d_h_n: the lstm cell's final state is a pair (h_n, c_n); "
+                                f"expected a pair of cotangents, got {type(d_h_n).__name__}")
+            dh, dc = d_h_n
+        else:
+            dh, dc = d_h_n, None
+        dh = zeros if dh is None else self._check_state("d_h_n", dh, batch, unbatched)
+        dc = zeros if dc is None else self._check_state("d_c_n", dc, batch, unbatched)
+        return dh, dc
+
+    def vjp(self, x, d_output, h0=None, d_h_n=None, truncate=None):
+        """Vector-Jacobian product by backpropagation through time.
+
+        Computes the gradient of ``L = sum(output * d_output) + sum(h_n * d_h_n)`` (for LSTM the
+        last term covers both h_n and c_n) with respect to every parameter, the input and the
+        initial state.
+
+        Parameters
+        ----------
+        x : ndarray, shape as in :meth:`forward`
+        d_output : ndarray, shape of ``output``
+        h0 : ndarray or pair, optional
+            As in :meth:`forward`.
+        d_h_n : ndarray, shape of ``h_n``, optional (LSTM: a pair, either may be None)
+        truncate : int or None
+            Truncated BPTT, BPTT(k, k) of Williams and Peng (1990): the sequence is cut into
+            consecutive chunks of k steps ([0, k), [k, 2k), ...); no gradient flows through the
+            recurrent state across a chunk boundary (the state entering a chunk is a constant, as
+            when a PyTorch user detaches it every k steps).  The initial state still receives
+            gradient: a forward direction's ``h0`` from the first chunk, a reverse direction's
+            from the chunk holding t = T-1 (where it enters).  None: full BPTT.
+
+        Returns
+        -------
+        dict
+            One entry per parameter (``state_dict`` names and shapes), and
+            ``"input"`` (shape of x), ``"h0"`` (and ``"c0"`` for LSTM; shape of h0), and
+            ``"state_grad_norm"``, shape (T, B) (or (T,) unbatched; always time-major): the
+            Euclidean norm of dL/dh_t of the last layer at every step (both directions together
+            when bidirectional; h only for LSTM), the quantity studied in gradient-stability work.
+
+        References
+        ----------
+        Werbos, P. J. (1990). Backpropagation through time: what it does and how to do it.
+        Proceedings of the IEEE 78(10).
+        Williams, R. J. and Peng, J. (1990). An efficient gradient-based algorithm for on-line
+        training of recurrent network trajectories. Neural Computation 2(4).
+        """
+        return self.forward_vjp(x, d_output, h0, d_h_n, truncate)[2]
