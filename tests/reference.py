@@ -184,7 +184,7 @@ def _is_cut(t, T, d, truncate):
         return False
     if d == 0:
         return t > 0 and t % truncate == 0
-    return t > 0 and t % truncate == 0
+    return t + 1 < T and (t + 1) % truncate == 0
 
 
 # ----------------------------------------------------------------------------

@@ -15,13 +15,14 @@ import zlib
 import numpy as np
 import pytest
 
-from reference import (
+from .reference import (
     init_params,
     param_names,
     ref_forward,
     ref_loss,
     ref_vjp,
 )
+from .tolerance import assert_close  # the project's one tolerance helper
 
 FD_EPS = 1e-6
 FD_RTOL = 1e-7
@@ -31,19 +32,6 @@ TORCH_RTOL = 1e-12
 # ----------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------
-
-def assert_close(actual, expected, rtol, what=""):
-    """max|actual - expected| <= rtol * max|expected| (the one tolerance rule of this file)."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    err = float(np.max(np.abs(actual - expected), initial=0.0))
-    scale = float(np.max(np.abs(expected), initial=0.0))
-    assert err <= rtol * scale, (
-        f"{what}: max abs err {err:.3e} > rtol {rtol:.1e} * max|expected| {scale:.3e}"
-        f" (relative {err / scale if scale else np.inf:.3e})"
-    )
-
 
 def seed_of(*parts):
     """a stable per-case seed (no global seeding)."""
@@ -108,7 +96,7 @@ def check_vjp_against_fd(cell, params, x, h0, c0, d_out, d_h_n, d_c_n, kw,
     expected_keys = set(names) | {"input", "h0", "state_grad_norm"} | ({"c0"} if c0 is not None else set())
     assert set(analytic) == expected_keys
     for name in arrays:
-        assert_close(analytic[name], numeric[name], FD_RTOL, f"{cell} d{name}")
+        assert_close(analytic[name], numeric[name], rtol=FD_RTOL, what=f"{cell} d{name}")
     return analytic
 
 
@@ -175,12 +163,12 @@ def test_missing_states_mean_zeros(cell, extra):
         if b is None:
             assert a is None
         else:
-            assert_close(a, b, 0.0, "forward with default states")
+            assert_close(a, b, rtol=0.0, what="forward with default states")
     g_default = ref_vjp(cell, params, x, d_out, **kw)
     g_zeros = ref_vjp(cell, params, x, d_out, zeros, c_zeros, zeros, c_zeros, **kw)
     assert set(g_default) == set(g_zeros)
     for name in g_zeros:
-        assert_close(g_default[name], g_zeros[name], 0.0, f"default states d{name}")
+        assert_close(g_default[name], g_zeros[name], rtol=0.0, what=f"default states d{name}")
 
 
 def test_forward_shapes_and_defaults():
@@ -191,8 +179,8 @@ def test_forward_shapes_and_defaults():
                                 bidirectional=True)
     assert out.shape == (T, B, 2 * N) and h_n.shape == (2 * L, B, N) and c_n.shape == h_n.shape
     # last layer: forward final state = output at T-1, reverse final state = output at 0
-    assert_close(h_n[2], out[-1, :, :N], 0.0, "h_n fwd")
-    assert_close(h_n[3], out[0, :, N:], 0.0, "h_n rev")
+    assert_close(h_n[2], out[-1, :, :N], rtol=0.0, what="h_n fwd")
+    assert_close(h_n[3], out[0, :, N:], rtol=0.0, what="h_n rev")
     out_g, h_n_g, c_n_g = ref_forward("gru", init_params(np.random.default_rng(2), "gru", I, N),
                                       x, hidden_size=N)
     assert c_n_g is None and out_g.shape == (T, B, N)
@@ -270,7 +258,7 @@ def test_truncate_at_least_T_equals_full(cell):
         tr = ref_vjp(cell, params, x, d_out, h0, c0, d_h_n, d_c_n, truncate=k, **kw)
         assert set(tr) == set(full)
         for name in full:
-            assert_close(tr[name], full[name], 0.0, f"truncate={k} {name}")
+            assert_close(tr[name], full[name], rtol=0.0, what=f"truncate={k} {name}")
     with pytest.raises(ValueError):
         ref_vjp(cell, params, x, d_out, h0, c0, truncate=0, **kw)
 
@@ -317,7 +305,7 @@ def test_state_grad_norm_matches_finite_differences(cell, bidirectional, num_lay
     numeric = np.sqrt(np.sum(dh ** 2, axis=(0, 3)))
     got = ref_vjp(cell, params, x, d_out, h0, c0, d_h_n, d_c_n, truncate=truncate, **kw)
     assert got["state_grad_norm"].shape == (T, B)
-    assert_close(got["state_grad_norm"], numeric, FD_RTOL, "state_grad_norm")
+    assert_close(got["state_grad_norm"], numeric, rtol=FD_RTOL, what="state_grad_norm")
 
 
 # ----------------------------------------------------------------------------
@@ -385,18 +373,18 @@ def test_torch_parity(cell, bias):
 
     kw = dict(hidden_size=N, num_layers=L, bidirectional=True)
     out, h_n, c_n = ref_forward(cell, params, x, h0, c0, **kw)
-    assert_close(out, t_out, TORCH_RTOL, "output")
-    assert_close(h_n, t_hn, TORCH_RTOL, "h_n")
+    assert_close(out, t_out, rtol=TORCH_RTOL, what="output")
+    assert_close(h_n, t_hn, rtol=TORCH_RTOL, what="h_n")
     if cell == "lstm":
-        assert_close(c_n, t_cn, TORCH_RTOL, "c_n")
+        assert_close(c_n, t_cn, rtol=TORCH_RTOL, what="c_n")
     else:
         assert c_n is None
     assert_close(ref_loss(cell, params, x, d_out, h0, c0, d_h_n, d_c_n, **kw), t_loss,
-                 TORCH_RTOL, "loss")
+                 rtol=TORCH_RTOL, what="loss")
     grads = ref_vjp(cell, params, x, d_out, h0, c0, d_h_n, d_c_n, **kw)
     assert set(grads) == set(t_grads) | {"state_grad_norm"}
     for name, g in t_grads.items():
-        assert_close(grads[name], g, TORCH_RTOL, f"torch d{name}")
+        assert_close(grads[name], g, rtol=TORCH_RTOL, what=f"torch d{name}")
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -414,4 +402,4 @@ def test_torch_truncated_parity(cell, k):
     grads = ref_vjp(cell, params, x, d_out, h0, c0, d_h_n, d_c_n, truncate=k,
                     hidden_size=N, num_layers=L)
     for name, g in t_grads.items():
-        assert_close(grads[name], g, TORCH_RTOL, f"torch truncated d{name}")
+        assert_close(grads[name], g, rtol=TORCH_RTOL, what=f"torch truncated d{name}")
