@@ -268,3 +268,34 @@ def unit_backward(kind, act, a, oma, one, zero, dh, dc, j, n, h_prev, c_prev, c,
     dhp[n + j] = dz
     dhp[2 * n + j] = dhn
     return dhd, zero
+
+
+# --- Tangent maps (analysis) -------------------------------------------------------------------
+#
+# The step Jacobian of a layer is assembled from each unit's local partial derivatives with respect
+# to (a) the rows j, N+j, ... of the recurrent and input projections and (b) its own previous
+# (h_j, c_j).  These are read off :func:`unit_backward` with unit cotangents, so BPTT, the dense
+# Jacobian, the JVP and the VJP of the analysis code all run through the same expressions.
+
+
+@register_jitable
+def unit_tangent_coefficients(kind, act, a, oma, one, zero, j, n, h_prev, c_prev, c, aux,
+                              h_rec, h_in, c_rec, c_in):
+    """Local derivatives of unit j's new state (h_j, c_j) for the step Jacobian.
+
+    Writes, for g < G: ``h_rec[g*n + j]`` = dh_j / d(recurrent projection row g*n + j) and
+    ``h_in[g*n + j]`` = dh_j / d(input projection row g*n + j); for LSTM also ``c_rec``/``c_in``,
+    the same for c_j.  Pass the same array as ``h_rec`` and ``h_in`` (and as ``c_rec`` and
+    ``c_in``) except for GRU, where the two differ in the n gate.
+
+    Returns (dh_dhprev_direct, dh_dcprev, dc_dcprev, dr_dhprev): the parts that do not pass
+    through W_hh (zero where a cell has no such term) and the derivative of the recurrent input
+    r_j = phi(h_prev_j) (rate network) or h_prev_j (every other cell).
+    """
+    dh_direct, dh_dcp = unit_backward(kind, act, a, oma, one, zero, one, zero, j, n, h_prev,
+                                      c_prev, c, aux, h_in, h_rec)
+    dc_dcp = zero
+    if kind == KIND_LSTM:
+        unused, dc_dcp = unit_backward(kind, act, a, oma, one, zero, zero, one, j, n, h_prev,
+                                       c_prev, c, aux, c_in, c_rec)
+    return dh_direct, dh_dcp, dc_dcp, recurrent_input_grad(kind, act, h_prev, one, zero)

@@ -1,0 +1,6 @@
+"""Dynamical-systems analysis of recurrent networks: step Jacobians, Lyapunov spectra, gradient
+propagation, weight spectra and fixed points.  Everything is built on one tangent map per cell
+(:mod:`numrnn.cells`), the same one backpropagation through time uses."""
+from .jacobians import jacobians, pack_state, state_size, step_jvp, step_vjp, unpack_state
+
+__all__ = ["jacobians", "step_jvp", "step_vjp", "state_size", "pack_state", "unpack_state"]

@@ -1,0 +1,344 @@
+r"""Step Jacobians of a recurrent network: dense, Jacobian-vector and vector-Jacobian products.
+
+The state and its stacking order
+--------------------------------
+The state s of a network with L layers, D directions and N units is the vector of every
+(layer, direction) block in the order of ``h_n`` (layer 0 forward, layer 0 reverse, layer 1
+forward, ...); inside a block come h (N entries) and then, for LSTM, c (N entries)::
+
+    s = [h_{0,fwd}, (c_{0,fwd}), h_{0,rev}, (c_{0,rev}), h_{1,fwd}, (c_{1,fwd}), ...]
+
+so S = L * D * P * N with P = 2 for LSTM and 1 otherwise.  :func:`pack_state` and
+:func:`unpack_state` convert between this vector and the network's (h, c) arrays.
+
+The step Jacobian is J_t = d s_t / d s_{t-1} (rows: new state, columns: old state).  For stacked
+layers it includes the path through the new state of the layers below (layer l at step t reads
+h_{l-1, t}), so J_t is block lower triangular across layers.
+
+Bidirectional networks
+----------------------
+A single-layer bidirectional network is two independent causal systems; processing step t
+advances the forward direction with x_t and the reverse direction with x_{T-1-t}, and J_t is
+block diagonal.  With more than one layer, layer 1 at time t reads the reverse direction's state at
+time t, which depends on x_t, ..., x_{T-1}: no causal step map s_{t-1} -> s_t exists, and the
+functions here raise ``ValueError``.
+"""
+import numpy as np
+
+from .. import _validation as _v
+from .. import cells
+from ..cpu import jacobians as _k
+from ..network import RNN
+
+__all__ = ["jacobians", "step_jvp", "step_vjp", "state_size", "pack_state", "unpack_state"]
+
+
+def _check_net(net, what="the step Jacobian"):
+    if not isinstance(net, RNN):
+        raise TypeError(f"net: expected a numrnn.RNN, got {type(net).__name__}")
+    if net.num_directions == 2 and net.num_layers > 1:
+        raise ValueError(
+            f"net: {what} is not defined for a bidirectional network with num_layers="
+            f"{net.num_layers}: layer 1 at time t reads the reverse direction's state at time t, "
+            "which depends on the future inputs x_t..x_{T-1}, so no causal step map "
+            "s_{t-1} -> s_t exists.  Analyse a single-layer bidirectional network, or one "
+            "direction at a time.")
+    return net
+
+
+def state_size(net):
+    """Length S of the stacked state vector of ``net`` (see the module docstring).
+
+    Parameters
+    ----------
+    net : numrnn.RNN
+
+    Returns
+    -------
+    int
+        L * D * P * N, with P = 2 for LSTM (h and c) and 1 otherwise.
+    """
+    if not isinstance(net, RNN):
+        raise TypeError(f"net: expected a numrnn.RNN, got {type(net).__name__}")
+    return net.num_layers * net.num_directions * _parts(net) * net.hidden_size
+
+
+def _parts(net):
+    return 2 if net.kind == cells.KIND_LSTM else 1
+
+
+def pack_state(net, h, c=None):
+    """Stack a network state into the state vector s.
+
+    Parameters
+    ----------
+    net : numrnn.RNN
+    h : ndarray, shape (L*D, B, N) or (L*D, N)
+        Hidden state in the layout of ``h_n``.
+    c : ndarray, shape of ``h``
+        Cell state; required for LSTM, must be None otherwise.
+
+    Returns
+    -------
+    s : ndarray, shape (B, S) or (S,)
+
+    Examples
+    --------
+    >>> import numpy as np, numrnn
+    >>> from numrnn.analysis import pack_state, unpack_state
+    >>> net = numrnn.RNN(2, 3, cell="lstm", seed=0)
+    >>> h, c = np.ones((1, 3)), np.zeros((1, 3))
+    >>> pack_state(net, h, c)
+    array([1., 1., 1., 0., 0., 0.])
+    """
+    if not isinstance(net, RNN):
+        raise TypeError(f"net: expected a numrnn.RNN, got {type(net).__name__}")
+    LD, N = net.num_layers * net.num_directions, net.hidden_size
+    h = _v.check_float_array("h", h, net.dtype, [(LD, N), (LD, None, N)], finite=False)
+    lstm = net.kind == cells.KIND_LSTM
+    if lstm and c is None:
+        raise ValueError("c: the lstm cell's state has a cell part; expected an array shaped like "
+                         f"h {h.shape}, got None")
+    if not lstm and c is not None:
+        raise ValueError(f"c: the {net.cell} cell has no cell state; expected None")
+    unbatched = h.ndim == 2
+    if unbatched:
+        h = h[:, None]
+    parts = [h]
+    if lstm:
+        c = _v.check_float_array("c", c, net.dtype, [h.shape[:1] + h.shape[2:]] if unbatched
+                                 else [h.shape], finite=False)
+        parts.append(c[:, None] if unbatched else c)
+    s = np.stack(parts, axis=1)  # (LD, P, B, N)
+    s = np.ascontiguousarray(s.transpose(2, 0, 1, 3)).reshape(h.shape[1], -1)
+    return s[0] if unbatched else s
+
+
+def unpack_state(net, s):
+    """Split a state vector into the network's (h, c) layout; inverse of :func:`pack_state`.
+
+    Parameters
+    ----------
+    net : numrnn.RNN
+    s : ndarray, shape (..., S)
+
+    Returns
+    -------
+    h : ndarray, shape (L*D, ..., N)
+        Hidden state; for LSTM a pair (h, c).
+    """
+    S = state_size(net)
+    s = np.asarray(s)
+    if s.ndim < 1 or s.shape[-1] != S:
+        raise ValueError(f"s: expected an array with last axis of length S = {S} (the state "
+                         f"size of {net!r}), got shape {s.shape}")
+    LD, P, N = net.num_layers * net.num_directions, _parts(net), net.hidden_size
+    lead = s.shape[:-1]
+    blocks = s.reshape(lead + (LD, P, N))
+    blocks = np.moveaxis(blocks, -3, 0)  # (LD, ..., P, N)
+    h = np.ascontiguousarray(blocks[..., 0, :])
+    if P == 2:
+        return h, np.ascontiguousarray(blocks[..., 1, :])
+    return h
+
+
+class _Linearisation:
+    """A trajectory of ``net`` and the per-step coefficients of its tangent map.
+
+    Built once and shared by every analysis: ``jvp``, ``vjp`` and the QR loops read the same
+    arrays.  Shapes: coefficient arrays (L*D, T, B, .) indexed by time (a reverse direction's
+    processing step t is time T-1-t).
+    """
+
+    def __init__(self, net, x_tm, h0, c0):
+        _check_net(net)
+        self.net = net
+        self.T, self.B = x_tm.shape[:2]
+        self.L, self.D, self.N, self.G = (net.num_layers, net.num_directions, net.hidden_size,
+                                          net.gate_count)
+        self.P = _parts(net)
+        self.LD = self.L * self.D
+        self.S = self.LD * self.P * self.N
+        self.lstm = net.kind == cells.KIND_LSTM
+        self.h0, self.c0 = h0, c0
+        self.output, self.h_n, self.c_n, self.tape = net._forward_pass(x_tm, h0, c0)
+        dt, T, B, N, GN, LD = net.dtype, self.T, self.B, self.N, self.G * self.N, self.LD
+        self.w_hh = np.empty((LD, GN, N), dt)
+        self.w_up = np.zeros((max(self.L - 1, 1), GN, N), dt)
+        for layer in range(self.L):
+            for d in range(self.D):
+                w_ih, w_hh, _, _ = net._layer_params(layer, d)
+                self.w_hh[layer * self.D + d] = w_hh
+                if layer > 0:
+                    self.w_up[layer - 1] = w_ih  # D == 1 here (see _check_net)
+        gru = net.kind == cells.KIND_GRU
+        self.h_rec = np.empty((LD, T, B, GN), dt)
+        self.h_in = np.empty((LD, T, B, GN), dt) if gru else self.h_rec
+        lstm_shape = (LD, T, B) if self.lstm else (LD, 1, 1)
+        self.c_rec = np.zeros(lstm_shape + (GN,), dt)
+        self.c_in = self.c_rec
+        self.direct = np.empty((LD, T, B, N), dt)
+        self.r_grad = np.empty((LD, T, B, N), dt)
+        self.dh_dcp = np.zeros(lstm_shape + (N,), dt)
+        self.dc_dcp = np.zeros(lstm_shape + (N,), dt)
+        for layer in range(self.L):
+            records = self.tape[layer][1]
+            for d in range(self.D):
+                k = layer * self.D + d
+                out_h, out_c, aux = records[d]
+                c_k = (self.c_rec[k], self.c_in[k], self.dh_dcp[k], self.dc_dcp[k])
+                _k.coefficients(net.kind, net.act, net.alpha, h0[k], c0[k], out_h, out_c, aux,
+                                d == 1, self.G,
+                                (self.h_rec[k], self.h_in[k], c_k[0], c_k[1], self.direct[k],
+                                 c_k[2], c_k[3], self.r_grad[k]))
+
+    def kernel_args(self):
+        return (self.lstm, self.D, self.w_hh, self.w_up, self.h_rec, self.h_in, self.c_rec,
+                self.c_in, self.direct, self.dh_dcp, self.dc_dcp, self.r_grad)
+
+    def blocks(self, v):
+        """(..., S, k) -> (..., L*D, P, N, k) C-contiguous in the network's dtype."""
+        lead = v.shape[:-2]
+        return np.ascontiguousarray(v, dtype=self.net.dtype).reshape(
+            lead + (self.LD, self.P, self.N, v.shape[-1]))
+
+    def apply(self, v, transpose):
+        """J_t v_t (or J_t^T v_t) for v of shape (T or 1, B or 1, S, k) -> (T, B, S, k)."""
+        vb = self.blocks(v)
+        k = v.shape[-1]
+        out = np.empty((self.T, self.B, self.LD, self.P, self.N, k), self.net.dtype)
+        _k._tangent_kernel(bool(transpose), *self.kernel_args(), vb, out)
+        return out.reshape(self.T, self.B, self.S, k)
+
+    def states(self):
+        """s_t after every processing step, shape (T, B, S)."""
+        T, B = self.T, self.B
+        s = np.empty((T, B, self.LD, self.P, self.N), self.net.dtype)
+        for layer in range(self.L):
+            for d in range(self.D):
+                k = layer * self.D + d
+                out_h, out_c, _ = self.tape[layer][1][d]
+                order = slice(None, None, -1) if d == 1 else slice(None)
+                s[:, :, k, 0] = out_h[order]
+                if self.lstm:
+                    s[:, :, k, 1] = out_c[order]
+        return s.reshape(T, B, self.S)
+
+    def initial_state(self):
+        """s_{-1}, shape (B, S)."""
+        parts = [self.h0] + ([self.c0] if self.lstm else [])
+        s = np.stack(parts, axis=1)  # (LD, P, B, N)
+        return np.ascontiguousarray(s.transpose(2, 0, 1, 3)).reshape(self.B, self.S)
+
+
+def _linearise(net, x, h0, what="the step Jacobian"):
+    """Validate (net, x, h0) and build the linearisation; returns (lin, unbatched)."""
+    _check_net(net, what)
+    x_tm, unbatched = net._check_input(x)
+    h, c = net._split_state(h0, x_tm.shape[1], unbatched)
+    return _Linearisation(net, x_tm, h, c), unbatched
+
+
+def jacobians(net, x, h0=None):
+    r"""Step Jacobians J_t = d s_t / d s_{t-1} along the trajectory driven by x.
+
+    Parameters
+    ----------
+    net : numrnn.RNN
+        Any cell; bidirectional only with ``num_layers=1`` (see the module docstring).
+    x : ndarray, shape (T, B, I), (B, T, I) if ``net.batch_first``, or (T, I)
+        Input, of the network's dtype.
+    h0 : ndarray or pair, optional
+        Initial state as in :meth:`numrnn.RNN.forward` (zeros by default).
+
+    Returns
+    -------
+    J : ndarray, shape (T, B, S, S), or (T, S, S) for unbatched x
+        ``J[t, b]`` is the Jacobian of step t of sequence b (time-major whatever ``batch_first``);
+        rows index s_t and columns s_{t-1}, stacked as in :func:`pack_state`.  Built from the
+        same cell functions as backpropagation through time: the chain of their transposes is
+        BPTT's gradient of the initial state.
+
+    References
+    ----------
+    Pascanu, R., Mikolov, T. and Bengio, Y. (2013). On the difficulty of training recurrent neural
+    networks. ICML.
+
+    Examples
+    --------
+    >>> import numpy as np, numrnn
+    >>> net = numrnn.RNN(2, 4, cell="gru", seed=0)
+    >>> J = numrnn.jacobians(net, np.zeros((5, 2)))
+    >>> J.shape
+    (5, 4, 4)
+    """
+    lin, unbatched = _linearise(net, x, h0)
+    eye = np.eye(lin.S, dtype=net.dtype)[None, None]
+    J = lin.apply(eye, transpose=False)
+    return J[:, 0] if unbatched else J
+
+
+def _tangent_products(net, x, vectors, h0, name, transpose):
+    lin, unbatched = _linearise(net, x, h0)
+    T, B, S = lin.T, lin.B, lin.S
+    shape = (T, S) if unbatched else (T, B, S)
+    vec = _v.check_float_array(name, vectors, net.dtype, [shape])
+    if unbatched:
+        vec = vec[:, None]
+    out = lin.apply(vec[..., None], transpose)[..., 0]
+    return out[:, 0] if unbatched else out
+
+
+def step_jvp(net, x, v, h0=None):
+    r"""Jacobian-vector products J_t v_t of every step, without forming J_t.
+
+    Parameters
+    ----------
+    net, x, h0
+        As in :func:`jacobians`.
+    v : ndarray, shape (T, B, S) or (T, S) for unbatched x
+        One tangent vector of s_{t-1} per step and sequence.
+
+    Returns
+    -------
+    ndarray, shape of ``v``
+        ``J_t v_t``: the first-order change of s_t when s_{t-1} moves along v_t.  Costs one
+        product with each W_hh (and W_ih between layers) per step.
+
+    Examples
+    --------
+    >>> import numpy as np, numrnn
+    >>> net = numrnn.RNN(2, 3, seed=0)
+    >>> x, v = np.zeros((4, 2)), np.ones((4, 3))
+    >>> np.allclose(numrnn.analysis.step_jvp(net, x, v),
+    ...             (numrnn.jacobians(net, x) @ v[..., None])[..., 0])
+    True
+    """
+    return _tangent_products(net, x, v, h0, "v", transpose=False)
+
+
+def step_vjp(net, x, u, h0=None):
+    r"""Vector-Jacobian products u_t^T J_t of every step (the backward pass of BPTT).
+
+    Parameters
+    ----------
+    net, x, h0
+        As in :func:`jacobians`.
+    u : ndarray, shape (T, B, S) or (T, S) for unbatched x
+        One cotangent of s_t per step and sequence.
+
+    Returns
+    -------
+    ndarray, shape of ``u``
+        ``u_t^T J_t`` (as a vector): the cotangent of s_{t-1}.
+
+    Examples
+    --------
+    >>> import numpy as np, numrnn
+    >>> net = numrnn.RNN(2, 3, cell="lstm", seed=0)
+    >>> x, u = np.zeros((4, 2)), np.ones((4, 6))
+    >>> J = numrnn.jacobians(net, x)
+    >>> np.allclose(numrnn.analysis.step_vjp(net, x, u), np.einsum("ts,tsr->tr", u, J))
+    True
+    """
+    return _tangent_products(net, x, u, h0, "u", transpose=True)

@@ -1,0 +1,193 @@
+"""Tangent maps: dense step Jacobian, JVP and VJP against finite differences of the step map, and
+the chain of VJPs against backpropagation through time (``RNN.vjp``)."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import numrnn
+from numrnn.analysis import pack_state, state_size, step_jvp, step_vjp, unpack_state
+from numrnn.analysis.jacobians import _Linearisation
+
+from .tolerance import assert_close, rel_error
+
+# Central differences with step 1e-6 on O(1) states: truncation ~1e-12, rounding ~1e-10.
+FD_EPS = 1e-6
+FD_RTOL = 1e-8
+
+CELLS = [("tanh", None, 1.0), ("relu", None, 1.0), ("linear", None, 0.7), ("tanh", None, 0.4),
+         ("rate", "tanh", 0.3), ("rate", "relu", 1.0), ("lstm", None, 1.0), ("gru", None, 1.0)]
+LAYOUTS = [(1, False), (2, False), (1, True)]
+
+
+def make_net(cell, nonlinearity, alpha, layers, bidirectional, seed=0, **kw):
+    return numrnn.RNN(3, 4, cell=cell, nonlinearity=nonlinearity, alpha=alpha, num_layers=layers,
+                      bidirectional=bidirectional, seed=seed, **kw)
+
+
+def step_map(net, x, t, s):
+    """F_t(s): the state after processing step t from state s (B, S), by the engine's forward.
+
+    The reverse direction's processing step t consumes x[T-1-t]."""
+    T = x.shape[0]
+    state = unpack_state(net, s)
+    _, h_n = net.forward(x[t:t + 1], state)
+    new = pack_state(net, *(h_n if isinstance(h_n, tuple) else (h_n,)))
+    if net.bidirectional:
+        _, h_r = net.forward(x[T - 1 - t:T - t], state)
+        rev = pack_state(net, *(h_r if isinstance(h_r, tuple) else (h_r,)))
+        half = new.shape[1] // 2
+        new[:, half:] = rev[:, half:]
+    return new
+
+
+def trajectory(net, x, h0=None):
+    """(s_{-1}, s_0, ..., s_{T-1}) via the linearisation's record, shape (T+1, B, S)."""
+    x_tm, _ = net._check_input(x)
+    h, c = net._split_state(h0, x_tm.shape[1], False)
+    lin = _Linearisation(net, x_tm, h, c)
+    return np.concatenate([lin.initial_state()[None], lin.states()])
+
+
+def fd_jacobian(net, x, t, s):
+    """Central-difference Jacobian of F_t at s (B, S) -> (B, S, S)."""
+    S = s.shape[1]
+    J = np.empty((s.shape[0], S, S))
+    for i in range(S):
+        e = np.zeros(S)
+        e[i] = FD_EPS
+        J[:, :, i] = (step_map(net, x, t, s + e) - step_map(net, x, t, s - e)) / (2 * FD_EPS)
+    return J
+
+
+# --- invalid input first ----------------------------------------------------------------------
+
+
+def test_rejects_bad_input():
+    net = numrnn.RNN(2, 3, seed=0)
+    x = np.zeros((4, 2))
+    with pytest.raises(TypeError, match="net: expected a numrnn.RNN"):
+        numrnn.jacobians("net", x)
+    with pytest.raises(TypeError, match="x: expected dtype float64"):
+        numrnn.jacobians(net, x.astype(np.float32))
+    with pytest.raises(ValueError, match="x: expected shape"):
+        numrnn.jacobians(net, np.zeros((4, 5)))
+    with pytest.raises(ValueError, match=r"v: expected shape \(4, 3\)"):
+        step_jvp(net, x, np.zeros((4, 2)))
+    with pytest.raises(ValueError, match=r"u: expected an array of rank 3 \(shape \(4, 2, 3\)\)"):
+        step_vjp(net, np.zeros((4, 2, 2)), np.zeros((4, 3)))
+    deep_bi = numrnn.RNN(2, 3, num_layers=2, bidirectional=True, seed=0)
+    with pytest.raises(ValueError, match="no causal step map"):
+        numrnn.jacobians(deep_bi, x)
+    lstm = numrnn.RNN(2, 3, cell="lstm", seed=0)
+    with pytest.raises(ValueError, match="c: the lstm cell's state has a cell part"):
+        pack_state(lstm, np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="c: the tanh cell has no cell state"):
+        pack_state(net, np.zeros((1, 3)), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="s: expected an array with last axis of length S = 6"):
+        unpack_state(lstm, np.zeros(5))
+
+
+# --- finite differences -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers,bidirectional", LAYOUTS)
+@pytest.mark.parametrize("cell,nonlinearity,alpha", CELLS)
+def test_dense_jvp_vjp_match_finite_differences(cell, nonlinearity, alpha, layers, bidirectional,
+                                                rng):
+    """Dense J_t = dF_t/ds, J_t v and u^T J_t against central differences of the step map F_t
+    (the engine's own one-step forward).  float64, step 1e-6: the truncation error
+    O(eps^2 |F'''|) ~ 1e-12 and rounding O(macheps/eps) ~ 1e-10 give rtol 1e-8 on max and mean."""
+    net = make_net(cell, nonlinearity, alpha, layers, bidirectional)
+    T, B = 3, 2
+    x = rng.standard_normal((T, B, 3))
+    h0 = rng.standard_normal((layers * net.num_directions, B, 4)) * 0.5
+    if cell == "lstm":
+        h0 = (h0, rng.standard_normal(h0.shape))
+    J = numrnn.jacobians(net, x, h0)
+    S = state_size(net)
+    assert J.shape == (T, B, S, S)
+    traj = trajectory(net, x, h0)
+    v = rng.standard_normal((T, B, S))
+    u = rng.standard_normal((T, B, S))
+    jv = step_jvp(net, x, v, h0)
+    uj = step_vjp(net, x, u, h0)
+    for t in range(T):
+        # the recorded trajectory is the engine's step map iterated
+        assert_close(step_map(net, x, t, traj[t]), traj[t + 1], rtol=1e-14)
+        fd = fd_jacobian(net, x, t, traj[t])
+        assert_close(J[t], fd, rtol=FD_RTOL, what=f"J[{t}]")
+        assert np.mean(np.abs(J[t] - fd)) <= FD_RTOL * np.max(np.abs(fd))
+        fd_jv = (step_map(net, x, t, traj[t] + FD_EPS * v[t])
+                 - step_map(net, x, t, traj[t] - FD_EPS * v[t])) / (2 * FD_EPS)
+        assert_close(jv[t], fd_jv, rtol=FD_RTOL, what=f"Jv[{t}]")
+        assert_close(uj[t], np.einsum("bs,bsr->br", u[t], fd), rtol=FD_RTOL, what=f"uJ[{t}]")
+    # the three forms are one map: exact agreement up to summation order
+    assert_close(jv, np.einsum("tbrs,tbs->tbr", J, v), rtol=1e-13)
+    assert_close(uj, np.einsum("tbr,tbrs->tbs", u, J), rtol=1e-13)
+
+
+@pytest.mark.parametrize("layers,bidirectional", LAYOUTS)
+@pytest.mark.parametrize("cell,nonlinearity,alpha", CELLS)
+def test_chain_of_vjps_is_bptt(cell, nonlinearity, alpha, layers, bidirectional, rng):
+    """d<u, s_{T-1}>/ds_{-1} = u^T J_{T-1} ... J_0 must equal RNN.vjp's gradient of h0 (and c0)
+    with d_h_n = u: the analysis and BPTT share the same cell functions, so they agree to
+    rounding (rtol 1e-12 over T = 6 steps)."""
+    net = make_net(cell, nonlinearity, alpha, layers, bidirectional)
+    T, B, LD = 6, 3, layers * net.num_directions
+    x = rng.standard_normal((T, B, 3))
+    h0 = rng.standard_normal((LD, B, 4)) * 0.5
+    d_h = rng.standard_normal((LD, B, 4))
+    if cell == "lstm":
+        h0 = (h0, rng.standard_normal(h0.shape))
+        d_h = (d_h, rng.standard_normal(d_h.shape))
+        u = pack_state(net, *d_h)
+    else:
+        u = pack_state(net, d_h)
+    out, _ = net.forward(x, h0)
+    grads = net.vjp(x, np.zeros_like(out), h0, d_h_n=d_h)
+    want = pack_state(net, grads["h0"], grads.get("c0"))
+    J = numrnn.jacobians(net, x, h0)
+    g = u
+    for t in reversed(range(T)):
+        g = np.einsum("br,brs->bs", g, J[t])
+    assert_close(g, want, rtol=1e-12, what="u^T J_{T-1}...J_0 vs BPTT")
+
+
+# --- layouts and dtypes -----------------------------------------------------------------------
+
+
+def test_unbatched_batch_first_and_float32(rng):
+    """Unbatched input gives (T, S, S); batch_first changes only the input layout; float32
+    agrees with float64 to float32 rounding (rtol 1e-5 over O(1) entries)."""
+    net = numrnn.RNN(3, 5, cell="gru", num_layers=2, seed=3)
+    x = rng.standard_normal((4, 2, 3))
+    J = numrnn.jacobians(net, x)
+    J0 = numrnn.jacobians(net, x[:, 0])
+    assert J0.shape == (4, 10, 10)
+    assert_close(J0, J[:, 0], rtol=1e-15)
+    net_bf = numrnn.RNN(3, 5, cell="gru", num_layers=2, seed=3, batch_first=True)
+    assert_close(numrnn.jacobians(net_bf, x.transpose(1, 0, 2)), J, rtol=1e-15)
+    net32 = numrnn.RNN(3, 5, cell="gru", num_layers=2, seed=3, dtype=np.float32)
+    J32 = numrnn.jacobians(net32, x.astype(np.float32))
+    assert J32.dtype == np.float32
+    assert rel_error(J32, J) < 1e-5
+
+
+@given(layers=st.integers(1, 3), batch=st.integers(1, 3), lstm=st.booleans(),
+       bidirectional=st.booleans())
+def test_pack_unpack_round_trip(layers, batch, lstm, bidirectional):
+    """unpack_state inverts pack_state, and the block order is that of h_n."""
+    if bidirectional:
+        layers = 1
+    net = numrnn.RNN(2, 3, cell="lstm" if lstm else "tanh", num_layers=layers,
+                     bidirectional=bidirectional, seed=0)
+    LD = layers * net.num_directions
+    h = np.arange(LD * batch * 3, dtype=float).reshape(LD, batch, 3)
+    parts = (h, -h) if lstm else (h,)
+    s = pack_state(net, *parts)
+    assert s.shape == (batch, state_size(net))
+    assert_close(s[:, :3], h[0], rtol=0.0)
+    back = unpack_state(net, s)
+    for got, want in zip(back if lstm else (back,), parts):
+        assert_close(got, want, rtol=0.0)
