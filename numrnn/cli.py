@@ -1,0 +1,605 @@
+"""The ``numrnn`` command: studies, training, fixed points and system information.
+
+Every subcommand prints what it found and writes machine-readable results (CSV, JSON with every
+parameter and the numrnn version) and a figure (PNG, when matplotlib is installed) to ``--out``.
+Bad arguments print ``numrnn <command>: error: ...`` and exit with status 2.
+"""
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+_EPILOG = """\
+examples:
+  numrnn study                          gradient stability of random tanh networks, g = 0.5 .. 3
+  numrnn study --cell gru --gains 0.5 1 2 4 --seeds 2 --out gru-study
+  numrnn study --scheduler local:2      the same sweep as Dask tasks (or --scheduler tcp://host:8786)
+  numrnn train --task adding --T 50 --cell lstm --hidden-size 16
+  numrnn train --task flipflop --hidden-size 24 --out ff
+  numrnn fixed-points ff/params.npz     fixed points of the trained flip-flop network
+  numrnn info                           versions, threads, CUDA, which kernels run
+
+Run `numrnn COMMAND --help` for each command's options.
+"""
+
+
+class _UsageError(Exception):
+    """A bad argument found after parsing; reported like argparse's own errors."""
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _nonneg_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _build_parser():
+    parser = argparse.ArgumentParser(
+        prog="numrnn",
+        description="numrnn: Numba-accelerated recurrent networks for scientific study. "
+                    "Measure how gradients and perturbations grow or vanish (Lyapunov spectra, "
+                    "gradient-norm decay, mean-field theory), train on the classic memory tasks, "
+                    "and find the fixed points a trained network computes with.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"numrnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # --- study ------------------------------------------------------------------------------
+    from .experiments.study import STUDY_CELLS, StudyConfig
+    d = StudyConfig()
+    st = sub.add_parser(
+        "study", help="gradient-stability study over a gain sweep (the main job)",
+        description="For each gain g and seed: a random network (W_hh entries N(0, g^2/N) by "
+                    "default), its largest Lyapunov exponents along an autonomous trajectory "
+                    "(Benettin's QR method), Kaplan-Yorke dimension, the per-step decay rate of "
+                    "gradient norms |dh_T/dh_{T-tau}| over lags tau, and the discrete-time "
+                    "mean-field prediction of the largest exponent (tanh, no leak: Poole et al. "
+                    "2016). Exponents are per step; negative means perturbations and gradients "
+                    "vanish, positive means chaos and exploding gradients. Prints a table and "
+                    "writes study.csv, study.json and study.png to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    st.add_argument("--cell", choices=STUDY_CELLS, default=d.cell, help="network family")
+    st.add_argument("-N", "--hidden-size", type=_positive_int, default=d.hidden_size,
+                    help="number of units N")
+    st.add_argument("--gains", type=_positive_float, nargs="+", metavar="G",
+                    help="explicit list of gains (overrides --g-min/--g-max/--n-gains)")
+    st.add_argument("--g-min", type=_positive_float, default=min(d.gains), help="smallest gain")
+    st.add_argument("--g-max", type=_positive_float, default=max(d.gains), help="largest gain")
+    st.add_argument("--n-gains", type=_positive_int, default=len(d.gains),
+                    help="number of gains, evenly spaced")
+    st.add_argument("--seeds", type=_positive_int, default=len(d.seeds),
+                    help="networks per gain (seeds 0 .. SEEDS-1)")
+    st.add_argument("--alpha", type=_finite_float, default=d.alpha,
+                    help="leak a in (0, 1] of tanh/relu/linear/rate cells")
+    st.add_argument("--sigma-b", type=_finite_float, default=d.sigma_b,
+                    help="standard deviation of the biases")
+    st.add_argument("--init", choices=("gaussian", "orthogonal", "spectral_radius", "default",
+                                       "identity"), default=d.init, help="W_hh initialiser")
+    st.add_argument("--dtype", choices=("float64", "float32"), default=d.dtype)
+    st.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
+    st.add_argument("--steps", type=_positive_int, default=d.steps,
+                    help="steps of the measured trajectory")
+    st.add_argument("--transient", type=_nonneg_int, default=d.transient,
+                    help="steps discarded before measuring")
+    spec = st.add_mutually_exclusive_group()
+    spec.add_argument("-k", "--n-exponents", type=_positive_int, default=d.n_exponents,
+                      help="number of Lyapunov exponents")
+    spec.add_argument("--full-spectrum", action="store_true",
+                      help="compute all N exponents (slower)")
+    st.add_argument("--max-lag", type=_positive_int, default=d.max_lag,
+                    help="largest lag of the gradient-norm decay fit")
+    st.add_argument("--scheduler", metavar="ADDRESS",
+                    help="run the points as Dask tasks: a scheduler address "
+                         "(tcp://host:8786) or local[:N] for a LocalCluster; needs numrnn[dask]")
+    _add_common(st, "numrnn-study")
+    st.set_defaults(func=_cmd_study)
+
+    # --- train ------------------------------------------------------------------------------
+    from .experiments.tasks import TASKS
+    tr = sub.add_parser(
+        "train", help="train a network and linear readout on a memory task",
+        description="Train a network with a linear readout by exact BPTT (the engine's vjp), "
+                    "with Adam or SGD with momentum and gradient-norm clipping, on a task "
+                    "generated by numrnn. Prints the loss against the task's chance baseline as "
+                    "it goes and writes params.npz (load with numrnn.experiments.load_model or "
+                    "`numrnn fixed-points`), losses.csv, train.json and train.png to --out. "
+                    "Tasks: adding (Hochreiter & Schmidhuber 1997; chance MSE 1/6), copy "
+                    "(Arjovsky et al. 2016; chance 10 ln 8/(T+20)), flipflop (3-bit, Sussillo & "
+                    "Barak 2013; chance MSE 1), lorenz (forecast the Lorenz system), charlm "
+                    "(min-char-rnn on Shakespeare's sonnets, with sampling).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tr.add_argument("--task", choices=tuple(TASKS), required=True)
+    tr.add_argument("--T", type=_positive_int, help="sequence length (task default if omitted)")
+    tr.add_argument("--cell", choices=("tanh", "relu", "rate", "lstm", "gru"), default="lstm")
+    tr.add_argument("-N", "--hidden-size", type=_positive_int, default=32)
+    tr.add_argument("--num-layers", type=_positive_int, default=1)
+    tr.add_argument("--alpha", type=_finite_float, default=1.0, help="leak (tanh/relu/rate)")
+    tr.add_argument("--steps", type=_positive_int, default=1000, help="optimiser steps")
+    tr.add_argument("--batch-size", type=_positive_int, default=32)
+    tr.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    tr.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate")
+    tr.add_argument("--clip", type=_finite_float, default=1.0,
+                    help="gradient-norm clipping threshold (0 disables)")
+    tr.add_argument("--truncate", type=_positive_int, help="truncated BPTT chunk length")
+    tr.add_argument("--stop-below", type=_positive_float, metavar="LOSS",
+                    help="stop early once the mean loss of the last 20 batches is below LOSS")
+    tr.add_argument("--seed", type=_nonneg_int, default=0)
+    tr.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    _add_common(tr, "numrnn-train")
+    tr.set_defaults(func=_cmd_train)
+
+    # --- fixed-points -----------------------------------------------------------------------
+    fp = sub.add_parser(
+        "fixed-points", help="fixed points of a saved network, with stability",
+        description="Find the fixed points of a network saved by `numrnn train` (zero input by "
+                    "default): minimise q(s) = |F(s) - s|^2 / 2 from states the network visits "
+                    "on its task, refine with Newton's method, de-duplicate, and classify each "
+                    "by the eigenvalues of its Jacobian (Sussillo and Barak 2013). Prints a "
+                    "table and writes fixed_points.csv, fixed_points.json and fixed_points.png "
+                    "(states projected on their principal components; stable filled, unstable "
+                    "open) to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fp.add_argument("params", metavar="PARAMS", help="a params.npz written by `numrnn train`")
+    fp.add_argument("--n-initial", type=_positive_int, default=256,
+                    help="number of starting states")
+    fp.add_argument("--tol", type=_positive_float, default=1e-10,
+                    help="residual tolerance |F(s) - s|")
+    fp.add_argument("--seed", type=_nonneg_int, default=0)
+    _add_common(fp, "numrnn-fixed-points")
+    fp.set_defaults(func=_cmd_fixed_points)
+
+    # --- info -------------------------------------------------------------------------------
+    inf = sub.add_parser("info", help="versions, threads, CUDA availability, kernel choice",
+                         description="Print versions of numrnn and its dependencies, thread "
+                                     "settings, whether a CUDA device is usable, and which "
+                                     "kernels run for typical sizes.")
+    inf.add_argument("--json", action="store_true", help="print JSON instead of text")
+    inf.set_defaults(func=_cmd_info)
+    return parser
+
+
+def _add_common(p, default_out):
+    p.add_argument("--out", default=default_out, help="output directory (created)")
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG figure")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def _out_dir(path):
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"--out: expected a directory, got the existing file {str(out)!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write_csv(path, rows, columns):
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([r[c] for c in columns])
+
+
+def _write_json(path, payload):
+    def default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    with open(path, "w") as fh:
+        json.dump(payload, fh, indent=2, default=default, allow_nan=True)
+        fh.write("\n")
+
+
+def _maybe_plot(args, fn, *a, **kw):
+    """Write a figure unless --no-plot; without matplotlib say how to get it and go on."""
+    if args.no_plot:
+        return None
+    try:
+        fn(*a, **kw)
+    except ImportError as exc:
+        print(f"numrnn: note: no figure written ({exc})", file=sys.stderr)
+        return None
+    return kw.get("path")
+
+
+def _header(args):
+    from . import __version__
+    return {"numrnn_version": __version__, "command": args.command,
+            "argv": list(getattr(args, "_argv", [])), "python": platform.python_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+# --- study ---------------------------------------------------------------------------------
+
+def _cmd_study(args):
+    from .experiments.plotting import plot_study
+    from .experiments.study import StudyConfig, run_study
+
+    if args.gains:
+        gains = tuple(args.gains)
+    else:
+        if args.g_min > args.g_max:
+            raise _UsageError(f"--g-min: expected at most --g-max={args.g_max}, got {args.g_min}")
+        gains = tuple(np.round(np.linspace(args.g_min, args.g_max, args.n_gains), 6).tolist())
+    try:
+        config = StudyConfig(cell=args.cell, hidden_size=args.hidden_size, gains=gains,
+                             seeds=tuple(range(args.seeds)), alpha=args.alpha,
+                             sigma_b=args.sigma_b, init=args.init, dtype=args.dtype,
+                             device=args.device, steps=args.steps, transient=args.transient,
+                             n_exponents=None if args.full_spectrum else args.n_exponents,
+                             max_lag=args.max_lag)
+    except (TypeError, ValueError) as exc:
+        raise _UsageError(_option_message(exc)) from None
+    out = _out_dir(args.out)
+    print(f"numrnn study: {len(config.points())} points ({config.cell}, N={config.hidden_size}, "
+          f"{len(gains)} gains x {args.seeds} seeds), {config.steps} steps after "
+          f"{config.transient} transient; results in {out}/", flush=True)
+    result = run_study(config, scheduler=args.scheduler, progress=not args.quiet)
+    print(result.table())
+    print(result.status)
+    columns = ["gain", "seed", "lyapunov_max", "lyapunov_max_stderr", "meanfield_lyapunov",
+               "grad_decay_rate", "grad_lyapunov_max", "kaplan_yorke_dimension", "ks_entropy",
+               "seconds"]
+    _write_csv(out / "study.csv", result.rows, columns)
+    payload = _header(args)
+    payload.update(parameters=config.as_dict(), scheduler=result.scheduler,
+                   seconds=result.seconds, summary=result.summary(), rows=result.rows)
+    _write_json(out / "study.json", payload)
+    written = ["study.csv", "study.json"]
+    if _maybe_plot(args, plot_study, result, path=out / "study.png"):
+        written.append("study.png")
+    print(f"wrote {', '.join(str(out / w) for w in written)}")
+    return 0
+
+
+def _option_message(exc):
+    """Turn 'hidden_size: ...' from the library into '--hidden-size: ...' for the command line."""
+    msg = str(exc)
+    name, sep, rest = msg.partition(":")
+    if sep and name.replace("_", "").isalnum():
+        return f"--{name.replace('_', '-')}:{rest}"
+    return msg
+
+
+# --- train ---------------------------------------------------------------------------------
+
+def _cmd_train(args):
+    from .experiments.plotting import plot_training
+    from .experiments.tasks import make_task
+    from .experiments.training import sample_text, save_model, train
+    from .network import RNN
+
+    dtype = np.dtype(args.dtype)
+    try:
+        task = make_task(args.task, args.T, dtype=dtype)
+        net = RNN(task.input_size, args.hidden_size, cell=args.cell, num_layers=args.num_layers,
+                  alpha=args.alpha, dtype=dtype, seed=args.seed)
+    except (TypeError, ValueError) as exc:
+        raise _UsageError(_option_message(exc)) from None
+    if args.clip < 0:
+        raise _UsageError(f"--clip: expected a threshold >= 0 (0 disables), got {args.clip}")
+    out = _out_dir(args.out)
+    print(f"numrnn train: {task!r} with {net!r}; chance {task.chance:.4g} ({task.loss})",
+          flush=True)
+    history = []
+
+    class _Stop(Exception):
+        pass
+
+    def callback(step, loss):
+        history.append(loss)
+        if args.stop_below and len(history) >= 20 and np.mean(history[-20:]) < args.stop_below:
+            raise _Stop
+
+    from .experiments import training as _tr
+    readout = _tr.LinearReadout(net.hidden_size, task.output_size, dtype=dtype,
+                                seed=np.random.default_rng([args.seed, 1]))
+    stopped = False
+    try:
+        result = train(net, task, steps=args.steps, batch_size=args.batch_size,
+                       optimizer=args.optimizer, lr=args.lr, clip=args.clip or None,
+                       truncate=args.truncate, readout=readout,
+                       seed=np.random.default_rng([args.seed, 2]), progress=not args.quiet,
+                       callback=callback)
+        losses, eval_loss, status = result.losses, result.eval_loss, result.status
+    except _Stop:
+        stopped = True
+        losses = np.array(history)
+        eval_loss = _tr.evaluate(net, readout, task, 256, np.random.default_rng([args.seed, 3]))
+        status = (f"stopped at step {len(losses)} (running loss below {args.stop_below}); eval "
+                  f"loss {eval_loss:.4g} vs chance {task.chance:.4g} "
+                  f"({eval_loss / task.chance:.3g} of chance)")
+    print(status)
+    meta = {"task": task.name, "T": task.T, "chance": task.chance, "eval_loss": eval_loss,
+            "steps_run": len(losses), "seed": args.seed}
+    save_model(out / "params.npz", net, readout, meta)
+    _write_csv(out / "losses.csv", [{"step": i, "loss": float(v)} for i, v in enumerate(losses)],
+               ["step", "loss"])
+    payload = _header(args)
+    payload.update(parameters={k: v for k, v in vars(args).items()
+                               if k not in ("func", "_argv")},
+                   network=repr(net), chance=task.chance, loss=task.loss, eval_loss=eval_loss,
+                   final_running_loss=float(np.mean(losses[-20:])), steps_run=len(losses),
+                   stopped_early=stopped, status=status)
+    if task.name == "charlm":
+        text = sample_text(net, readout, task, 200, seed=args.seed)
+        print("sample:\n" + text)
+        payload["sample"] = text
+    _write_json(out / "train.json", payload)
+    written = ["params.npz", "losses.csv", "train.json"]
+    if _maybe_plot(args, plot_training, losses, task.chance, path=out / "train.png",
+                   title=f"{task.name} (T={task.T}), {net.cell} N={net.hidden_size}"):
+        written.append("train.png")
+    print(f"wrote {', '.join(str(out / w) for w in written)}")
+    return 0
+
+
+# --- fixed points --------------------------------------------------------------------------
+
+def _cmd_fixed_points(args):
+    import numrnn
+
+    from .experiments.plotting import plot_fixed_points
+    from .experiments.tasks import make_task
+    from .experiments.training import load_model
+
+    if not Path(args.params).is_file():
+        raise _UsageError(f"PARAMS: expected a params.npz file written by `numrnn train`, got "
+                          f"{args.params!r} (no such file)")
+    try:
+        saved = load_model(args.params)
+    except ValueError as exc:
+        raise _UsageError(str(exc).replace("path:", "PARAMS:", 1)) from None
+    net = saved.net
+    out = _out_dir(args.out)
+    states = None
+    task_name = saved.meta.get("task")
+    if task_name:
+        task = make_task(task_name, saved.meta.get("T"), dtype=net.dtype)
+        batch = task.sample(16, np.random.default_rng([args.seed, 1]))
+        states, _ = net.forward(batch.x)
+    print(f"numrnn fixed-points: {net!r}" + (f" trained on {task_name}" if task_name else ""),
+          flush=True)
+    result = numrnn.fixed_points(net, n_initial=args.n_initial, seed=args.seed, tol=args.tol,
+                                 **({"initial_states": states} if states is not None
+                                    and _accepts(numrnn.fixed_points, "initial_states") else {}))
+    rows = _fixed_point_rows(result)
+    print(_fixed_point_table(rows))
+    n_stable = int(np.sum(result.stable))
+    print(f"{len(rows)} fixed points, {n_stable} stable, {len(rows) - n_stable} unstable")
+    _write_csv(out / "fixed_points.csv", rows, list(rows[0]) if rows else
+               ["index", "residual", "stable", "n_unstable", "max_abs_eigenvalue",
+                "slowest_time_constant"])
+    payload = _header(args)
+    payload.update(parameters={k: v for k, v in vars(args).items() if k not in ("func", "_argv")},
+                   network=repr(net), meta=saved.meta, n_fixed_points=len(rows),
+                   n_stable=n_stable, rows=rows, points=np.asarray(result.points),
+                   eigenvalues_abs=np.abs(np.asarray(result.eigenvalues)))
+    _write_json(out / "fixed_points.json", payload)
+    written = ["fixed_points.csv", "fixed_points.json"]
+    if len(rows) and _maybe_plot(
+            args, plot_fixed_points, np.asarray(result.points), np.asarray(result.stable),
+            None if states is None else _state_view(net, states, result), path=out / "fixed_points.png",
+            title=f"fixed points: {n_stable} stable, {len(rows) - n_stable} unstable"):
+        written.append("fixed_points.png")
+    print(f"wrote {', '.join(str(out / w) for w in written)}")
+    return 0
+
+
+def _accepts(fn, name):
+    import inspect
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _state_view(net, output, result):
+    """Trajectories in the fixed points' state coordinates, if those are the hidden states."""
+    S = np.asarray(result.points).shape[1]
+    return output if output.shape[-1] == S else None
+
+
+def _fixed_point_rows(result):
+    rows = []
+    eig = np.asarray(result.eigenvalues)
+    tau = np.asarray(result.time_constants)
+    for i in range(len(np.asarray(result.residuals))):
+        mags = np.abs(eig[i])
+        finite_tau = tau[i][np.isfinite(tau[i])]
+        rows.append({"index": i, "residual": float(result.residuals[i]),
+                     "stable": bool(result.stable[i]), "n_unstable": int(result.n_unstable[i]),
+                     "max_abs_eigenvalue": float(mags.max()),
+                     "slowest_time_constant": float(finite_tau.max()) if finite_tau.size
+                     else float("inf")})
+    return rows
+
+
+def _fixed_point_table(rows):
+    head = f"{'#':>3} {'residual':>10} {'stable':>7} {'unstable dirs':>14} {'max|eig|':>9} {'slowest tau':>12}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['index']:3d} {r['residual']:10.2e} {str(r['stable']):>7} "
+                     f"{r['n_unstable']:14d} {r['max_abs_eigenvalue']:9.4f} "
+                     f"{r['slowest_time_constant']:12.2f}")
+    return "\n".join(lines)
+
+
+# --- info ----------------------------------------------------------------------------------
+
+def _cuda_status():
+    """(usable, description); never raises, never fails when numba-cuda or a GPU is absent."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            from numba import cuda
+        except Exception as exc:  # numba-cuda missing or broken
+            return False, f"numba.cuda not importable ({type(exc).__name__}: {exc})"
+        try:
+            if not cuda.is_available():
+                return False, "numba.cuda imports, but no CUDA device is usable"
+            dev = cuda.get_current_device()
+            name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+            cc = ".".join(map(str, dev.compute_capability))
+            return True, f"{name} (compute capability {cc})"
+        except Exception as exc:
+            return False, f"numba.cuda imports, but the driver failed ({type(exc).__name__}: {exc})"
+
+
+def _info():
+    import numba
+    import scipy
+
+    from . import __version__, config
+    from .cpu import recurrence
+
+    versions = {"numrnn": __version__, "python": platform.python_version(),
+                "numpy": np.__version__, "scipy": scipy.__version__, "numba": numba.__version__}
+    for name in ("llvmlite", "torch", "matplotlib", "dask", "distributed"):
+        try:
+            mod = __import__(name)
+            versions[name] = getattr(mod, "__version__", "?")
+        except Exception:
+            versions[name] = None
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = "not yet chosen (no parallel kernel has run)"
+    threads = {"cpu_count": os.cpu_count(), "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
+               "numba_threads_in_use": numba.get_num_threads(), "threading_layer": layer,
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+               "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}
+    usable, desc = _cuda_status()
+    tunables = {k: getattr(config, k) for k in dir(config) if k.isupper()}
+    kernels = []
+    for B, N in ((1, 32), (32, 128), (32, 512)):
+        threaded = B >= config.PARALLEL_MIN_BATCH and B * N >= config.PARALLEL_MIN_WORK
+        blas = recurrence._use_blas(B, N, N)
+        kernels.append({"batch": B, "hidden": N, "device": "cpu",
+                        "recurrence": ("threaded" if threaded else "serial") + " @njit kernel",
+                        "recurrent_product": "BLAS gemm per step" if blas else "compiled loops"})
+    return {"versions": versions, "threads": threads,
+            "cuda": {"usable": usable, "detail": desc,
+                     "kernels": "numrnn.gpu @cuda.jit kernels (device='cuda')" if usable
+                     else "none: device='cuda' is unavailable, the CPU kernels run"},
+            "config": tunables, "cpu_kernels": kernels}
+
+
+def _cmd_info(args):
+    info = _info()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print("numrnn " + info["versions"]["numrnn"])
+    print("\nversions:")
+    for k, v in info["versions"].items():
+        print(f"  {k:12s} {v if v is not None else 'not installed'}")
+    print("\nthreads:")
+    for k, v in info["threads"].items():
+        print(f"  {k:22s} {v}")
+    print("\ncuda:")
+    print(f"  usable                 {info['cuda']['usable']}")
+    print(f"  detail                 {info['cuda']['detail']}")
+    print(f"  kernels                {info['cuda']['kernels']}")
+    print("\nconfig (numrnn.config, NUMRNN_* environment variables):")
+    for k, v in info["config"].items():
+        print(f"  {k:22s} {v}")
+    print("\nCPU kernels for typical sizes (forward and BPTT):")
+    for r in info["cpu_kernels"]:
+        print(f"  B={r['batch']:<3d} N={r['hidden']:<4d} {r['recurrence']}, "
+              f"{r['recurrent_product']}")
+    return 0
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+def main(argv=None):
+    """Run the ``numrnn`` command; returns the exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments after the program name (``sys.argv[1:]`` by default).
+
+    Examples
+    --------
+    >>> from numrnn.cli import main
+    >>> main(["info", "--json"])  # doctest: +SKIP
+    0
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    args._argv = argv
+    try:
+        return args.func(args)
+    except _UsageError as exc:
+        print(f"numrnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"numrnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as exc:
+        # the library's own checks (bad values met while running, CUDA unavailable, ...)
+        print(f"numrnn {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"numrnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""The gradient-stability study: Lyapunov spectra, gradient decay and mean field over a sweep.
+
+One *point* of a study is a (gain, seed) pair; :func:`study_point` computes it from a plain dict of
+parameters, so the same function runs in a loop here or as a task on a Dask cluster
+(:func:`run_study` with ``scheduler=``) and gives the same bits either way: every random number of a
+point comes from generators seeded by the point's own parameters.
+"""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import _validation as _v
+from .meanfield import meanfield_lyapunov
+from .progress import ProgressBar
+
+__all__ = ["StudyConfig", "StudyResult", "study_point", "run_study", "STUDY_CELLS"]
+
+STUDY_CELLS = ("tanh", "relu", "linear", "rate", "lstm", "gru")
+_INITS = ("gaussian", "orthogonal", "spectral_radius", "default", "identity")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Every parameter of a gradient-stability study (all of it is written to the JSON output).
+
+    Parameters
+    ----------
+    cell : str
+        One of ``STUDY_CELLS``.
+    hidden_size : int
+        N.
+    gains : tuple of float
+        The swept gain g (std of W_hh entries times sqrt(N) for init "gaussian").
+    seeds : tuple of int
+        One network per (gain, seed).
+    alpha : float
+        Leak of the Elman and rate cells.
+    sigma_b : float
+        Standard deviation of the biases (b_ih ~ N(0, sigma_b^2), b_hh = 0).
+    init : str
+        Initialiser of W_hh (see :class:`numrnn.RNN`).
+    dtype : str
+        "float64" or "float32".
+    device : str
+        "cpu" or "cuda".
+    steps : int
+        Steps of the trajectory along which exponents and gradients are measured.
+    transient : int
+        Steps discarded first.
+    n_exponents : int or None
+        How many Lyapunov exponents (None: the full spectrum).
+    max_lag : int
+        Largest lag of the gradient-norm decay fit.
+    """
+
+    cell: str = "tanh"
+    hidden_size: int = 200
+    gains: tuple = tuple(np.round(np.linspace(0.5, 3.0, 11), 6).tolist())
+    seeds: tuple = (0, 1, 2)
+    alpha: float = 1.0
+    sigma_b: float = 0.0
+    init: str = "gaussian"
+    dtype: str = "float64"
+    device: str = "cpu"
+    steps: int = 500
+    transient: int = 200
+    n_exponents: int = 10
+    max_lag: int = 50
+
+    def __post_init__(self):
+        if not isinstance(self.cell, str) or self.cell not in STUDY_CELLS:
+            raise ValueError(f"cell: expected one of {STUDY_CELLS}, got {self.cell!r}")
+        _v.check_int("hidden_size", self.hidden_size, 1)
+        gains = tuple(float(_v.check_real("gains", g, 0.0, low_open=True)) for g in self.gains)
+        if not gains:
+            raise ValueError("gains: expected at least one gain, got none")
+        object.__setattr__(self, "gains", gains)
+        seeds = tuple(_v.check_int("seeds", s, 0) for s in self.seeds)
+        if not seeds:
+            raise ValueError("seeds: expected at least one seed, got none")
+        object.__setattr__(self, "seeds", seeds)
+        _v.check_real("alpha", self.alpha, 0.0, 1.0, low_open=True)
+        _v.check_real("sigma_b", self.sigma_b, 0.0)
+        if self.init not in _INITS:
+            raise ValueError(f"init: expected one of {_INITS}, got {self.init!r}")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype: expected 'float64' or 'float32', got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected 'cpu' or 'cuda', got {self.device!r}")
+        _v.check_int("steps", self.steps, 2)
+        _v.check_int("transient", self.transient, 0)
+        if self.n_exponents is not None:
+            _v.check_int("n_exponents", self.n_exponents, 1)
+            n_state = self.hidden_size * (2 if self.cell == "lstm" else 1)
+            if self.n_exponents > n_state:
+                raise ValueError(f"n_exponents: expected at most the state size {n_state}, got "
+                                 f"{self.n_exponents}")
+        _v.check_int("max_lag", self.max_lag, 2)
+        if self.max_lag >= self.steps:
+            raise ValueError(f"max_lag: expected fewer than steps={self.steps}, got {self.max_lag}")
+        if self.cell in ("lstm", "gru") and self.alpha != 1.0:
+            raise ValueError(f"alpha: the {self.cell} cell has no leak; expected 1.0, got "
+                             f"{self.alpha}")
+
+    def points(self):
+        """The sweep's points as plain dicts (gain-major, then seed), ready for :func:`study_point`."""
+        base = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("gains", "seeds")}
+        return [dict(base, gain=g, seed=s) for g in self.gains for s in self.seeds]
+
+    def as_dict(self):
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in ((k, getattr(self, k)) for k in self.__dataclass_fields__)}
+
+
+def _build_network(p):
+    """The point's network: W_hh from the initialiser, biases N(0, sigma_b^2) in b_ih, b_hh = 0."""
+    from ..network import RNN
+
+    kw = {}
+    if p["device"] != "cpu":
+        kw["device"] = p["device"]
+    rng = np.random.default_rng([p["seed"], 1])
+    try:
+        net = RNN(1, p["hidden_size"], cell=p["cell"], alpha=p["alpha"], dtype=np.dtype(p["dtype"]),
+                  init=p["init"], gain=p["gain"], seed=np.random.default_rng([p["seed"], 0]), **kw)
+    except TypeError as exc:
+        if "device" in str(exc) and kw:
+            raise ValueError(f"device: this numrnn build cannot run on {p['device']!r}: "
+                             f"{exc}") from None
+        raise
+    params = net.state_dict()
+    for name in params:
+        if name.startswith("bias_ih"):
+            params[name] = (p["sigma_b"] * rng.standard_normal(params[name].shape)).astype(net.dtype)
+        elif name.startswith("bias_hh"):
+            params[name] = np.zeros_like(params[name])
+    net.load_state_dict(params)
+    return net
+
+
+def study_point(p):
+    """Compute one point of a study from a dict of parameters (a :meth:`StudyConfig.points` entry).
+
+    Returns
+    -------
+    dict
+        The point's parameters ``gain`` and ``seed`` and the measured ``lyapunov_max``,
+        ``lyapunov_max_stderr``, ``exponents`` (list), ``kaplan_yorke_dimension``, ``ks_entropy``,
+        ``grad_decay_rate`` (per step, fitted slope of ln |dh_T / dh_{T-tau}| over lags),
+        ``grad_lyapunov_max`` (the analysis' own estimate on the same trajectory),
+        ``meanfield_lyapunov`` (NaN where the theory does not apply) and ``seconds``.
+    """
+    import numrnn
+
+    start = time.perf_counter()
+    net = _build_network(p)
+    dtype = np.dtype(p["dtype"])
+    rng = np.random.default_rng([p["seed"], 2])
+    n_state = net.num_layers * net.hidden_size
+    h0 = rng.standard_normal((1, n_state)).astype(dtype)
+    if p["cell"] == "lstm":
+        h0 = (h0, np.zeros_like(h0))
+    total = p["transient"] + p["steps"]
+    x = np.zeros((total, 1), dtype)
+    spec = numrnn.lyapunov_spectrum(net, x, h0, k=p["n_exponents"], transient=p["transient"],
+                                    seed=int(p["seed"]))
+    prop = numrnn.gradient_propagation(net, x, h0, lags=np.arange(1, p["max_lag"] + 1))
+    mf = (meanfield_lyapunov(p["gain"], p["sigma_b"])
+          if p["cell"] == "tanh" and p["alpha"] == 1.0 and p["init"] == "gaussian" else np.nan)
+    exps = np.asarray(spec.exponents, dtype=np.float64)
+    return {
+        "gain": float(p["gain"]), "seed": int(p["seed"]),
+        "lyapunov_max": float(exps[0]),
+        "lyapunov_max_stderr": float(np.asarray(spec.stderr)[0]),
+        "kaplan_yorke_dimension": float(spec.kaplan_yorke_dimension),
+        "ks_entropy": float(spec.ks_entropy),
+        "grad_decay_rate": float(prop.decay_rate),
+        "grad_lyapunov_max": float(prop.lyapunov_max),
+        "meanfield_lyapunov": float(mf),
+        "exponents": exps.tolist(),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """The rows of a study, in the order of :meth:`StudyConfig.points`.
+
+    Attributes
+    ----------
+    status : str
+        One line: number of points, time, where it ran.
+    config : StudyConfig
+    rows : list of dict
+        One :func:`study_point` result per point.
+    seconds : float
+    scheduler : str
+        "serial" or the Dask scheduler's address.
+    version : str
+        numrnn.__version__ that computed it.
+    """
+
+    status: str
+    config: StudyConfig
+    rows: list
+    seconds: float
+    scheduler: str
+    version: str
+    extra: dict = field(default_factory=dict)
+
+    def column(self, name):
+        """One field of every row as an array, shape (len(gains) * len(seeds),)."""
+        return np.array([r[name] for r in self.rows])
+
+    def summary(self):
+        """Per-gain means and standard deviations over seeds: a list of dicts."""
+        out = []
+        for g in self.config.gains:
+            rows = [r for r in self.rows if r["gain"] == g]
+            entry = {"gain": g, "n_seeds": len(rows)}
+            for key in ("lyapunov_max", "kaplan_yorke_dimension", "grad_decay_rate",
+                        "meanfield_lyapunov"):
+                vals = np.array([r[key] for r in rows])
+                entry[key] = float(vals.mean())
+                entry[key + "_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            out.append(entry)
+        return out
+
+    def table(self):
+        """The summary as aligned text."""
+        head = (f"{'g':>6} {'lambda_max':>18} {'mean-field':>11} {'grad decay':>18} "
+                f"{'KY dim':>14}")
+        lines = [head, "-" * len(head)]
+        for e in self.summary():
+            lines.append(f"{e['gain']:6.3f} {e['lyapunov_max']:+9.4f} +-{e['lyapunov_max_sd']:6.4f}"
+                         f" {e['meanfield_lyapunov']:+11.4f}"
+                         f" {e['grad_decay_rate']:+9.4f} +-{e['grad_decay_rate_sd']:6.4f}"
+                         f" {e['kaplan_yorke_dimension']:7.2f} +-{e['kaplan_yorke_dimension_sd']:4.1f}")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return f"StudyResult({self.status})"
+
+
+def _client(scheduler):
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise ImportError("scheduler: Dask sweeps need the optional extra: pip install "
+                          "'numrnn[dask]'") from exc
+    if hasattr(scheduler, "submit"):
+        return scheduler, None, getattr(getattr(scheduler, "scheduler", None), "address", "client")
+    if not isinstance(scheduler, str):
+        raise TypeError(f"scheduler: expected an address string, 'local[:N]' or a "
+                        f"dask.distributed.Client, got {type(scheduler).__name__}")
+    if scheduler.startswith("local"):
+        n = scheduler.partition(":")[2]
+        n_workers = _v.check_int("scheduler (local:N)", int(n), 1) if n else 2
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+        return client, cluster, cluster.scheduler_address
+    client = Client(scheduler)
+    return client, None, scheduler
+
+
+def run_study(config=None, *, scheduler=None, progress=False, stream=None):
+    """Run a gradient-stability study, serially or on a Dask cluster.
+
+    Parameters
+    ----------
+    config : StudyConfig, optional
+        Defaults: tanh, N = 200, g in 0.5 .. 3.0 (11 values), seeds 0, 1, 2.
+    scheduler : str or dask.distributed.Client, optional
+        None runs the points in this process.  A scheduler address ("tcp://host:8786"), or
+        "local[:N]" for a ``LocalCluster`` of N single-threaded worker processes, or a Client,
+        runs each point as a Dask task.  The numbers are identical either way.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    StudyResult
+
+    References
+    ----------
+    Pascanu, R., Mikolov, T. and Bengio, Y. (2013). On the difficulty of training recurrent
+    neural networks. ICML.
+    Engelken, R., Wolf, F. and Abbott, L. F. (2020). Lyapunov spectra of chaotic recurrent neural
+    networks. arXiv:2006.02427.
+
+    Examples
+    --------
+    >>> from numrnn.experiments import StudyConfig, run_study
+    >>> cfg = StudyConfig(hidden_size=20, gains=(0.5, 2.0), seeds=(0,), steps=100,
+    ...                   transient=20, n_exponents=3, max_lag=10)
+    >>> result = run_study(cfg)
+    >>> result.rows[0]["lyapunov_max"] < 0 < result.rows[1]["lyapunov_max"]
+    True
+    """
+    import numrnn
+
+    config = StudyConfig() if config is None else config
+    if not isinstance(config, StudyConfig):
+        raise TypeError(f"config: expected a StudyConfig, got {type(config).__name__}")
+    points = config.points()
+    start = time.perf_counter()
+    bar = ProgressBar(len(points), "study", enabled=progress, stream=stream)
+    rows = [None] * len(points)
+    with bar:
+        if scheduler is None:
+            where = "serial"
+            for i, p in enumerate(points):
+                rows[i] = study_point(p)
+                bar.update(postfix=f"g={p['gain']:.3g} seed={p['seed']}")
+        else:
+            from dask.distributed import as_completed
+
+            client, cluster, where = _client(scheduler)
+            try:
+                futures = client.map(study_point, points, pure=False)
+                index = {f.key: i for i, f in enumerate(futures)}
+                for fut in as_completed(futures):
+                    i = index[fut.key]
+                    rows[i] = fut.result()
+                    bar.update(postfix=f"g={points[i]['gain']:.3g} seed={points[i]['seed']}")
+            finally:
+                if cluster is not None:
+                    client.close()
+                    cluster.close()
+    seconds = time.perf_counter() - start
+    status = (f"{len(points)} points ({len(config.gains)} gains x {len(config.seeds)} seeds, "
+              f"{config.cell}, N={config.hidden_size}) in {seconds:.1f} s on {where}")
+    return StudyResult(status, config, rows, seconds, where, numrnn.__version__)
