@@ -154,9 +154,9 @@ ax.legend(); plt.show()
 print("Kaplan-Yorke dimension:", {g: round(r.kaplan_yorke_dimension, 1) for g, r in spectra.items()})"""),
     ("md", """\
 The largest exponent over a finer sweep, three networks per gain, against the mean-field
-prediction.  Below g = 1 the origin is a stable fixed point and lambda_1 = ln g exactly (the
-Jacobian at 0 is W); above it the exponent is positive and approaches the mean-field curve as N
-grows.  This is `numrnn study`'s measurement; the command runs it over seeds and writes tables."""),
+prediction.  Below g = 1 the origin is a stable fixed point, the Jacobian there is W, and
+lambda_1 = ln of W's spectral radius, which tends to g as N grows (the circular law); above g = 1
+the exponent is positive and approaches the mean-field curve as N grows.  This is `numrnn study`'s measurement; the command runs it over seeds and writes tables."""),
     ("code", """\
 fine = np.linspace(0.5, 3.0, 11)
 lam = np.array([[numrnn.lyapunov_spectrum(numrnn.RNN(1, 200, init="gaussian", gain=g, bias=False, seed=s),

@@ -283,7 +283,8 @@ def _cmd_study(args):
     print(result.table())
     print(result.status)
     columns = ["gain", "seed", "lyapunov_max", "lyapunov_max_stderr", "meanfield_lyapunov",
-               "grad_decay_rate", "grad_lyapunov_max", "kaplan_yorke_dimension", "ks_entropy",
+               "grad_decay_rate", "jacobian_decay_rate", "jacobian_lyapunov_max",
+               "kaplan_yorke_dimension", "ks_entropy",
                "seconds"]
     _write_csv(out / "study.csv", result.rows, columns)
     payload = _header(args)

@@ -6,13 +6,19 @@ from .. import _validation as _v
 
 __all__ = ["meanfield_q_star", "meanfield_lyapunov"]
 
-_N_QUAD = 101
-_NODES, _WEIGHTS = np.polynomial.hermite.hermgauss(_N_QUAD)
-
-
 def _gauss_mean(f, q):
-    """E[f(sqrt(q) z)] for z ~ N(0, 1) by Gauss-Hermite quadrature."""
-    return float(np.dot(_WEIGHTS, f(np.sqrt(2.0 * q) * _NODES)) / np.sqrt(np.pi))
+    """E[f(sqrt(q) z)] for z ~ N(0, 1), to about 1e-15 relative.
+
+    The trapezoidal rule in z on [-9, 9] with step min(0.1, 0.05 / sqrt(q)): for integrands
+    analytic in a strip it converges exponentially (Trefethen and Weideman 2014), here to machine
+    precision for every q.  Gauss-Hermite quadrature does not: sech^4(sqrt(q) z) is a peak of width
+    1/sqrt(q), and 401 nodes still leave 2e-8 at q = 6.
+    """
+    h = min(0.1, 0.05 / np.sqrt(q)) if q > 0 else 0.1
+    n = int(np.ceil(9.0 / h))
+    z = np.arange(-n, n + 1) * h
+    w = (h / np.sqrt(2.0 * np.pi)) * np.exp(-0.5 * z * z)
+    return float(np.dot(w, f(np.sqrt(q) * z)))
 
 
 def _sech4(a):
@@ -92,6 +98,8 @@ def meanfield_lyapunov(gain, sigma_b=0.0):
     by noise. Physical Review Letters 69, 3717.
     Poole, B., Lahiri, S., Raghu, M., Sohl-Dickstein, J. and Ganguli, S. (2016). Exponential
     expressivity in deep neural networks through transient chaos. NeurIPS.
+    Trefethen, L. N. and Weideman, J. A. C. (2014). The exponentially convergent trapezoidal rule.
+    SIAM Review 56(3), 385-458 (the quadrature used for the Gaussian expectations).
 
     Examples
     --------

@@ -1,0 +1,149 @@
+"""Studies and sweeps: configuration checks, mean-field theory, serial run, Dask equals serial."""
+import json
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+
+from numrnn.cli import main
+from numrnn.experiments import StudyConfig, meanfield_lyapunov, meanfield_q_star, run_study
+from numrnn.experiments import meanfield as mf
+from tests.tolerance import assert_close
+
+SMALL = dict(hidden_size=16, gains=(0.5, 1.5, 3.0), seeds=(0, 1), steps=120, transient=30,
+             n_exponents=3, max_lag=10)
+
+# --- invalid input first ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw, exc, words", [
+    (dict(cell="transformer"), ValueError, ["cell", "'transformer'"]),
+    (dict(gains=()), ValueError, ["gains", "at least one"]),
+    (dict(gains=(1.0, -2.0)), ValueError, ["gains", "-2.0"]),
+    (dict(seeds=(-1,)), ValueError, ["seeds", ">= 0"]),
+    (dict(dtype="float16"), ValueError, ["dtype", "'float16'"]),
+    (dict(device="tpu"), ValueError, ["device", "'tpu'"]),
+    (dict(hidden_size=4, n_exponents=9), ValueError, ["n_exponents", "state size 4"]),
+    (dict(cell="gru", alpha=0.5), ValueError, ["alpha", "gru cell has no leak"]),
+    (dict(steps=10, max_lag=10), ValueError, ["max_lag", "fewer than steps=10"]),
+])
+def test_study_config_rejects_bad_values(kw, exc, words):
+    with pytest.raises(exc) as info:
+        StudyConfig(**kw)
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_run_study_rejects_bad_scheduler_and_config():
+    with pytest.raises(TypeError, match="config: expected a StudyConfig"):
+        run_study({"cell": "tanh"})
+    with pytest.raises(TypeError, match="scheduler: expected an address string"):
+        run_study(StudyConfig(**SMALL), scheduler=42)
+    with pytest.raises(ValueError, match="gain"):
+        meanfield_q_star(-1.0)
+
+
+# --- mean-field theory --------------------------------------------------------------------
+
+
+def test_meanfield_below_the_transition_is_ln_g():
+    """With sigma_b = 0 and g <= 1, q* = 0 and lambda_max = 0.5 ln(g^2 sech^4(0)) = ln g
+    (Molgedey et al. 1992; Poole et al. 2016): exact."""
+    for g in (0.3, 0.7, 1.0):
+        assert meanfield_q_star(g) == 0.0
+        assert_close(meanfield_lyapunov(g), np.log(g), atol=1e-15)
+
+
+@pytest.mark.parametrize("g, sb", [(1.2, 0.0), (2.0, 0.0), (3.0, 0.0), (1.5, 0.5), (0.8, 0.3)])
+def test_meanfield_q_star_solves_its_equation(g, sb):
+    """q* = g^2 E[tanh^2(sqrt(q*) z)] + sigma_b^2 (Poole et al. 2016, eq. 3), expectation by
+    Gauss-Hermite quadrature, checked against adaptive quadrature (scipy.integrate.quad).
+
+    Tolerance 1e-11 relative: the 401-node rule's error (about 1e-14 here) plus quad's own
+    (1e-12 requested).
+    """
+    from scipy.integrate import quad
+
+    def expect(f, q):
+        return quad(lambda z: f(np.sqrt(q) * z) * np.exp(-z * z / 2) / np.sqrt(2 * np.pi),
+                    -12, 12, epsabs=1e-14, epsrel=1e-12, limit=200)[0]
+
+    q = meanfield_q_star(g, sb)
+    assert q > 0
+    assert_close(g * g * expect(lambda a: np.tanh(a) ** 2, q) + sb * sb, q, rtol=1e-11)
+    lam = 0.5 * np.log(g * g * expect(mf._sech4, q))
+    assert_close(meanfield_lyapunov(g, sb), lam, rtol=1e-11)
+
+
+def test_meanfield_transition_moves_right_with_bias_noise():
+    """The order-to-chaos boundary (lambda_max = 0) is g = 1 for sigma_b = 0 and moves to larger
+    g as sigma_b grows (Poole et al. 2016, Fig. 2)."""
+    crossings = [brentq(lambda g: meanfield_lyapunov(g, sb), 0.5, 5.0) for sb in (0.0, 0.3, 0.6)]
+    assert abs(crossings[0] - 1.0) < 1e-6
+    assert crossings[0] < crossings[1] < crossings[2]
+    assert np.all(np.diff(meanfield_lyapunov(np.linspace(1.1, 4, 30))) > 0)
+
+
+# --- the study -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def serial_result():
+    return run_study(StudyConfig(**SMALL))
+
+
+def test_study_rows_are_finite_and_ordered(serial_result):
+    res = serial_result
+    assert [(r["gain"], r["seed"]) for r in res.rows] == [(g, s) for g in SMALL["gains"]
+                                                          for s in SMALL["seeds"]]
+    for key in ("lyapunov_max", "grad_decay_rate", "meanfield_lyapunov"):
+        assert np.isfinite(res.column(key)).all(), key
+    # D_KY is 0 in the ordered phase; NaN means "more than the k = 3 exponents computed"
+    ky = res.column("kaplan_yorke_dimension")
+    assert np.all(ky[:2] == 0) and np.all(np.isnan(ky) | (ky >= 0))
+    assert res.status.startswith("6 points") and "serial" in repr(res)
+    assert "lambda_max" in res.table() and len(res.summary()) == 3
+
+
+def test_study_sees_the_transition(serial_result):
+    """Ordered at g = 0.5, chaotic at g = 3 (Sompolinsky et al. 1988); at g = 0.5 the origin is
+    a stable fixed point and every measured rate is ln(spectral radius of W) <= ln 0.5 + finite-N
+    slack, and the gradient-norm decay rate is negative with it."""
+    lam = serial_result.column("lyapunov_max").reshape(3, 2)
+    decay = serial_result.column("grad_decay_rate").reshape(3, 2)
+    assert np.all(lam[0] < -0.3) and np.all(lam[2] > 0.1)
+    assert np.all(decay[0] < -0.3) and np.all(decay[2] > 0.0)
+    assert_close(serial_result.column("meanfield_lyapunov")[:2], np.log([0.5, 0.5]))
+
+
+def test_study_is_reproducible(serial_result):
+    again = run_study(StudyConfig(**dict(SMALL, gains=(3.0,), seeds=(1,))))
+    assert again.rows[0]["lyapunov_max"] == serial_result.rows[-1]["lyapunov_max"]
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_equals_serial(serial_result):
+    """Issue 5: the same sweep as Dask tasks on a LocalCluster (2 worker processes) gives the
+    serial numbers exactly (every random number of a point is seeded by the point itself)."""
+    pytest.importorskip("dask.distributed")
+    dist = run_study(StudyConfig(**SMALL), scheduler="local:2")
+    assert dist.scheduler.startswith("tcp://")
+    for a, b in zip(serial_result.rows, dist.rows):
+        a = {k: v for k, v in a.items() if k != "seconds"}
+        b = {k: v for k, v in b.items() if k != "seconds"}
+        np.testing.assert_equal(a, b)  # exact, NaN == NaN
+
+
+def test_study_command_writes_table_csv_json_png(capsys, tmp_path):
+    rc = main(["study", "-N", "12", "--gains", "0.5", "2.5", "--seeds", "2", "--steps", "80",
+               "--transient", "20", "-k", "2", "--max-lag", "8", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "lambda_max" in out and "mean-field" in out and "study [" in err
+    lines = (tmp_path / "study.csv").read_text().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("gain,seed,lyapunov_max")
+    payload = json.loads((tmp_path / "study.json").read_text())
+    assert payload["numrnn_version"] and payload["parameters"]["hidden_size"] == 12
+    assert payload["parameters"]["gains"] == [0.5, 2.5] and len(payload["rows"]) == 4
+    assert all(np.isfinite(r["lyapunov_max"]) for r in payload["rows"])
+    assert (tmp_path / "study.png").stat().st_size > 1000
