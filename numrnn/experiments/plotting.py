@@ -18,7 +18,7 @@ def _figure(**kw):
 
 
 def plot_study(result, path=None):
-    """Largest Lyapunov exponent, mean-field curve and gradient decay rate against gain.
+    """Largest Lyapunov exponent, mean-field curve and gradient decay rate against gain; spectra.
 
     Parameters
     ----------
@@ -47,12 +47,20 @@ def plot_study(result, path=None):
     ax1.set_ylabel("per step")
     ax1.set_title(f"largest Lyapunov exponent ({cfg.cell}, N={cfg.hidden_size})")
     ax1.legend(fontsize=8)
-    ax2.plot(g, result.column("kaplan_yorke_dimension"), "o", ms=4)
-    ax2.set_xlabel("gain g")
-    ax2.set_ylabel("Kaplan-Yorke dimension" + (" (of the first "
-                                               f"{cfg.n_exponents} exponents)" if cfg.n_exponents
-                                               else ""))
-    ax2.set_title("attractor dimension")
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    gains = list(cfg.gains)
+    for j, gain in enumerate(gains):
+        spectra = np.array([r["exponents"] for r in result.rows if r["gain"] == gain])
+        ax2.plot(np.arange(1, spectra.shape[1] + 1), spectra.mean(axis=0), "-",
+                 color=cmap(j / max(len(gains) - 1, 1)), label=f"g = {gain:g}")
+    ax2.axhline(0.0, color="grey", lw=0.8)
+    ax2.set_xlabel("exponent index i")
+    ax2.set_ylabel("lambda_i (per step, mean over seeds)")
+    ax2.set_title("Lyapunov spectrum" + ("" if cfg.n_exponents is None
+                                         else f" (first {cfg.n_exponents})"))
+    ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
