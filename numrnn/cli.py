@@ -327,34 +327,16 @@ def _cmd_train(args):
     out = _out_dir(args.out)
     print(f"numrnn train: {task!r} with {net!r}; chance {task.chance:.4g} ({task.loss})",
           flush=True)
-    history = []
-
-    class _Stop(Exception):
-        pass
-
-    def callback(step, loss):
-        history.append(loss)
-        if args.stop_below and len(history) >= 20 and np.mean(history[-20:]) < args.stop_below:
-            raise _Stop
-
-    from .experiments import training as _tr
-    readout = _tr.LinearReadout(net.hidden_size, task.output_size, dtype=dtype,
-                                seed=np.random.default_rng([args.seed, 1]))
-    stopped = False
-    try:
-        result = train(net, task, steps=args.steps, batch_size=args.batch_size,
-                       optimizer=args.optimizer, lr=args.lr, clip=args.clip or None,
-                       truncate=args.truncate, readout=readout,
-                       seed=np.random.default_rng([args.seed, 2]), progress=not args.quiet,
-                       callback=callback)
-        losses, eval_loss, status = result.losses, result.eval_loss, result.status
-    except _Stop:
-        stopped = True
-        losses = np.array(history)
-        eval_loss = _tr.evaluate(net, readout, task, 256, np.random.default_rng([args.seed, 3]))
-        status = (f"stopped at step {len(losses)} (running loss below {args.stop_below}); eval "
-                  f"loss {eval_loss:.4g} vs chance {task.chance:.4g} "
-                  f"({eval_loss / task.chance:.3g} of chance)")
+    from .experiments.training import LinearReadout
+    readout = LinearReadout(net.hidden_size, task.output_size, dtype=dtype,
+                            seed=np.random.default_rng([args.seed, 1]))
+    result = train(net, task, steps=args.steps, batch_size=args.batch_size,
+                   optimizer=args.optimizer, lr=args.lr, clip=args.clip or None,
+                   truncate=args.truncate, readout=readout,
+                   seed=np.random.default_rng([args.seed, 2]), progress=not args.quiet,
+                   stop_below=args.stop_below)
+    losses, eval_loss, status = result.losses, result.eval_loss, result.status
+    stopped = len(losses) < args.steps
     print(status)
     meta = {"task": task.name, "T": task.T, "chance": task.chance, "eval_loss": eval_loss,
             "steps_run": len(losses), "seed": args.seed}

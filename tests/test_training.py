@@ -176,3 +176,14 @@ def test_char_lm_training_and_sampling():
     text = sample_text(net, result.readout, task, 50, prime="Shall", seed=1)
     assert text.startswith("Shall") and len(text) == 55 and set(text) <= set(task.vocab)
     assert text == sample_text(net, result.readout, task, 50, prime="Shall", seed=1)
+
+
+def test_stop_below_ends_training_early():
+    task = FlipFlop(20, p=0.2)
+    result = train(numrnn.RNN(3, 8, seed=0), task, steps=400, batch_size=16, lr=0.02, seed=5,
+                   stop_below=0.5)
+    n = len(result.losses)
+    assert 20 <= n < 400 and result.losses[-20:].mean() < 0.5
+    assert result.config["steps_run"] == n and f"stopped at step {n}" in result.status
+    with pytest.raises(ValueError, match="stop_below"):
+        train(numrnn.RNN(3, 8, seed=0), task, steps=1, stop_below=-1.0)

@@ -391,7 +391,7 @@ class TrainResult:
 
 def train(net, task, *, steps=500, batch_size=32, optimizer="adam", lr=None, clip=1.0,
           truncate=None, readout=None, seed=None, eval_batch_size=256, progress=False,
-          callback=None, stream=None):
+          callback=None, stop_below=None, stream=None):
     """Train ``net`` and a linear readout on ``task`` by BPTT (the engine's vjp).
 
     Parameters
@@ -419,6 +419,10 @@ def train(net, task, *, steps=500, batch_size=32, optimizer="adam", lr=None, cli
         Show a progress bar with the running loss against chance.
     callback : callable, optional
         ``callback(step, loss)`` after every step.
+    stop_below : float, optional
+        Stop early once the mean training loss of the last 20 steps is below this value.
+    stream : file-like, optional
+        Where the progress bar goes (stderr by default).
 
     Returns
     -------
@@ -456,6 +460,8 @@ def train(net, task, *, steps=500, batch_size=32, optimizer="adam", lr=None, cli
     batch_size = _v.check_int("batch_size", batch_size, 1)
     if clip is not None:
         clip = _v.check_real("clip", clip, 0.0, low_open=True)
+    if stop_below is not None:
+        stop_below = _v.check_real("stop_below", stop_below, 0.0, low_open=True)
     rng = _rng(seed)
     H = net.hidden_size * net.num_directions
     if readout is None:
@@ -480,13 +486,19 @@ def train(net, task, *, steps=500, batch_size=32, optimizer="adam", lr=None, cli
                 callback(i, loss)
             window = losses[max(0, i - 19):i + 1].mean()
             bar.update(postfix=f"loss {window:.4g} (chance {task.chance:.4g})")
+            if stop_below is not None and i >= 19 and window < stop_below:
+                losses, norms = losses[:i + 1], norms[:i + 1]
+                break
     seconds = time.perf_counter() - start
     eval_loss = evaluate(net, readout, task, eval_batch_size, rng)
     status = (f"eval loss {eval_loss:.4g} vs chance {task.chance:.4g} "
               f"({eval_loss / task.chance:.3g} of chance)")
+    if len(losses) < steps:
+        status += f"; stopped at step {len(losses)} (running loss below {stop_below:g})"
     config = dict(task=task.name, T=task.T, steps=steps, batch_size=batch_size,
                   optimizer=optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
-                  lr=getattr(opt, "lr", lr), clip=clip, truncate=truncate)
+                  lr=getattr(opt, "lr", lr), clip=clip, truncate=truncate, stop_below=stop_below,
+                  steps_run=len(losses))
     return TrainResult(status, net, readout, losses, norms, float(eval_loss), float(task.chance),
                        seconds, config)
 
