@@ -230,8 +230,8 @@ The dotted lines, drawn from the largest Lyapunov exponent alone, follow the mea
 norms: the exponent is the per-step rate at which gradients vanish (lambda < 0) or explode
 (lambda > 0).  The driven tanh network crosses from vanishing to exploding between the two gains,
 orthogonal and Gaussian weights alike.  The untrained LSTM and GRU contract at both gains: their
-gates, half open at random initialisation, multiply the state by about one half per step, so their
-gradients vanish too; long memory in gated cells is learned (forget/update gates saturating open),
+gates, half open at random initialisation, shrink the state by a factor well below one per step,
+so their gradients vanish too; long memory in gated cells is learned (forget/update gates saturating open),
 not given by the architecture.  The same comparison over a gain sweep for tanh networks, fitting
 the decay rate of the gradient norm over the first 60 lags:"""),
     ("code", """\
@@ -250,6 +250,65 @@ ax.set_xlabel("largest Lyapunov exponent (per step)"); ax.set_ylabel("fitted gra
 ax.legend(); plt.show()"""),
 ]
 
+FLIPFLOP = [
+    ("md", """\
+# The flip-flop network's fixed points
+
+Sussillo and Barak (2013) opened the black box of a trained recurrent network by finding its fixed
+points: states s* with F(s*) = s* under zero input.  A network trained on the 3-bit flip-flop (three
+input channels with rare +-1 pulses; each output holds the sign of its channel's last pulse) must
+store 2^3 = 8 memories, and it does so with 8 stable fixed points at the corners of a cube, joined
+by saddles.  Here: train a tanh network on the task with numrnn (exact BPTT, Adam), then find and
+classify its fixed points with `numrnn.fixed_points`.  The same is two commands: `numrnn train
+--task flipflop --cell tanh` and `numrnn fixed-points numrnn-train/params.npz`."""),
+    ("code", SETUP),
+    ("code", """\
+from numrnn.experiments import FlipFlop, train
+from numrnn.experiments.plotting import plot_fixed_points, plot_training
+
+task = FlipFlop(T=100, n_bits=3, p=0.05)
+net = numrnn.RNN(task.input_size, 24, cell="tanh", seed=0)
+result = train(net, task, steps=1500, batch_size=32, lr=0.01, seed=np.random.default_rng([0, 2]),
+               stop_below=0.003)
+print(result.status)
+plot_training(result.losses, task.chance, title="3-bit flip-flop, tanh N=24")"""),
+    ("code", """\
+fp = numrnn.fixed_points(net, n_initial=256, seed=0)
+print(fp)
+stable = np.asarray(fp.stable)
+print(f"{len(stable)} fixed points: {stable.sum()} stable, {(~stable).sum()} unstable")"""),
+    ("md", """\
+Each stable fixed point is one memory: the readout maps it to one of the 8 sign patterns.  The
+unstable ones are saddles between memories; the number of unstable directions says how many bits
+a small push can flip."""),
+    ("code", """\
+readout = result.readout
+patterns = np.sign(readout.forward(np.asarray(fp.points)[stable])).astype(int)
+print("memories (readout signs of the stable fixed points):")
+print(patterns)
+print("distinct:", len({tuple(p) for p in patterns}))
+print("unstable directions of the saddles:", sorted(np.asarray(fp.n_unstable)[~stable].tolist()))"""),
+    ("code", """\
+batch = task.sample(8, rng=3)
+states, _ = net.forward(batch.x)
+plot_fixed_points(np.asarray(fp.points), stable, trajectories=states,
+                  title="flip-flop: fixed points on the top 3 principal components")"""),
+    ("md", """\
+The eigenvalues of the Jacobian at a stable fixed point are all inside the unit circle; their
+time constants -1/ln|lambda| say how fast the network settles back into a memory after a
+perturbation."""),
+    ("code", """\
+eig = np.asarray(fp.eigenvalues)
+fig, ax = plt.subplots(figsize=(4.5, 4.5))
+t = np.linspace(0, 2 * np.pi, 200)
+ax.plot(np.cos(t), np.sin(t), "k-", lw=0.8)
+for i in range(len(eig)):
+    ax.plot(eig[i].real, eig[i].imag, "o" if stable[i] else "x", ms=4, alpha=0.6,
+            color="tab:blue" if stable[i] else "tab:red")
+ax.set_aspect("equal"); ax.set_xlabel("Re lambda"); ax.set_ylabel("Im lambda")
+ax.set_title("Jacobian eigenvalues (o stable, x unstable)"); plt.show()"""),
+]
+
 
 def _notebook(cells):
     import nbformat
@@ -265,7 +324,8 @@ def _notebook(cells):
 
 
 NOTEBOOKS = {"01_quickstart.ipynb": QUICKSTART, "02_transition_to_chaos.ipynb": CHAOS,
-             "03_vanishing_exploding_gradients.ipynb": GRADIENTS}
+             "03_vanishing_exploding_gradients.ipynb": GRADIENTS,
+             "04_flipflop_fixed_points.ipynb": FLIPFLOP}
 
 
 def execute(path, timeout=600):

@@ -126,8 +126,9 @@ def plot_fixed_points(points, stable, trajectories=None, path=None, title="fixed
     points : ndarray, shape (M, S)
     stable : ndarray of bool, shape (M,)
     trajectories : ndarray, shape (T, B, S), optional
-        States visited while the network runs its task; they define the projection and are drawn
-        as faint lines.
+        States visited while the network runs its task, drawn as faint lines.  The projection is
+        onto the principal components of the fixed points (of these states when there are fewer
+        than 4 fixed points).
     path : str or path-like, optional
 
     Returns
@@ -136,11 +137,13 @@ def plot_fixed_points(points, stable, trajectories=None, path=None, title="fixed
     """
     points = np.asarray(points, np.float64)
     stable = np.asarray(stable, bool)
+    # The fixed points span the interesting directions (for the flip-flop, the cube of memories);
+    # with too few of them the visited states define the projection instead.
     basis = None
-    if trajectories is not None:
+    if len(points) < 4 and trajectories is not None:
         basis = np.asarray(trajectories, np.float64).reshape(-1, points.shape[1])
-    elif len(points) < 3:
-        basis = np.vstack([points, points + 1e-3 * np.eye(points.shape[1])[:2]])
+    elif len(points) < 4:
+        basis = np.vstack([points, points[:1] + 1e-3 * np.eye(points.shape[1])[:3]])
     n = min(3, points.shape[1])
     proj, comps, mean = pca_project(points, n, basis)
     fig = _figure(figsize=(6, 5), layout="constrained")
