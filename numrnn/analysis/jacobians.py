@@ -171,6 +171,7 @@ class _Linearisation:
                 self.w_hh[layer * self.D + d] = w_hh
                 if layer > 0:
                     self.w_up[layer - 1] = w_ih  # D == 1 here (see _check_net)
+        self.w_hh_t = self.w_up_t = None
         gru = net.kind == cells.KIND_GRU
         self.h_rec = np.empty((LD, T, B, GN), dt)
         self.h_in = np.empty((LD, T, B, GN), dt) if gru else self.h_rec
@@ -193,8 +194,12 @@ class _Linearisation:
                                  c_k[2], c_k[3], self.r_grad[k]))
 
     def kernel_args(self):
-        return (self.lstm, self.D, self.w_hh, self.w_up, self.h_rec, self.h_in, self.c_rec,
-                self.c_in, self.direct, self.dh_dcp, self.dc_dcp, self.r_grad)
+        if self.w_hh_t is None:
+            self.w_hh_t = np.ascontiguousarray(self.w_hh.transpose(0, 2, 1))
+            self.w_up_t = np.ascontiguousarray(self.w_up.transpose(0, 2, 1))
+        return (self.lstm, self.D, self.w_hh, self.w_up, self.w_hh_t, self.w_up_t, self.h_rec,
+                self.h_in, self.c_rec, self.c_in, self.direct, self.dh_dcp, self.dc_dcp,
+                self.r_grad)
 
     def blocks(self, v):
         """(..., S, k) -> (..., L*D, P, N, k) C-contiguous in the network's dtype."""

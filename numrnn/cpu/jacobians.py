@@ -70,11 +70,12 @@ def _coefficients_kernel(kind, act, consts, h0, c0, out_h, out_c, aux, reverse,
 
 
 @njit(**_JIT)
-def _apply_tangent(transpose, t, b, lstm, n_dir, w_hh, w_up, h_rec, h_in, c_rec, c_in, direct,
-                   dh_dcp, dc_dcp, r_grad, v, out, r, y, z, up):
+def _apply_tangent(transpose, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec,
+                   c_in, direct, dh_dcp, dc_dcp, r_grad, v, out, r, y, z, up):
     """out = J_t v (``transpose`` False) or J_t^T v (True) for sequence b at processing step t.
 
-    w_hh (L*D, G*N, N); w_up (max(L-1, 1), G*N, N): W_ih of layers 1.. (D = 1 there);
+    w_hh (L*D, G*N, N); w_up (max(L-1, 1), G*N, N): W_ih of layers 1.. (D = 1 there); w_hh_t,
+    w_up_t: their transposes, C-contiguous (BLAS on a transposed view is much slower in Numba);
     coefficients (L*D, T, B, .) from :func:`_coefficients_kernel`; v, out (L*D, P, N, k), distinct.
     Scratch: r, up (N, k); y, z (G*N, k).
     """
@@ -161,17 +162,17 @@ def _apply_tangent(transpose, t, b, lstm, n_dir, w_hh, w_up, h_rec, h_in, c_rec,
                             y[g * N + j, q] += cr[g * N + j] * gc
                             if has_up:
                                 z[g * N + j, q] += ci[g * N + j] * gc
-            np.dot(w_hh[blk].T, y, r)
+            np.dot(w_hh_t[blk], y, r)
             for j in range(N):
                 for q in range(K):
                     oh[j, q] += rg[j] * r[j, q]
             if has_up:
-                np.dot(w_up[layer - 1].T, z, up)
+                np.dot(w_up_t[layer - 1], z, up)
 
 
 @njit(**_JIT)
-def _tangent_kernel(transpose, lstm, n_dir, w_hh, w_up, h_rec, h_in, c_rec, c_in, direct, dh_dcp,
-                    dc_dcp, r_grad, v, out):
+def _tangent_kernel(transpose, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in,
+                    direct, dh_dcp, dc_dcp, r_grad, v, out):
     """out[t, b] = J_t v[t', b'] (or J_t^T ...) for every t, b; v (T or 1, B or 1, L*D, P, N, k)
     is broadcast over a length-1 time or batch axis (v = identity gives the dense Jacobian)."""
     T, B = out.shape[0], out.shape[1]
@@ -186,8 +187,9 @@ def _tangent_kernel(transpose, lstm, n_dir, w_hh, w_up, h_rec, h_in, c_rec, c_in
         tv = t if v.shape[0] > 1 else 0
         for b in range(B):
             bv = b if v.shape[1] > 1 else 0
-            _apply_tangent(transpose, t, b, lstm, n_dir, w_hh, w_up, h_rec, h_in, c_rec, c_in,
-                           direct, dh_dcp, dc_dcp, r_grad, v[tv, bv], out[t, b], r, y, z, up)
+            _apply_tangent(transpose, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
+                           c_rec, c_in, direct, dh_dcp, dc_dcp, r_grad, v[tv, bv], out[t, b],
+                           r, y, z, up)
 
 
 @njit(**_JIT)
@@ -196,6 +198,17 @@ def _orthonormalise(q4, log_r):
     S = q4.shape[0] * q4.shape[1] * q4.shape[2]
     K = q4.shape[3]
     flat = q4.reshape((S, K))
+    if K == 1:
+        # the largest exponent alone: QR of one column is its normalisation (no LAPACK call)
+        acc = 0.0
+        for i in range(S):
+            acc += float(flat[i, 0]) * float(flat[i, 0])
+        norm = np.sqrt(acc)
+        inv = 1.0 / norm
+        for i in range(S):
+            flat[i, 0] *= inv
+        log_r[0] = np.log(norm)
+        return
     q, rr = np.linalg.qr(flat)
     flat[:, :] = q
     for i in range(K):
@@ -203,12 +216,13 @@ def _orthonormalise(q4, log_r):
 
 
 @njit(**_JIT)
-def _lyapunov_kernel(lstm, n_dir, w_hh, w_up, h_rec, h_in, c_rec, c_in, direct, dh_dcp, dc_dcp,
-                     r_grad, q, qr_at, record_at, local):
+def _lyapunov_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in, direct,
+                     dh_dcp, dc_dcp, r_grad, q, qr_at, record_at, local):
     """Benettin's QR method along the trajectory of every sequence.
 
-    q (B, L*D, P, N, k): orthonormal initial vectors, overwritten.  qr_at (T,) bool: orthonormalise
-    after step t; record_at (T,) int: block index that step t's QR is recorded in, or -1 (transient).
+    q (B, L*D, P, N, k): orthonormal initial vectors, overwritten.  qr_at (T,) bool:
+    orthonormalise after step t; record_at (T,) int: the block that step t's QR is recorded in, or
+    -1 (transient).
     Writes local (n_blocks, B, k): sum over the block of ln|R_ii| (the caller divides by length).
     """
     B = q.shape[0]
@@ -225,8 +239,8 @@ def _lyapunov_kernel(lstm, n_dir, w_hh, w_up, h_rec, h_in, c_rec, c_in, direct, 
     for b in range(B):
         qb = q[b]
         for t in range(T):
-            _apply_tangent(False, t, b, lstm, n_dir, w_hh, w_up, h_rec, h_in, c_rec, c_in,
-                           direct, dh_dcp, dc_dcp, r_grad, qb, tmp, r, y, z, up)
+            _apply_tangent(False, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
+                           c_rec, c_in, direct, dh_dcp, dc_dcp, r_grad, qb, tmp, r, y, z, up)
             qb[:] = tmp
             if qr_at[t]:
                 _orthonormalise(qb, log_r)
@@ -258,14 +272,14 @@ def _lyapunov_dense_kernel(jac, q, qr_at, record_at, local):
 
 
 @njit(**_JIT)
-def _graded_product_kernel(lstm, n_dir, w_hh, w_up, h_rec, h_in, c_rec, c_in, direct, dh_dcp,
-                           dc_dcp, r_grad, q, lag_slot, log_d, u_out):
+def _graded_product_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in,
+                           direct, dh_dcp, dc_dcp, r_grad, q, lag_slot, log_d, u_out):
     """Accumulate P_tau^T = J_{T-tau}^T ... J_{T-1}^T (processing steps) for every lag, graded.
 
     P_tau^T = Q_tau diag(exp(log_d)) U_tau with Q_tau orthonormal and U_tau upper triangular with
-    diagonal +-1, updated by one QR per step: J^T Q = Q' R, R = |diag R| (sign(diag R) R / |diag R|),
-    so diag(d') U' = R diag(d) U and U' = (diag(d)^-1 R~ diag(d)) U, whose off-diagonal factor
-    d_j / d_i shrinks as the QR orders the growth rates (no overflow or underflow at any lag).
+    diagonal +-1, updated by one QR per step: J^T Q = Q' R, R = |diag R| R~ with
+    R~ = R / |diag R| (row-wise), so diag(d') U' = R diag(d) U with d' = |diag R| d and
+    U' = (diag(d)^-1 R~ diag(d)) U, whose off-diagonal factor d_j / d_i shrinks as the QR orders the growth rates (no overflow or underflow at any lag).
 
     q (B, L*D, P, N, S): orthonormal start, overwritten; lag_slot (T,) int: after tau = s + 1
     factors (s = 0..T-1), the slot to save into, or -1.  Writes log_d (n_lags, B, S) and
@@ -295,8 +309,8 @@ def _graded_product_kernel(lstm, n_dir, w_hh, w_up, h_rec, h_in, c_rec, c_in, di
             ld[i] = 0.0
         for s in range(T):
             t = T - 1 - s
-            _apply_tangent(True, t, b, lstm, n_dir, w_hh, w_up, h_rec, h_in, c_rec, c_in,
-                           direct, dh_dcp, dc_dcp, r_grad, qb, tmp, r, y, z, up)
+            _apply_tangent(True, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
+                           c_rec, c_in, direct, dh_dcp, dc_dcp, r_grad, qb, tmp, r, y, z, up)
             qq, rr = np.linalg.qr(tmp.reshape((S, S)))
             flat[:, :] = qq
             for i in range(S):

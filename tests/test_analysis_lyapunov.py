@@ -1,0 +1,222 @@
+"""Lyapunov spectra against exact results: random matrix products, linear and gate-only networks,
+the determinant identity, and the mean-field theory of random tanh networks."""
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy.special import digamma
+
+import numrnn
+from numrnn.analysis import LyapunovResult, lyapunov_from_jacobians, lyapunov_spectrum
+from numrnn.init import haar_orthogonal
+
+from .tolerance import assert_close
+
+
+def linear_net(w, **kw):
+    net = numrnn.RNN(1, w.shape[0], cell="linear", bias=False, seed=0, **kw)
+    net.parameters["weight_hh_l0"][:] = w
+    return net
+
+
+# --- invalid input first ----------------------------------------------------------------------
+
+
+def test_rejects_bad_input():
+    net = numrnn.RNN(1, 3, seed=0)
+    x = np.zeros((20, 1))
+    with pytest.raises(ValueError, match="n_steps: expected the number of steps"):
+        lyapunov_spectrum(net)
+    with pytest.raises(ValueError, match="n_steps: x fixes the number of steps"):
+        lyapunov_spectrum(net, x, n_steps=5)
+    with pytest.raises(ValueError, match="k: expected at most S = 3"):
+        lyapunov_spectrum(net, x, k=4)
+    with pytest.raises(TypeError, match="k: expected an integer"):
+        lyapunov_spectrum(net, x, k=1.5)
+    with pytest.raises(ValueError, match="transient: expected fewer steps than the trajectory"):
+        lyapunov_spectrum(net, x, transient=20)
+    with pytest.raises(ValueError, match="ons_interval: expected an integer >= 1"):
+        lyapunov_spectrum(net, x, ons_interval=0)
+    with pytest.raises(TypeError, match="seed: expected an int"):
+        lyapunov_spectrum(net, x, seed="a")
+    with pytest.raises(ValueError, match="no causal step map"):
+        lyapunov_spectrum(numrnn.RNN(1, 3, num_layers=2, bidirectional=True), x)
+    with pytest.raises(TypeError, match="J: expected a numpy array"):
+        lyapunov_from_jacobians([[[1.0]]])
+    with pytest.raises(ValueError, match=r"J: expected shape \(T, S, S\)"):
+        lyapunov_from_jacobians(np.zeros((4, 2, 3)))
+    with pytest.raises(TypeError, match="J: expected dtype float32 or float64"):
+        lyapunov_from_jacobians(np.zeros((4, 2, 2), np.int64))
+    with pytest.raises(ValueError, match="J: expected finite values"):
+        lyapunov_from_jacobians(np.full((4, 2, 2), np.nan))
+    res = lyapunov_spectrum(net, x)
+    with pytest.raises(ValueError, match="dt: expected a finite number"):
+        res.per_time(0.0)
+    with pytest.raises(ValueError, match="dt: this result is already per unit time"):
+        res.per_time(0.1).per_time(0.1)
+
+
+# --- exact results ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("N,T", [(8, 20000), (64, 2000)])
+def test_gaussian_matrix_products_newman(N, T, rng):
+    """Products of i.i.d. Gaussian matrices with N(0, sigma^2) entries, fresh each step:
+    lambda_i = 0.5 [ln(2 sigma^2) + digamma((N - i + 1) / 2)] (Newman 1986).  By rotation
+    invariance each step's R_ii^2 is sigma^2 chi^2_{N-i+1} whatever the frame, so the local
+    exponents are i.i.d. and unbiased: the error is pure sampling noise and every exponent must
+    lie within 4 of its standard errors (for 72 exponents, a 4-sigma miss has probability < 1%)."""
+    sigma = 0.7
+    J = rng.standard_normal((T, N, N)) * sigma
+    res = lyapunov_from_jacobians(J, transient=0, seed=1)
+    i = np.arange(1, N + 1)
+    theory = 0.5 * (np.log(2 * sigma ** 2) + digamma((N - i + 1) / 2))
+    z = (res.exponents - theory) / res.stderr
+    assert np.all(np.abs(z) < 4.0), np.max(np.abs(z))
+    # the error bars are honest, not inflated: chi^2 of the z-scores is ~ N
+    assert np.mean(z ** 2) < 2.0
+
+
+@pytest.mark.parametrize("a", [0.9, 1.0, 1.07])
+def test_linear_scaled_orthogonal(a, rng):
+    """Linear cell, W_hh = a O with O orthogonal: J_t = a O, so J Q = a (O Q) is a times an
+    orthonormal frame and R = a I up to signs: every exponent is ln a to rounding (1e-12), with
+    one orthonormalisation per step or every 7 (a^7 is far from overflow)."""
+    N = 12
+    net = linear_net(a * haar_orthogonal(rng, N))
+    for m in (1, 7):
+        res = lyapunov_spectrum(net, np.zeros((300, 1)), ons_interval=m, seed=2)
+        assert_close(res.exponents, np.full(N, np.log(a)), atol=1e-12, rtol=0.0)
+
+
+def test_linear_diagonalisable(rng):
+    """Linear cell with W = V diag(mu) V^-1 (real, distinct |mu|): the QR frame converges to the
+    Schur basis at rate max |mu_{i+1}/mu_i| <= 0.82 per step, so after a 200-step transient
+    (0.82^200 ~ 1e-17) R_ii = mu_i exactly and the exponents are ln|mu_i| to rounding."""
+    mu = np.array([1.1, 0.9, -0.7, 0.5, 0.3, -0.2])
+    V = rng.standard_normal((6, 6)) + 3 * np.eye(6)
+    net = linear_net(V @ np.diag(mu) @ np.linalg.inv(V))
+    res = lyapunov_spectrum(net, np.zeros((1000, 1)), transient=200, seed=0)
+    assert_close(res.exponents, np.log(np.abs(mu)), atol=1e-12, rtol=0.0)
+
+
+@pytest.mark.parametrize("cell,layers,m", [("tanh", 1, 1), ("lstm", 2, 3), ("gru", 1, 2)])
+def test_sum_equals_mean_log_det(cell, layers, m, rng):
+    """Sum of all exponents = time average of ln|det J_t| over the measured steps: the product of
+    the R_ii of one block is |det(J_{t+m-1} ... J_t Q)| = prod |det J| since Q is orthogonal.
+    Exact at finite T up to rounding: the small R_ii of a QR carry a relative error of about
+    macheps * cond(block product), ~1e-12 per step for the 2-layer LSTM (cond(J_t) ~ 3e3, sum
+    ~ -42 per step), hence rtol 1e-10."""
+    net = numrnn.RNN(2, 4, cell=cell, num_layers=layers, seed=5)
+    x = rng.standard_normal((300, 2, 2))
+    J = numrnn.jacobians(net, x)
+    res = lyapunov_spectrum(net, x, transient=30, ons_interval=m, seed=0)
+    logdet = np.linalg.slogdet(J[30:])[1].mean()
+    assert_close(res.exponents.sum(), logdet, rtol=1e-10)
+    # the dense and the matrix-free QR loops are one computation (same frame, same products,
+    # rounded differently: a block's small R_ii inherit macheps * cond of the m-step product,
+    # up to ~1e10 for three LSTM steps)
+    dense = lyapunov_from_jacobians(J, transient=30, ons_interval=m, seed=0)
+    rtol = 1e-10 if m == 1 else 1e-6
+    assert_close(dense.exponents, res.exponents, rtol=rtol)
+    assert_close(dense.local, res.local, rtol=rtol)
+
+
+def test_gru_and_lstm_without_recurrence():
+    """Zero recurrent weights and constant input: the GRU's step Jacobian is diag(z) and the
+    LSTM's has dc/dc_prev = diag(f) (h does not feed back), so the exponents are ln sigmoid of the
+    update/forget pre-activation, b_ih + b_hh (PyTorch sums both bias vectors).  For LSTM the
+    other N exponents are -inf (J is nilpotent on h); the first N are ln f.  The frame aligns with
+    the eigenvectors at rate max ratio 0.84 per step, so after 300 transient steps the numbers
+    are exact to rounding (1e-12); c0 = c* = i g / (1 - f) makes the trajectory stationary."""
+    N = 5
+    pre = np.array([2.5, 1.2, 0.3, -0.6, -1.6])
+    sig = 1.0 / (1.0 + np.exp(-pre))
+    gru = numrnn.RNN(2, N, cell="gru", seed=1)
+    p = gru.parameters
+    p["weight_hh_l0"][:] = 0.0
+    p["bias_ih_l0"][N:2 * N] = 0.3 * pre
+    p["bias_hh_l0"][N:2 * N] = 0.7 * pre
+    x = np.tile(np.array([0.4, -0.2]), (1000, 1))
+    p["weight_ih_l0"][N:2 * N] = 0.0  # input shifts r and n only
+    res = lyapunov_spectrum(gru, x, transient=300, seed=0)
+    assert_close(res.exponents, np.log(sig), atol=1e-12, rtol=0.0)
+
+    lstm = numrnn.RNN(2, N, cell="lstm", seed=2)
+    p = lstm.parameters
+    p["weight_hh_l0"][:] = 0.0
+    p["weight_ih_l0"][N:2 * N] = 0.0
+    p["bias_ih_l0"][N:2 * N] = 0.5 * pre
+    p["bias_hh_l0"][N:2 * N] = 0.5 * pre
+    zx = p["weight_ih_l0"] @ x[0] + p["bias_ih_l0"] + p["bias_hh_l0"]
+    i_gate, g_gate = 1 / (1 + np.exp(-zx[:N])), np.tanh(zx[2 * N:3 * N])
+    c_star = i_gate * g_gate / (1 - sig)
+    h0 = (np.zeros((1, N)), c_star[None])
+    res = lyapunov_spectrum(lstm, x, h0, k=N, transient=300, seed=0)
+    assert_close(res.exponents, np.log(sig), atol=1e-12, rtol=0.0)
+
+
+# --- mean-field theory --------------------------------------------------------------------------
+
+
+def mean_field_lambda_max(g, sigma_b):
+    """q* = g^2 E[tanh^2(sqrt(q*) z)] + sigma_b^2 and lambda = 0.5 ln(g^2 E[sech^4(sqrt(q*) z)]),
+    z ~ N(0, 1), by fixed-point iteration with 101-point Gauss-Hermite quadrature."""
+    z, w = np.polynomial.hermite_e.hermegauss(101)
+    w = w / w.sum()
+    q = 1.0
+    for _ in range(2000):
+        q = g ** 2 * np.sum(w * np.tanh(np.sqrt(q) * z) ** 2) + sigma_b ** 2
+    return 0.5 * np.log(g ** 2 * np.sum(w / np.cosh(np.sqrt(q) * z) ** 4))
+
+
+@pytest.mark.parametrize("g", [0.8, 2.5])
+def test_random_tanh_network_mean_field(g):
+    """Random tanh network h_t = tanh(W h_{t-1} + b), W_ij ~ N(0, g^2/N), b_i ~ N(0, sigma_b^2):
+    the largest exponent is 0.5 ln(g^2 E[sech^4(sqrt(q*) z)]) with
+    q* = g^2 E[tanh^2(sqrt(q*) z)] + sigma_b^2 (Poole et al. 2016; Molgedey, Schuchhardt and
+    Schuster 1992).  With sigma_b = 0.5 the transition (chi = 1) lies at g ~ 1.5: below it the
+    network settles on a fixed point (lambda_max < 0, here -0.452), above it is chaotic (+0.219
+    at g = 2.5).  Finite N = 200 shifts and scatters lambda_max by a few 0.01 (the edge of the
+    circular law fluctuates as N^-1/2; in the chaotic phase the bias is about -0.02 at N = 200,
+    shrinking with N), so the mean over four networks must agree to 0.04 (>= 2x the observed
+    finite-N deviation); the time error (stderr < 0.003 over 3,000 steps) is negligible."""
+    N, sigma_b = 200, 0.5
+    theory = mean_field_lambda_max(g, sigma_b)
+    lam = []
+    for seed in range(4):
+        net = numrnn.RNN(1, N, init="gaussian", gain=g, seed=seed)
+        p = net.parameters
+        p["bias_hh_l0"][:] = np.random.default_rng(100 + seed).standard_normal(N) * sigma_b
+        p["bias_ih_l0"][:] = 0.0
+        res = lyapunov_spectrum(net, n_steps=3000, k=1, transient=1000, seed=seed)
+        assert res.stderr[0] < 0.005
+        lam.append(res.exponents[0])
+    assert np.sign(np.mean(lam)) == np.sign(theory) == (1 if g > 1.5 else -1)
+    assert abs(np.mean(lam) - theory) < 0.04, (lam, theory)
+
+
+# --- the result object --------------------------------------------------------------------------
+
+
+def test_result_object(rng):
+    """Frozen; prints lambda_1 first; per_time divides by dt; Kaplan-Yorke and KS by hand."""
+    net = numrnn.RNN(1, 3, cell="rate", alpha=0.1, init="gaussian", gain=3.0, seed=0)
+    res = lyapunov_spectrum(net, rng.standard_normal((200, 2, 1)), seed=0)
+    assert repr(res).startswith("LyapunovResult(lambda_1 = ")
+    assert res.local.shape == (180, 2, 3) and res.block_lengths.sum() == res.n_steps == 180
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.exponents = None
+    per_t = res.per_time(0.1)
+    assert_close(per_t.exponents, res.exponents / 0.1)
+    assert_close(per_t.stderr, res.stderr / 0.1)
+    assert "per unit time (dt=0.1)" in repr(per_t)
+
+    def made(exps, S):
+        e = np.array(exps, float)
+        return LyapunovResult(e, np.zeros_like(e), e[None], np.ones(1, int), 1, 0, 1, 1, S)
+    assert made([0.5, 0.0, -1.0], 3).kaplan_yorke_dimension == 2.5
+    assert made([0.5, 0.2, -0.5, -1.0], 4).ks_entropy == 0.7
+    assert made([-0.1, -0.2], 2).kaplan_yorke_dimension == 0.0
+    assert made([0.3, 0.1], 2).kaplan_yorke_dimension == 2.0
+    assert np.isnan(made([0.3, 0.1], 5).kaplan_yorke_dimension)
