@@ -2,7 +2,9 @@
 propagation, weight spectra and fixed points.  Everything is built on one tangent map per cell
 (:mod:`numrnn.cells`), the same one backpropagation through time uses."""
 from .jacobians import jacobians, pack_state, state_size, step_jvp, step_vjp, unpack_state
+from .gradients import GradientPropagationResult, gradient_propagation
 from .lyapunov import LyapunovResult, lyapunov_from_jacobians, lyapunov_spectrum
 
 __all__ = ["jacobians", "step_jvp", "step_vjp", "state_size", "pack_state", "unpack_state",
-           "lyapunov_spectrum", "lyapunov_from_jacobians", "LyapunovResult"]
+           "lyapunov_spectrum", "lyapunov_from_jacobians", "LyapunovResult",
+           "gradient_propagation", "GradientPropagationResult"]

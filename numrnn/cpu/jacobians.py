@@ -279,7 +279,8 @@ def _graded_product_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
     P_tau^T = Q_tau diag(exp(log_d)) U_tau with Q_tau orthonormal and U_tau upper triangular with
     diagonal +-1, updated by one QR per step: J^T Q = Q' R, R = |diag R| R~ with
     R~ = R / |diag R| (row-wise), so diag(d') U' = R diag(d) U with d' = |diag R| d and
-    U' = (diag(d)^-1 R~ diag(d)) U, whose off-diagonal factor d_j / d_i shrinks as the QR orders the growth rates (no overflow or underflow at any lag).
+    U' = (diag(d)^-1 R~ diag(d)) U, whose off-diagonal factor d_j / d_i shrinks as the QR orders
+    the growth rates (no overflow or underflow at any lag).
 
     q (B, L*D, P, N, S): orthonormal start, overwritten; lag_slot (T,) int: after tau = s + 1
     factors (s = 0..T-1), the slot to save into, or -1.  Writes log_d (n_lags, B, S) and
