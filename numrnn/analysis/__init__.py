@@ -4,7 +4,9 @@ propagation, weight spectra and fixed points.  Everything is built on one tangen
 from .jacobians import jacobians, pack_state, state_size, step_jvp, step_vjp, unpack_state
 from .gradients import GradientPropagationResult, gradient_propagation
 from .lyapunov import LyapunovResult, lyapunov_from_jacobians, lyapunov_spectrum
+from .spectra import effective_spectral_radius, eigenvalues, singular_values, spectral_radius
 
 __all__ = ["jacobians", "step_jvp", "step_vjp", "state_size", "pack_state", "unpack_state",
            "lyapunov_spectrum", "lyapunov_from_jacobians", "LyapunovResult",
-           "gradient_propagation", "GradientPropagationResult"]
+           "gradient_propagation", "GradientPropagationResult", "eigenvalues", "spectral_radius",
+           "singular_values", "effective_spectral_radius"]
