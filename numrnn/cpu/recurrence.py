@@ -9,9 +9,11 @@ Tiers: ``_forward_kernel``/``_backward_kernel`` take arrays and write preallocat
 ``forward``/``backward`` allocate and choose the variant.
 """
 import numpy as np
+import numba
 from numba import njit, prange
 
 from .. import cells, config
+from . import blas
 
 _JIT = dict(cache=True, fastmath=config.FASTMATH, nogil=True)
 
@@ -35,19 +37,24 @@ def _matmul(a, b, out, use_blas):
                 row[q] += aik * brow[q]
 
 
+@njit(**_JIT)
 def _forward_kernel(kind, act, consts, xp, w_hh_t, b_hh, h0, c0, reverse, use_blas,
-                    out_h, out_c, aux, rec, hp):
-    """Forward recurrence of one layer and direction.
+                    out_h, out_c, aux, b0, b1):
+    """Forward recurrence of one layer and direction for the sequences b0 <= b < b1.
 
     xp (T, B, G*N): input projection with b_ih; w_hh_t (N, G*N): W_hh transposed, C order;
     b_hh (G*N,); h0, c0 (B, N); consts = [a, 1 - a, 1, 0] in the kernel's dtype.
-    Writes out_h (T, B, N), out_c (T, B, N) (LSTM only), aux (T, B, AUX_WIDTH*N).
-    rec (B, N) and hp (B, G*N) are scratch.  ``reverse`` runs t = T-1 .. 0.
+    Writes out_h (T, B, N), out_c (T, B, N) (LSTM only), aux (T, B, AUX_WIDTH*N) for its rows.
+    ``reverse`` runs t = T-1 .. 0.  Sequences are independent, so disjoint ranges can run on
+    different threads with no synchronisation.
     """
-    T, B, GN = xp.shape
+    T = xp.shape[0]
     N = h0.shape[1]
+    nb = b1 - b0
     a, oma, one, zero = consts[0], consts[1], consts[2], consts[3]
     lstm = kind == cells.KIND_LSTM
+    rec = np.empty((nb, N), xp.dtype)
+    hp = np.empty((nb, w_hh_t.shape[1]), xp.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
         if s == 0:
@@ -57,13 +64,14 @@ def _forward_kernel(kind, act, consts, xp, w_hh_t, b_hh, h0, c0, reverse, use_bl
             tp = t + 1 if reverse else t - 1
             h_prev = out_h[tp]
             c_prev = out_c[tp] if lstm else c0
-        for b in range(B):
+        for i in range(nb):
             for k in range(N):
-                rec[b, k] = cells.recurrent_input(kind, act, h_prev[b, k], zero)
+                rec[i, k] = cells.recurrent_input(kind, act, h_prev[b0 + i, k], zero)
         _matmul(rec, w_hh_t, hp, use_blas)
-        for b in prange(B):
-            hpb = hp[b]
-            for q in range(GN):
+        for i in range(nb):
+            b = b0 + i
+            hpb = hp[i]
+            for q in range(hpb.shape[0]):
                 hpb[q] += b_hh[q]
             xpb = xp[t, b]
             auxb = aux[t, b]
@@ -75,25 +83,31 @@ def _forward_kernel(kind, act, consts, xp, w_hh_t, b_hh, h0, c0, reverse, use_bl
                     out_c[t, b, j] = c
 
 
+@njit(**_JIT)
 def _backward_kernel(kind, act, consts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n,
-                     reverse, truncate, use_blas, dxp, dhp, dh0, dc0, sq_norm, carry, carry_c,
-                     tmp):
-    """Backpropagation through time of one layer and direction.
+                     reverse, truncate, use_blas, dxp, dhp, dh0, dc0, sq_norm, b0, b1):
+    """Backpropagation through time of one layer and direction, sequences b0 <= b < b1.
 
     d_out (T, B, N): cotangent of the outputs; dh_n, dc_n (B, N): of the final state.
     ``truncate`` > 0 cuts the time axis into chunks [0, k), [k, 2k), ...: no state gradient crosses
     a chunk boundary (the state entering a chunk is a constant), except into h0/c0.
     Writes dhp (T, B, G*N) (cotangent of the recurrent projection), dxp (GRU only: of the input
     projection; pass the same array as dhp otherwise), dh0, dc0 (B, N) and sq_norm (T, B), the
-    squared norm of dL/dh_t.  carry, carry_c, tmp (B, N) are scratch.
+    squared norm of dL/dh_t.
     """
-    T, B, N = out_h.shape
+    T, _, N = out_h.shape
+    GN = w_hh.shape[0]
+    nb = b1 - b0
     a, oma, one, zero = consts[0], consts[1], consts[2], consts[3]
     lstm = kind == cells.KIND_LSTM
-    for b in range(B):
+    carry = np.empty((nb, N), out_h.dtype)
+    carry_c = np.empty((nb, N), out_h.dtype)
+    tmp = np.empty((nb, N), out_h.dtype)
+    dg = np.empty((nb, GN), out_h.dtype)
+    for i in range(nb):
         for j in range(N):
-            carry[b, j] = dh_n[b, j]
-            carry_c[b, j] = dc_n[b, j]
+            carry[i, j] = dh_n[b0 + i, j]
+            carry_c[i, j] = dc_n[b0 + i, j]
     for s in range(T):
         t = s if reverse else T - 1 - s
         first = t == (T - 1 if reverse else 0)
@@ -105,20 +119,23 @@ def _backward_kernel(kind, act, consts, w_hh, h0, c0, out_h, out_c, aux, d_out, 
             h_prev = out_h[tp]
             c_prev = out_c[tp] if lstm else c0
         c_t = out_c[t] if lstm else c0
-        for b in prange(B):
+        for i in range(nb):
+            b = b0 + i
             auxb = aux[t, b]
-            dxpb = dxp[t, b]
-            dhpb = dhp[t, b]
+            dgb = dg[i]
             acc = zero
             for j in range(N):
-                dh = carry[b, j] + d_out[t, b, j]
+                dh = carry[i, j] + d_out[t, b, j]
                 acc += dh * dh
-                dhd, dcp = cells.unit_backward(kind, act, a, oma, one, zero, dh, carry_c[b, j], j,
+                dhd, dcp = cells.unit_backward(kind, act, a, oma, one, zero, dh, carry_c[i, j], j,
                                                N, h_prev[b, j], c_prev[b, j], c_t[b, j], auxb,
-                                               dxpb, dhpb)
-                carry[b, j] = dhd
-                carry_c[b, j] = dcp
+                                               dxp[t, b], dgb)
+                carry[i, j] = dhd
+                carry_c[i, j] = dcp
             sq_norm[t, b] = acc
+            dhpb = dhp[t, b]
+            for q in range(GN):
+                dhpb[q] = dgb[q]
         cut = False
         if truncate > 0 and not first:
             cut = ((t + 1) % truncate == 0) if reverse else (t % truncate == 0)
@@ -126,16 +143,16 @@ def _backward_kernel(kind, act, consts, w_hh, h0, c0, out_h, out_c, aux, d_out, 
             carry[:, :] = zero
             carry_c[:, :] = zero
             continue
-        _matmul(dhp[t], w_hh, tmp, use_blas)
-        for b in range(B):
+        _matmul(dg, w_hh, tmp, use_blas)
+        for i in range(nb):
             for k in range(N):
-                carry[b, k] += tmp[b, k] * cells.recurrent_input_grad(kind, act, h_prev[b, k],
+                carry[i, k] += tmp[i, k] * cells.recurrent_input_grad(kind, act, h_prev[b0 + i, k],
                                                                       one, zero)
         if first:
-            for b in range(B):
+            for i in range(nb):
                 for j in range(N):
-                    dh0[b, j] = carry[b, j]
-                    dc0[b, j] = carry_c[b, j]
+                    dh0[b0 + i, j] = carry[i, j]
+                    dc0[b0 + i, j] = carry_c[i, j]
 
 
 @njit(**_JIT)
@@ -154,20 +171,37 @@ def _recurrent_inputs_kernel(kind, act, consts, h0, out_h, reverse, out):
                 out[t, b, k] = cells.recurrent_input(kind, act, h, zero)
 
 
-# Serial variants (cached); the threaded variants are compiled from the same source on first use.
-_forward_serial = njit(**_JIT)(_forward_kernel)
-_backward_serial = njit(**_JIT)(_backward_kernel)
-_threaded = {}
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH, nogil=True)
+def _forward_threaded(kind, act, consts, xp, w_hh_t, b_hh, h0, c0, reverse, use_blas, out_h,
+                      out_c, aux, chunks):
+    """The batch split into ``chunks`` ranges, each run by its own thread (no per-step barrier)."""
+    B = xp.shape[1]
+    for c in prange(chunks):
+        _forward_kernel(kind, act, consts, xp, w_hh_t, b_hh, h0, c0, reverse, use_blas, out_h,
+                        out_c, aux, c * B // chunks, (c + 1) * B // chunks)
 
 
-def _variant(kernel, batch, hidden):
-    if batch >= config.PARALLEL_MIN_BATCH and batch * hidden >= config.PARALLEL_MIN_WORK:
-        if kernel not in _threaded:
-            # Not cached on disk: a cache entry is keyed by the Python function, and the serial
-            # variant of the same function owns it.
-            _threaded[kernel] = njit(parallel=True, fastmath=config.FASTMATH, nogil=True)(kernel)
-        return _threaded[kernel]
-    return _forward_serial if kernel is _forward_kernel else _backward_serial
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH, nogil=True)
+def _backward_threaded(kind, act, consts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n,
+                       reverse, truncate, use_blas, dxp, dhp, dh0, dc0, sq_norm, chunks):
+    B = out_h.shape[1]
+    for c in prange(chunks):
+        _backward_kernel(kind, act, consts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n,
+                         reverse, truncate, use_blas, dxp, dhp, dh0, dc0, sq_norm,
+                         c * B // chunks, (c + 1) * B // chunks)
+
+
+def _chunks(batch, work):
+    """How many threads to split the batch over (1: run in the calling thread).
+
+    Threads pay only when each has several sequences' worth of work per step; BLAS is then held to
+    one thread per caller (see :mod:`numrnn.cpu.blas`) so the two levels do not oversubscribe.
+    """
+    if batch < config.PARALLEL_MIN_BATCH or work < config.PARALLEL_MIN_WORK:
+        return 1
+    if not blas.can_limit_threads():
+        return 1
+    return max(1, min(batch, numba.get_num_threads()))
 
 
 def _consts(alpha, dtype):
@@ -206,10 +240,14 @@ def forward(kind, act, alpha, xp, w_hh, b_hh, h0, c0, reverse):
     out_h = np.empty((T, B, N), dtype)
     out_c = np.empty((T if kind == cells.KIND_LSTM else 1, B, N), dtype)
     aux = np.empty((T, B, cells.AUX_WIDTH[kind] * N), dtype)
-    kernel = _variant(_forward_kernel, B, N)
-    kernel(kind, act, _consts(alpha, dtype), xp, np.ascontiguousarray(w_hh.T), b_hh, h0, c0,
-           bool(reverse), _use_blas(B, N, GN), out_h, out_c, aux, np.empty((B, N), dtype),
-           np.empty((B, GN), dtype))
+    args = (kind, act, _consts(alpha, dtype), xp, np.ascontiguousarray(w_hh.T), b_hh, h0, c0,
+            bool(reverse), _use_blas(B, N, GN), out_h, out_c, aux)
+    chunks = _chunks(B, B * N * GN)
+    if chunks == 1:
+        _forward_kernel(*args, 0, B)
+    else:
+        with blas.single_threaded():
+            _forward_threaded(*args, chunks)
     return out_h, out_c, aux
 
 
@@ -235,10 +273,14 @@ def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_
     dh0 = np.zeros((B, N), dtype)
     dc0 = np.zeros((B, N), dtype)
     sq_norm = np.empty((T, B), dtype)
-    kernel = _variant(_backward_kernel, B, N)
-    kernel(kind, act, _consts(alpha, dtype), w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n,
-           bool(reverse), int(truncate or 0), _use_blas(B, GN, N), dxp, dhp, dh0, dc0, sq_norm,
-           np.empty((B, N), dtype), np.empty((B, N), dtype), np.empty((B, N), dtype))
+    args = (kind, act, _consts(alpha, dtype), w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n,
+            bool(reverse), int(truncate or 0), _use_blas(B, GN, N), dxp, dhp, dh0, dc0, sq_norm)
+    chunks = _chunks(B, B * N * GN)
+    if chunks == 1:
+        _backward_kernel(*args, 0, B)
+    else:
+        with blas.single_threaded():
+            _backward_threaded(*args, chunks)
     return dxp, dhp, dh0, dc0, sq_norm
 
 
