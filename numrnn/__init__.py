@@ -1,13 +1,14 @@
 """numrnn: Numba-accelerated recurrent neural networks for scientific study."""
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 from .network import RNN
-from .analysis import (GradientPropagationResult, LyapunovResult, effective_spectral_radius,
-                       eigenvalues, gradient_propagation, jacobians, lyapunov_from_jacobians,
-                       lyapunov_spectrum, singular_values, spectral_radius)
+from .analysis import (FixedPointsResult, GradientPropagationResult, LyapunovResult,
+                       effective_spectral_radius, eigenvalues, fixed_points, gradient_propagation,
+                       jacobians, lyapunov_from_jacobians, lyapunov_spectrum, singular_values,
+                       spectral_radius)
 
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "gradcheck", "GradcheckResult", "GradcheckError", "__version__",
            "jacobians", "lyapunov_spectrum", "lyapunov_from_jacobians", "LyapunovResult",
            "gradient_propagation", "GradientPropagationResult", "eigenvalues", "spectral_radius",
-           "singular_values", "effective_spectral_radius"]
+           "singular_values", "effective_spectral_radius", "fixed_points", "FixedPointsResult"]

@@ -2,6 +2,7 @@
 propagation, weight spectra and fixed points.  Everything is built on one tangent map per cell
 (:mod:`numrnn.cells`), the same one backpropagation through time uses."""
 from .jacobians import jacobians, pack_state, state_size, step_jvp, step_vjp, unpack_state
+from .fixed_points import FixedPointsResult, fixed_points
 from .gradients import GradientPropagationResult, gradient_propagation
 from .lyapunov import LyapunovResult, lyapunov_from_jacobians, lyapunov_spectrum
 from .spectra import effective_spectral_radius, eigenvalues, singular_values, spectral_radius
@@ -9,4 +10,4 @@ from .spectra import effective_spectral_radius, eigenvalues, singular_values, sp
 __all__ = ["jacobians", "step_jvp", "step_vjp", "state_size", "pack_state", "unpack_state",
            "lyapunov_spectrum", "lyapunov_from_jacobians", "LyapunovResult",
            "gradient_propagation", "GradientPropagationResult", "eigenvalues", "spectral_radius",
-           "singular_values", "effective_spectral_radius"]
+           "singular_values", "effective_spectral_radius", "fixed_points", "FixedPointsResult"]

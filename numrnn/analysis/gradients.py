@@ -174,8 +174,8 @@ def gradient_propagation(net, x, h0=None, *, lags=None, transient=None, seed=Non
     >>> res = numrnn.gradient_propagation(net, np.zeros((1000, 1)), lags=[10, 1000])
     >>> np.allclose(res.log_singular_values, np.log(0.9) * res.lags[:, None])
     True
-    >>> round(res.decay_rate, 6) == round(np.log(0.9), 6)
-    True
+    >>> round(res.decay_rate, 6)          # ln 0.9 per step
+    -0.105361
     """
     lin, unbatched = _linearise(net, x, h0, "gradient propagation")
     T, B, S = lin.T, lin.B, lin.S

@@ -348,7 +348,7 @@ def lyapunov_from_jacobians(J, *, k=None, transient=None, ons_interval=1, seed=N
     >>> J = np.tile(np.diag([2.0, 0.5]), (100, 1, 1))
     >>> res = numrnn.lyapunov_from_jacobians(J, seed=0)
     >>> np.round(res.exponents, 6)
-    array([ 0.69314718, -0.69314718])
+    array([ 0.693147, -0.693147])
     """
     if not isinstance(J, np.ndarray):
         raise TypeError(f"J: expected a numpy array of shape (T, S, S) or (T, B, S, S), got "
