@@ -102,9 +102,9 @@ flipflop`.  A short run on the 3-bit flip-flop:"""),
 from numrnn.experiments import FlipFlop, train
 from numrnn.experiments.plotting import plot_training
 
-task = FlipFlop(T=50, p=0.1)
+task = FlipFlop(T=40, p=0.1)
 ff_net = numrnn.RNN(task.input_size, 24, cell="gru", seed=0)
-result = train(ff_net, task, steps=150, batch_size=32, lr=0.02, seed=0)
+result = train(ff_net, task, steps=120, batch_size=32, lr=0.02, seed=0)
 print(result.status)
 plot_training(result.losses, task.chance, title="3-bit flip-flop, GRU N=24")"""),
     ("code", """\

@@ -26,6 +26,7 @@ SMALL = dict(hidden_size=16, gains=(0.5, 1.5, 3.0), seeds=(0, 1), steps=120, tra
     (dict(hidden_size=4, n_exponents=9), ValueError, ["n_exponents", "state size 4"]),
     (dict(cell="gru", alpha=0.5), ValueError, ["alpha", "gru cell has no leak"]),
     (dict(steps=10, max_lag=10), ValueError, ["max_lag", "fewer than steps=10"]),
+    (dict(singular_values="yes"), TypeError, ["singular_values", "True or False"]),
 ])
 def test_study_config_rejects_bad_values(kw, exc, words):
     with pytest.raises(exc) as info:
@@ -136,7 +137,8 @@ def test_dask_local_cluster_equals_serial(serial_result):
 
 def test_study_command_writes_table_csv_json_png(capsys, tmp_path):
     rc = main(["study", "-N", "12", "--gains", "0.5", "2.5", "--seeds", "2", "--steps", "80",
-               "--transient", "20", "-k", "2", "--max-lag", "8", "--out", str(tmp_path)])
+               "--transient", "20", "-k", "2", "--max-lag", "8", "--singular-values",
+               "--out", str(tmp_path)])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "lambda_max" in out and "mean-field" in out and "study [" in err
@@ -146,4 +148,8 @@ def test_study_command_writes_table_csv_json_png(capsys, tmp_path):
     assert payload["numrnn_version"] and payload["parameters"]["hidden_size"] == 12
     assert payload["parameters"]["gains"] == [0.5, 2.5] and len(payload["rows"]) == 4
     assert all(np.isfinite(r["lyapunov_max"]) for r in payload["rows"])
+    rows = payload["rows"]
+    assert all(np.isfinite(r["jacobian_decay_rate"]) for r in rows)
+    # ordered at g = 0.5: the Jacobian products shrink, the largest singular value is < 1
+    assert rows[0]["jacobian_decay_rate"] < 0 and rows[0]["jacobian_max_singular_value"] < 1
     assert (tmp_path / "study.png").stat().st_size > 1000

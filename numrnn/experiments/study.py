@@ -52,6 +52,10 @@ class StudyConfig:
         How many Lyapunov exponents (None: the full spectrum).
     max_lag : int
         Largest lag of the gradient-norm decay fit.
+    singular_values : bool
+        Also compute every singular value of the Jacobian products d s_T / d s_{T-tau} over the
+        last ``max_lag`` steps (:func:`numrnn.gradient_propagation`), and their norm's decay
+        rate.  Costs O(max_lag N^3) per point, so it is off by default.
     """
 
     cell: str = "tanh"
@@ -67,6 +71,7 @@ class StudyConfig:
     transient: int = 200
     n_exponents: int = 10
     max_lag: int = 50
+    singular_values: bool = False
 
     def __post_init__(self):
         if not isinstance(self.cell, str) or self.cell not in STUDY_CELLS:
@@ -99,6 +104,9 @@ class StudyConfig:
         _v.check_int("max_lag", self.max_lag, 2)
         if self.max_lag >= self.steps:
             raise ValueError(f"max_lag: expected fewer than steps={self.steps}, got {self.max_lag}")
+        if not isinstance(self.singular_values, (bool, np.bool_)):
+            raise TypeError(f"singular_values: expected True or False, got "
+                            f"{self.singular_values!r}")
         if self.cell in ("lstm", "gru") and self.alpha != 1.0:
             raise ValueError(f"alpha: the {self.cell} cell has no leak; expected 1.0, got "
                              f"{self.alpha}")
@@ -180,8 +188,9 @@ def study_point(p):
         ``lyapunov_max_stderr``, ``exponents`` (list), ``kaplan_yorke_dimension``, ``ks_entropy``
         (from :func:`numrnn.lyapunov_spectrum`); ``grad_decay_rate`` (per step: the slope of the
         log norm of BPTT gradients dL/dh_{T-tau} against the lag tau, from the engine's vjp);
-        ``jacobian_decay_rate`` and ``jacobian_lyapunov_max`` (the same two quantities from the
-        singular values of the Jacobian products, :func:`numrnn.gradient_propagation`);
+        ``jacobian_decay_rate`` and ``jacobian_max_singular_value`` (the decay rate of the norm of
+        the Jacobian products d s_T / d s_{T-tau} and their largest singular value at tau =
+        max_lag, from :func:`numrnn.gradient_propagation`; NaN unless ``singular_values``);
         ``meanfield_lyapunov`` (NaN where the theory does not apply: it covers tanh without
         leak, Gaussian weights) and ``seconds``.
     """
@@ -205,13 +214,18 @@ def study_point(p):
                kaplan_yorke_dimension=float(spec.kaplan_yorke_dimension),
                ks_entropy=float(spec.ks_entropy),
                grad_decay_rate=_bptt_decay_rate(net, x, h0, p["max_lag"], p["seed"]))
-    propagation = getattr(numrnn, "gradient_propagation", None)
-    if propagation is not None:
-        prop = propagation(net, x, h0, lags=np.arange(1, p["max_lag"] + 1))
+    if p["singular_values"]:
+        from ..analysis import gradient_propagation
+
+        # the products over the last max_lag steps of the same trajectory
+        cut = total - p["max_lag"]
+        _, h_cut = net.forward(x[:cut], h0)
+        prop = gradient_propagation(net, x[cut:], h_cut, lags=np.arange(1, p["max_lag"] + 1),
+                                    seed=int(p["seed"]))
         row.update(jacobian_decay_rate=float(prop.decay_rate),
-                   jacobian_lyapunov_max=float(prop.lyapunov_max))
-    else:  # pragma: no cover - only before numrnn.analysis provides it
-        row.update(jacobian_decay_rate=float("nan"), jacobian_lyapunov_max=float("nan"))
+                   jacobian_max_singular_value=float(np.asarray(prop.singular_values)[-1, 0]))
+    else:
+        row.update(jacobian_decay_rate=float("nan"), jacobian_max_singular_value=float("nan"))
     mf = (meanfield_lyapunov(p["gain"], p["sigma_b"])
           if p["cell"] == "tanh" and p["alpha"] == 1.0 and p["init"] == "gaussian" else np.nan)
     row.update(meanfield_lyapunov=float(mf), exponents=exps.tolist(),
