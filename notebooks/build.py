@@ -226,6 +226,25 @@ axes[0].set_ylabel("|dL/dh_{T-tau}|"); axes[0].legend(fontsize=8)
 fig.suptitle("BPTT gradient norms (solid/dashed) and exp(lambda_max tau) (dotted)")
 plt.show()"""),
     ("md", """\
+A gradient is one vector; the Jacobian product d h_T / d h_{T-tau} maps every direction.  Its
+singular values (`numrnn.analysis.gradient_propagation`, accumulated by QR in log space so that
+products over hundreds of steps neither overflow nor underflow) show the whole fan: the largest
+one grows like exp(lambda_1 tau), the others like the later Lyapunov exponents."""),
+    ("code", """\
+from numrnn.analysis import gradient_propagation
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+for ax, gain in zip(axes, [0.8, 1.5]):
+    net = numrnn.RNN(I, N, init="gaussian", gain=gain, seed=1)
+    prop = gradient_propagation(net, x, lags=np.arange(1, 151), seed=0)
+    logsv = np.asarray(prop.log_singular_values).reshape(len(prop.lags), -1)
+    ax.plot(prop.lags, logsv[:, ::4], lw=0.8)
+    rate, lam = np.ravel(prop.decay_rate)[0], np.ravel(prop.lyapunov_max)[0]   # batch of one
+    ax.set_title(f"tanh, g = {gain}: decay rate {rate:+.3f}, lambda_max {lam:+.3f}")
+    ax.set_xlabel("lag tau")
+axes[0].set_ylabel("ln singular values of dh_T/dh_{T-tau} (every 4th)")
+plt.show()"""),
+    ("md", """\
 The dotted lines, drawn from the largest Lyapunov exponent alone, follow the measured gradient
 norms: the exponent is the per-step rate at which gradients vanish (lambda < 0) or explode
 (lambda > 0).  The driven tanh network crosses from vanishing to exploding between the two gains,
