@@ -99,6 +99,7 @@ forecasting, character-level language modelling) and trains a network with a lin
 engine's vjp (Adam or SGD, gradient clipping).  The same is one command: `numrnn train --task
 flipflop`.  A short run on the 3-bit flip-flop:"""),
     ("code", """\
+from numrnn.analysis import fixed_points
 from numrnn.experiments import FlipFlop, train
 from numrnn.experiments.plotting import plot_training
 
@@ -278,10 +279,11 @@ points: states s* with F(s*) = s* under zero input.  A network trained on the 3-
 input channels with rare +-1 pulses; each output holds the sign of its channel's last pulse) must
 store 2^3 = 8 memories, and it does so with 8 stable fixed points at the corners of a cube, joined
 by saddles.  Here: train a tanh network on the task with numrnn (exact BPTT, Adam), then find and
-classify its fixed points with `numrnn.fixed_points`.  The same is two commands: `numrnn train
+classify its fixed points with `numrnn.fixed_points` (also `numrnn.analysis.fixed_points`).  The same is two commands: `numrnn train
 --task flipflop --cell tanh` and `numrnn fixed-points numrnn-train/params.npz`."""),
     ("code", SETUP),
     ("code", """\
+from numrnn.analysis import fixed_points
 from numrnn.experiments import FlipFlop, train
 from numrnn.experiments.plotting import plot_fixed_points, plot_training
 
@@ -292,7 +294,7 @@ result = train(net, task, steps=1500, batch_size=32, lr=0.01, seed=np.random.def
 print(result.status)
 plot_training(result.losses, task.chance, title="3-bit flip-flop, tanh N=24")"""),
     ("code", """\
-fp = numrnn.fixed_points(net, n_initial=256, seed=0)
+fp = fixed_points(net, n_initial=256, seed=0)
 print(fp)
 stable = np.asarray(fp.stable)
 print(f"{len(stable)} fixed points: {stable.sum()} stable, {(~stable).sum()} unstable")"""),

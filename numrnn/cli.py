@@ -368,8 +368,7 @@ def _cmd_train(args):
 # --- fixed points --------------------------------------------------------------------------
 
 def _cmd_fixed_points(args):
-    import numrnn
-
+    from .analysis import fixed_points
     from .experiments.plotting import plot_fixed_points
     from .experiments.tasks import make_task
     from .experiments.training import load_model
@@ -391,9 +390,10 @@ def _cmd_fixed_points(args):
         states, _ = net.forward(batch.x)
     print(f"numrnn fixed-points: {net!r}" + (f" trained on {task_name}" if task_name else ""),
           flush=True)
-    result = numrnn.fixed_points(net, n_initial=args.n_initial, seed=args.seed, tol=args.tol,
-                                 **({"initial_states": states} if states is not None
-                                    and _accepts(numrnn.fixed_points, "initial_states") else {}))
+    # candidates along autonomous trajectories from random states (the analysis' sampling): they
+    # pass near the saddles between memories as well as the attractors; task states would only
+    # give the attractors
+    result = fixed_points(net, n_initial=args.n_initial, seed=args.seed, tol=args.tol)
     rows = _fixed_point_rows(result)
     print(_fixed_point_table(rows))
     n_stable = int(np.sum(result.stable))
@@ -410,22 +410,14 @@ def _cmd_fixed_points(args):
     written = ["fixed_points.csv", "fixed_points.json"]
     if len(rows) and _maybe_plot(
             args, plot_fixed_points, np.asarray(result.points), np.asarray(result.stable),
-            None if states is None else _state_view(net, states, result), path=out / "fixed_points.png",
+            None if states is None else _state_view(states, result), path=out / "fixed_points.png",
             title=f"fixed points: {n_stable} stable, {len(rows) - n_stable} unstable"):
         written.append("fixed_points.png")
     print(f"wrote {', '.join(str(out / w) for w in written)}")
     return 0
 
 
-def _accepts(fn, name):
-    import inspect
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _state_view(net, output, result):
+def _state_view(output, result):
     """Trajectories in the fixed points' state coordinates, if those are the hidden states."""
     S = np.asarray(result.points).shape[1]
     return output if output.shape[-1] == S else None

@@ -157,3 +157,32 @@ def test_lstm_beats_half_of_chance_on_the_adding_problem(capsys, tmp_path):
     meta = json.loads((tmp_path / "train.json").read_text())
     assert meta["eval_loss"] < 0.5 * meta["chance"], out
     assert abs(meta["chance"] - 1 / 6) < 1e-15
+
+
+@pytest.mark.slow
+def test_flipflop_trains_and_has_eight_stable_fixed_points(capsys, tmp_path):
+    """Proof of issue 5: `numrnn train --task flipflop` reaches a low error (evaluation MSE below
+    1% of chance), and `numrnn fixed-points` finds 2^3 = 8 stable fixed points of the trained
+    network under zero input, one per memory (Sussillo and Barak 2013), each read out as a
+    distinct sign pattern."""
+    from numrnn.experiments import load_model
+
+    rc, out, err = _run(capsys, "train", "--task", "flipflop", "--cell", "tanh", "-N", "24",
+                        "--lr", "0.01", "--steps", "1500", "--stop-below", "0.003", "--seed", "0",
+                        "--out", str(tmp_path), "-q", "--no-plot")
+    assert rc == 0, err
+    meta = json.loads((tmp_path / "train.json").read_text())
+    assert meta["eval_loss"] < 0.01 * meta["chance"], out
+    rc, out, err = _run(capsys, "fixed-points", str(tmp_path / "params.npz"), "--out",
+                        str(tmp_path / "fp"), "-q")
+    assert rc == 0, err
+    rows = _csv(tmp_path / "fp" / "fixed_points.csv")
+    stable = [r for r in rows if r["stable"] == "True"]
+    assert len(stable) == 8, out
+    assert all(float(r["residual"]) < 1e-8 for r in rows)
+    payload = json.loads((tmp_path / "fp" / "fixed_points.json").read_text())
+    points = np.array(payload["points"])[[r["stable"] for r in payload["rows"]]]
+    readout = load_model(tmp_path / "params.npz").readout
+    patterns = {tuple(p) for p in np.sign(readout.forward(points)).astype(int)}
+    assert len(patterns) == 8
+    assert (tmp_path / "fp" / "fixed_points.png").stat().st_size > 1000
