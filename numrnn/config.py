@@ -25,11 +25,13 @@ FASTMATH = _env_bool("NUMRNN_FASTMATH", False)
 #: written as compiled loops; at or above it, BLAS gemm is called once per step.
 BLAS_MIN_WORK = _env_int("NUMRNN_BLAS_MIN_WORK", 64 * 64 * 64)
 
-#: Batch size at which the per-step pointwise cell math is spread over threads (numba prange).
-PARALLEL_MIN_BATCH = _env_int("NUMRNN_PARALLEL_MIN_BATCH", 16)
+#: Least batch size that is split over threads (each thread runs whole sequences, no per-step
+#: synchronisation) ...
+PARALLEL_MIN_BATCH = _env_int("NUMRNN_PARALLEL_MIN_BATCH", 2)
 
-#: ... and the least number of cell updates per step (B * N) worth the threads' start-up.
-PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 4096)
+#: ... and the least work of one kernel call, in multiply-adds of the recurrent product
+#: (T * B * N * G*N), worth the threads' start-up (about 2e6: a millisecond of work).
+PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 2_000_000)
 
 #: Threads per block of the GPU kernels.
 GPU_THREADS_PER_BLOCK = _env_int("NUMRNN_GPU_THREADS_PER_BLOCK", 256)

@@ -242,7 +242,7 @@ def forward(kind, act, alpha, xp, w_hh, b_hh, h0, c0, reverse):
     aux = np.empty((T, B, cells.AUX_WIDTH[kind] * N), dtype)
     args = (kind, act, _consts(alpha, dtype), xp, np.ascontiguousarray(w_hh.T), b_hh, h0, c0,
             bool(reverse), _use_blas(B, N, GN), out_h, out_c, aux)
-    chunks = _chunks(B, B * N * GN)
+    chunks = _chunks(B, T * B * N * GN)
     if chunks == 1:
         _forward_kernel(*args, 0, B)
     else:
@@ -275,7 +275,7 @@ def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_
     sq_norm = np.empty((T, B), dtype)
     args = (kind, act, _consts(alpha, dtype), w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n,
             bool(reverse), int(truncate or 0), _use_blas(B, GN, N), dxp, dhp, dh0, dc0, sq_norm)
-    chunks = _chunks(B, B * N * GN)
+    chunks = _chunks(B, T * B * N * GN)
     if chunks == 1:
         _backward_kernel(*args, 0, B)
     else:
