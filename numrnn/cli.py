@@ -497,9 +497,10 @@ def _info():
     usable, desc = _cuda_status()
     tunables = {k: getattr(config, k) for k in dir(config) if k.isupper()}
     kernels = []
+    use_blas = getattr(recurrence, "_use_blas", None)  # the engine's dispatch rule, if it has one
     for B, N in ((1, 32), (32, 128), (32, 512)):
         threaded = B >= config.PARALLEL_MIN_BATCH and B * N >= config.PARALLEL_MIN_WORK
-        blas = recurrence._use_blas(B, N, N)
+        blas = use_blas(B, N, N) if use_blas is not None else B * N * N >= config.BLAS_MIN_WORK
         kernels.append({"batch": B, "hidden": N, "device": "cpu",
                         "recurrence": ("threaded" if threaded else "serial") + " @njit kernel",
                         "recurrent_product": "BLAS gemm per step" if blas else "compiled loops"})
