@@ -49,6 +49,11 @@ class RNN:
     gain : float, default 1.0
     seed : int or numpy.random.Generator or None
         Same seed, same bits.
+    device : {"cpu", "cuda"}, default "cpu"
+        Where :meth:`forward` and :meth:`vjp` run.  "cuda" runs the ``@cuda.jit`` kernels of
+        :mod:`numrnn.gpu` (needs numba-cuda and a GPU, or the CUDA simulator); numpy arrays in
+        give numpy arrays out, and device arrays (``__cuda_array_interface__``) in give device
+        arrays out, without copies.  The parameters stay numpy arrays either way.
 
     Attributes
     ----------
@@ -81,7 +86,8 @@ class RNN:
 
     def __init__(self, input_size, hidden_size, *, cell="tanh", num_layers=1, bias=True,
                  bidirectional=False, batch_first=False, alpha=1.0, nonlinearity=None,
-                 dtype=np.float64, init="default", gain=1.0, seed=None):
+                 dtype=np.float64, init="default", gain=1.0, seed=None, device="cpu"):
+        self.device = self._check_device(device)
         self.input_size = _v.check_int("input_size", input_size, 1)
         self.hidden_size = _v.check_int("hidden_size", hidden_size, 1)
         self.num_layers = _v.check_int("num_layers", num_layers, 1)
@@ -128,6 +134,25 @@ class RNN:
                          f"None{' or ' + repr(cell) if cell in ('tanh', 'relu') else ''}, got "
                          f"{nonlinearity!r} (choose it with cell=...)")
 
+    @staticmethod
+    def _check_device(device):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda":
+            from . import gpu  # noqa: F401 - raises with instructions if numba-cuda is missing
+
+            gpu.require()
+        return device
+
+    def to(self, device):
+        """Run on ``device`` ("cpu" or "cuda") from now on; returns the network itself.
+
+        The parameters stay numpy arrays (they are uploaded at each GPU call), so nothing is
+        copied here; "cuda" checks that a GPU (or the CUDA simulator) can be used.
+        """
+        self.device = self._check_device(device)
+        return self
+
     def _suffix(self, layer, direction):
         return f"_l{layer}" + ("_reverse" if direction else "")
 
@@ -154,6 +179,7 @@ class RNN:
             ", batch_first=True" if self.batch_first else "",
             f", alpha={self.alpha}" if self.alpha != 1.0 else "",
             f", nonlinearity={self.nonlinearity!r}" if self.cell == "rate" else "",
+            ", device='cuda'" if getattr(self, "device", "cpu") == "cuda" else "",
         ])
         return (f"RNN({self.input_size}, {self.hidden_size}, cell={self.cell!r}{extra}, "
                 f"dtype=numpy.{self.dtype})")
@@ -192,9 +218,9 @@ class RNN:
         """The live parameter arrays (a dict view; modify in place, or use load_state_dict)."""
         return self._params
 
-    def _layer_params(self, layer, direction):
+    def _layer_params(self, layer, direction, params=None):
         sfx = self._suffix(layer, direction)
-        p = self._params
+        p = self._params if params is None else params
         GN = self.gate_count * self.hidden_size
         if self.bias:
             return p["weight_ih" + sfx], p["weight_hh" + sfx], p["bias_ih" + sfx], p["bias_hh" + sfx]
@@ -332,8 +358,11 @@ class RNN:
             layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=2)
         return layer_in, h_n, c_n, tape
 
-    def _backward_pass(self, tape, h0, c0, d_out, d_h_n, d_c_n, truncate):
-        """BPTT through every layer; returns the gradient dict (time-major input gradient)."""
+    def _backward_pass(self, tape, h0, c0, d_out, d_h_n, d_c_n, truncate, params=None):
+        """BPTT through every layer; returns the gradient dict (time-major input gradient).
+
+        ``params``: the parameter dict the forward pass ran with (default: the current one).
+        """
         N, D, G = self.hidden_size, self.num_directions, self.gate_count
         T, B = d_out.shape[:2]
         grads = {}
@@ -348,7 +377,7 @@ class RNN:
             for d in range(D):
                 k = layer * D + d
                 sfx = self._suffix(layer, d)
-                w_ih, w_hh, b_ih, _ = self._layer_params(layer, d)
+                w_ih, w_hh, b_ih, _ = self._layer_params(layer, d, params)
                 out_h, out_c, aux = records[d]
                 d_dir = np.ascontiguousarray(d_out[:, :, d * N:(d + 1) * N])
                 dxp, dhp, d_h0[k], d_c0[k], sq = cpu.backward(
@@ -390,6 +419,10 @@ class RNN:
             Final state of every layer and direction, ordered layer 0 forward, layer 0 reverse,
             layer 1 forward, ...  For LSTM a pair (h_n, c_n).
         """
+        if self.device == "cuda":
+            from .gpu import passes
+
+            return passes.forward(self, x, h0)
         x, unbatched = self._check_input(x)
         h0, c0 = self._split_state(h0, x.shape[1], unbatched)
         out, h_n, c_n, _ = self._forward_pass(x, h0, c0)
@@ -407,30 +440,78 @@ class RNN:
         Returns ``(output, h_n, grads)`` where ``output, h_n`` are exactly what :meth:`forward`
         returns and ``grads`` is what :meth:`vjp` returns.
         """
+        if self.device == "cuda":
+            from .gpu import passes
+
+            return passes.forward_vjp(self, x, d_output, h0, d_h_n, truncate)
+        out, h_n, pullback = self.forward_pullback(x, h0)
+        return out, h_n, pullback(d_output, d_h_n, truncate)
+
+    def forward_pullback(self, x, h0=None):
+        """Forward pass that keeps what BPTT needs, and returns the vector-Jacobian product.
+
+        For losses whose cotangent depends on the output (training): one forward pass, then
+        ``pullback(d_output, d_h_n=None, truncate=None)`` returns the same dict as :meth:`vjp`,
+        without running the forward pass again.
+
+        Returns
+        -------
+        output, h_n
+            As :meth:`forward`.
+        pullback : callable
+            ``pullback(d_output, d_h_n=None, truncate=None) -> dict``.  It uses the parameters the
+            forward pass ran with (a later :meth:`load_state_dict` does not affect it; editing
+            the parameter arrays in place before calling it does).  May be called several times.
+
+        Examples
+        --------
+        >>> import numpy as np, numrnn
+        >>> net = numrnn.RNN(2, 5, seed=0)
+        >>> x = np.ones((10, 3, 2))
+        >>> out, h_n, pullback = net.forward_pullback(x)
+        >>> grads = pullback(2 * out)              # gradient of sum(out**2)
+        >>> sorted(grads)[:2]
+        ['bias_hh_l0', 'bias_ih_l0']
+        """
+        if self.device == "cuda":
+            from .gpu import passes
+
+            out, h_n = passes.forward(self, x, h0)
+
+            def pullback_gpu(d_output, d_h_n=None, truncate=None):
+                # the GPU passes keep no tape between calls: the forward pass is recomputed
+                return passes.forward_vjp(self, x, d_output, h0, d_h_n, truncate)[2]
+
+            return out, h_n, pullback_gpu
         x, unbatched = self._check_input(x)
         T, B = x.shape[:2]
         h0, c0 = self._split_state(h0, B, unbatched)
+        params = self._params
+        out, h_n, c_n, tape = self._forward_pass(x, h0, c0)
         D, N, LD = self.num_directions, self.hidden_size, self.num_layers * self.num_directions
         out_shape = (T, D * N) if unbatched else ((B, T, D * N) if self.batch_first
                                                   else (T, B, D * N))
-        d_out = _v.check_float_array("d_output", d_output, self.dtype, [out_shape])
-        if unbatched:
-            d_out = d_out[:, None, :]
-        elif self.batch_first:
-            d_out = np.ascontiguousarray(d_out.transpose(1, 0, 2))
-        d_h, d_c = self._check_state_cotangent(d_h_n, B, unbatched, LD, N)
-        if truncate is not None:
-            truncate = _v.check_int("truncate", truncate, 1)
-        out, h_n, c_n, tape = self._forward_pass(x, h0, c0)
-        grads, d_x, d_h0, d_c0, norms = self._backward_pass(tape, h0, c0, d_out, d_h, d_c,
-                                                            truncate)
-        grads["input"] = self._to_user_layout(d_x, unbatched)
-        grads["h0"] = d_h0[:, 0] if unbatched else d_h0
-        if self.kind == cells.KIND_LSTM:
-            grads["c0"] = d_c0[:, 0] if unbatched else d_c0
-        grads["state_grad_norm"] = norms[:, 0] if unbatched else norms
+
+        def pullback(d_output, d_h_n=None, truncate=None):
+            d_out = _v.check_float_array("d_output", d_output, self.dtype, [out_shape])
+            if unbatched:
+                d_out = d_out[:, None, :]
+            elif self.batch_first:
+                d_out = np.ascontiguousarray(d_out.transpose(1, 0, 2))
+            d_h, d_c = self._check_state_cotangent(d_h_n, B, unbatched, LD, N)
+            if truncate is not None:
+                truncate = _v.check_int("truncate", truncate, 1)
+            grads, d_x, d_h0, d_c0, norms = self._backward_pass(tape, h0, c0, d_out, d_h, d_c,
+                                                                truncate, params)
+            grads["input"] = self._to_user_layout(d_x, unbatched)
+            grads["h0"] = d_h0[:, 0] if unbatched else d_h0
+            if self.kind == cells.KIND_LSTM:
+                grads["c0"] = d_c0[:, 0] if unbatched else d_c0
+            grads["state_grad_norm"] = norms[:, 0] if unbatched else norms
+            return grads
+
         out, h_n = self._pack(out, h_n, c_n, unbatched)
-        return out, h_n, grads
+        return out, h_n, pullback
 
     def _check_state_cotangent(self, d_h_n, batch, unbatched, LD, N):
         zeros = np.zeros((LD, batch, N), self.dtype)

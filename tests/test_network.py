@@ -235,3 +235,18 @@ def test_same_seed_same_bits_different_seed_different_bits():
 def test_repr_names_the_configuration():
     r = repr(numrnn.RNN(3, 4, cell="rate", alpha=0.1, nonlinearity="relu", dtype=np.float32))
     assert r == "RNN(3, 4, cell='rate', alpha=0.1, nonlinearity='relu', dtype=numpy.float32)"
+
+
+def test_forward_pullback_equals_vjp_and_keeps_its_parameters(rng):
+    net, x, h0, d_out, d_h = make_problem(rng, "lstm", num_layers=2, bidirectional=True)
+    out, h_n, pullback = net.forward_pullback(x, h0)
+    expected = net.vjp(x, d_out, h0, d_h, truncate=2)
+    before = net.state_dict()
+    net.load_state_dict({k: v + 1.0 for k, v in before.items()})  # must not leak into pullback
+    for _ in range(2):
+        grads = pullback(d_out, d_h, truncate=2)
+        assert list(grads) == list(expected)
+        for k in expected:
+            np.testing.assert_array_equal(grads[k], expected[k])
+    with pytest.raises(ValueError, match="d_output"):
+        pullback(d_out[:, :1])
