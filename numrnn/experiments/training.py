@@ -320,12 +320,12 @@ def _make_optimizer(optimizer, lr):
 def _loss_and_grads(net, readout, task, batch, truncate):
     """Loss of one batch and the gradients of every parameter (names prefixed net./readout.)."""
     f, f_grad = _LOSSES[task.loss]
-    out, _ = net.forward(batch.x)
+    out, _, pullback = net.forward_pullback(batch.x)
     pred = readout.forward(out)
     loss = f(pred, batch.y, batch.mask)
     d_pred = f_grad(pred, batch.y, batch.mask)
     ro_grads, d_out = readout.vjp(out, d_pred)
-    net_grads = net.vjp(batch.x, d_out.astype(net.dtype), truncate=truncate)
+    net_grads = pullback(d_out.astype(net.dtype), truncate=truncate)
     grads = {"net." + k: net_grads[k] for k in net.parameters}
     grads.update({"readout." + k: v for k, v in ro_grads.items()})
     return loss, grads
