@@ -1,0 +1,128 @@
+"""RNN(device="cuda"): the API on the GPU backend, under the CUDA simulator (own process).
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest -q -p no:cacheprovider tests/test_gpu_*.py
+"""
+import os
+
+import numpy as np
+import pytest
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+    pytest.skip("GPU tests run under the CUDA simulator in their own process: "
+                "NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_gpu_*.py",
+                allow_module_level=True)
+
+from numba import cuda  # noqa: E402
+
+import numrnn  # noqa: E402
+from numrnn import gpu  # noqa: E402
+from tests.problems import make_problem  # noqa: E402
+from tests.tolerance import assert_close  # noqa: E402
+
+
+# --- invalid input first -------------------------------------------------------------------
+
+
+def test_device_argument_is_checked():
+    with pytest.raises(ValueError, match="device: expected 'cpu' or 'cuda'"):
+        numrnn.RNN(2, 3, device="gpu")
+    net = numrnn.RNN(2, 3)
+    with pytest.raises(ValueError, match="device"):
+        net.to("tpu")
+    assert net.to("cuda") is net and net.device == "cuda"
+    assert "device='cuda'" in repr(net)
+
+
+def test_cpu_network_rejects_device_arrays_with_a_hint():
+    net = numrnn.RNN(2, 3)
+    # (on a GPU the message says to use device='cuda'; the simulator's arrays carry no
+    # __cuda_array_interface__, so here it only says that a numpy array was expected)
+    with pytest.raises(TypeError, match="x: expected"):
+        net.forward(cuda.to_device(np.zeros((4, 1, 2))))
+
+
+@pytest.mark.parametrize("x, exc, words", [
+    (np.zeros((4, 1, 2), np.float32), TypeError, "dtype float64"),
+    (np.zeros((4, 1, 5)), ValueError, "shape"),
+    (np.full((4, 1, 2), np.nan), ValueError, "finite"),
+])
+def test_cuda_network_rejects_bad_host_input(x, exc, words):
+    net = numrnn.RNN(2, 3, device="cuda")
+    with pytest.raises(exc, match=words):
+        net.forward(x)
+
+
+@pytest.mark.parametrize("x, exc, words", [
+    (np.zeros((4, 1, 2), np.float32), TypeError, "dtype float64"),
+    (np.zeros((4, 1, 5)), ValueError, "shape"),
+])
+def test_cuda_network_rejects_bad_device_input(x, exc, words):
+    net = numrnn.RNN(2, 3, device="cuda")
+    with pytest.raises(exc, match=words):
+        net.forward(cuda.to_device(x))
+
+
+def test_lstm_state_must_be_a_pair_on_the_gpu():
+    net = numrnn.RNN(2, 3, cell="lstm", device="cuda")
+    with pytest.raises(TypeError, match="pair"):
+        net.forward(np.zeros((3, 1, 2)), np.zeros((1, 1, 3)))
+    with pytest.raises(ValueError, match="truncate"):
+        net.vjp(np.zeros((3, 1, 2)), np.zeros((3, 1, 3)), truncate=0)
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+def test_device_arrays_in_device_arrays_out(rng):
+    net, x, h0, d_out, d_h = make_problem(rng, "gru", T=4, B=2)
+    ref = net.forward_vjp(x, d_out, h0, d_h)
+    net.to("cuda")
+    xd = cuda.to_device(x)
+    out, h_n, g = net.forward_vjp(xd, cuda.to_device(d_out), cuda.to_device(h0),
+                                  cuda.to_device(d_h))
+    from numrnn.gpu._cuda import is_device_array
+
+    assert is_device_array(out) and is_device_array(h_n)
+    assert all(is_device_array(v) for v in g.values())
+    assert_close(out.copy_to_host(), ref[0])
+    assert_close(h_n.copy_to_host(), ref[1])
+    for k in ref[2]:
+        assert_close(g[k].copy_to_host(), ref[2][k], what=k)
+    out2, _ = net.forward(xd, cuda.to_device(h0))
+    assert_close(out2.copy_to_host(), ref[0])
+
+
+@pytest.mark.parametrize("cell", ["tanh", "lstm"])
+def test_unbatched_and_batch_first_on_the_gpu(rng, cell):
+    net, x, h0, d_out, d_h = make_problem(rng, cell, T=4, B=2, batch_first=True)
+    ref = net.forward_vjp(x, d_out, h0, d_h)
+    got = net.to("cuda").forward_vjp(x, d_out, h0, d_h)
+    assert_close(got[0], ref[0])
+    for k in ref[2]:
+        assert_close(got[2][k], ref[2][k], what=k)
+    # unbatched: (T, I) in, (T, D*N) out
+    net.to("cpu")
+    x1 = x[0]
+    h1 = tuple(h[:, 0] for h in h0) if cell == "lstm" else h0[:, 0]
+    ref1 = net.forward(x1, h1)
+    got1 = net.to("cuda").forward(x1, h1)
+    assert got1[0].shape == ref1[0].shape
+    assert_close(got1[0], ref1[0])
+
+
+def test_parameter_edits_take_effect(rng):
+    """Parameters live on the host and are uploaded at every call."""
+    net, x, h0, _, _ = make_problem(rng, "tanh", T=3, B=1)
+    net.to("cuda")
+    before = net.forward(x, h0)[0]
+    net.parameters["weight_hh_l0"][:] *= 0.5
+    after = net.forward(x, h0)[0]
+    want = net.to("cpu").forward(x, h0)[0]
+    assert not np.allclose(before, after)
+    assert_close(after, want)
+
+
+def test_info_reports_the_path():
+    info = gpu.info()
+    assert info["device"] == "CUDA simulator"
+    assert info["warp_shuffle"] is False  # the simulator's shared-memory warp sum ran
