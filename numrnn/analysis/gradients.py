@@ -188,7 +188,7 @@ def gradient_propagation(net, x, h0=None, *, lags=None, transient=None, seed=Non
                                                                           S))
     log_d = np.empty((lags.size, B, S))
     u = np.empty((lags.size, B, S, S))
-    _k._graded_product_kernel(*lin.kernel_args(), q, slots, log_d, u)
+    _k.graded_product(lin.kernel_args(), q, slots, log_d, u)
     log_sv = np.empty_like(log_d)
     for i in range(lags.size):
         for b in range(B):

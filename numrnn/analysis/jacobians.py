@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import _validation as _v
 from .. import cells
+from ..cpu import blas
 from ..cpu import jacobians as _k
 from ..network import RNN
 
@@ -161,7 +162,10 @@ class _Linearisation:
         self.S = self.LD * self.P * self.N
         self.lstm = net.kind == cells.KIND_LSTM
         self.h0, self.c0 = h0, c0
-        self.output, self.h_n, self.c_n, self.tape = net._forward_pass(x_tm, h0, c0)
+        # analysis runs few sequences: per-step BLAS calls are small, and a threaded BLAS only
+        # synchronises (see numrnn.cpu.jacobians)
+        with blas.single_threaded():
+            self.output, self.h_n, self.c_n, self.tape = net._forward_pass(x_tm, h0, c0)
         dt, T, B, N, GN, LD = net.dtype, self.T, self.B, self.N, self.G * self.N, self.LD
         self.w_hh = np.empty((LD, GN, N), dt)
         self.w_up = np.zeros((max(self.L - 1, 1), GN, N), dt)
@@ -212,7 +216,7 @@ class _Linearisation:
         vb = self.blocks(v)
         k = v.shape[-1]
         out = np.empty((self.T, self.B, self.LD, self.P, self.N, k), self.net.dtype)
-        _k._tangent_kernel(bool(transpose), *self.kernel_args(), vb, out)
+        _k.tangent(self.kernel_args(), vb, out, transpose)
         return out.reshape(self.T, self.B, self.S, k)
 
     def states(self):

@@ -215,7 +215,7 @@ def _local_sums(lin, k, transient, m, rng):
     q = _frames(rng, lin.B, lin.S, k, lin.net.dtype)
     qb = np.ascontiguousarray(q.reshape(lin.B, lin.LD, lin.P, lin.N, k))
     sums = np.zeros((lengths.size, lin.B, k))
-    _k._lyapunov_kernel(*lin.kernel_args(), qb, qr_at, record_at, sums)
+    _k.lyapunov(lin.kernel_args(), qb, qr_at, record_at, sums)
     return sums, lengths
 
 
@@ -368,5 +368,5 @@ def lyapunov_from_jacobians(J, *, k=None, transient=None, ons_interval=1, seed=N
     qr_at, record_at, lengths = _schedule(T, transient, m)
     q = np.ascontiguousarray(_frames(rng, B, S, k, J.dtype).reshape(B, S, 1, 1, k))
     sums = np.zeros((lengths.size, B, k))
-    _k._lyapunov_dense_kernel(Jb, q, qr_at, record_at, sums)
+    _k.lyapunov_dense(Jb, q, qr_at, record_at, sums)
     return _summarise(sums, lengths, transient, m, n_segments, S, unbatched)

@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit
 
 from .. import cells, config
+from . import blas
 
 _JIT = dict(cache=True, fastmath=config.FASTMATH, nogil=True)
 
@@ -340,6 +341,35 @@ def _graded_product_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
 
 
 # --- drivers ------------------------------------------------------------------------------------
+#
+# Every loop below calls BLAS/LAPACK once per step on small matrices; a multi-threaded BLAS would
+# synchronise its pool at every call (measured: 17x slower for N = 200 on a loaded 2-core
+# machine), so the BLAS is held to one thread while they run.
+
+
+def tangent(args, v, out, transpose):
+    """out[t, b] = J_t v (or J_t^T v); ``args`` from the linearisation (see _tangent_kernel)."""
+    with blas.single_threaded():
+        _tangent_kernel(bool(transpose), *args, v, out)
+
+
+def lyapunov(args, q, qr_at, record_at, local):
+    """Benettin's loop along a linearised trajectory (see _lyapunov_kernel)."""
+    with blas.single_threaded():
+        _lyapunov_kernel(*args, q, qr_at, record_at, local)
+
+
+def lyapunov_dense(jac, q, qr_at, record_at, local):
+    """Benettin's loop on given matrices (see _lyapunov_dense_kernel)."""
+    with blas.single_threaded():
+        _lyapunov_dense_kernel(jac, q, qr_at, record_at, local)
+
+
+def graded_product(args, q, lag_slot, log_d, u_out):
+    """Graded accumulation of the transposed Jacobian products (see _graded_product_kernel)."""
+    with blas.single_threaded():
+        _graded_product_kernel(*args, q, lag_slot, log_d, u_out)
+
 
 
 def coefficients(kind, act, alpha, h0, c0, out_h, out_c, aux, reverse, G, into):
