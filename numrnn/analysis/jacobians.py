@@ -58,6 +58,13 @@ def state_size(net):
     -------
     int
         L * D * P * N, with P = 2 for LSTM (h and c) and 1 otherwise.
+
+    Examples
+    --------
+    >>> import numrnn
+    >>> from numrnn.analysis import state_size
+    >>> state_size(numrnn.RNN(2, 8, cell="lstm", num_layers=3))
+    48
     """
     if not isinstance(net, RNN):
         raise TypeError(f"net: expected a numrnn.RNN, got {type(net).__name__}")
@@ -127,6 +134,15 @@ def unpack_state(net, s):
     -------
     h : ndarray, shape (L*D, ..., N)
         Hidden state; for LSTM a pair (h, c).
+
+    Examples
+    --------
+    >>> import numpy as np, numrnn
+    >>> from numrnn.analysis import unpack_state
+    >>> net = numrnn.RNN(2, 2, num_layers=2)
+    >>> unpack_state(net, np.arange(4.0))
+    array([[0., 1.],
+           [2., 3.]])
     """
     S = state_size(net)
     s = np.asarray(s)
