@@ -209,7 +209,7 @@ class _Linearisation:
                 out_h, out_c, aux = records[d]
                 c_k = (self.c_rec[k], self.c_in[k], self.dh_dcp[k], self.dc_dcp[k])
                 _k.coefficients(net.kind, net.act, net.alpha, h0[k], c0[k], out_h, out_c, aux,
-                                d == 1, self.G,
+                                d == 1,
                                 (self.h_rec[k], self.h_in[k], c_k[0], c_k[1], self.direct[k],
                                  c_k[2], c_k[3], self.r_grad[k]))
 

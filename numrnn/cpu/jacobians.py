@@ -372,7 +372,7 @@ def graded_product(args, q, lag_slot, log_d, u_out):
 
 
 
-def coefficients(kind, act, alpha, h0, c0, out_h, out_c, aux, reverse, G, into):
+def coefficients(kind, act, alpha, h0, c0, out_h, out_c, aux, reverse, into):
     """Fill the coefficient arrays ``into`` (views of one block, each (T, B, .)) for one
     (layer, direction); see :func:`_coefficients_kernel`."""
     consts = np.array([alpha, 1.0 - alpha, 1.0, 0.0], dtype=out_h.dtype)
