@@ -25,12 +25,12 @@ FASTMATH = _env_bool("NUMRNN_FASTMATH", False)
 #: written as compiled loops; at or above it, BLAS gemm is called once per step.
 BLAS_MIN_WORK = _env_int("NUMRNN_BLAS_MIN_WORK", 64 * 64 * 64)
 
-#: Least batch size that is split over threads (each thread runs whole sequences, no per-step
-#: synchronisation) ...
-PARALLEL_MIN_BATCH = _env_int("NUMRNN_PARALLEL_MIN_BATCH", 2)
+#: Threads numrnn's CPU kernels use (0: all usable cores). Batches are split into ranges of whole
+#: sequences (no per-step synchronisation) and matrix products into blocks.
+NUM_THREADS = _env_int("NUMRNN_NUM_THREADS", 0)
 
-#: ... and the least work of one kernel call, in multiply-adds of the recurrent product
-#: (T * B * N * G*N), worth the threads' start-up (about 2e6: a millisecond of work).
+#: Least work, in multiply-adds, of a kernel call or matrix product worth splitting over threads
+#: (about 2e6: a millisecond of work, against tens of microseconds to hand it out).
 PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 2_000_000)
 
 #: Threads per block of the GPU kernels.

@@ -331,6 +331,10 @@ class RNN:
 
     def _forward_pass(self, x, h0, c0):
         """x (T, B, I), h0/c0 (L*D, B, N). Returns output (T, B, D*N), h_n, c_n, tape."""
+        with cpu.single_threaded():  # numrnn's own threads do the parallel work (cpu.threads)
+            return self._forward_layers(x, h0, c0)
+
+    def _forward_layers(self, x, h0, c0):
         T, B, _ = x.shape
         N, D = self.hidden_size, self.num_directions
         h_n = np.empty((self.num_layers * D, B, N), self.dtype)
@@ -343,7 +347,7 @@ class RNN:
             for d in range(D):
                 k = layer * D + d
                 w_ih, w_hh, b_ih, b_hh = self._layer_params(layer, d)
-                xp = flat_in @ w_ih.T
+                xp = cpu.matmul(flat_in, w_ih.T)
                 if b_ih is not None:
                     xp += b_ih
                 xp = xp.reshape(T, B, -1)
@@ -363,6 +367,10 @@ class RNN:
 
         ``params``: the parameter dict the forward pass ran with (default: the current one).
         """
+        with cpu.single_threaded():
+            return self._backward_layers(tape, h0, c0, d_out, d_h_n, d_c_n, truncate, params)
+
+    def _backward_layers(self, tape, h0, c0, d_out, d_h_n, d_c_n, truncate, params):
         N, D, G = self.hidden_size, self.num_directions, self.gate_count
         T, B = d_out.shape[:2]
         grads = {}
@@ -387,12 +395,12 @@ class RNN:
                 dxp2 = dxp.reshape(T * B, G * N)
                 dhp2 = dhp.reshape(T * B, G * N)
                 rec = cpu.recurrent_inputs(self.kind, self.act, h0[k], out_h, d == 1)
-                grads["weight_ih" + sfx] = dxp2.T @ flat_in
-                grads["weight_hh" + sfx] = dhp2.T @ rec.reshape(T * B, N)
+                grads["weight_ih" + sfx] = cpu.matmul_tn(dxp2, flat_in)
+                grads["weight_hh" + sfx] = cpu.matmul_tn(dhp2, rec.reshape(T * B, N))
                 if self.bias:
                     grads["bias_ih" + sfx] = dxp2.sum(axis=0)
                     grads["bias_hh" + sfx] = dhp2.sum(axis=0)
-                d_proj = dxp2 @ w_ih
+                d_proj = cpu.matmul(dxp2, w_ih)
                 d_in = d_proj if d_in is None else d_in + d_proj
             if sq_norm is None:
                 sq_norm = layer_sq

@@ -49,11 +49,12 @@ def test_forward_and_vjp_equal_reference(rng, cell, phi, layers, bidir, bias, al
 
 @pytest.mark.parametrize("cell", ["tanh", "lstm", "gru", "rate"])
 def test_threaded_and_blas_variants_equal_reference(rng, monkeypatch, cell):
-    """The per-step BLAS product and the threaded (prange) kernels, forced on at a small size."""
+    """The per-step BLAS product, the batch split over threads and the split matrix products,
+    forced on at a small size (3 pieces for B = 3)."""
     from numrnn import config
 
     monkeypatch.setattr(config, "BLAS_MIN_WORK", 1)
-    monkeypatch.setattr(config, "PARALLEL_MIN_BATCH", 1)
+    monkeypatch.setattr(config, "NUM_THREADS", 3)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
     net, x, h0, d_out, d_h = make_problem(rng, cell, num_layers=2, bidirectional=True, T=5, B=3)
     kw = dict(hidden_size=4, num_layers=2, bidirectional=True)
