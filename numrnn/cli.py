@@ -476,7 +476,9 @@ def _info():
     import scipy
 
     from . import __version__, config
+    from .cpu import blas as cpu_blas
     from .cpu import recurrence
+    from .cpu import threads as cpu_threads
 
     versions = {"numrnn": __version__, "python": platform.python_version(),
                 "numpy": np.__version__, "scipy": scipy.__version__, "numba": numba.__version__}
@@ -486,12 +488,9 @@ def _info():
             versions[name] = getattr(mod, "__version__", "?")
         except Exception:
             versions[name] = None
-    try:
-        layer = numba.threading_layer()
-    except ValueError:
-        layer = "not yet chosen (no parallel kernel has run)"
-    threads = {"cpu_count": os.cpu_count(), "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
-               "numba_threads_in_use": numba.get_num_threads(), "threading_layer": layer,
+    threads = {"cpu_count": os.cpu_count(), "numrnn_threads": cpu_threads.num_threads(),
+               "blas_thread_control": cpu_blas.can_limit_threads(),
+               "blas_threads": cpu_blas.num_threads(),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}
     usable, desc = _cuda_status()
@@ -499,10 +498,11 @@ def _info():
     kernels = []
     use_blas = getattr(recurrence, "_use_blas", None)  # the engine's dispatch rule, if it has one
     for B, N in ((1, 32), (32, 128), (32, 512)):
-        threaded = B >= config.PARALLEL_MIN_BATCH and B * N >= config.PARALLEL_MIN_WORK
+        # the engine's own dispatch rules, for a tanh network with T = 200 steps
+        pieces = cpu_threads.pieces(B, 200 * B * N * N)
         blas = use_blas(B, N, N) if use_blas is not None else B * N * N >= config.BLAS_MIN_WORK
-        kernels.append({"batch": B, "hidden": N, "device": "cpu",
-                        "recurrence": ("threaded" if threaded else "serial") + " @njit kernel",
+        kernels.append({"batch": B, "hidden": N, "steps": 200, "device": "cpu",
+                        "recurrence": f"@njit kernel, batch split over {pieces} thread(s)",
                         "recurrent_product": "BLAS gemm per step" if blas else "compiled loops"})
     return {"versions": versions, "threads": threads,
             "cuda": {"usable": usable, "detail": desc,

@@ -92,7 +92,7 @@ def test_info_reports_versions_threads_and_cuda(capsys):
     info = json.loads(out)
     assert info["versions"]["numrnn"] and info["versions"]["numba"]
     assert isinstance(info["cuda"]["usable"], bool) and info["cuda"]["detail"]
-    assert info["threads"]["numba_num_threads"] >= 1
+    assert info["threads"]["numrnn_threads"] >= 1
     assert {"batch", "hidden", "recurrence"} <= set(info["cpu_kernels"][0])
     rc, out, _ = _run(capsys, "info")
     assert rc == 0 and "cuda:" in out and "usable" in out
