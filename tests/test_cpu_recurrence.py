@@ -1,5 +1,4 @@
 """The CPU kernels against the slow NumPy reference (tests/reference.py), every cell and option."""
-import numpy as np
 import pytest
 
 from tests import reference as ref

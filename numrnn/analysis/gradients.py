@@ -4,7 +4,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from .. import _validation as _v
 from ..cpu import jacobians as _k
 from .jacobians import _linearise
 from .lyapunov import _check_schedule, _fmt_list, _frames, _local_sums, _rng

@@ -5,8 +5,9 @@ matrix product outside these kernels, in :mod:`numrnn.network`.  Each kernel run
 (layer, direction) over the whole sequence and the whole batch; a single compiled kernel serves
 every cell (the cell family is a run-time argument), so Numba compiles it once per dtype.
 
-Tiers: ``_forward_kernel``/``_backward_kernel`` take arrays and write preallocated outputs;
-``forward``/``backward`` allocate and choose the variant.
+Tiers: ``_forward_kernel``/``_backward_kernel`` take arrays and a range of sequences and write
+preallocated outputs; ``forward``/``backward`` allocate and hand disjoint ranges of the batch to
+numrnn's threads (:mod:`numrnn.cpu.threads`).
 """
 import types
 
