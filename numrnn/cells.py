@@ -108,14 +108,23 @@ def elman_dz(code, y, a, one, zero):
 
 
 @register_jitable
+def lstm_gates(zi, zf, zg, zo, one):
+    """Gate values (i, f, g, o) from their pre-activations."""
+    return sigmoid(zi, one), sigmoid(zf, one), math.tanh(zg), sigmoid(zo, one)
+
+
+@register_jitable
+def lstm_state(i, f, g, o, c_prev):
+    """New (c, h) from the gate values."""
+    c = f * c_prev + i * g
+    return c, o * math.tanh(c)
+
+
+@register_jitable
 def lstm_step(zi, zf, zg, zo, c_prev, one):
     """Returns (i, f, g, o, c, h)."""
-    i = sigmoid(zi, one)
-    f = sigmoid(zf, one)
-    g = math.tanh(zg)
-    o = sigmoid(zo, one)
-    c = f * c_prev + i * g
-    h = o * math.tanh(c)
+    i, f, g, o = lstm_gates(zi, zf, zg, zo, one)
+    c, h = lstm_state(i, f, g, o, c_prev)
     return i, f, g, o, c, h
 
 
