@@ -496,14 +496,14 @@ def _info():
     usable, desc = _cuda_status()
     tunables = {k: getattr(config, k) for k in dir(config) if k.isupper()}
     kernels = []
-    use_blas = getattr(recurrence, "_use_blas", None)  # the engine's dispatch rule, if it has one
     for B, N in ((1, 32), (32, 128), (32, 512)):
-        # the engine's own dispatch rules, for a tanh network with T = 200 steps
+        # the engine's own dispatch rules, for a float32 tanh network with T = 200 steps
         pieces = cpu_threads.pieces(B, 200 * B * N * N)
-        blas = use_blas(B, N, N) if use_blas is not None else B * N * N >= config.BLAS_MIN_WORK
+        mode = recurrence._mode(np.float32, B, N, N)
         kernels.append({"batch": B, "hidden": N, "steps": 200, "device": "cpu",
                         "recurrence": f"@njit kernel, batch split over {pieces} thread(s)",
-                        "recurrent_product": "BLAS gemm per step" if blas else "compiled loops"})
+                        "recurrent_product": ("compiled loops", "BLAS gemm per step",
+                                                        "BLAS gemm per step, transposed")[mode]})
     return {"versions": versions, "threads": threads,
             "cuda": {"usable": usable, "detail": desc,
                      "kernels": "numrnn.gpu @cuda.jit kernels (device='cuda')" if usable
@@ -530,7 +530,7 @@ def _cmd_info(args):
     print("\nconfig (numrnn.config, NUMRNN_* environment variables):")
     for k, v in info["config"].items():
         print(f"  {k:22s} {v}")
-    print("\nCPU kernels for typical sizes (forward and BPTT):")
+    print("\nCPU kernels for typical sizes (float32, forward and BPTT):")
     for r in info["cpu_kernels"]:
         print(f"  B={r['batch']:<3d} N={r['hidden']:<4d} {r['recurrence']}, "
               f"{r['recurrent_product']}")

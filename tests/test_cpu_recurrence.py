@@ -1,9 +1,10 @@
 """The CPU kernels against the slow NumPy reference (tests/reference.py), every cell and option."""
+import numpy as np
 import pytest
 
 from tests import reference as ref
 from tests.problems import make_problem
-from tests.tolerance import assert_close
+from tests.tolerance import RTOL, assert_close
 
 CONFIGS = [  # (num_layers, bidirectional, bias, alpha)
     (1, False, True, 1.0),
@@ -47,19 +48,26 @@ def test_forward_and_vjp_equal_reference(rng, cell, phi, layers, bidir, bias, al
 
 
 @pytest.mark.parametrize("cell", ["tanh", "lstm", "gru", "rate"])
-def test_threaded_and_blas_variants_equal_reference(rng, monkeypatch, cell):
-    """The per-step BLAS product, the batch split over threads and the split matrix products,
-    forced on at a small size (3 pieces for B = 3)."""
+@pytest.mark.parametrize("dtype, transposed", [(np.float64, False), (np.float32, True),
+                                               (np.float32, False)])
+def test_threaded_and_blas_variants_equal_reference(rng, monkeypatch, cell, dtype, transposed):
+    """The per-step BLAS product (direct, or on the transposes in float32), the batch split over
+    threads and the split matrix products, forced on at a small size (3 pieces for B = 3)."""
     from numrnn import config
+    from numrnn.cpu import recurrence
 
     monkeypatch.setattr(config, "BLAS_MIN_WORK", 1)
     monkeypatch.setattr(config, "NUM_THREADS", 3)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
-    net, x, h0, d_out, d_h = make_problem(rng, cell, num_layers=2, bidirectional=True, T=5, B=3)
+    monkeypatch.setattr(config, "TRANSPOSED_GEMM_FLOAT32", transposed)
+    assert recurrence._mode(np.dtype(dtype), 3, 4, 4) == (2 if transposed else 1)
+    net, x, h0, d_out, d_h = make_problem(rng, cell, num_layers=2, bidirectional=True, T=5, B=3,
+                                          dtype=dtype)
     kw = dict(hidden_size=4, num_layers=2, bidirectional=True)
     hh, cc = _split(cell, h0)
     dh, dc = _split(cell, d_h)
     g_r = ref.ref_vjp(cell, net.state_dict(), x, d_out, hh, cc, dh, dc, truncate=2, **kw)
     g = net.vjp(x, d_out, h0, d_h, truncate=2)
     for name in g_r:
-        assert_close(g[name], g_r[name], what=name)
+        assert g[name].dtype == dtype
+        assert_close(g[name], g_r[name], rtol=RTOL[np.dtype(dtype)], what=name)
