@@ -399,7 +399,9 @@ class RNN:
                 grads["weight_hh" + sfx] = cpu.matmul_tn(dhp2, rec.reshape(T * B, N))
                 if self.bias:
                     grads["bias_ih" + sfx] = dxp2.sum(axis=0)
-                    grads["bias_hh" + sfx] = dhp2.sum(axis=0)
+                    # the two cotangents are one array except for GRU: sum it once
+                    grads["bias_hh" + sfx] = (grads["bias_ih" + sfx].copy() if dhp is dxp
+                                              else dhp2.sum(axis=0))
                 d_proj = cpu.matmul(dxp2, w_ih)
                 d_in = d_proj if d_in is None else d_in + d_proj
             if sq_norm is None:
