@@ -24,41 +24,25 @@ import math
 import types as pytypes
 
 import numpy as np
-from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload, register_jitable
 
 
+#: the type of the same width on the other side of a bit reinterpretation
+_SAME_BITS = {types.float64: types.int64, types.int64: types.float64,
+              types.float32: types.int32, types.int32: types.float32}
+
+
 @intrinsic
-def _as_float(typingctx, bits):
-    """Reinterpret int64 (int32) bits as float64 (float32)."""
-    if bits == types.int64:
-        sig = types.float64(types.int64)
-    elif bits == types.int32:
-        sig = types.float32(types.int32)
-    else:
+def _reinterpret(typingctx, value):
+    """The bits of a float64 (float32) as int64 (int32), or the other way round."""
+    if value not in _SAME_BITS:
         return None
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(signature.return_type))
 
-    return sig, codegen
-
-
-@intrinsic
-def _as_int(typingctx, value):
-    """Reinterpret float64 (float32) bits as int64 (int32)."""
-    if value == types.float64:
-        sig = types.int64(types.float64)
-    elif value == types.float32:
-        sig = types.int32(types.float32)
-    else:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(signature.return_type.bitwidth))
-
-    return sig, codegen
+    return _SAME_BITS[value](value), codegen
 
 
 class _Consts:
@@ -109,7 +93,7 @@ def _make(c):
         t = xc * log2e + shifter
         kf = t - shifter
         r = (xc - kf * ln2_hi) - kf * ln2_lo
-        k = to_int(_as_int(t) - _as_int(shifter))
+        k = to_int(_reinterpret(t) - _reinterpret(shifter))
         return r, k
 
     @register_jitable(inline="always")
@@ -122,7 +106,7 @@ def _make(c):
 
     @register_jitable(inline="always")
     def pow2(k):
-        return _as_float(to_int((k + bias) << shift))
+        return _reinterpret(to_int((k + bias) << shift))
 
     @register_jitable(inline="always")
     def exp(x):

@@ -163,6 +163,17 @@ def _gru_row_backward(one, n, dh_carry, d_out, h_prev, aux, dxp, dhp):
         dh_carry[j] = dhd
 
 
+@register_jitable
+def _state_before(t, reverse, lstm, h0, c0, out_h, out_c):
+    """(first, h_prev, c_prev): the state entering step t, (B, N) each; c0 stands in for c
+    except for LSTM, and ``first`` says whether t is the first step in running order."""
+    first = t == (out_h.shape[0] - 1 if reverse else 0)
+    if first:
+        return first, h0, c0
+    tp = t + 1 if reverse else t - 1
+    return first, out_h[tp], (out_c[tp] if lstm else c0)
+
+
 @njit(**_JIT)
 def _matmul(a, b, out, use_blas):
     """out = a @ b for C-contiguous 2-D arrays: BLAS gemm, or compiled loops for small products.
@@ -241,13 +252,7 @@ def _forward_kernel(kind, act, consts, xp, w_hh_t, w_hh, b_hh, h0, c0, reverse, 
     hp_t = np.empty((GN, nb), xp.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        if s == 0:
-            h_prev = h0
-            c_prev = c0
-        else:
-            tp = t + 1 if reverse else t - 1
-            h_prev = out_h[tp]
-            c_prev = out_c[tp] if lstm else c0
+        first, h_prev, c_prev = _state_before(t, reverse, lstm, h0, c0, out_h, out_c)
         for i in range(nb):
             for k in range(N):
                 rec[i, k] = _cells.recurrent_input(kind, act, h_prev[b0 + i, k], zero)
@@ -301,14 +306,7 @@ def _backward_kernel(kind, act, consts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux,
             carry_c[i, j] = dc_n[b0 + i, j]
     for s in range(T):
         t = s if reverse else T - 1 - s
-        first = t == (T - 1 if reverse else 0)
-        if first:
-            h_prev = h0
-            c_prev = c0
-        else:
-            tp = t + 1 if reverse else t - 1
-            h_prev = out_h[tp]
-            c_prev = out_c[tp] if lstm else c0
+        first, h_prev, c_prev = _state_before(t, reverse, lstm, h0, c0, out_h, out_c)
         c_t = out_c[t] if lstm else c0
         for i in range(nb):
             b = b0 + i
