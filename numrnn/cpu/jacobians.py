@@ -25,6 +25,7 @@ Tiers: ``_*_kernel`` write preallocated outputs; the functions without underscor
 """
 import numpy as np
 from numba import njit
+from numba.extending import register_jitable
 
 from .. import cells, config
 from . import blas
@@ -70,6 +71,23 @@ def _coefficients_kernel(kind, act, consts, h0, c0, out_h, out_c, aux, reverse,
                     dc_dcp[t, b, j] = dcc
 
 
+@register_jitable
+def _tangent_rows(rec, inp, direct, v_state, y, z, has_up, out):
+    """out[j, q] = direct[j] v_state[j, q] + sum_g rec[g*N + j] y[g*N + j, q]
+    (+ sum_g inp[g*N + j] z[g*N + j, q] when ``has_up``): one state's tangent (h or c)."""
+    N, K = out.shape
+    G = y.shape[0] // N
+    for j in range(N):
+        for q in range(K):
+            acc = direct[j] * v_state[j, q]
+            for g in range(G):
+                acc += rec[g * N + j] * y[g * N + j, q]
+            if has_up:
+                for g in range(G):
+                    acc += inp[g * N + j] * z[g * N + j, q]
+            out[j, q] = acc
+
+
 @njit(**_JIT)
 def _apply_tangent(transpose, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec,
                    c_in, direct, dh_dcp, dc_dcp, r_grad, v, out, r, y, z, up):
@@ -105,31 +123,14 @@ def _apply_tangent(transpose, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_r
                 hi = h_in[blk, td, b]
                 dr = direct[blk, td, b]
                 oh = out[blk, 0]
-                for j in range(N):
-                    for q in range(K):
-                        acc = dr[j] * vh[j, q]
-                        for g in range(G):
-                            acc += hr[g * N + j] * y[g * N + j, q]
-                        if has_up:
-                            for g in range(G):
-                                acc += hi[g * N + j] * z[g * N + j, q]
-                        oh[j, q] = acc
+                _tangent_rows(hr, hi, dr, vh, y, z, has_up, oh)
                 if lstm:
                     vc = v[blk, 1]
-                    oc = out[blk, 1]
-                    cr = c_rec[blk, td, b]
-                    ci = c_in[blk, td, b]
                     hc = dh_dcp[blk, td, b]
-                    cc = dc_dcp[blk, td, b]
+                    _tangent_rows(c_rec[blk, td, b], c_in[blk, td, b], dc_dcp[blk, td, b], vc,
+                                  y, z, has_up, out[blk, 1])
                     for j in range(N):
                         for q in range(K):
-                            acc = cc[j] * vc[j, q]
-                            for g in range(G):
-                                acc += cr[g * N + j] * y[g * N + j, q]
-                            if has_up:
-                                for g in range(G):
-                                    acc += ci[g * N + j] * z[g * N + j, q]
-                            oc[j, q] = acc
                             oh[j, q] += hc[j] * vc[j, q]
         return
     for layer in range(n_layers - 1, -1, -1):
