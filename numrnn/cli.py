@@ -489,6 +489,7 @@ def _info():
     threads = {"cpu_count": os.cpu_count(), "numrnn_threads": cpu_threads.num_threads(),
                "blas_thread_control": cpu_blas.can_limit_threads(),
                "blas_threads": cpu_blas.num_threads(),
+               "numpy_blas_thread_control": cpu_blas.numpy_blas_controlled(),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}
     usable, desc = _cuda_status()

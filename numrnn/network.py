@@ -349,7 +349,10 @@ class RNN:
                 w_ih, w_hh, b_ih, b_hh = self._layer_params(layer, d)
                 xp = cpu.matmul(flat_in, w_ih.T)
                 if b_ih is not None:
-                    xp += b_ih
+                    if self.kind == cells.KIND_GRU:  # b_in stays with W_in x, outside r * (.)
+                        xp += b_ih
+                    else:  # only xp + hp enters the cell: add b_ih with b_hh, once per step
+                        b_hh = b_hh + b_ih
                 xp = xp.reshape(T, B, -1)
                 out_h, out_c, aux = cpu.forward(self.kind, self.act, self.alpha, xp, w_hh, b_hh,
                                                 h0[k], c0[k], d == 1)
@@ -394,9 +397,9 @@ class RNN:
                 layer_sq += sq
                 dxp2 = dxp.reshape(T * B, G * N)
                 dhp2 = dhp.reshape(T * B, G * N)
-                rec = cpu.recurrent_inputs(self.kind, self.act, h0[k], out_h, d == 1)
                 grads["weight_ih" + sfx] = cpu.matmul_tn(dxp2, flat_in)
-                grads["weight_hh" + sfx] = cpu.matmul_tn(dhp2, rec.reshape(T * B, N))
+                grads["weight_hh" + sfx] = cpu.recurrent_weight_grad(self.kind, self.act, dhp,
+                                                                     h0[k], out_h, d == 1)
                 if self.bias:
                     grads["bias_ih" + sfx] = dxp2.sum(axis=0)
                     # the two cotangents are one array except for GRU: sum it once

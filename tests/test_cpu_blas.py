@@ -1,4 +1,5 @@
-"""numrnn.cpu.blas: holding the BLAS under Numba's np.dot to one thread, and restoring it."""
+"""numrnn.cpu.blas: holding the BLAS libraries (SciPy's under Numba's np.dot, NumPy's) to one
+thread, and restoring them."""
 import numpy as np
 import pytest
 
@@ -9,13 +10,14 @@ from tests.tolerance import assert_close
 def test_single_threaded_sets_and_restores():
     if not blas.can_limit_threads():
         pytest.skip("the BLAS under Numba's np.dot cannot be controlled here")
-    before = blas.num_threads()
+    libraries = ["scipy"] + (["numpy"] if blas.numpy_blas_controlled() else [])
+    before = [blas.num_threads(lib) for lib in libraries]
     with blas.single_threaded():
-        assert blas.num_threads() == 1
+        assert [blas.num_threads(lib) for lib in libraries] == [1] * len(libraries)
         with blas.single_threaded():  # re-entrant
-            assert blas.num_threads() == 1
-        assert blas.num_threads() == 1
-    assert blas.num_threads() == before
+            assert [blas.num_threads(lib) for lib in libraries] == [1] * len(libraries)
+        assert [blas.num_threads(lib) for lib in libraries] == [1] * len(libraries)
+    assert [blas.num_threads(lib) for lib in libraries] == before
 
 
 def test_restores_after_an_exception():
@@ -26,11 +28,15 @@ def test_restores_after_an_exception():
     assert blas.num_threads() == before
 
 
+@pytest.mark.parametrize("numpy_blas", [True, False], ids=["numpy-blas", "numba-dot"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_threaded_matrix_products_equal_numpy(rng, monkeypatch, dtype):
+def test_threaded_matrix_products_equal_numpy(rng, monkeypatch, dtype, numpy_blas):
     from numrnn import config
     from numrnn.cpu import threads
 
+    if numpy_blas and not blas.numpy_blas_controlled():
+        pytest.skip("NumPy's BLAS cannot be controlled here")
+    monkeypatch.setattr(blas, "numpy_blas_controlled", lambda: numpy_blas)
     monkeypatch.setattr(config, "NUM_THREADS", 3)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
     a = rng.standard_normal((50, 7)).astype(dtype)
@@ -43,6 +49,9 @@ def test_threaded_matrix_products_equal_numpy(rng, monkeypatch, dtype):
     out = threads.matmul_tn(a, c)
     assert_close(out, a.T.astype(np.float64) @ c, rtol=1e-5 if dtype == np.float32 else 1e-14)
     np.testing.assert_array_equal(threads.matmul_tn(a, c), out)  # fixed summation order
+    empty = threads.matmul_tn(a[:0], c[:0])
+    assert empty.dtype == dtype
+    np.testing.assert_array_equal(empty, np.zeros((7, 5)))
 
 
 def test_thread_pool_propagates_errors():

@@ -71,3 +71,26 @@ def test_threaded_and_blas_variants_equal_reference(rng, monkeypatch, cell, dtyp
     for name in g_r:
         assert g[name].dtype == dtype
         assert_close(g[name], g_r[name], rtol=RTOL[np.dtype(dtype)], what=name)
+
+
+@pytest.mark.parametrize("cell", ["tanh", "rate", "lstm"])
+@pytest.mark.parametrize("T", [1, 4])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_recurrent_weight_grad_equals_the_product_with_the_recurrent_inputs(rng, cell, T,
+                                                                           reverse):
+    """W_hh's gradient read from the stored states in place (h0 entering at the first step in
+    running order; T = 1 has no stored state to read) equals dhpᵀ r with r built explicitly."""
+    from numrnn import cells, cpu
+
+    kind = {"tanh": cells.KIND_ELMAN, "rate": cells.KIND_RATE, "lstm": cells.KIND_LSTM}[cell]
+    B, N, G = 3, 5, 4 if cell == "lstm" else 1
+    h0 = rng.standard_normal((B, N))
+    out_h = rng.standard_normal((T, B, N))
+    dhp = rng.standard_normal((T, B, G * N))
+    r = cpu.recurrent_inputs(kind, cells.ACT_TANH, h0, out_h, reverse)
+    first = T - 1 if reverse else 0
+    assert_close(r[first], np.tanh(h0) if cell == "rate" else h0)
+    want = np.einsum("tbg,tbn->gn", dhp, r)
+    got = cpu.recurrent_weight_grad(kind, cells.ACT_TANH, dhp, h0, out_h, reverse)
+    assert got.shape == (G * N, N)
+    assert_close(got, want, rtol=1e-13)

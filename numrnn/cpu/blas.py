@@ -1,11 +1,17 @@
-"""Holding the BLAS behind Numba's ``np.dot`` to one thread while numrnn's own threads run.
+"""Holding the BLAS libraries to one thread while numrnn's own threads run.
 
-Numba's ``np.dot`` calls the BLAS that SciPy ships (through ``scipy.linalg.cython_blas``).  When
-numrnn splits a batch over threads, each thread calls gemm once per time step; a multi-threaded
-BLAS underneath would oversubscribe the cores and wait on its own thread pool every step (measured
-here: 25x slower on a loaded 2-core machine).  The library's thread count is process-wide, so it
-is set for the duration of a kernel call and restored after.  If the library cannot be found
-(another BLAS build), ``can_limit_threads()`` is False and numrnn does not split batches.
+Two OpenBLAS builds live in a NumPy + SciPy process.  Numba's ``np.dot`` calls the one SciPy ships
+(through ``scipy.linalg.cython_blas``); NumPy's ``matmul`` calls the one NumPy ships.  numrnn's
+kernels use the first; :func:`numrnn.cpu.threads.matmul_tn` uses the second where it can, because
+for a transposed left operand (the weight-gradient products) it ran 10-25% faster here (OpenBLAS
+0.3.31 in NumPy 2.4 against 0.3.30 in SciPy 1.17, both dtypes, N = 128 and 512).
+
+When numrnn splits work over threads, each thread calls the BLAS; a multi-threaded BLAS underneath
+would oversubscribe the cores and wait on its own thread pool at every call (measured here: 25x
+slower on a loaded 2-core machine).  A library's thread count is process-wide, so it is set for
+the duration of a numrnn call and restored after.  If SciPy's library cannot be found (another
+BLAS build), ``can_limit_threads()`` is False and numrnn does not split work; if NumPy's cannot be
+found, ``numpy_blas_controlled()`` is False and every product goes through Numba's ``np.dot``.
 """
 import contextlib
 import ctypes
@@ -14,64 +20,73 @@ import os
 import threading
 
 _lock = threading.RLock()
-_lib = None
-_probed = False
-_PREFIXES = ("scipy_openblas", "scipy_openblas64_", "openblas")
+_libs = None
+_NAMES = [(p + "_get_num_threads" + s, p + "_set_num_threads" + s)
+          for p in ("scipy_openblas", "openblas") for s in ("", "64_")]
 
 
-def _find():
-    global _lib, _probed
-    if _probed:
-        return _lib
-    _probed = True
-    try:
-        import scipy
-
-        root = os.path.dirname(os.path.dirname(scipy.__file__))
-        paths = sorted(glob.glob(os.path.join(root, "scipy.libs", "*openblas*")))
-        paths += sorted(glob.glob(os.path.join(os.path.dirname(scipy.__file__), ".dylibs",
-                                               "*openblas*")))
-    except ImportError:  # pragma: no cover - scipy is a dependency
-        paths = []
+def _open(paths):
+    """(get, put) thread-count functions of the first OpenBLAS among ``paths``, or None."""
     for path in paths:
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for prefix in _PREFIXES:
-            get = getattr(lib, prefix + "_get_num_threads", None)
-            put = getattr(lib, prefix + "_set_num_threads", None)
+        for get_name, put_name in _NAMES:
+            get = getattr(lib, get_name, None)
+            put = getattr(lib, put_name, None)
             if get is not None and put is not None:
                 get.restype = ctypes.c_int
                 put.argtypes = [ctypes.c_int]
-                _lib = (get, put)
-                return _lib
+                return get, put
     return None
+
+
+def _bundled(package):
+    """Paths of the OpenBLAS shared libraries a wheel of ``package`` (numpy, scipy) ships."""
+    try:
+        module = __import__(package)
+    except ImportError:  # pragma: no cover - both are dependencies
+        return []
+    here = os.path.dirname(module.__file__)
+    return (sorted(glob.glob(os.path.join(os.path.dirname(here), package + ".libs", "*openblas*")))
+            + sorted(glob.glob(os.path.join(here, ".dylibs", "*openblas*"))))
+
+
+def _find():
+    """{"scipy": (get, put) or None, "numpy": (get, put) or None}, probed once."""
+    global _libs
+    if _libs is None:
+        _libs = {name: _open(_bundled(name)) for name in ("scipy", "numpy")}
+    return _libs
 
 
 def can_limit_threads():
     """True when the BLAS under Numba's np.dot was found and its thread count can be set."""
-    return _find() is not None
+    return _find()["scipy"] is not None
 
 
-def num_threads():
-    """The BLAS's thread count, or None if unknown."""
-    lib = _find()
+def numpy_blas_controlled():
+    """True when NumPy's own BLAS (under ``numpy.matmul``) was found and can be held to one thread."""
+    return _find()["numpy"] is not None
+
+
+def num_threads(library="scipy"):
+    """The thread count of ``library``'s BLAS ("scipy": under Numba's np.dot; "numpy"), or None."""
+    lib = _find()[library]
     return None if lib is None else int(lib[0]())
 
 
 @contextlib.contextmanager
 def single_threaded():
-    """Run the block with the BLAS held to one thread (a no-op if it cannot be controlled)."""
-    lib = _find()
-    if lib is None:
-        yield
-        return
-    get, put = lib
+    """Run the block with every BLAS found held to one thread (a no-op for those not found)."""
+    libs = [lib for lib in _find().values() if lib is not None]
     with _lock:
-        before = get()
-        put(1)
+        before = [get() for get, _ in libs]
+        for _, put in libs:
+            put(1)
         try:
             yield
         finally:
-            put(before)
+            for (_, put), n in zip(libs, before):
+                put(n)

@@ -163,6 +163,35 @@ def _gru_row_backward(one, n, dh_carry, d_out, h_prev, aux, dxp, dhp):
         dh_carry[j] = dhd
 
 
+@register_jitable(inline="always")
+def _squared_sum(u, v, zero):
+    """sum over j of (u_j + v_j)^2, in eight interleaved partial sums.
+
+    A single running sum is one chain of dependent adds (a reduction is not reordered without
+    fastmath); eight independent chains keep the adder busy.  The order is fixed, so the result
+    does not depend on anything but the inputs.
+    """
+    n = u.shape[0]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
+    n8 = n - n % 8
+    for j in range(0, n8, 8):
+        d0, d1, d2, d3 = u[j] + v[j], u[j + 1] + v[j + 1], u[j + 2] + v[j + 2], u[j + 3] + v[j + 3]
+        d4, d5 = u[j + 4] + v[j + 4], u[j + 5] + v[j + 5]
+        d6, d7 = u[j + 6] + v[j + 6], u[j + 7] + v[j + 7]
+        s0 += d0 * d0
+        s1 += d1 * d1
+        s2 += d2 * d2
+        s3 += d3 * d3
+        s4 += d4 * d4
+        s5 += d5 * d5
+        s6 += d6 * d6
+        s7 += d7 * d7
+    for j in range(n8, n):
+        d = u[j] + v[j]
+        s0 += d * d
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
 @register_jitable
 def _state_before(t, reverse, lstm, h0, c0, out_h, out_c):
     """(first, h_prev, c_prev): the state entering step t, (B, N) each; c0 stands in for c
@@ -205,27 +234,64 @@ def _matmul(a, b, out, use_blas):
 
 
 @njit(**_JIT)
-def _product(a, b, b_t, a_t, out_t, out, mode):
-    """out = a @ b, a (m, k) and b (k, p) C-contiguous, in one of three ways.
+def _recurrent_projection(kind, act, zero, h_prev, b0, w_hh_t, w_hh, b_hh, mode, rec, rec_t,
+                          hp_t, hp):
+    """hp = r W_hhᵀ + b_hh for the rows b0 <= b < b0 + nb of one step, r = r(h_prev[b]).
 
     ``mode`` 0: compiled loops (small products); 1: BLAS gemm; 2: BLAS on the transposes,
-    out^T = b^T a^T, with ``b_t`` = b^T (C order) and scratch ``a_t`` (k, m), ``out_t`` (p, m).
-    Mode 2 exists for OpenBLAS in float32 with few rows (a thread's share of the batch): there
-    it runs at 42-64 GFLOP/s against 24-32 for the direct form (m = 16, k, p in 128..2048,
-    2-core EPYC); in float64 the two forms run at the same speed.
+    hpᵀ = W_hh rᵀ, with r written transposed into ``rec_t`` (N, nb) and the result ``hp_t``
+    (G*N, nb) read back transposed with the bias added (the copies are the loads the step makes
+    anyway).  Mode 2 exists for OpenBLAS in float32 with few rows (a thread's share of the
+    batch): there it runs at 42-64 GFLOP/s against 24-32 for the direct form (nb = 16, N, G*N in
+    128..2048, 2-core EPYC); in float64 the two forms run at the same speed.
     """
+    nb, GN = hp.shape
+    N = rec.shape[1]
     if mode == 2:
-        m, k_dim = a.shape
-        for i in range(m):
-            for k in range(k_dim):
-                a_t[k, i] = a[i, k]
-        np.dot(b_t, a_t, out_t)
-        for i in range(m):
-            row = out[i]
-            for q in range(row.shape[0]):
-                row[q] = out_t[q, i]
+        for i in range(nb):
+            for k in range(N):
+                rec_t[k, i] = _cells.recurrent_input(kind, act, h_prev[b0 + i, k], zero)
+        np.dot(w_hh, rec_t, hp_t)
+        for i in range(nb):
+            row = hp[i]
+            for q in range(GN):
+                row[q] = hp_t[q, i] + b_hh[q]
         return
-    _matmul(a, b, out, mode == 1)
+    for i in range(nb):
+        for k in range(N):
+            rec[i, k] = _cells.recurrent_input(kind, act, h_prev[b0 + i, k], zero)
+    _matmul(rec, w_hh_t, hp, mode == 1)
+    for i in range(nb):
+        row = hp[i]
+        for q in range(GN):
+            row[q] += b_hh[q]
+
+
+@njit(**_JIT)
+def _recurrent_pullback(kind, act, one, zero, dg, h_prev, b0, w_hh, w_hh_t, mode, dg_t, tmp_t,
+                        tmp, carry):
+    """carry += (dg W_hh) * r'(h_prev) for the rows b0 <= b < b0 + nb of one step.
+
+    dg (nb, G*N) is the cotangent of the recurrent projection; ``mode`` as in
+    :func:`_recurrent_projection` (mode 2: dgᵀ into ``dg_t``, W_hh^T dgᵀ into ``tmp_t``).
+    """
+    nb, N = carry.shape
+    GN = dg.shape[1]
+    if mode == 2:
+        for i in range(nb):
+            for q in range(GN):
+                dg_t[q, i] = dg[i, q]
+        np.dot(w_hh_t, dg_t, tmp_t)
+        for i in range(nb):
+            for k in range(N):
+                carry[i, k] += tmp_t[k, i] * _cells.recurrent_input_grad(
+                    kind, act, h_prev[b0 + i, k], one, zero)
+        return
+    _matmul(dg, w_hh, tmp, mode == 1)
+    for i in range(nb):
+        for k in range(N):
+            carry[i, k] += tmp[i, k] * _cells.recurrent_input_grad(
+                kind, act, h_prev[b0 + i, k], one, zero)
 
 
 @njit(**_JIT)
@@ -233,9 +299,9 @@ def _forward_kernel(kind, act, consts, xp, w_hh_t, w_hh, b_hh, h0, c0, reverse, 
                     out_h, out_c, aux, b0, b1):
     """Forward recurrence of one layer and direction for the sequences b0 <= b < b1.
 
-    xp (T, B, G*N): input projection with b_ih; w_hh_t (N, G*N): W_hh transposed and w_hh
-    (G*N, N), both C order; b_hh (G*N,); h0, c0 (B, N); consts = [a, 1 - a, 1, 0] in the
-    kernel's dtype; ``mode``: how the recurrent product runs (:func:`_product`).
+    xp (T, B, G*N): input projection and b_hh (G*N,): bias of the recurrent one (see
+    :func:`forward`); w_hh_t (N, G*N): W_hh transposed and w_hh (G*N, N), both C order; h0, c0
+    (B, N); consts = [a, 1 - a, 1, 0] in the kernel's dtype; ``mode``: how the recurrent product runs (:func:`_recurrent_projection`).
     Writes out_h (T, B, N), out_c (T, B, N) (LSTM only), aux (T, B, AUX_WIDTH*N) for its rows.
     ``reverse`` runs t = T-1 .. 0.  Sequences are independent, so disjoint ranges can run on
     different threads with no synchronisation.
@@ -253,15 +319,11 @@ def _forward_kernel(kind, act, consts, xp, w_hh_t, w_hh, b_hh, h0, c0, reverse, 
     for s in range(T):
         t = T - 1 - s if reverse else s
         first, h_prev, c_prev = _state_before(t, reverse, lstm, h0, c0, out_h, out_c)
-        for i in range(nb):
-            for k in range(N):
-                rec[i, k] = _cells.recurrent_input(kind, act, h_prev[b0 + i, k], zero)
-        _product(rec, w_hh_t, w_hh, rec_t, hp_t, hp, mode)
+        _recurrent_projection(kind, act, zero, h_prev, b0, w_hh_t, w_hh, b_hh, mode, rec, rec_t,
+                              hp_t, hp)
         for i in range(nb):
             b = b0 + i
             hpb = hp[i]
-            for q in range(hpb.shape[0]):
-                hpb[q] += b_hh[q]
             xpb, hpv, auxb, ohb = xp[t, b], h_prev[b], aux[t, b], out_h[t, b]
             if kind == cells.KIND_LSTM:
                 _lstm_row_forward(one, xpb, hpb, N, c_prev[b], auxb, ohb, out_c[t, b])
@@ -297,7 +359,6 @@ def _backward_kernel(kind, act, consts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux,
     carry = np.empty((nb, N), out_h.dtype)
     carry_c = np.empty((nb, N), out_h.dtype)
     tmp = np.empty((nb, N), out_h.dtype)
-    dg = np.empty((nb, GN), out_h.dtype)
     dg_t = np.empty((GN, nb), out_h.dtype)
     tmp_t = np.empty((N, nb), out_h.dtype)
     for i in range(nb):
@@ -311,12 +372,9 @@ def _backward_kernel(kind, act, consts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux,
         for i in range(nb):
             b = b0 + i
             auxb = aux[t, b]
-            dgb = dg[i]
+            dgb = dhp[t, b]
             cr, dob = carry[i], d_out[t, b]
-            acc = zero
-            for j in range(N):  # a reduction stays scalar without fastmath: a loop of its own
-                dh = cr[j] + dob[j]
-                acc += dh * dh
+            acc = _squared_sum(cr, dob, zero)
             if kind == cells.KIND_LSTM:
                 _lstm_row_backward(one, zero, N, cr, carry_c[i], dob, c_prev[b], c_t[b], auxb,
                                    dgb)
@@ -331,9 +389,6 @@ def _backward_kernel(kind, act, consts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux,
             else:
                 _elman_row_backward(cells.ACT_LINEAR, a, oma, one, zero, N, cr, dob, auxb, dgb)
             sq_norm[t, b] = acc
-            dhpb = dhp[t, b]
-            for q in range(GN):
-                dhpb[q] = dgb[q]
         cut = False
         if truncate > 0 and not first:
             cut = ((t + 1) % truncate == 0) if reverse else (t % truncate == 0)
@@ -341,11 +396,8 @@ def _backward_kernel(kind, act, consts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux,
             carry[:, :] = zero
             carry_c[:, :] = zero
             continue
-        _product(dg, w_hh, w_hh_t, dg_t, tmp_t, tmp, mode)
-        for i in range(nb):
-            for k in range(N):
-                carry[i, k] += tmp[i, k] * _cells.recurrent_input_grad(
-                    kind, act, h_prev[b0 + i, k], one, zero)
+        _recurrent_pullback(kind, act, one, zero, dhp[t, b0:b1], h_prev, b0, w_hh, w_hh_t, mode,
+                            dg_t, tmp_t, tmp, carry)
         if first:
             for i in range(nb):
                 for j in range(N):
@@ -374,7 +426,7 @@ def _consts(alpha, dtype):
 
 
 def _mode(dtype, batch, n_in, n_out):
-    """How the recurrent product of a step runs (see :func:`_product`)."""
+    """How the recurrent product of a step runs (see :func:`_recurrent_projection`)."""
     if batch * n_in * n_out < config.BLAS_MIN_WORK:
         return 0
     return 2 if dtype == np.float32 and config.TRANSPOSED_GEMM_FLOAT32 else 1
@@ -390,9 +442,12 @@ def forward(kind, act, alpha, xp, w_hh, b_hh, h0, c0, reverse):
     alpha : float
         Leak a in (0, 1].
     xp : ndarray, shape (T, B, G*N)
-        Input projection W_ih x_t + b_ih for every step, C order.
+        Input projection W_ih x_t (+ b_ih) for every step, C order.
     w_hh : ndarray, shape (G*N, N)
     b_hh : ndarray, shape (G*N,)
+        Added to W_hh r at every step.  Every cell but GRU uses only the sum of the two
+        projections, so b_ih may be added here (b_hh + b_ih) instead of to ``xp``; GRU's b_in
+        must be in ``xp``.
     h0, c0 : ndarray, shape (B, N)
     reverse : bool
 
@@ -452,3 +507,27 @@ def recurrent_inputs(kind, act, h0, out_h, reverse):
     out = np.empty_like(out_h)
     _recurrent_inputs_kernel(kind, act, _consts(1.0, out_h.dtype), h0, out_h, bool(reverse), out)
     return out
+
+
+def recurrent_weight_grad(kind, act, dhp, h0, out_h, reverse):
+    """The gradient of W_hh, sum over t of dhp_tᵀ r_t, shape (G*N, N).
+
+    For every cell but the rate network r_t is h_{t-1}: the states the forward pass stored,
+    shifted by one step, so the product reads them in place (no (T, B, N) copy) and adds the step
+    where h0 enters.  The rate network's r_t = phi(h_{t-1}) is built by
+    :func:`recurrent_inputs`.
+    """
+    T, B, N = out_h.shape
+    d = dhp.reshape(T * B, -1)
+    if kind == cells.KIND_RATE:
+        return threads.matmul_tn(d, recurrent_inputs(kind, act, h0, out_h, reverse)
+                                 .reshape(T * B, N))
+    h = out_h.reshape(T * B, N)
+    if reverse:  # step t reads h_{t+1}; h0 enters at t = T-1
+        grad = threads.matmul_tn(d[:-B], h[B:])
+        entering = d[-B:]
+    else:
+        grad = threads.matmul_tn(d[B:], h[:-B])
+        entering = d[:B]
+    grad += threads.matmul_tn(entering, h0)
+    return grad

@@ -4,11 +4,11 @@ Why not Numba's ``parallel=True`` or a multi-threaded BLAS: on a machine with fe
 OpenMP workers of a Numba parallel region and the pool threads of OpenBLAS (NumPy and SciPy each
 ship one) keep spinning for a while after their work is done, and starve whatever runs next: a
 3.5 ms gemm measured 210 ms right after a parallel region on 2 cores.  So inside a numrnn call
-every BLAS call is single-threaded (:func:`numrnn.cpu.blas.single_threaded`) and goes through
-Numba's ``np.dot`` (one BLAS library), and the parallel work is split here into independent pieces:
-disjoint ranges of sequences for the recurrence (no per-step barrier), row blocks or K-blocks
-for matrix products (K-block partial sums are added in a fixed order, so results do not depend on
-timing).  Idle pool threads block; they do not spin.
+every BLAS call is single-threaded (:func:`numrnn.cpu.blas.single_threaded`), and the parallel
+work is split here into independent pieces: disjoint ranges of sequences for the recurrence (no
+per-step barrier), row blocks or K-blocks for matrix products (K-block partial sums are added in
+a fixed order, so results do not depend on timing).  Idle pool threads block; they do not
+spin.
 """
 import os
 import threading
@@ -78,24 +78,37 @@ def matmul(a, b):
     a = np.ascontiguousarray(a)
     b = np.ascontiguousarray(b)
     n = pieces(a.shape[0], a.shape[0] * a.shape[1] * b.shape[1])
-    run(lambda r0, r1: _dot_into(a[r0:r1], b, out[r0:r1]), a.shape[0], n)
+    with blas.single_threaded():
+        run(lambda r0, r1: _dot_into(a[r0:r1], b, out[r0:r1]), a.shape[0], n)
     return out
 
 
 def matmul_tn(a, b):
-    """a.T @ b for a (K, M), b (K, P): split over K, partial products summed in a fixed order."""
+    """a.T @ b for a (K, M), b (K, P): split over K, partial products summed in a fixed order.
+
+    The pieces go through NumPy's BLAS when it can be held to one thread
+    (:func:`numrnn.cpu.blas.numpy_blas_controlled`; faster for this transposed form), else through
+    Numba's ``np.dot``.  ``numpy.matmul`` releases the GIL, so the pieces run in parallel either way.
+    """
     K = a.shape[0]
     a = np.ascontiguousarray(a)
     b = np.ascontiguousarray(b)
+    if K == 0:
+        return np.zeros((a.shape[1], b.shape[1]), np.result_type(a, b))
     n = pieces(K, K * a.shape[1] * b.shape[1])
     parts = [np.empty((a.shape[1], b.shape[1]), a.dtype) for _ in range(n)]
     bounds = [K * p // n for p in range(n + 1)]
+    use_numpy = blas.numpy_blas_controlled()
 
     def piece(k0, k1):
         p = bounds.index(k0)
-        _dot_into(a[k0:k1].T, b[k0:k1], parts[p])
+        if use_numpy:
+            np.matmul(a[k0:k1].T, b[k0:k1], out=parts[p])
+        else:
+            _dot_into(a[k0:k1].T, b[k0:k1], parts[p])
 
-    run(piece, K, n)
+    with blas.single_threaded():
+        run(piece, K, n)
     out = parts[0]
     for p in parts[1:]:
         out += p
