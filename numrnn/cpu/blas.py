@@ -67,7 +67,7 @@ def can_limit_threads():
 
 
 def numpy_blas_controlled():
-    """True when NumPy's own BLAS (under ``numpy.matmul``) was found and can be held to one thread."""
+    """True when NumPy's own BLAS (under ``numpy.matmul``) was found and its threads can be set."""
     return _find()["numpy"] is not None
 
 

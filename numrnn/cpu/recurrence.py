@@ -301,7 +301,8 @@ def _forward_kernel(kind, act, consts, xp, w_hh_t, w_hh, b_hh, h0, c0, reverse, 
 
     xp (T, B, G*N): input projection and b_hh (G*N,): bias of the recurrent one (see
     :func:`forward`); w_hh_t (N, G*N): W_hh transposed and w_hh (G*N, N), both C order; h0, c0
-    (B, N); consts = [a, 1 - a, 1, 0] in the kernel's dtype; ``mode``: how the recurrent product runs (:func:`_recurrent_projection`).
+    (B, N); consts = [a, 1 - a, 1, 0] in the kernel's dtype; ``mode``: how the recurrent product
+    runs (:func:`_recurrent_projection`).
     Writes out_h (T, B, N), out_c (T, B, N) (LSTM only), aux (T, B, AUX_WIDTH*N) for its rows.
     ``reverse`` runs t = T-1 .. 0.  Sequences are independent, so disjoint ranges can run on
     different threads with no synchronisation.

@@ -88,7 +88,8 @@ def matmul_tn(a, b):
 
     The pieces go through NumPy's BLAS when it can be held to one thread
     (:func:`numrnn.cpu.blas.numpy_blas_controlled`; faster for this transposed form), else through
-    Numba's ``np.dot``.  ``numpy.matmul`` releases the GIL, so the pieces run in parallel either way.
+    Numba's ``np.dot``.  ``numpy.matmul`` releases the GIL, so the pieces run in parallel either
+    way.
     """
     K = a.shape[0]
     a = np.ascontiguousarray(a)
