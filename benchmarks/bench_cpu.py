@@ -4,7 +4,11 @@ For every case (cell, dtype, B, N = I, T): forward, and forward+vjp against torc
 backward() (gradients of the weights and the input).  The peer is the better of torch at 1 and at
 2 threads.  Compile time (numrnn's first call) is reported on its own; steady-state figures are
 medians of interleaved repeats (numrnn, torch@1, torch@2, numrnn, ...), with the machine's load
-average recorded.  Each case is also given as a fraction of the machine's matrix-product ceiling
+average recorded.  Each contender's turn starts with one untimed forward call: torch's OpenMP
+workers keep spinning for a while after a 2-thread call and took a core from whatever ran next
+(numrnn's forward at B = 32, N = 128, float32 relu: 6.8 ms on its own, 10.9 ms right after
+torch's forward+backward, 7.6 ms after one untimed call; 2-core EPYC).  A pause instead of the
+call is worse: after 50 ms idle the same forward took 9.9 ms and forward+vjp 33 ms against 18.  Each case is also given as a fraction of the machine's matrix-product ceiling
 (GFLOP/s of a large square BLAS gemm in the same dtype), counting the matrix-product FLOPs of the
 recurrent network: forward 2*T*B*(I+N)*G*N, forward+backward three times that.
 
@@ -95,10 +99,12 @@ def measure(cell, dtype, B, N, T, repeats):
         tfb()
     samples = {k: [] for k in ("nf", "nfb", "tf1", "tfb1", "tf2", "tfb2")}
     for _ in range(repeats):
+        nf()  # untimed: the previous contender's threads settle, this one's data is in cache
         samples["nf"].append(timed(nf))
         samples["nfb"].append(timed(nfb))
         for threads in (1, 2):
             torch.set_num_threads(threads)
+            tf()
             samples[f"tf{threads}"].append(timed(tf))
             samples[f"tfb{threads}"].append(timed(tfb))
     med = {k: float(np.median(v)) for k, v in samples.items()}
@@ -127,7 +133,8 @@ def main(argv=None):
     repeats = 3 if args.quick else 7
     ceilings = {dt: matmul_ceiling(dt) for dt in args.dtypes.split(",")}
     print(f"# numrnn {numrnn.__version__} vs torch {torch.__version__} on {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, T = {args.steps}, median of {repeats} interleaved runs")
+          f"{os.cpu_count()} cores, T = {args.steps}, median of {repeats} interleaved runs, "
+          "each turn after one untimed forward call")
     print("# matmul ceiling (1024^3 gemm): " + ", ".join(f"{k} {v:.1f} GFLOP/s"
                                                          for k, v in ceilings.items()))
     print("| cell | dtype | B | N | fwd ms (numrnn / torch) | fwd speed-up | f+b ms (numrnn / torch) "
@@ -150,7 +157,8 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(ceilings=ceilings, rows=rows, torch=torch.__version__,
-                           numrnn=numrnn.__version__), fh, indent=1)
+                           numrnn=numrnn.__version__, protocol="untimed forward before each turn"),
+                      fh, indent=1)
 
 
 if __name__ == "__main__":
