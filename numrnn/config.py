@@ -27,7 +27,7 @@ BLAS_MIN_WORK = _env_int("NUMRNN_BLAS_MIN_WORK", 64 * 64 * 64)
 
 #: In float32, run the recurrent product of a step as W_hh r^T instead of r W_hh^T (then
 #: transpose the small result): OpenBLAS is 1.8x faster on that form when a thread's share of
-#: the batch is a few rows (measured on a 2-core EPYC; see numrnn.cpu.recurrence._product).
+#: the batch is a few rows (measured on a 2-core EPYC; see numrnn.cpu.recurrence._recurrent_projection).
 TRANSPOSED_GEMM_FLOAT32 = _env_bool("NUMRNN_TRANSPOSED_GEMM_FLOAT32", True)
 
 #: Threads numrnn's CPU kernels use (0: all usable cores). Batches are split into ranges of whole

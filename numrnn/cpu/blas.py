@@ -20,6 +20,7 @@ import os
 import threading
 
 _lock = threading.RLock()
+_depth = 0  # blocks entered by the thread holding _lock (re-entrant)
 _libs = None
 _NAMES = [(p + "_get_num_threads" + s, p + "_set_num_threads" + s)
           for p in ("scipy_openblas", "openblas") for s in ("", "64_")]
@@ -80,13 +81,19 @@ def num_threads(library="scipy"):
 @contextlib.contextmanager
 def single_threaded():
     """Run the block with every BLAS found held to one thread (a no-op for those not found)."""
+    global _depth
     libs = [lib for lib in _find().values() if lib is not None]
     with _lock:
+        if _depth:  # nested in this thread's own block: the libraries are already held
+            yield
+            return
         before = [get() for get, _ in libs]
         for _, put in libs:
             put(1)
+        _depth += 1
         try:
             yield
         finally:
+            _depth -= 1
             for (_, put), n in zip(libs, before):
                 put(n)

@@ -257,10 +257,14 @@ def _recurrent_projection(kind, act, zero, h_prev, b0, w_hh_t, w_hh, b_hh, mode,
             for q in range(GN):
                 row[q] = hp_t[q, i] + b_hh[q]
         return
-    for i in range(nb):
-        for k in range(N):
-            rec[i, k] = _cells.recurrent_input(kind, act, h_prev[b0 + i, k], zero)
-    _matmul(rec, w_hh_t, hp, mode == 1)
+    if kind == cells.KIND_RATE:  # r = phi(h); every other cell multiplies h itself, in place
+        for i in range(nb):
+            for k in range(N):
+                rec[i, k] = _cells.recurrent_input(kind, act, h_prev[b0 + i, k], zero)
+        r = rec
+    else:
+        r = h_prev[b0:b0 + nb]
+    _matmul(r, w_hh_t, hp, mode == 1)
     for i in range(nb):
         row = hp[i]
         for q in range(GN):
