@@ -1,6 +1,8 @@
 """numrnn: Numba-accelerated recurrent neural networks for scientific study."""
+from . import config
+from .errors import NonFiniteError, NonFiniteWarning, nonfinite
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
-from .network import RNN
+from .network import RNN, ParameterDict
 from .analysis import (FixedPointsResult, GradientPropagationResult, LyapunovResult,
                        effective_spectral_radius, eigenvalues, fixed_points, gradient_propagation,
                        jacobians, lyapunov_from_jacobians, lyapunov_spectrum, singular_values,
@@ -8,7 +10,8 @@ from .analysis import (FixedPointsResult, GradientPropagationResult, LyapunovRes
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "gradcheck", "GradcheckResult", "GradcheckError", "__version__",
+__all__ = ["RNN", "ParameterDict", "NonFiniteError", "NonFiniteWarning", "nonfinite", "config",
+           "gradcheck", "GradcheckResult", "GradcheckError", "__version__",
            "jacobians", "lyapunov_spectrum", "lyapunov_from_jacobians", "LyapunovResult",
            "gradient_propagation", "GradientPropagationResult", "eigenvalues", "spectral_radius",
            "singular_values", "effective_spectral_radius", "fixed_points", "FixedPointsResult"]

@@ -11,7 +11,8 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _shape_str(shape):
-    return "(" + ", ".join(str(s) for s in shape) + ")"
+    inner = ", ".join(str(s) for s in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
 
 
 def check_dtype_arg(dtype):
@@ -93,3 +94,42 @@ def check_float_array(name, a, dtype, shapes, finite=True):
         raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entr"
                          f"{'y' if bad == 1 else 'ies'}")
     return np.ascontiguousarray(a)
+
+
+def check_seed(seed, name="seed"):
+    """A ``numpy.random.Generator`` from ``seed``: None (fresh entropy), a non-negative integer,
+    a sequence of non-negative integers, a ``SeedSequence`` or a ``Generator`` (used as is).
+
+    Every random number numrnn draws comes from a generator made here (no global state), so the
+    same seed gives the same bits.
+    """
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None or isinstance(seed, np.random.SeedSequence):
+        return np.random.default_rng(seed)
+    expected = ("expected None, a non-negative integer, a sequence of them, a "
+                "numpy.random.SeedSequence or a numpy.random.Generator")
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"{name}: {expected}, got {seed!r}")
+    if isinstance(seed, numbers.Integral):
+        if seed < 0:
+            raise ValueError(f"{name}: {expected}, got the negative integer {seed}")
+        return np.random.default_rng(int(seed))
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        entries = np.asarray(seed, dtype=object).ravel()
+        if entries.size == 0:
+            raise ValueError(f"{name}: {expected}, got an empty sequence")
+        for e in entries:
+            if isinstance(e, (bool, np.bool_)) or not isinstance(e, numbers.Integral):
+                raise TypeError(f"{name}: {expected}, got a sequence holding {e!r}")
+            if e < 0:
+                raise ValueError(f"{name}: {expected}, got a sequence holding the negative "
+                                 f"integer {e}")
+        return np.random.default_rng([int(e) for e in entries])
+    raise TypeError(f"{name}: {expected}, got {seed!r} ({type(seed).__name__})")
+
+
+def count_nonfinite(a):
+    """Number of NaN/inf entries of a float array (0 for an empty one)."""
+    a = np.asarray(a)
+    return int(a.size - np.count_nonzero(np.isfinite(a)))

@@ -15,7 +15,18 @@ def _env_bool(name, default):
 
 def _env_int(name, default):
     value = os.environ.get(name)
-    return default if value is None else int(value)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected an integer in the environment variable, got "
+                         f"{value!r}") from None
+
+
+def _env_str(name, default):
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower()
 
 
 #: fastmath for the CPU kernels. Off by default: finite-difference checks need IEEE arithmetic.
@@ -30,9 +41,16 @@ BLAS_MIN_WORK = _env_int("NUMRNN_BLAS_MIN_WORK", 64 * 64 * 64)
 #: the batch is a few rows (measured on a 2-core EPYC; see numrnn.cpu.recurrence._recurrent_projection).
 TRANSPOSED_GEMM_FLOAT32 = _env_bool("NUMRNN_TRANSPOSED_GEMM_FLOAT32", True)
 
-#: Threads numrnn's CPU kernels use (0: all usable cores). Batches are split into ranges of whole
-#: sequences (no per-step synchronisation) and matrix products into blocks.
+#: Threads numrnn's CPU kernels use (0: all usable cores). The work is cut into blocks first
+#: (PARALLEL_BLOCKS) and the threads share out whole blocks, so the bits of every result do not
+#: depend on this number.
 NUM_THREADS = _env_int("NUMRNN_NUM_THREADS", 0)
+
+#: Blocks that parallel work is cut into: ranges of whole sequences for the recurrence, row blocks
+#: and K-blocks (partial sums added in a fixed order) for matrix products.  0: the number of
+#: usable cores of the machine.  Results are bitwise reproducible for a fixed block count, whatever
+#: NUM_THREADS is.
+PARALLEL_BLOCKS = _env_int("NUMRNN_PARALLEL_BLOCKS", 0)
 
 #: Least work, in multiply-adds, of a kernel call or matrix product worth splitting over threads
 #: (about 2e6: a millisecond of work, against tens of microseconds to hand it out).
@@ -40,3 +58,11 @@ PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 2_000_000)
 
 #: Threads per block of the GPU kernels.
 GPU_THREADS_PER_BLOCK = _env_int("NUMRNN_GPU_THREADS_PER_BLOCK", 256)
+
+#: What a NaN or inf born inside a computation does: "raise" (numrnn.NonFiniteError), "warn"
+#: (numrnn.NonFiniteWarning, results returned) or "ignore".  See numrnn.nonfinite for a block.
+NONFINITE = _env_str("NUMRNN_NONFINITE", "raise")
+
+#: Compare the memory a call will allocate (the BPTT tape, Jacobian arrays) with the memory
+#: available, and raise MemoryError with the sizes before allocating when it does not fit.
+MEMORY_CHECK = _env_bool("NUMRNN_MEMORY_CHECK", True)

@@ -4,13 +4,66 @@ Data flow of one (layer, direction): the input projection of all T steps is one 
 the recurrence runs in a compiled kernel (:mod:`numrnn.cpu`), and in the backward pass the weight
 gradients are one matrix product each after the BPTT sweep.
 """
+from collections.abc import MutableMapping
+
 import numpy as np
 
+from . import _memory
 from . import _validation as _v
-from . import cells, cpu
+from . import cells, cpu, errors
 from .init import INITS, init_parameters
 
-__all__ = ["RNN"]
+__all__ = ["RNN", "ParameterDict"]
+
+
+class ParameterDict(MutableMapping):
+    """The live parameters of a network, keyed by PyTorch's names: a checked view.
+
+    Reading gives the network's own arrays (in-place edits such as ``p["weight_hh_l0"][:] = W``
+    or ``p["weight_hh_l0"] *= 0.5`` take effect).  Assigning ``p[name] = value`` checks the
+    name, shape, dtype (exactly the network's: nothing is cast) and finiteness first, and stores a
+    copy.  The set of names is fixed by the architecture: entries cannot be added or deleted.
+    Whatever was written in place is checked again (shape, dtype, finiteness) when the network
+    next runs, before any kernel reads it.
+    """
+
+    def __init__(self, net):
+        self._net = net
+
+    def __getitem__(self, name):
+        try:
+            return self._net._params[name]
+        except (KeyError, TypeError):
+            raise KeyError(f"parameters: {name!r} is not a parameter of {self._net!r}; its "
+                           f"parameters are {list(self._net._params)}") from None
+
+    def __setitem__(self, name, value):
+        net = self._net
+        shape = net._shapes().get(name) if isinstance(name, str) else None
+        if shape is None:
+            raise ValueError(f"parameters: {name!r} is not a parameter of {net!r}; expected one "
+                             f"of {list(net._params)}")
+        if value is net._params[name]:  # p[name] op= ...: checked in place, not copied
+            net._check_parameter(name, value, shape)
+            return
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        net._params[name] = _v.check_float_array(f"parameters[{name!r}]", value, net.dtype,
+                                                 [shape]).copy()
+
+    def __delitem__(self, name):
+        raise TypeError(f"parameters: the parameters of a network are fixed by its architecture; "
+                        f"{name!r} cannot be deleted (assign a new value instead)")
+
+    def __iter__(self):
+        return iter(self._net._params)
+
+    def __len__(self):
+        return len(self._net._params)
+
+    def __repr__(self):
+        inner = ", ".join(f"{k!r}: array{tuple(v.shape)}" for k, v in self._net._params.items())
+        return f"ParameterDict({{{inner}}}, dtype={self._net.dtype})"
 
 
 class RNN:
@@ -46,8 +99,10 @@ class RNN:
         chaos literature), "orthogonal" gain times a Haar orthogonal matrix, "identity" gain times
         the identity with zero biases (Le et al. 2015), "spectral_radius" a Gaussian matrix
         rescaled to spectral radius ``gain``.
-    gain : float, default 1.0
-    seed : int or numpy.random.Generator or None
+    gain : float, optional
+        The scale of the chosen ``init`` (default 1.0).  "default" takes no gain: passing one
+        with it is an error, since it would be ignored.
+    seed : int, sequence of int, numpy.random.SeedSequence or numpy.random.Generator, optional
         Same seed, same bits.
     device : {"cpu", "cuda"}, default "cpu"
         Where :meth:`forward` and :meth:`vjp` run.  "cuda" runs the ``@cuda.jit`` kernels of
@@ -86,7 +141,7 @@ class RNN:
 
     def __init__(self, input_size, hidden_size, *, cell="tanh", num_layers=1, bias=True,
                  bidirectional=False, batch_first=False, alpha=1.0, nonlinearity=None,
-                 dtype=np.float64, init="default", gain=1.0, seed=None, device="cpu"):
+                 dtype=np.float64, init="default", gain=None, seed=None, device="cpu"):
         self.device = self._check_device(device)
         self.input_size = _v.check_int("input_size", input_size, 1)
         self.hidden_size = _v.check_int("hidden_size", hidden_size, 1)
@@ -112,10 +167,18 @@ class RNN:
         if not isinstance(init, str) or init not in INITS:
             raise ValueError(f"init: expected one of {INITS}, got {init!r}")
         self.init = init
-        self.gain = _v.check_real("gain", gain, 0.0)
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        self._params = init_parameters(rng, self._shapes(), self.hidden_size, init, self.gain,
-                                       self.dtype)
+        if init == "default":
+            if gain is not None:
+                raise ValueError(f"gain: init='default' (PyTorch's U(-1/sqrt(N), 1/sqrt(N)) for "
+                                 f"every parameter) takes no gain, so gain={gain!r} would be "
+                                 "ignored; choose init='gaussian', 'orthogonal', 'identity' or "
+                                 "'spectral_radius' to scale W_hh, or leave gain unset")
+            self.gain = None
+        else:
+            self.gain = _v.check_real("gain", 1.0 if gain is None else gain, 0.0)
+        rng = _v.check_seed(seed)
+        self._params = init_parameters(rng, self._shapes(), self.hidden_size, init,
+                                       1.0 if self.gain is None else self.gain, self.dtype)
 
     # --- configuration --------------------------------------------------------------------
 
@@ -215,12 +278,48 @@ class RNN:
 
     @property
     def parameters(self):
-        """The live parameter arrays (a dict view; modify in place, or use load_state_dict)."""
-        return self._params
+        """The live parameters, a :class:`ParameterDict` keyed by PyTorch's names.
+
+        Arrays read from it are the network's own (edit them in place, or assign a new value,
+        which is checked and copied); every change is checked before the network next runs.
+        """
+        return ParameterDict(self)
+
+    def _check_parameter(self, name, a, shape):
+        """Check one stored parameter array as it is now (it may have been edited in place)."""
+        label = f"parameters[{name!r}]"
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{label}: expected a numpy array, got {type(a).__name__}")
+        if a.dtype != self.dtype:
+            raise TypeError(f"{label}: expected dtype {self.dtype} (the network's dtype), got "
+                            f"{a.dtype} (changed in place)")
+        if a.shape != shape:
+            raise ValueError(f"{label}: expected shape {shape}, got {a.shape} (changed in place)")
+        bad = _v.count_nonfinite(a)
+        if bad:
+            raise ValueError(f"{label}: expected finite values, got {bad} NaN/inf entr"
+                             f"{'y' if bad == 1 else 'ies'} (written into the array in place)")
+
+    def _validated_parameters(self, snapshot=False):
+        """The parameter dict checked as it is now, before any kernel reads it.
+
+        ``snapshot``: copies, so that later in-place edits cannot reach a computation that has
+        started (a pullback uses the parameters its forward pass ran with).
+        """
+        out = {}
+        for name, shape in self._shapes().items():
+            a = self._params.get(name)
+            if a is None:
+                raise ValueError(f"parameters[{name!r}]: missing")
+            self._check_parameter(name, a, shape)
+            out[name] = a.copy() if snapshot else np.ascontiguousarray(a)
+        return out
 
     def _layer_params(self, layer, direction, params=None):
+        """(W_ih, W_hh, b_ih, b_hh) of one layer and direction from ``params`` (default: the
+        network's, checked now); b_ih is None and b_hh zeros without biases."""
         sfx = self._suffix(layer, direction)
-        p = self._params if params is None else params
+        p = self._validated_parameters() if params is None else params
         GN = self.gate_count * self.hidden_size
         if self.bias:
             return p["weight_ih" + sfx], p["weight_hh" + sfx], p["bias_ih" + sfx], p["bias_hh" + sfx]
@@ -275,9 +374,10 @@ class RNN:
             module = torch.nn.GRU(self.input_size, self.hidden_size, **kw)
         else:
             module = torch.nn.RNN(self.input_size, self.hidden_size, nonlinearity=self.cell, **kw)
+        params = self._validated_parameters()
         with torch.no_grad():
             for name, param in module.named_parameters():
-                param.copy_(torch.from_numpy(self._params[name]))
+                param.copy_(torch.from_numpy(params[name]))
         return module
 
     # --- input handling -------------------------------------------------------------------
@@ -329,24 +429,64 @@ class RNN:
 
     # --- forward and backward -------------------------------------------------------------
 
-    def _forward_pass(self, x, h0, c0):
-        """x (T, B, I), h0/c0 (L*D, B, N). Returns output (T, B, D*N), h_n, c_n, tape."""
-        with cpu.single_threaded():  # numrnn's own threads do the parallel work (cpu.threads)
-            return self._forward_layers(x, h0, c0)
+    def _bytes_needed(self, T, B, backward):
+        """Peak bytes a forward pass (``backward``: keeping the tape, then BPTT) allocates."""
+        N, D, L = self.hidden_size, self.num_directions, self.num_layers
+        GN = self.gate_count * N
+        lstm = 1 if self.kind == cells.KIND_LSTM else 0
+        record = N * (1 + lstm + cells.AUX_WIDTH[self.kind])  # out_h, out_c, aux per step
+        concat = D * N if D == 2 else 0  # a bidirectional layer's output is a concatenated copy
+        widest_in = max(self.input_size, D * N)
+        if backward:  # every layer's records stay, then the sweep's cotangents
+            kept = L * (D * record + concat)
+            extra = GN * (2 if self.kind == cells.KIND_GRU else 1) + N + 2 * widest_in + 1
+        else:  # one layer's records, its input and the projection in flight
+            kept = D * record + concat + D * N
+            extra = GN
+        return T * B * (kept + extra) * self.dtype.itemsize
 
-    def _forward_layers(self, x, h0, c0):
+    def _check_memory(self, what, T, B, backward):
+        need = self._bytes_needed(T, B, backward)
+        detail = (f"T={T} steps, B={B} sequences, N={self.hidden_size} units ({self.cell}, "
+                  f"{self.num_layers} layer{'s' if self.num_layers > 1 else ''}"
+                  f"{', bidirectional' if self.bidirectional else ''}, {self.dtype})")
+
+        def fits(avail):
+            t_max = int(T * avail // need)
+            if t_max < 1:
+                return "not even one step of this batch fits"
+            return (f"at most T={t_max} steps of this batch fit: run the sequence in shorter "
+                    "pieces (each continues from the previous h_n)")
+
+        _memory.check(what, need, detail, fits)
+
+    def _forward_pass(self, x, h0, c0, params=None):
+        """x (T, B, I), h0/c0 (L*D, B, N). Returns output (T, B, D*N), h_n, c_n, tape.
+
+        ``params``: checked parameters (:meth:`_validated_parameters`; default: checked now).
+        """
+        if params is None:
+            params = self._validated_parameters()
+        with cpu.single_threaded():  # numrnn's own threads do the parallel work (cpu.threads)
+            return self._forward_layers(x, h0, c0, params)
+
+    def _where(self, layer, d):
+        return f"layer {layer}{' (reverse direction)' if d else ''}"
+
+    def _forward_layers(self, x, h0, c0, params):
         T, B, _ = x.shape
         N, D = self.hidden_size, self.num_directions
         h_n = np.empty((self.num_layers * D, B, N), self.dtype)
         c_n = np.empty_like(h_n)
         layer_in = x
         tape = []
+        reported = False
         for layer in range(self.num_layers):
             outs, records = [], []
             flat_in = layer_in.reshape(T * B, -1)
             for d in range(D):
                 k = layer * D + d
-                w_ih, w_hh, b_ih, b_hh = self._layer_params(layer, d)
+                w_ih, w_hh, b_ih, b_hh = self._layer_params(layer, d, params)
                 xp = cpu.matmul(flat_in, w_ih.T)
                 if b_ih is not None:
                     if self.kind == cells.KIND_GRU:  # b_in stays with W_in x, outside r * (.)
@@ -354,8 +494,16 @@ class RNN:
                     else:  # only xp + hp enters the cell: add b_ih with b_hh, once per step
                         b_hh = b_hh + b_ih
                 xp = xp.reshape(T, B, -1)
-                out_h, out_c, aux = cpu.forward(self.kind, self.act, self.alpha, xp, w_hh, b_hh,
-                                                h0[k], c0[k], d == 1)
+                out_h, out_c, aux, bad = cpu.forward(self.kind, self.act, self.alpha, xp, w_hh,
+                                                     b_hh, h0[k], c0[k], d == 1)
+                if not reported and np.any(bad >= 0):
+                    reported = True
+                    t, b = _first_in_running_order(bad, d == 1)
+                    errors.report(
+                        f"forward: the hidden state of {self._where(layer, d)} became NaN or "
+                        f"inf at step t={t} of sequence b={b}, from finite inputs and "
+                        "parameters: the network's state diverged (a relu, linear or rate "
+                        "network whose W_hh has a spectral radius above 1 grows without bound)")
                 last = 0 if d == 1 else T - 1
                 h_n[k] = out_h[last]
                 c_n[k] = out_c[last] if self.kind == cells.KIND_LSTM else 0.0
@@ -365,11 +513,9 @@ class RNN:
             layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=2)
         return layer_in, h_n, c_n, tape
 
-    def _backward_pass(self, tape, h0, c0, d_out, d_h_n, d_c_n, truncate, params=None):
-        """BPTT through every layer; returns the gradient dict (time-major input gradient).
-
-        ``params``: the parameter dict the forward pass ran with (default: the current one).
-        """
+    def _backward_pass(self, tape, h0, c0, d_out, d_h_n, d_c_n, truncate, params):
+        """BPTT through every layer with the parameters the forward pass ran with; returns
+        (grads, time-major input gradient, d_h0, d_c0, state_grad_norm (T, B) float64)."""
         with cpu.single_threaded():
             return self._backward_layers(tape, h0, c0, d_out, d_h_n, d_c_n, truncate, params)
 
@@ -379,22 +525,32 @@ class RNN:
         grads = {}
         d_h0 = np.empty_like(h0)
         d_c0 = np.empty_like(c0)
-        sq_norm = None
+        norms = None
+        reported = False
         for layer in reversed(range(self.num_layers)):
             layer_in, records = tape[layer]
             flat_in = layer_in.reshape(T * B, -1)
             d_in = None
-            layer_sq = np.zeros((T, B), self.dtype)
             for d in range(D):
                 k = layer * D + d
                 sfx = self._suffix(layer, d)
                 w_ih, w_hh, b_ih, _ = self._layer_params(layer, d, params)
                 out_h, out_c, aux = records[d]
                 d_dir = np.ascontiguousarray(d_out[:, :, d * N:(d + 1) * N])
-                dxp, dhp, d_h0[k], d_c0[k], sq = cpu.backward(
+                dxp, dhp, d_h0[k], d_c0[k], norm, bad = cpu.backward(
                     self.kind, self.act, self.alpha, w_hh, h0[k], c0[k], out_h, out_c, aux,
                     d_dir, d_h_n[k], d_c_n[k], d == 1, truncate)
-                layer_sq += sq
+                if not reported and np.any(bad >= 0):
+                    reported = True
+                    t, b = _first_in_running_order(bad, d == 0)
+                    errors.report(
+                        f"vjp: the gradient dL/dh of {self._where(layer, d)} became NaN or inf "
+                        f"at step t={t} of sequence b={b} ({abs(t - (0 if d else T - 1))} steps "
+                        "back from where the sweep starts), from finite inputs, cotangents and "
+                        "parameters: exploding gradients overflowed "
+                        f"{self.dtype} (use truncate=..., a shorter sequence, or float64)")
+                if layer == self.num_layers - 1:  # the last layer's dL/dh_t, both directions
+                    norms = norm if norms is None else np.hypot(norms, norm)
                 dxp2 = dxp.reshape(T * B, G * N)
                 dhp2 = dhp.reshape(T * B, G * N)
                 grads["weight_ih" + sfx] = cpu.matmul_tn(dxp2, flat_in)
@@ -407,11 +563,19 @@ class RNN:
                                               else dhp2.sum(axis=0))
                 d_proj = cpu.matmul(dxp2, w_ih)
                 d_in = d_proj if d_in is None else d_in + d_proj
-            if sq_norm is None:
-                sq_norm = layer_sq
             d_out = d_in.reshape(T, B, -1)
         ordered = {name: grads[name] for name in self._shapes()}
-        return ordered, d_out, d_h0, d_c0, np.sqrt(sq_norm)
+        if not reported:  # dL/dh stayed finite: a sum over T*B terms may still overflow
+            for name, g in list(ordered.items()) + [("input", d_out), ("h0", d_h0),
+                                                     ("c0", d_c0)]:
+                bad = _v.count_nonfinite(g)
+                if bad:
+                    errors.report(f"vjp: the gradient of {name} holds {bad} NaN/inf entr"
+                                  f"{'y' if bad == 1 else 'ies'} although dL/dh stayed finite: "
+                                  f"its sum over {T * B} step-sequence terms overflowed "
+                                  f"{self.dtype}")
+                    break
+        return ordered, d_out, d_h0, d_c0, norms
 
     def forward(self, x, h0=None):
         """Run the network over a sequence.
@@ -431,6 +595,22 @@ class RNN:
         h_n : ndarray, shape (L*D, B, N) (or (L*D, N))
             Final state of every layer and direction, ordered layer 0 forward, layer 0 reverse,
             layer 1 forward, ...  For LSTM a pair (h_n, c_n).
+
+        Raises
+        ------
+        numrnn.NonFiniteError
+            When the state becomes inf or NaN from finite inputs (a diverging relu, linear or
+            rate network); the error names the layer, direction, first step and sequence.
+            ``with numrnn.nonfinite("warn")`` (or "ignore") returns the diverged results.
+
+        Notes
+        -----
+        Reproducibility: the same inputs and parameters give the same bits on the same machine,
+        whatever ``numrnn.config.NUM_THREADS`` (work is cut into blocks that do not depend on
+        the thread count).  Not bitwise: the same sequence run as two calls (the second starting
+        from the first's h_n) against one call; the input projection is one matrix product over
+        every step, and BLAS may round a row differently in products of different sizes (it
+        agrees to rounding, a few ulps).
         """
         if self.device == "cuda":
             from .gpu import passes
@@ -438,7 +618,9 @@ class RNN:
             return passes.forward(self, x, h0)
         x, unbatched = self._check_input(x)
         h0, c0 = self._split_state(h0, x.shape[1], unbatched)
-        out, h_n, c_n, _ = self._forward_pass(x, h0, c0)
+        params = self._validated_parameters()
+        self._check_memory("forward", x.shape[0], x.shape[1], backward=False)
+        out, h_n, c_n, _ = self._forward_pass(x, h0, c0, params)
         return self._pack(out, h_n, c_n, unbatched)
 
     def _pack(self, out, h_n, c_n, unbatched):
@@ -473,8 +655,8 @@ class RNN:
             As :meth:`forward`.
         pullback : callable
             ``pullback(d_output, d_h_n=None, truncate=None) -> dict``.  It uses the parameters the
-            forward pass ran with (a later :meth:`load_state_dict` does not affect it; editing
-            the parameter arrays in place before calling it does).  May be called several times.
+            forward pass ran with (a copy: later changes to the network's parameters, in place
+            or through :meth:`load_state_dict`, do not reach it).  May be called several times.
 
         Examples
         --------
@@ -499,8 +681,9 @@ class RNN:
         x, unbatched = self._check_input(x)
         T, B = x.shape[:2]
         h0, c0 = self._split_state(h0, B, unbatched)
-        params = self._params
-        out, h_n, c_n, tape = self._forward_pass(x, h0, c0)
+        params = self._validated_parameters(snapshot=True)
+        self._check_memory("forward_vjp: the BPTT tape", T, B, backward=True)
+        out, h_n, c_n, tape = self._forward_pass(x, h0, c0, params)
         D, N, LD = self.num_directions, self.hidden_size, self.num_layers * self.num_directions
         out_shape = (T, D * N) if unbatched else ((B, T, D * N) if self.batch_first
                                                   else (T, B, D * N))
@@ -568,9 +751,23 @@ class RNN:
         dict
             One entry per parameter (``state_dict`` names and shapes), and
             ``"input"`` (shape of x), ``"h0"`` (and ``"c0"`` for LSTM; shape of h0), and
-            ``"state_grad_norm"``, shape (T, B) (or (T,) unbatched; always time-major): the
-            Euclidean norm of dL/dh_t of the last layer at every step (both directions together
-            when bidirectional; h only for LSTM), the quantity studied in gradient-stability work.
+            ``"state_grad_norm"``, float64, shape (T, B) (or (T,) unbatched; always
+            time-major): the Euclidean norm of dL/dh_t of the last layer at every step (both
+            directions together when bidirectional; h only for LSTM), the quantity studied in
+            gradient-stability work.  It is computed with scaling where the sum of squares
+            would overflow or underflow, so it is finite whenever dL/dh_t is (also for float32
+            networks, whose norms can exceed float32's range).
+
+        Raises
+        ------
+        numrnn.NonFiniteError
+            Where dL/dh (or a gradient, summed over steps) overflows to inf or NaN from finite
+            inputs: the error names the layer, direction, first step and sequence.  Inside
+            ``with numrnn.nonfinite("warn")`` a warning says so instead and the gradients are
+            returned as computed.
+        MemoryError
+            Before allocating, when the tape (the states of every step, about
+            T * B * N * (2 + G) numbers per layer) does not fit in the memory available.
 
         References
         ----------
@@ -580,3 +777,12 @@ class RNN:
         training of recurrent network trajectories. Neural Computation 2(4).
         """
         return self.forward_vjp(x, d_output, h0, d_h_n, truncate)[2]
+
+
+def _first_in_running_order(bad, reverse):
+    """(t, b): the earliest of the per-sequence first bad time indices ``bad`` (-1: none), in the
+    order the sweep ran (time ascending, or descending when ``reverse``)."""
+    seqs = np.flatnonzero(bad >= 0)
+    steps = bad[seqs]
+    i = int(np.argmax(steps) if reverse else np.argmin(steps))
+    return int(steps[i]), int(seqs[i])

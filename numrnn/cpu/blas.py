@@ -21,6 +21,17 @@ import threading
 
 _lock = threading.RLock()
 _depth = 0  # blocks entered by the thread holding _lock (re-entrant)
+
+
+def _reset_lock_in_child():
+    # a fork while another thread held the lock would leave it held forever in the child
+    global _lock, _depth
+    _lock = threading.RLock()
+    _depth = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_lock_in_child)
 _libs = None
 _NAMES = [(p + "_get_num_threads" + s, p + "_set_num_threads" + s)
           for p in ("scipy_openblas", "openblas") for s in ("", "64_")]

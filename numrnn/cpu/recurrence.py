@@ -164,20 +164,27 @@ def _gru_row_backward(one, n, dh_carry, d_out, h_prev, aux, dxp, dhp):
 
 
 @register_jitable(inline="always")
-def _squared_sum(u, v, zero):
-    """sum over j of (u_j + v_j)^2, in eight interleaved partial sums.
+def _squared_sum(u, v):
+    """sum over j of (u_j + v_j)^2 in float64, in eight interleaved partial sums.
 
-    A single running sum is one chain of dependent adds (a reduction is not reordered without
-    fastmath); eight independent chains keep the adder busy.  The order is fixed, so the result
-    does not depend on anything but the inputs.
+    Each u_j + v_j is formed in the arrays' dtype (it is the gradient the sweep carries) and
+    squared in float64, so a float32 gradient's squares neither overflow nor underflow.  A single
+    running sum is one chain of dependent adds (a reduction is not reordered without fastmath);
+    eight independent chains keep the adder busy.  The order is fixed, so the result does not
+    depend on anything but the inputs.
     """
     n = u.shape[0]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
     n8 = n - n % 8
     for j in range(0, n8, 8):
-        d0, d1, d2, d3 = u[j] + v[j], u[j + 1] + v[j + 1], u[j + 2] + v[j + 2], u[j + 3] + v[j + 3]
-        d4, d5 = u[j + 4] + v[j + 4], u[j + 5] + v[j + 5]
-        d6, d7 = u[j + 6] + v[j + 6], u[j + 7] + v[j + 7]
+        d0 = np.float64(u[j] + v[j])
+        d1 = np.float64(u[j + 1] + v[j + 1])
+        d2 = np.float64(u[j + 2] + v[j + 2])
+        d3 = np.float64(u[j + 3] + v[j + 3])
+        d4 = np.float64(u[j + 4] + v[j + 4])
+        d5 = np.float64(u[j + 5] + v[j + 5])
+        d6 = np.float64(u[j + 6] + v[j + 6])
+        d7 = np.float64(u[j + 7] + v[j + 7])
         s0 += d0 * d0
         s1 += d1 * d1
         s2 += d2 * d2
@@ -187,9 +194,57 @@ def _squared_sum(u, v, zero):
         s6 += d6 * d6
         s7 += d7 * d7
     for j in range(n8, n):
-        d = u[j] + v[j]
+        d = np.float64(u[j] + v[j])
         s0 += d * d
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@register_jitable
+def _scaled_norm(u, v):
+    """||u + v||_2 in float64 by scaling with the largest |u_j + v_j| (no overflow, no underflow
+    of the squares); NaN if an entry is NaN, inf if one is infinite."""
+    n = u.shape[0]
+    m = 0.0
+    for j in range(n):
+        d = abs(np.float64(u[j] + v[j]))
+        if d != d:
+            return d
+        if d > m:
+            m = d
+    if m == 0.0 or m == np.inf:
+        return m
+    acc = 0.0
+    for j in range(n):
+        d = np.float64(u[j] + v[j]) / m
+        acc += d * d
+    return m * np.sqrt(acc)
+
+
+#: A sum of squares at least this large and finite has lost nothing to underflow that matters
+#: (each underflowed square is below 2.2e-308, at most N of them against 1e-280); below it, or
+#: when it overflowed, the norm is recomputed with scaling.
+_SAFE_SQUARES = 1e-280
+
+
+@register_jitable(inline="always")
+def _gradient_norm(u, v):
+    """||u + v||_2 in float64: the fast sum of squares, or the scaled form where that sum is
+    not safe (float64 gradients above about 1e154 or below 1e-140, or non-finite ones)."""
+    acc = _squared_sum(u, v)
+    if acc >= _SAFE_SQUARES and acc < np.inf:
+        return np.sqrt(acc)
+    return _scaled_norm(u, v)
+
+
+@register_jitable(inline="always")
+def _count_nonfinite(v, n, zero):
+    """How many of v[0..n) are NaN or inf (x - x is 0 for finite x and NaN otherwise)."""
+    n = max(n, 0)
+    c = 0
+    for j in range(n):
+        x = v[j]
+        c += 0 if x - x == zero else 1
+    return c
 
 
 @register_jitable
@@ -300,14 +355,16 @@ def _recurrent_pullback(kind, act, one, zero, dg, h_prev, b0, w_hh, w_hh_t, mode
 
 @njit(**_JIT)
 def _forward_kernel(kind, act, consts, xp, w_hh_t, w_hh, b_hh, h0, c0, reverse, mode,
-                    out_h, out_c, aux, b0, b1):
+                    out_h, out_c, aux, bad, b0, b1):
     """Forward recurrence of one layer and direction for the sequences b0 <= b < b1.
 
     xp (T, B, G*N): input projection and b_hh (G*N,): bias of the recurrent one (see
     :func:`forward`); w_hh_t (N, G*N): W_hh transposed and w_hh (G*N, N), both C order; h0, c0
     (B, N); consts = [a, 1 - a, 1, 0] in the kernel's dtype; ``mode``: how the recurrent product
     runs (:func:`_recurrent_projection`).
-    Writes out_h (T, B, N), out_c (T, B, N) (LSTM only), aux (T, B, AUX_WIDTH*N) for its rows.
+    Writes out_h (T, B, N), out_c (T, B, N) (LSTM only), aux (T, B, AUX_WIDTH*N) for its rows,
+    and bad (B,): the first time index t at which h of sequence b held a NaN or inf (-1: never;
+    NaN in c reaches h in the same step, and c cannot overflow on its own).
     ``reverse`` runs t = T-1 .. 0.  Sequences are independent, so disjoint ranges can run on
     different threads with no synchronisation.
     """
@@ -342,19 +399,22 @@ def _forward_kernel(kind, act, consts, xp, w_hh_t, w_hh, b_hh, h0, c0, reverse, 
                 _elman_row_forward(cells.ACT_RELU, a, oma, zero, xpb, hpb, N, hpv, auxb, ohb)
             else:
                 _elman_row_forward(cells.ACT_LINEAR, a, oma, zero, xpb, hpb, N, hpv, auxb, ohb)
+            if bad[b] < 0 and _count_nonfinite(ohb, N, zero) > 0:
+                bad[b] = t
 
 
 @njit(**_JIT)
 def _backward_kernel(kind, act, consts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out, dh_n,
-                     dc_n, reverse, truncate, mode, dxp, dhp, dh0, dc0, sq_norm, b0, b1):
+                     dc_n, reverse, truncate, mode, dxp, dhp, dh0, dc0, norm, bad, b0, b1):
     """Backpropagation through time of one layer and direction, sequences b0 <= b < b1.
 
     d_out (T, B, N): cotangent of the outputs; dh_n, dc_n (B, N): of the final state.
     ``truncate`` > 0 cuts the time axis into chunks [0, k), [k, 2k), ...: no state gradient crosses
     a chunk boundary (the state entering a chunk is a constant), except into h0/c0.
     Writes dhp (T, B, G*N) (cotangent of the recurrent projection), dxp (GRU only: of the input
-    projection; pass the same array as dhp otherwise), dh0, dc0 (B, N) and sq_norm (T, B), the
-    squared norm of dL/dh_t.
+    projection; pass the same array as dhp otherwise), dh0, dc0 (B, N), norm (T, B) float64, the
+    Euclidean norm of dL/dh_t (finite whenever dL/dh_t is), and bad (B,): the first time index t,
+    in the sweep's order, at which dL/dh_t of sequence b held a NaN or inf (-1: never).
     """
     T, _, N = out_h.shape
     GN = w_hh.shape[0]
@@ -379,7 +439,7 @@ def _backward_kernel(kind, act, consts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux,
             auxb = aux[t, b]
             dgb = dhp[t, b]
             cr, dob = carry[i], d_out[t, b]
-            acc = _squared_sum(cr, dob, zero)
+            nrm = _gradient_norm(cr, dob)
             if kind == cells.KIND_LSTM:
                 _lstm_row_backward(one, zero, N, cr, carry_c[i], dob, c_prev[b], c_t[b], auxb,
                                    dgb)
@@ -393,7 +453,9 @@ def _backward_kernel(kind, act, consts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux,
                 _elman_row_backward(cells.ACT_RELU, a, oma, one, zero, N, cr, dob, auxb, dgb)
             else:
                 _elman_row_backward(cells.ACT_LINEAR, a, oma, one, zero, N, cr, dob, auxb, dgb)
-            sq_norm[t, b] = acc
+            norm[t, b] = nrm
+            if bad[b] < 0 and not (nrm < np.inf):
+                bad[b] = t
         cut = False
         if truncate > 0 and not first:
             cut = ((t + 1) % truncate == 0) if reverse else (t % truncate == 0)
@@ -461,6 +523,9 @@ def forward(kind, act, alpha, xp, w_hh, b_hh, h0, c0, reverse):
     out_h : ndarray, shape (T, B, N)
     out_c : ndarray, shape (T, B, N) for LSTM, else shape (1, B, N) (unused)
     aux : ndarray, shape (T, B, AUX_WIDTH*N), what BPTT needs of each step
+    bad : ndarray of int64, shape (B,)
+        Per sequence, the first time index (in running order) where h held a NaN or inf; -1 if
+        it stayed finite.
     """
     T, B, GN = xp.shape
     N = w_hh.shape[1]
@@ -468,12 +533,13 @@ def forward(kind, act, alpha, xp, w_hh, b_hh, h0, c0, reverse):
     out_h = np.empty((T, B, N), dtype)
     out_c = np.empty((T if kind == cells.KIND_LSTM else 1, B, N), dtype)
     aux = np.empty((T, B, cells.AUX_WIDTH[kind] * N), dtype)
+    bad = np.full(B, -1, np.int64)
     args = (kind, act, _consts(alpha, dtype), xp, np.ascontiguousarray(w_hh.T),
             np.ascontiguousarray(w_hh), b_hh, h0, c0, bool(reverse), _mode(dtype, B, N, GN),
-            out_h, out_c, aux)
+            out_h, out_c, aux, bad)
     threads.run(lambda b0, b1: _forward_kernel(*args, b0, b1), B,
                 threads.pieces(B, T * B * N * GN))
-    return out_h, out_c, aux
+    return out_h, out_c, aux, bad
 
 
 def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, reverse,
@@ -487,8 +553,11 @@ def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_
     dhp : ndarray, shape (T, B, G*N)
         Cotangent of the recurrent projection W_hh r_t + b_hh.
     dh0, dc0 : ndarray, shape (B, N)
-    sq_norm : ndarray, shape (T, B)
-        Squared norm of dL/dh_t.
+    norm : ndarray of float64, shape (T, B)
+        Euclidean norm of dL/dh_t, finite whenever dL/dh_t is.
+    bad : ndarray of int64, shape (B,)
+        Per sequence, the first time index (in the sweep's order) where dL/dh_t held a NaN or
+        inf; -1 if it stayed finite.
     """
     T, B, N = out_h.shape
     GN = w_hh.shape[0]
@@ -497,14 +566,15 @@ def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_
     dxp = np.empty((T, B, GN), dtype) if kind == cells.KIND_GRU else dhp
     dh0 = np.zeros((B, N), dtype)
     dc0 = np.zeros((B, N), dtype)
-    sq_norm = np.empty((T, B), dtype)
+    norm = np.empty((T, B), np.float64)
+    bad = np.full(B, -1, np.int64)
     args = (kind, act, _consts(alpha, dtype), np.ascontiguousarray(w_hh),
             np.ascontiguousarray(w_hh.T), h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n,
             bool(reverse), int(truncate or 0), _mode(dtype, B, GN, N), dxp, dhp, dh0, dc0,
-            sq_norm)
+            norm, bad)
     threads.run(lambda b0, b1: _backward_kernel(*args, b0, b1), B,
                 threads.pieces(B, T * B * N * GN))
-    return dxp, dhp, dh0, dc0, sq_norm
+    return dxp, dhp, dh0, dc0, norm, bad
 
 
 def recurrent_inputs(kind, act, h0, out_h, reverse):

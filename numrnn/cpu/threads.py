@@ -5,10 +5,18 @@ OpenMP workers of a Numba parallel region and the pool threads of OpenBLAS (NumP
 ship one) keep spinning for a while after their work is done, and starve whatever runs next: a
 3.5 ms gemm measured 210 ms right after a parallel region on 2 cores.  So inside a numrnn call
 every BLAS call is single-threaded (:func:`numrnn.cpu.blas.single_threaded`), and the parallel
-work is split here into independent pieces: disjoint ranges of sequences for the recurrence (no
-per-step barrier), row blocks or K-blocks for matrix products (K-block partial sums are added in
-a fixed order, so results do not depend on timing).  Idle pool threads block; they do not
-spin.
+work is split here into independent pieces.  Idle pool threads block; they do not spin.
+
+Reproducibility.  Work is first cut into *blocks* whose number depends only on the size of the
+work and on ``config.PARALLEL_BLOCKS`` (default: the machine's usable cores), never on the number
+of threads: disjoint ranges of sequences for the recurrence (no per-step barrier), row blocks or
+K-blocks for matrix products, with the K-block partial sums added in block order.  The threads
+then share out whole blocks.  Each block's arithmetic is fixed, so the bits of every result are
+the same with 1, 2 or 16 threads, and from run to run.
+
+Fork.  A forked child (``os.fork``, ``multiprocessing``'s "fork" start method) inherits the pool
+object but none of its threads; the pool is dropped in the child (``os.register_at_fork``) and
+rebuilt at its first use there.
 """
 import os
 import threading
@@ -24,14 +32,38 @@ _pool = None
 _pool_lock = threading.Lock()
 
 
-def num_threads():
-    """Threads numrnn uses for one call (``config.NUM_THREADS``, default: the usable cores)."""
-    if config.NUM_THREADS:
-        return max(1, int(config.NUM_THREADS))
+def _forget_pool_in_child():
+    global _pool, _pool_lock
+    _pool = None  # its threads do not exist in the child; a submit there would wait forever
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+def _usable_cores():
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def num_threads():
+    """Threads numrnn uses for one call (``config.NUM_THREADS``, default: the usable cores)."""
+    if config.NUM_THREADS:
+        return max(1, int(config.NUM_THREADS))
+    return _usable_cores()
+
+
+def num_blocks():
+    """Blocks parallel work is cut into (``config.PARALLEL_BLOCKS``, default: the usable cores).
+
+    Independent of :func:`num_threads`: results depend on this number, not on the threads.
+    """
+    if config.PARALLEL_BLOCKS:
+        return max(1, int(config.PARALLEL_BLOCKS))
+    return _usable_cores()
 
 
 def _executor(n):
@@ -43,25 +75,43 @@ def _executor(n):
 
 
 def pieces(total, work):
-    """Into how many pieces to split ``total`` independent items carrying ``work`` multiply-adds."""
+    """Into how many blocks to cut ``total`` independent items carrying ``work`` multiply-adds.
+
+    A function of the work alone (and of the machine's block count): 1 below
+    ``config.PARALLEL_MIN_WORK`` or where the BLAS cannot be held to one thread.
+    """
     if work < config.PARALLEL_MIN_WORK or not blas.can_limit_threads():
         return 1
-    return max(1, min(total, num_threads()))
+    return max(1, min(total, num_blocks()))
 
 
-def run(fn, n_items, n_pieces):
-    """Call ``fn(start, stop)`` on ``n_pieces`` disjoint ranges covering range(n_items).
+def bounds(n_items, n_blocks):
+    """Start of each of ``n_blocks`` near-equal ranges covering range(n_items), and the end."""
+    return [n_items * p // n_blocks for p in range(n_blocks + 1)]
 
-    The first range runs in the calling thread, the others in the pool; exceptions propagate.
+
+def run(fn, n_items, n_blocks):
+    """Call ``fn(start, stop)`` on each of ``n_blocks`` disjoint ranges covering range(n_items).
+
+    The blocks are shared out over at most :func:`num_threads` threads, each taking a contiguous
+    run of whole blocks (the first in the calling thread); exceptions propagate.  Which thread runs
+    a block changes nothing in its result.
     """
-    bounds = [n_items * p // n_pieces for p in range(n_pieces + 1)]
-    if n_pieces == 1:
-        fn(0, n_items)
+    edges = bounds(n_items, n_blocks)
+    n_threads = min(num_threads(), n_blocks)
+    if n_threads == 1:
+        for p in range(n_blocks):
+            fn(edges[p], edges[p + 1])
         return
-    futures = [_executor(n_pieces - 1).submit(fn, bounds[p], bounds[p + 1])
-               for p in range(1, n_pieces)]
+    shares = bounds(n_blocks, n_threads)
+
+    def work(i):
+        for p in range(shares[i], shares[i + 1]):
+            fn(edges[p], edges[p + 1])
+
+    futures = [_executor(n_threads - 1).submit(work, i) for i in range(1, n_threads)]
     try:
-        fn(bounds[0], bounds[1])
+        work(0)
     finally:
         for f in futures:
             f.result()
@@ -98,11 +148,11 @@ def matmul_tn(a, b):
         return np.zeros((a.shape[1], b.shape[1]), np.result_type(a, b))
     n = pieces(K, K * a.shape[1] * b.shape[1])
     parts = [np.empty((a.shape[1], b.shape[1]), a.dtype) for _ in range(n)]
-    bounds = [K * p // n for p in range(n + 1)]
+    edges = bounds(K, n)
     use_numpy = blas.numpy_blas_controlled()
 
     def piece(k0, k1):
-        p = bounds.index(k0)
+        p = edges.index(k0)
         if use_numpy:
             np.matmul(a[k0:k1].T, b[k0:k1], out=parts[p])
         else:
