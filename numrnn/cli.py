@@ -1,15 +1,28 @@
 """The ``numrnn`` command: studies, training, fixed points and system information.
 
-Every subcommand prints what it found and writes machine-readable results (CSV, JSON with every
-parameter and the numrnn version) and a figure (PNG, when matplotlib is installed) to ``--out``.
-Bad arguments print ``numrnn <command>: error: ...`` and exit with status 2.
+Every subcommand prints what it found and writes machine-readable results to ``--out``: CSV,
+JSON with every parameter and the numrnn version (strict JSON: a number that is NaN or infinite,
+such as a Kaplan-Yorke dimension beyond the exponents computed, is written as ``null``) and a PNG
+figure (it needs matplotlib; pass ``--no-plot`` without it).
+
+Errors are one line on stderr, ``numrnn <command>: error: <option or file>: <what was expected,
+what came>``, with exit status 2 and no traceback: bad arguments, unreadable or damaged files,
+an ``--out`` that cannot be written (checked before any work), a missing optional extra, an
+unreachable Dask scheduler, a training run that diverges (its files are still written), and what
+the library refuses while running.
+
+Order of work: check everything, compute, write the files, then print the results.  A reader
+that stops early (``numrnn study | head -1``) only ends the printing: the files are written and
+the exit status is that of the work (0 when every file was written).
 """
 import argparse
 import csv
 import json
 import os
 import platform
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +45,35 @@ Run `numrnn COMMAND --help` for each command's options.
 
 
 class _UsageError(Exception):
-    """A bad argument found after parsing; reported like argparse's own errors."""
+    """A bad argument, file or outcome: reported as one line with exit status 2."""
+
+
+class _ParseError(_UsageError):
+    """argparse's own error, from the parser named ``prog`` ("numrnn" or "numrnn study")."""
+
+    def __init__(self, message, prog):
+        super().__init__(message)
+        self.prog = prog
+
+
+def _argparse_message(message):
+    """argparse's 'argument -N/--hidden-size: ...' as '--hidden-size: ...', and its other
+    messages in the same shape: the option first."""
+    m = re.fullmatch(r"argument (?P<names>[^:]+): (?P<rest>.*)", message, re.S)
+    if m:
+        names = m["names"].split("/")
+        return f"{next((n for n in names if n.startswith('--')), names[0])}: {m['rest']}"
+    m = re.fullmatch(r"the following arguments are required: (?P<names>.*)", message, re.S)
+    if m:
+        return f"{m['names']}: required, got nothing"
+    return message
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, without the usage block."""
+
+    def error(self, message):
+        raise _ParseError(f"{_argparse_message(message)} (see `{self.prog} --help`)", self.prog)
 
 
 def _int_at_least(low):
@@ -71,7 +112,7 @@ def _positive_float(text):
 
 
 def _build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="numrnn",
         description="numrnn: Numba-accelerated recurrent networks for scientific study. "
                     "Measure how gradients and perturbations grow or vanish (Lyapunov spectra, "
@@ -83,7 +124,7 @@ def _build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     # --- study ------------------------------------------------------------------------------
-    from .experiments.study import STUDY_CELLS, StudyConfig
+    from .experiments.study import STUDY_CELLS, STUDY_INITS, StudyConfig
     d = StudyConfig()
     st = sub.add_parser(
         "study", help="gradient-stability study over a gain sweep (the main job)",
@@ -94,7 +135,9 @@ def _build_parser():
                     "mean-field prediction of the largest exponent (tanh, no leak: Poole et al. "
                     "2016). Exponents are per step; negative means perturbations and gradients "
                     "vanish, positive means chaos and exploding gradients. Prints a table and "
-                    "writes study.csv, study.json and study.png to --out.",
+                    "writes study.csv, study.json and study.png to --out (JSON has no NaN: a "
+                    "value that is NaN or infinite, e.g. a Kaplan-Yorke dimension beyond the "
+                    "exponents computed, is null).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     st.add_argument("--cell", choices=STUDY_CELLS, default=d.cell, help="network family")
     st.add_argument("-N", "--hidden-size", type=_positive_int, default=d.hidden_size,
@@ -111,8 +154,9 @@ def _build_parser():
                     help="leak a in (0, 1] of tanh/relu/linear/rate cells")
     st.add_argument("--sigma-b", type=_finite_float, default=d.sigma_b,
                     help="standard deviation of the biases")
-    st.add_argument("--init", choices=("gaussian", "orthogonal", "spectral_radius", "default",
-                                       "identity"), default=d.init, help="W_hh initialiser")
+    st.add_argument("--init", metavar="{" + ",".join(STUDY_INITS) + "}", default=d.init,
+                    help="W_hh initialiser, scaled by the gain ('default', PyTorch's uniform "
+                         "initialisation, takes no gain and cannot be swept)")
     st.add_argument("--dtype", choices=("float64", "float32"), default=d.dtype)
     st.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
     st.add_argument("--steps", type=_positive_int, default=d.steps,
@@ -132,6 +176,8 @@ def _build_parser():
     st.add_argument("--scheduler", metavar="ADDRESS",
                     help="run the points as Dask tasks: a scheduler address "
                          "(tcp://host:8786) or local[:N] for a LocalCluster; needs numrnn[dask]")
+    st.add_argument("--scheduler-timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+                    help="how long to wait for the scheduler to answer")
     _add_common(st, "numrnn-study")
     st.set_defaults(func=_cmd_study)
 
@@ -143,7 +189,10 @@ def _build_parser():
                     "with Adam or SGD with momentum and gradient-norm clipping, on a task "
                     "generated by numrnn. Prints the loss against the task's chance baseline as "
                     "it goes and writes params.npz (load with numrnn.experiments.load_model or "
-                    "`numrnn fixed-points`), losses.csv, train.json and train.png to --out. "
+                    "`numrnn fixed-points`), losses.csv, train.json and train.png to --out. If "
+                    "training diverges (a NaN or inf in the state, loss, gradient or an update), "
+                    "these files still hold the last finite parameters, the losses so far and "
+                    "the step where it diverged, and the command exits with status 2. "
                     "Tasks: adding (Hochreiter & Schmidhuber 1997; chance MSE 1/6), copy "
                     "(Arjovsky et al. 2016; chance 10 ln 8/(T+20)), flipflop (3-bit, Sussillo & "
                     "Barak 2013; chance MSE 1), lorenz (forecast the Lorenz system), charlm "
@@ -178,13 +227,15 @@ def _build_parser():
                     "by the eigenvalues of its Jacobian (Sussillo and Barak 2013). Prints a "
                     "table and writes fixed_points.csv, fixed_points.json and fixed_points.png "
                     "(states projected on their principal components; stable filled, unstable "
-                    "open) to --out.",
+                    "open) to --out (JSON: null where a value is infinite, such as the time "
+                    "constant of a marginal direction).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     fp.add_argument("params", metavar="PARAMS", help="a params.npz written by `numrnn train`")
     fp.add_argument("--n-initial", type=_positive_int, default=256,
                     help="number of starting states")
-    fp.add_argument("--tol", type=_positive_float, default=1e-10,
-                    help="residual tolerance |F(s) - s|")
+    fp.add_argument("--tol", type=_positive_float, default=None,
+                    help="largest residual |F(s) - s| accepted; None: numrnn.fixed_points' "
+                         "default for the network's dtype (1e-10 float64, 1e-5 float32)")
     fp.add_argument("--seed", type=_nonneg_int, default=0)
     _add_common(fp, "numrnn-fixed-points")
     fp.set_defaults(func=_cmd_fixed_points)
@@ -201,51 +252,101 @@ def _build_parser():
 
 def _add_common(p, default_out):
     p.add_argument("--out", default=default_out, help="output directory (created)")
-    p.add_argument("--no-plot", action="store_true", help="do not write the PNG figure")
+    p.add_argument("--no-plot", action="store_true",
+                   help="do not write the PNG figure (needed without matplotlib)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 # --- helpers -------------------------------------------------------------------------------
 
 def _out_dir(path):
+    """The --out directory, created, and proven writable by creating and removing a file in it.
+
+    Called before any work, so that results are never computed only to be lost.  (Permission
+    bits say nothing for root, and read-only mounts ignore them: only a write tells.)
+    """
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise _UsageError(f"--out: expected a directory, got the existing file {str(out)!r}")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".numrnn-write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _UsageError(f"--out: expected a directory numrnn can create and write files in, "
+                          f"got {str(out)!r} ({exc.strerror or exc})") from None
     return out
 
 
-def _write_csv(path, rows, columns):
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(columns)
-        for r in rows:
-            w.writerow([r[c] for c in columns])
-
-
-def _write_json(path, payload):
-    def default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-    with open(path, "w") as fh:
-        json.dump(payload, fh, indent=2, default=default, allow_nan=True)
-        fh.write("\n")
-
-
-def _maybe_plot(args, fn, *a, **kw):
-    """Write a figure unless --no-plot; without matplotlib say how to get it and go on."""
+def _check_plot(args, name):
+    """Before any work: the figure ``name`` needs matplotlib, unless --no-plot."""
     if args.no_plot:
-        return None
+        return
+    from .experiments.plotting import require_matplotlib
+
     try:
-        fn(*a, **kw)
+        require_matplotlib()
     except ImportError as exc:
-        print(f"numrnn: note: no figure written ({exc})", file=sys.stderr)
-        return None
-    return kw.get("path")
+        raise _UsageError(f"{name}: {exc}, or pass --no-plot") from None
+
+
+def _csv_writer(rows, columns):
+    def write(path):
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(columns)
+            for r in rows:
+                w.writerow([r[c] for c in columns])
+    return write
+
+
+def _json_writer(payload):
+    """Strict JSON of ``payload`` as it is when written (NaN and inf as null: see
+    numrnn.experiments.to_json)."""
+    from .experiments.training import to_json
+
+    return lambda path: Path(path).write_text(to_json(payload) + "\n")
+
+
+def _write_all(out, files):
+    """Write each ``(name, write(path))`` of ``files`` into ``out``.
+
+    A file that cannot be written there (the disk filled up during the run) is written to a
+    fresh temporary directory instead, so nothing computed is lost.  Returns the paths written
+    and a message about the failures (None if there were none).
+    """
+    written, failed, spare = [], [], None
+    for name, write in files:
+        try:
+            write(out / name)
+            written.append(str(out / name))
+        except OSError as exc:
+            spare = spare or Path(tempfile.mkdtemp(prefix="numrnn-"))
+            write(spare / name)
+            written.append(str(spare / name))
+            failed.append(f"{name} ({exc.strerror or exc})")
+    if not failed:
+        return written, None
+    return written, (f"--out: could not write {', '.join(failed)} in {str(out)!r}; written to "
+                     f"{str(spare)!r} instead")
+
+
+def _finish(out, files, report, error=None):
+    """The end of every command: write the files, then print ``report``, then fail with
+    ``error`` (or a write failure) as one line, if any; returns the exit status 0."""
+    written, problem = _write_all(out, files)
+    for line in report:
+        print(line)
+    print(f"wrote {', '.join(written)}")
+    problems = [p for p in (error, problem) if p]
+    if problems:
+        raise _UsageError("; ".join(problems))
+    return 0
+
+
+def _parameters(args):
+    return {k: v for k, v in vars(args).items() if k not in ("func", "_argv")}
 
 
 def _header(args):
@@ -255,11 +356,25 @@ def _header(args):
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+# library argument names that differ from the destination of the option they came from
+_LIBRARY_NAMES = {"path": "params", "gain": "gains", "timeout": "scheduler_timeout"}
+
+
+def _option_message(exc, args):
+    """The library's 'hidden_size: ...' as the command line's '--hidden-size: ...', for names the
+    command passed on from an option or argument; other messages as the library wrote them."""
+    msg = " ".join((str(exc) or type(exc).__name__).split())
+    name, sep, rest = msg.partition(":")
+    dest = _LIBRARY_NAMES.get(name, name)
+    if not sep or dest not in _parameters(args) or dest == "command":
+        return msg
+    return ("PARAMS" if dest == "params" else "--" + dest.replace("_", "-")) + ":" + rest
+
+
 # --- study ---------------------------------------------------------------------------------
 
 def _cmd_study(args):
-    from .experiments.plotting import plot_study
-    from .experiments.study import StudyConfig, run_study
+    from .experiments.study import StudyConfig, check_scheduler, run_study
 
     if args.gains:
         gains = tuple(args.gains)
@@ -267,152 +382,145 @@ def _cmd_study(args):
         if args.g_min > args.g_max:
             raise _UsageError(f"--g-min: expected at most --g-max={args.g_max}, got {args.g_min}")
         gains = tuple(np.round(np.linspace(args.g_min, args.g_max, args.n_gains), 6).tolist())
-    try:
-        config = StudyConfig(cell=args.cell, hidden_size=args.hidden_size, gains=gains,
-                             seeds=tuple(range(args.seeds)), alpha=args.alpha,
-                             sigma_b=args.sigma_b, init=args.init, dtype=args.dtype,
-                             device=args.device, steps=args.steps, transient=args.transient,
-                             n_exponents=None if args.full_spectrum else args.n_exponents,
-                             max_lag=args.max_lag, singular_values=args.singular_values)
-    except (TypeError, ValueError) as exc:
-        raise _UsageError(_option_message(exc)) from None
+    config = StudyConfig(cell=args.cell, hidden_size=args.hidden_size, gains=gains,
+                         seeds=tuple(range(args.seeds)), alpha=args.alpha, sigma_b=args.sigma_b,
+                         init=args.init, dtype=args.dtype, device=args.device, steps=args.steps,
+                         transient=args.transient,
+                         n_exponents=None if args.full_spectrum else args.n_exponents,
+                         max_lag=args.max_lag, singular_values=args.singular_values)
+    check_scheduler(args.scheduler)
+    _check_plot(args, "study.png")
     out = _out_dir(args.out)
     print(f"numrnn study: {len(config.points())} points ({config.cell}, N={config.hidden_size}, "
           f"{len(gains)} gains x {args.seeds} seeds), {config.steps} steps after "
           f"{config.transient} transient; results in {out}/", flush=True)
-    result = run_study(config, scheduler=args.scheduler, progress=not args.quiet)
-    print(result.table())
-    print(result.status)
+    result = run_study(config, scheduler=args.scheduler, timeout=args.scheduler_timeout,
+                       progress=not args.quiet)
     columns = ["gain", "seed", "lyapunov_max", "lyapunov_max_stderr", "meanfield_lyapunov",
                "grad_decay_rate", "jacobian_decay_rate", "jacobian_max_singular_value",
-               "kaplan_yorke_dimension", "ks_entropy",
-               "seconds"]
-    _write_csv(out / "study.csv", result.rows, columns)
+               "kaplan_yorke_dimension", "ks_entropy", "seconds"]
     payload = _header(args)
     payload.update(parameters=config.as_dict(), scheduler=result.scheduler,
                    seconds=result.seconds, summary=result.summary(), rows=result.rows)
-    _write_json(out / "study.json", payload)
-    written = ["study.csv", "study.json"]
-    if _maybe_plot(args, plot_study, result, path=out / "study.png"):
-        written.append("study.png")
-    print(f"wrote {', '.join(str(out / w) for w in written)}")
-    return 0
+    files = [("study.csv", _csv_writer(result.rows, columns)),
+             ("study.json", _json_writer(payload))]
+    if not args.no_plot:
+        from .experiments.plotting import plot_study
 
-
-def _option_message(exc):
-    """Turn 'hidden_size: ...' from the library into '--hidden-size: ...' for the command line."""
-    msg = str(exc)
-    name, sep, rest = msg.partition(":")
-    if sep and name.replace("_", "").isalnum():
-        return f"--{name.replace('_', '-')}:{rest}"
-    return msg
+        files.append(("study.png", lambda path: plot_study(result, path=path)))
+    return _finish(out, files, [result.table(), result.status])
 
 
 # --- train ---------------------------------------------------------------------------------
 
 def _cmd_train(args):
-    from .experiments.plotting import plot_training
     from .experiments.tasks import make_task
-    from .experiments.training import sample_text, save_model, train
+    from .experiments.training import LinearReadout, TrainingDiverged, sample_text, train
     from .network import RNN
 
     dtype = np.dtype(args.dtype)
-    try:
-        task = make_task(args.task, args.T, dtype=dtype)
-        net = RNN(task.input_size, args.hidden_size, cell=args.cell, num_layers=args.num_layers,
-                  alpha=args.alpha, dtype=dtype, seed=args.seed)
-    except (TypeError, ValueError) as exc:
-        raise _UsageError(_option_message(exc)) from None
+    task = make_task(args.task, args.T, dtype=dtype)
+    net = RNN(task.input_size, args.hidden_size, cell=args.cell, num_layers=args.num_layers,
+              alpha=args.alpha, dtype=dtype, seed=args.seed)
     if args.clip < 0:
         raise _UsageError(f"--clip: expected a threshold >= 0 (0 disables), got {args.clip}")
+    _check_plot(args, "train.png")
     out = _out_dir(args.out)
     print(f"numrnn train: {task!r} with {net!r}; chance {task.chance:.4g} ({task.loss})",
           flush=True)
-    from .experiments.training import LinearReadout
-    readout = LinearReadout(net.hidden_size, task.output_size, dtype=dtype,
-                            seed=np.random.default_rng([args.seed, 1]))
-    result = train(net, task, steps=args.steps, batch_size=args.batch_size,
-                   optimizer=args.optimizer, lr=args.lr, clip=args.clip or None,
-                   truncate=args.truncate, readout=readout,
-                   seed=np.random.default_rng([args.seed, 2]), progress=not args.quiet,
-                   stop_below=args.stop_below)
-    losses, eval_loss, status = result.losses, result.eval_loss, result.status
-    stopped = len(losses) < args.steps
-    print(status)
-    meta = {"task": task.name, "T": task.T, "chance": task.chance, "eval_loss": eval_loss,
-            "steps_run": len(losses), "seed": args.seed}
-    save_model(out / "params.npz", net, readout, meta)
-    _write_csv(out / "losses.csv", [{"step": i, "loss": float(v)} for i, v in enumerate(losses)],
-               ["step", "loss"])
-    payload = _header(args)
-    payload.update(parameters={k: v for k, v in vars(args).items()
-                               if k not in ("func", "_argv")},
-                   network=repr(net), chance=task.chance, loss=task.loss, eval_loss=eval_loss,
-                   final_running_loss=float(np.mean(losses[-20:])), steps_run=len(losses),
-                   stopped_early=stopped, status=status)
-    if task.name == "charlm":
+    readout = LinearReadout(net.hidden_size, task.output_size, dtype=dtype, seed=[args.seed, 1])
+    diverged = False
+    try:
+        result = train(net, task, steps=args.steps, batch_size=args.batch_size,
+                       optimizer=args.optimizer, lr=args.lr, clip=args.clip or None,
+                       truncate=args.truncate, readout=readout, seed=[args.seed, 2],
+                       progress=not args.quiet, stop_below=args.stop_below)
+    except TrainingDiverged as exc:  # the partial result is saved all the same
+        result, diverged = exc.result, True
+    files, report, payload = _train_outputs(args, task, result)
+    error = None
+    if diverged:
+        error = (f"training {result.status}, written to {out / 'params.npz'} with the losses "
+                 f"so far (a smaller --lr or a --clip threshold may help)")
+    elif task.name == "charlm":
         text = sample_text(net, readout, task, 200, seed=args.seed)
-        print("sample:\n" + text)
+        report.append("sample:\n" + text)
         payload["sample"] = text
-    _write_json(out / "train.json", payload)
-    written = ["params.npz", "losses.csv", "train.json"]
-    if _maybe_plot(args, plot_training, losses, task.chance, path=out / "train.png",
-                   title=f"{task.name} (T={task.T}), {net.cell} N={net.hidden_size}"):
-        written.append("train.png")
-    print(f"wrote {', '.join(str(out / w) for w in written)}")
-    return 0
+    return _finish(out, files, report, error)
+
+
+def _train_outputs(args, task, result):
+    """The files (params.npz, losses.csv, train.json, train.png), the printed report and the
+    JSON payload (filled in until the files are written) of a training run."""
+    from .experiments.training import save_model
+
+    losses = result.losses
+    meta = {"task": task.name, "T": task.T, "chance": task.chance, "eval_loss": result.eval_loss,
+            "steps_run": len(losses), "seed": args.seed, "diverged_at": result.diverged_at}
+    payload = _header(args)
+    payload.update(parameters=_parameters(args), network=repr(result.net), chance=task.chance,
+                   loss=task.loss, eval_loss=result.eval_loss,
+                   final_running_loss=float(np.mean(losses[-20:])) if len(losses) else None,
+                   steps_run=len(losses), stopped_early=len(losses) < args.steps,
+                   diverged_at=result.diverged_at, status=result.status)
+    files = [("params.npz", lambda path: save_model(path, result.net, result.readout, meta)),
+             ("losses.csv", _csv_writer([{"step": i, "loss": float(v)}
+                                         for i, v in enumerate(losses)], ["step", "loss"])),
+             ("train.json", _json_writer(payload))]
+    if not args.no_plot and len(losses):
+        from .experiments.plotting import plot_training
+
+        net = result.net
+        files.append(("train.png", lambda path: plot_training(
+            losses, task.chance, path=path,
+            title=f"{task.name} (T={task.T}), {net.cell} N={net.hidden_size}")))
+    return files, [result.status], payload
 
 
 # --- fixed points --------------------------------------------------------------------------
 
 def _cmd_fixed_points(args):
     from .analysis import fixed_points
-    from .experiments.plotting import plot_fixed_points
     from .experiments.tasks import make_task
     from .experiments.training import load_model
 
-    if not Path(args.params).is_file():
-        raise _UsageError(f"PARAMS: expected a params.npz file written by `numrnn train`, got "
-                          f"{args.params!r} (no such file)")
-    try:
-        saved = load_model(args.params)
-    except ValueError as exc:
-        raise _UsageError(str(exc).replace("path:", "PARAMS:", 1)) from None
+    saved = load_model(args.params)
     net = saved.net
-    out = _out_dir(args.out)
-    states = None
     task_name = saved.meta.get("task")
-    if task_name:
-        task = make_task(task_name, saved.meta.get("T"), dtype=net.dtype)
-        batch = task.sample(16, np.random.default_rng([args.seed, 1]))
-        states, _ = net.forward(batch.x)
+    try:
+        task = make_task(task_name, saved.meta.get("T"), dtype=net.dtype) if task_name else None
+    except (TypeError, ValueError) as exc:
+        raise _UsageError(f"PARAMS: {args.params!r} names a task numrnn cannot rebuild "
+                          f"({exc})") from None
+    _check_plot(args, "fixed_points.png")
+    out = _out_dir(args.out)
     print(f"numrnn fixed-points: {net!r}" + (f" trained on {task_name}" if task_name else ""),
           flush=True)
+    states = None if task is None else net.forward(task.sample(16, [args.seed, 1]).x)[0]
     # candidates along autonomous trajectories from random states (the analysis' sampling): they
     # pass near the saddles between memories as well as the attractors; task states would only
-    # give the attractors
+    # give the attractors.  tol None: the library's default for the network's dtype
     result = fixed_points(net, n_initial=args.n_initial, seed=args.seed, tol=args.tol)
     rows = _fixed_point_rows(result)
-    print(_fixed_point_table(rows))
     n_stable = int(np.sum(result.stable))
-    print(f"{len(rows)} fixed points, {n_stable} stable, {len(rows) - n_stable} unstable")
-    _write_csv(out / "fixed_points.csv", rows, list(rows[0]) if rows else
-               ["index", "residual", "stable", "n_unstable", "max_abs_eigenvalue",
-                "slowest_time_constant"])
     payload = _header(args)
-    payload.update(parameters={k: v for k, v in vars(args).items() if k not in ("func", "_argv")},
-                   network=repr(net), meta=saved.meta, n_fixed_points=len(rows),
-                   n_stable=n_stable, rows=rows, points=np.asarray(result.points),
+    payload.update(parameters=_parameters(args), network=repr(net), meta=saved.meta,
+                   n_fixed_points=len(rows), n_stable=n_stable, rows=rows,
+                   points=np.asarray(result.points),
                    eigenvalues_abs=np.abs(np.asarray(result.eigenvalues)))
-    _write_json(out / "fixed_points.json", payload)
-    written = ["fixed_points.csv", "fixed_points.json"]
-    if len(rows) and _maybe_plot(
-            args, plot_fixed_points, np.asarray(result.points), np.asarray(result.stable),
-            None if states is None else _state_view(states, result), path=out / "fixed_points.png",
-            title=f"fixed points: {n_stable} stable, {len(rows) - n_stable} unstable"):
-        written.append("fixed_points.png")
-    print(f"wrote {', '.join(str(out / w) for w in written)}")
-    return 0
+    files = [("fixed_points.csv", _csv_writer(rows, list(rows[0]) if rows else
+                                              ["index", "residual", "stable", "n_unstable",
+                                               "max_abs_eigenvalue", "slowest_time_constant"])),
+             ("fixed_points.json", _json_writer(payload))]
+    if not args.no_plot and rows:
+        from .experiments.plotting import plot_fixed_points
+
+        files.append(("fixed_points.png", lambda path: plot_fixed_points(
+            np.asarray(result.points), np.asarray(result.stable),
+            None if states is None else _state_view(states, result), path=path,
+            title=f"fixed points: {n_stable} stable, {len(rows) - n_stable} unstable")))
+    return _finish(out, files, [_fixed_point_table(rows), f"{len(rows)} fixed points, "
+                                f"{n_stable} stable, {len(rows) - n_stable} unstable"])
 
 
 def _state_view(output, result):
@@ -538,8 +646,91 @@ def _cmd_info(args):
 
 # --- entry point ---------------------------------------------------------------------------
 
+class _QuietStream:
+    """``sys.stdout`` or ``sys.stderr`` while a command runs: when the reader goes away
+    (``numrnn study | head -1``, or ``2>&1 | head -1``), printing stops quietly and the command
+    carries on (its files are written)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.reader_gone = False
+
+    def write(self, text):
+        if not self.reader_gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self.reader_gone = True
+        return len(text)
+
+    def flush(self):
+        if not self.reader_gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self.reader_gone = True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _discard(stream):
+    """Point ``stream``'s file descriptor at /dev/null: the interpreter's last flush of what the
+    closed pipe refused then succeeds silently (no "Exception ignored ... BrokenPipeError")."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture, say)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _fail(prog, message):
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _run(argv):
+    parser = _build_parser()
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except _ParseError as exc:
+        return _fail(exc.prog, str(exc))
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    args._argv = argv
+    prog = f"numrnn {args.command}"
+    if unknown:  # named here, where the command is known (argparse reports them at the top)
+        return _fail(prog, f"{' '.join(unknown)}: not an option or argument of this command "
+                           f"(see `{prog} --help`)")
+    try:
+        return args.func(args)
+    except _UsageError as exc:
+        return _fail(prog, str(exc))
+    except OSError as exc:  # a file the command reads or writes
+        return _fail(prog, f"{exc.filename}: {exc.strerror}" if exc.filename
+                     else _option_message(exc, args))
+    except (ImportError, ValueError, TypeError, RuntimeError, MemoryError,
+            ArithmeticError) as exc:
+        # the library's own checks while running (a tape too large for memory, a NaN or inf
+        # born inside the computation: numrnn.NonFiniteError, CUDA unavailable, a missing extra)
+        return _fail(prog, _option_message(exc, args))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv=None):
     """Run the ``numrnn`` command; returns the exit status.
+
+    0: done, every file written.  2: an error, reported as one line on stderr (``numrnn
+    <command>: error: <option or file>: <what was expected, what came>``).  130: interrupted.
+    A closed standard output or error (``numrnn study | head -1``) does not change the status:
+    the printing stops, the work and the files do not.
 
     Parameters
     ----------
@@ -553,30 +744,15 @@ def main(argv=None):
     0
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _build_parser()
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = quiet = [_QuietStream(s) for s in streams]
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    args._argv = argv
-    try:
-        return args.func(args)
-    except _UsageError as exc:
-        print(f"numrnn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:
-        print(f"numrnn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, RuntimeError) as exc:
-        # the library's own checks (bad values met while running, CUDA unavailable, ...)
-        print(f"numrnn {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"numrnn {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _run(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+        for stream, q in zip(streams, quiet):
+            if q.reader_gone:
+                _discard(stream)
 
 
 if __name__ == "__main__":  # pragma: no cover

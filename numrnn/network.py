@@ -467,11 +467,10 @@ class RNN:
         """
         if params is None:
             params = self._validated_parameters()
-        with cpu.single_threaded():  # numrnn's own threads do the parallel work (cpu.threads)
+        # numrnn's own threads do the parallel work (cpu.threads); NaN/inf born inside are
+        # reported by numrnn itself (numrnn.errors), not as NumPy's RuntimeWarnings
+        with cpu.single_threaded(), np.errstate(all="ignore"):
             return self._forward_layers(x, h0, c0, params)
-
-    def _where(self, layer, d):
-        return f"layer {layer}{' (reverse direction)' if d else ''}"
 
     def _forward_layers(self, x, h0, c0, params):
         T, B, _ = x.shape
@@ -496,14 +495,7 @@ class RNN:
                 xp = xp.reshape(T, B, -1)
                 out_h, out_c, aux, bad = cpu.forward(self.kind, self.act, self.alpha, xp, w_hh,
                                                      b_hh, h0[k], c0[k], d == 1)
-                if not reported and np.any(bad >= 0):
-                    reported = True
-                    t, b = _first_in_running_order(bad, d == 1)
-                    errors.report(
-                        f"forward: the hidden state of {self._where(layer, d)} became NaN or "
-                        f"inf at step t={t} of sequence b={b}, from finite inputs and "
-                        "parameters: the network's state diverged (a relu, linear or rate "
-                        "network whose W_hh has a spectral radius above 1 grows without bound)")
+                reported = reported or errors.check_state(bad, layer, d == 1)
                 last = 0 if d == 1 else T - 1
                 h_n[k] = out_h[last]
                 c_n[k] = out_c[last] if self.kind == cells.KIND_LSTM else 0.0
@@ -516,7 +508,7 @@ class RNN:
     def _backward_pass(self, tape, h0, c0, d_out, d_h_n, d_c_n, truncate, params):
         """BPTT through every layer with the parameters the forward pass ran with; returns
         (grads, time-major input gradient, d_h0, d_c0, state_grad_norm (T, B) float64)."""
-        with cpu.single_threaded():
+        with cpu.single_threaded(), np.errstate(all="ignore"):
             return self._backward_layers(tape, h0, c0, d_out, d_h_n, d_c_n, truncate, params)
 
     def _backward_layers(self, tape, h0, c0, d_out, d_h_n, d_c_n, truncate, params):
@@ -540,15 +532,7 @@ class RNN:
                 dxp, dhp, d_h0[k], d_c0[k], norm, bad = cpu.backward(
                     self.kind, self.act, self.alpha, w_hh, h0[k], c0[k], out_h, out_c, aux,
                     d_dir, d_h_n[k], d_c_n[k], d == 1, truncate)
-                if not reported and np.any(bad >= 0):
-                    reported = True
-                    t, b = _first_in_running_order(bad, d == 0)
-                    errors.report(
-                        f"vjp: the gradient dL/dh of {self._where(layer, d)} became NaN or inf "
-                        f"at step t={t} of sequence b={b} ({abs(t - (0 if d else T - 1))} steps "
-                        "back from where the sweep starts), from finite inputs, cotangents and "
-                        "parameters: exploding gradients overflowed "
-                        f"{self.dtype} (use truncate=..., a shorter sequence, or float64)")
+                reported = reported or errors.check_gradient(bad, layer, d == 1, T, self.dtype)
                 if layer == self.num_layers - 1:  # the last layer's dL/dh_t, both directions
                     norms = norm if norms is None else np.hypot(norms, norm)
                 dxp2 = dxp.reshape(T * B, G * N)
@@ -566,15 +550,8 @@ class RNN:
             d_out = d_in.reshape(T, B, -1)
         ordered = {name: grads[name] for name in self._shapes()}
         if not reported:  # dL/dh stayed finite: a sum over T*B terms may still overflow
-            for name, g in list(ordered.items()) + [("input", d_out), ("h0", d_h0),
-                                                     ("c0", d_c0)]:
-                bad = _v.count_nonfinite(g)
-                if bad:
-                    errors.report(f"vjp: the gradient of {name} holds {bad} NaN/inf entr"
-                                  f"{'y' if bad == 1 else 'ies'} although dL/dh stayed finite: "
-                                  f"its sum over {T * B} step-sequence terms overflowed "
-                                  f"{self.dtype}")
-                    break
+            errors.check_sums(list(ordered.items()) + [("input", d_out), ("h0", d_h0),
+                                                        ("c0", d_c0)], T * B, self.dtype)
         return ordered, d_out, d_h0, d_c0, norms
 
     def forward(self, x, h0=None):
@@ -778,11 +755,3 @@ class RNN:
         """
         return self.forward_vjp(x, d_output, h0, d_h_n, truncate)[2]
 
-
-def _first_in_running_order(bad, reverse):
-    """(t, b): the earliest of the per-sequence first bad time indices ``bad`` (-1: none), in the
-    order the sweep ran (time ascending, or descending when ``reverse``)."""
-    seqs = np.flatnonzero(bad >= 0)
-    steps = bad[seqs]
-    i = int(np.argmax(steps) if reverse else np.argmin(steps))
-    return int(steps[i]), int(seqs[i])

@@ -29,7 +29,7 @@ def test_rejects_bad_input():
     net = numrnn.RNN(2, 3, seed=0)
     with pytest.raises(TypeError, match="net: expected a numrnn.RNN"):
         fixed_points(object())
-    with pytest.raises(ValueError, match=r"x_const: expected shape \(2\), got \(3\)"):
+    with pytest.raises(ValueError, match=r"x_const: expected shape \(2,\), got \(3,\)"):
         fixed_points(net, np.zeros(3))
     with pytest.raises(TypeError, match="x_const: expected dtype float64"):
         fixed_points(net, np.zeros(2, np.float32))
@@ -41,6 +41,10 @@ def test_rejects_bad_input():
         fixed_points(net, initial_states=np.zeros((4, 2)))
     with pytest.raises(ValueError, match="no causal step map"):
         fixed_points(numrnn.RNN(2, 3, num_layers=2, bidirectional=True))
+    with pytest.raises(ValueError, match="seed: .* got the negative integer -1"):
+        fixed_points(net, seed=-1)
+    with pytest.raises(TypeError, match="seed: expected None, a non-negative integer"):
+        fixed_points(net, seed=1.5)
 
 
 def test_linear_network_single_exact_fixed_point(rng):
@@ -131,3 +135,20 @@ def test_result_object(rng):
     none = fixed_points(drift, n_initial=3, max_iter=5, seed=0)
     assert none.points.shape == (0, 2) and none.n_converged == 0
     assert "no fixed point found" in repr(none)
+
+
+def test_float32_network(rng):
+    """A float32 network: its fixed points satisfy F(s) = s to the float32 default tol (1e-5) by
+    the engine's own float32 forward, and the eigenvalues are those of its float64 Jacobian at
+    the point (numrnn.jacobians, float64 for either dtype: rtol 1e-10 as in the gated cells)."""
+    net32 = numrnn.RNN(1, 3, cell="tanh", seed=0, dtype=np.float32)
+    net32.parameters["weight_hh_l0"][:] = (1.6 * np.eye(3)
+                                           + 0.2 * rng.standard_normal((3, 3))).astype(np.float32)
+    res = fixed_points(net32, n_initial=32, seed=0)
+    assert res.points.dtype == np.float32 and res.points.shape[0] >= 2
+    for m, s in enumerate(res.points):
+        assert np.linalg.norm(step(net32, np.zeros(1, np.float32), s) - s) <= 1e-5
+        J = numrnn.jacobians(net32, np.zeros((1, 1), np.float32), unpack_state(net32, s))[0]
+        assert J.dtype == np.float64
+        assert_close(np.sort(np.abs(res.eigenvalues[m])),
+                     np.sort(np.abs(np.linalg.eigvals(J))), rtol=1e-10)

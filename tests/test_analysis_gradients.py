@@ -36,6 +36,10 @@ def test_rejects_bad_input():
         gradient_propagation(numrnn.RNN(1, 3, num_layers=2, bidirectional=True), x)
     with pytest.raises(ValueError, match="transient: expected fewer steps"):
         gradient_propagation(net, x, transient=10)
+    with pytest.raises(ValueError, match="seed: .* got the negative integer -1"):
+        gradient_propagation(net, x, seed=-1)
+    with pytest.raises(TypeError, match="seed: expected None, a non-negative integer"):
+        gradient_propagation(net, x, seed="0")
 
 
 @pytest.mark.parametrize("a", [0.3, 3.0])
@@ -129,3 +133,77 @@ def test_result_object(rng):
     assert isinstance(res.decay_rate, float) and isinstance(res.lyapunov_max, float)
     with pytest.raises(dataclasses.FrozenInstanceError):
         res.lags = None
+
+
+def test_exactly_singular_steps():
+    """J_t = diag(2, 0, 0.5) (linear cell): the product over tau steps has singular values
+    2^tau, 0.5^tau and exactly 0, so ln sigma = (tau ln 2, tau ln 0.5, -inf) to rounding (1e-12),
+    with no NaN.  J_t = 0: every singular value is 0 at every lag, and the decay rate is -inf
+    (not a NaN from a fit through -inf)."""
+    net = linear_net(np.diag([2.0, 0.0, 0.5]))
+    lags = np.array([1, 2, 5, 10])
+    res = gradient_propagation(net, np.zeros((10, 1)), lags=lags, seed=0)
+    assert_close(res.log_singular_values[:, :2], np.log([2.0, 0.5]) * lags[:, None], atol=1e-12,
+                 rtol=0.0)
+    assert np.array_equal(res.log_singular_values[:, 2], np.full(4, -np.inf))
+    assert_close(res.decay_rate, np.log(2.0), atol=1e-12, rtol=0.0)
+    res = gradient_propagation(linear_net(np.zeros((3, 3))), np.zeros((10, 1)), lags=lags,
+                               seed=0)
+    assert np.array_equal(res.log_singular_values, np.full((4, 3), -np.inf))
+    assert res.decay_rate == -np.inf and res.lyapunov_max == -np.inf
+
+
+def test_float32_network_is_analysed_in_float64():
+    """One float32 tanh unit, h = tanh(12 h_prev) from h_prev = 1: float32 rounds tanh(12) to 1
+    and its derivative 1 - tanh^2 to 0, so a float32 product of Jacobians would be exactly 0
+    (ln sigma = -inf).  The derivatives are float64 at the float32 state, every step the same
+    12 (1 - tanh(12)^2) = 12 sech^2(12), so ln sigma(tau) = tau ln(12 sech^2(12)) (about -20.1
+    tau).  1 - y^2 with y = 1 - 7.5e-11 is formed to ~1.5e-6 relative, i.e. ~1e-7 relative on
+    the log: rtol 1e-6."""
+    net = numrnn.RNN(1, 1, bias=False, seed=0, dtype=np.float32)
+    net.parameters["weight_hh_l0"][:] = 12.0
+    lags = np.array([1, 5, 10])
+    res = gradient_propagation(net, np.zeros((10, 1), np.float32), np.ones((1, 1), np.float32),
+                               lags=lags, seed=0)
+    assert res.log_singular_values.dtype == np.float64
+    want = lags[:, None] * np.log(12.0 / np.cosh(12.0) ** 2)
+    assert_close(res.log_singular_values, want, rtol=1e-6)
+
+
+def overflowing_net():
+    """Two linear layers with weights 1e200: the states stay 0, but the step Jacobian's block
+    W_ih_l1 W_hh_l0 = 1e400 overflows float64."""
+    net = numrnn.RNN(1, 2, cell="linear", num_layers=2, bias=False, seed=0)
+    net.parameters["weight_hh_l0"][:] = 1e200 * np.eye(2)
+    net.parameters["weight_ih_l1"][:] = 1e200 * np.eye(2)
+    return net
+
+
+def test_nonfinite_product_is_reported():
+    """A product that overflows inside the graded accumulation is reported through
+    numrnn.errors with the step, the lag and the sequence: NonFiniteError by default; under
+    nonfinite("warn") a warning, and NaN for that sequence's lags from there on."""
+    net = overflowing_net()
+    x = np.zeros((6, 1))
+    with pytest.raises(numrnn.NonFiniteError,
+                       match=r"gradient_propagation: the product J_t\^T Q .* became NaN or inf "
+                             r"at processing step t=5 \(lag tau=1\) of sequence b=0"):
+        gradient_propagation(net, x, lags=[1, 3], seed=0)
+    with numrnn.nonfinite("warn"):
+        with pytest.warns(numrnn.NonFiniteWarning, match="gradient_propagation"):
+            res = gradient_propagation(net, x, lags=[1, 3], seed=0)
+    assert np.isnan(res.log_singular_values).all() and np.isnan(res.decay_rate)
+
+
+def test_memory_check_names_the_sizes(monkeypatch):
+    """The graded factors of every lag, (lags, B, S, S) float64 numbers, are compared with the
+    memory available before anything is allocated: MemoryError naming T, B, S and the bytes."""
+    monkeypatch.setattr(numrnn.config, "MEMORY_CHECK", True)
+    monkeypatch.setattr(numrnn._memory, "available_bytes", lambda: 32 << 20)
+    net = numrnn.RNN(1, 200, seed=0)
+    with pytest.raises(MemoryError, match=r"gradient_propagation: the graded factors of 50 lags, "
+                                          r"\(lags, B, S, S\) = \(50, 4, 200, 200\) and the "
+                                          r"float64 tangent-map coefficients for T=1000 steps, "
+                                          r"B=4 sequences, S=200 state dimensions .* needs "
+                                          r"[\d.]+ MiB, but only 32.0 MiB .*; fewer lags"):
+        gradient_propagation(net, np.zeros((1000, 4, 1)), seed=0)

@@ -86,6 +86,9 @@ def test_rejects_bad_input():
         pack_state(net, np.zeros((1, 3)), np.zeros((1, 3)))
     with pytest.raises(ValueError, match="s: expected an array with last axis of length S = 6"):
         unpack_state(lstm, np.zeros(5))
+    net32 = numrnn.RNN(2, 3, seed=0, dtype=np.float32)
+    with pytest.raises(TypeError, match="v: expected dtype float32"):
+        step_jvp(net32, x.astype(np.float32), np.zeros((4, 3)))
 
 
 # --- finite differences -----------------------------------------------------------------------
@@ -158,8 +161,9 @@ def test_chain_of_vjps_is_bptt(cell, nonlinearity, alpha, layers, bidirectional,
 
 
 def test_unbatched_batch_first_and_float32(rng):
-    """Unbatched input gives (T, S, S); batch_first changes only the input layout; float32
-    agrees with float64 to float32 rounding (rtol 1e-5 over O(1) entries)."""
+    """Unbatched input gives (T, S, S); batch_first changes only the input layout; a float32
+    network's Jacobians are float64 and agree with the float64 network's to float32 rounding of
+    its parameters and states (rtol 1e-5 over O(1) entries)."""
     net = numrnn.RNN(3, 5, cell="gru", num_layers=2, seed=3)
     x = rng.standard_normal((4, 2, 3))
     J = numrnn.jacobians(net, x)
@@ -170,7 +174,7 @@ def test_unbatched_batch_first_and_float32(rng):
     assert_close(numrnn.jacobians(net_bf, x.transpose(1, 0, 2)), J, rtol=1e-15)
     net32 = numrnn.RNN(3, 5, cell="gru", num_layers=2, seed=3, dtype=np.float32)
     J32 = numrnn.jacobians(net32, x.astype(np.float32))
-    assert J32.dtype == np.float32
+    assert J32.dtype == np.float64
     assert rel_error(J32, J) < 1e-5
 
 
@@ -191,3 +195,131 @@ def test_pack_unpack_round_trip(layers, batch, lstm, bidirectional):
     back = unpack_state(net, s)
     for got, want in zip(back if lstm else (back,), parts):
         assert_close(got, want, rtol=0.0)
+
+
+# --- float32 networks ---------------------------------------------------------------------------
+
+
+def float64_copy(net32, **kw):
+    """The float64 network with exactly the float32 network's parameters."""
+    net = numrnn.RNN(net32.input_size, net32.hidden_size, cell=net32.cell,
+                     nonlinearity=net32.nonlinearity, alpha=net32.alpha,
+                     num_layers=net32.num_layers, bias=net32.bias, seed=0, **kw)
+    net.load_state_dict({k: v.astype(np.float64) for k, v in net32.state_dict().items()})
+    return net
+
+
+@pytest.mark.parametrize("cell,nonlinearity,alpha,layers,bidirectional", [
+    ("tanh", None, 1.0, 1, False), ("rate", "tanh", 0.3, 1, False), ("lstm", None, 1.0, 2, False),
+    ("gru", None, 1.0, 2, False), ("relu", None, 0.5, 1, False), ("lstm", None, 1.0, 1, True)])
+def test_float32_tangent_maps_are_float64_at_the_float32_states(cell, nonlinearity, alpha,
+                                                                 layers, bidirectional, rng):
+    """A float32 network's J_t is the float64 Jacobian of its step map at its own (float32)
+    state s_{t-1}: the float64 network with the same (upcast) parameters, run one step from
+    s_{t-1} upcast, gives the same matrix (for a bidirectional network, the reverse block from
+    the step that reads x_{T-1-t}).  Both evaluate the same float64 expressions on the same
+    numbers; only the input projection's BLAS call differs in size (T*B rows against B), which
+    can change a sum's rounding: rtol 1e-13."""
+    net32 = numrnn.RNN(3, 4, cell=cell, nonlinearity=nonlinearity, alpha=alpha,
+                       num_layers=layers, bidirectional=bidirectional, seed=1, dtype=np.float32)
+    net64 = float64_copy(net32, bidirectional=bidirectional)
+    T, B = 5, 2
+    x = rng.standard_normal((T, B, 3)).astype(np.float32)
+    LD = layers * net32.num_directions
+    h0 = (rng.standard_normal((LD, B, 4)) * 0.5).astype(np.float32)
+    if cell == "lstm":
+        h0 = (h0, rng.standard_normal(h0.shape).astype(np.float32))
+    J32 = numrnn.jacobians(net32, x, h0)
+    traj = trajectory(net32, x, h0)
+    assert J32.dtype == np.float64 and traj.dtype == np.float32
+    half = J32.shape[-1] // 2 if bidirectional else J32.shape[-1]
+    for t in range(T):
+        state = unpack_state(net64, traj[t].astype(np.float64))
+        J64 = numrnn.jacobians(net64, x[t:t + 1].astype(np.float64), state)[0]
+        assert_close(J32[t][:, :half, :half], J64[:, :half, :half], rtol=1e-13, what=f"J[{t}]")
+        if bidirectional:
+            J64 = numrnn.jacobians(net64, x[T - 1 - t:T - t].astype(np.float64), state)[0]
+            assert_close(J32[t][:, half:, half:], J64[:, half:, half:], rtol=1e-13,
+                         what=f"J[{t}] (reverse)")
+            assert not J32[t][:, :half, half:].any() and not J32[t][:, half:, :half].any()
+    v = rng.standard_normal((T, B, J32.shape[-1])).astype(np.float32)
+    jv = step_jvp(net32, x, v, h0)
+    assert jv.dtype == np.float64
+    assert_close(jv, np.einsum("tbrs,tbs->tbr", J32, v), rtol=1e-13)
+    uj = step_vjp(net32, x, v, h0)
+    assert_close(uj, np.einsum("tbr,tbrs->tbs", v, J32), rtol=1e-13)
+
+
+def test_float32_saturated_unit_keeps_its_float64_derivative():
+    """One tanh unit, h = tanh(12 h_prev) from h_prev = 1: float32 rounds tanh(12) to exactly 1,
+    so a float32 derivative 1 - tanh^2 would make J = 0 exactly.  The analysis evaluates it in
+    float64 at the float32 state: J = 12 (1 - tanh(12)^2) = 12 sech^2(12) ~ 1.8e-9, bit for bit
+    what the float64 network gives (h_prev = 1 and w = 12 are exact in both dtypes).  Against
+    the closed form, 1 - y^2 with y = 1 - 7.5e-11 is formed to eps / 1.5e-10 ~ 1.5e-6
+    relative: rtol 1e-5."""
+    net32 = numrnn.RNN(1, 1, bias=False, seed=0, dtype=np.float32)
+    net32.parameters["weight_hh_l0"][:] = 12.0
+    x = np.zeros((3, 1), np.float32)
+    h0 = np.ones((1, 1), np.float32)
+    out, _ = net32.forward(x, h0)
+    assert np.all(out == 1.0)  # the float32 state is saturated
+    J32 = numrnn.jacobians(net32, x, h0)
+    J64 = numrnn.jacobians(float64_copy(net32), x.astype(np.float64), h0.astype(np.float64))
+    assert_close(J32[0, 0, 0], 12.0 / np.cosh(12.0) ** 2, rtol=1e-5)
+    assert np.array_equal(J32, J64)
+
+
+# --- non-finite values and memory ---------------------------------------------------------------
+
+
+def overflowing_net():
+    """Two linear layers with weights 1e200: the states stay 0 (zero input and h0), but the
+    step Jacobian's block W_ih_l1 W_hh_l0 = 1e400 overflows float64."""
+    net = numrnn.RNN(1, 2, cell="linear", num_layers=2, bias=False, seed=0)
+    net.parameters["weight_hh_l0"][:] = 1e200 * np.eye(2)
+    net.parameters["weight_ih_l1"][:] = 1e200 * np.eye(2)
+    return net
+
+
+def test_nonfinite_products_are_reported():
+    """A Jacobian entry, J v or u^T J that overflows from a finite trajectory is reported through
+    numrnn.errors, naming the function, the step and the sequence: NonFiniteError by default; a
+    NonFiniteWarning and the inf values under nonfinite("warn")."""
+    net = overflowing_net()
+    x = np.zeros((3, 2, 1))
+    with pytest.raises(numrnn.NonFiniteError, match="jacobians: the step Jacobian J_t holds NaN "
+                                                    "or inf at step t=0 of sequence b=0"):
+        numrnn.jacobians(net, x)
+    v = np.ones((3, 2, 4))
+    with pytest.raises(numrnn.NonFiniteError, match="step_jvp: J_t v_t holds NaN or inf at step "
+                                                    "t=0 of sequence b=0"):
+        step_jvp(net, x, v)
+    with pytest.raises(numrnn.NonFiniteError, match=r"step_vjp: u_t\^T J_t holds NaN or inf"):
+        step_vjp(net, x, v)
+    with numrnn.nonfinite("warn"):
+        with pytest.warns(numrnn.NonFiniteWarning, match="jacobians: the step Jacobian"):
+            J = numrnn.jacobians(net, x)
+    # the block W_ih_l1 W_hh_l0 = 1e400 I: inf on its diagonal only
+    assert np.isinf(J[:, :, 2:, :2].diagonal(axis1=2, axis2=3)).all()
+    assert np.isfinite(J[:, :, :2]).all()
+
+
+def test_memory_check_names_the_sizes(monkeypatch):
+    """jacobians allocates T * B * S * S float64 numbers: compared with the memory available
+    before anything is allocated, a request that cannot fit is a MemoryError naming T, B, S,
+    the bytes and what would fit."""
+    monkeypatch.setattr(numrnn.config, "MEMORY_CHECK", True)
+    monkeypatch.setattr(numrnn._memory, "available_bytes", lambda: 64 << 20)
+    net = numrnn.RNN(1, 300, seed=0)
+    x = np.zeros((5000, 2, 1))
+    with pytest.raises(MemoryError, match=r"jacobians: the \(T, B, S, S\) = \(5000, 2, 300, 300\) "
+                                          r"step Jacobians and the float64 tangent-map "
+                                          r"coefficients for T=5000 steps, B=2 sequences, S=300 "
+                                          r"state dimensions \(N=300 units, tanh, 1 layer, "
+                                          r"float64\) needs [\d.]+ GiB, but only 64.0 MiB of "
+                                          r"memory are available; at most about T=4[0-9] "
+                                          r"steps"):
+        numrnn.jacobians(net, x)
+    with pytest.raises(MemoryError, match=r"step_jvp: the \(T, B, S\) = \(5000, 2, 300\) "
+                                          r"products .* needs [\d.]+ MiB"):
+        step_jvp(net, x, np.zeros((5000, 2, 300)))

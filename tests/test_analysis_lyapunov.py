@@ -1,6 +1,7 @@
 """Lyapunov spectra against exact results: random matrix products, linear and gate-only networks,
 the determinant identity, and the mean-field theory of random tanh networks."""
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -37,8 +38,12 @@ def test_rejects_bad_input():
         lyapunov_spectrum(net, x, transient=20)
     with pytest.raises(ValueError, match="ons_interval: expected an integer >= 1"):
         lyapunov_spectrum(net, x, ons_interval=0)
-    with pytest.raises(TypeError, match="seed: expected an int"):
+    with pytest.raises(TypeError, match="seed: expected None, a non-negative integer"):
         lyapunov_spectrum(net, x, seed="a")
+    with pytest.raises(ValueError, match="seed: .* got the negative integer -1"):
+        lyapunov_spectrum(net, x, seed=-1)
+    with pytest.raises(ValueError, match="seed: .* got the negative integer -2"):
+        lyapunov_from_jacobians(np.ones((4, 2, 2)), seed=-2)
     with pytest.raises(ValueError, match="no causal step map"):
         lyapunov_spectrum(numrnn.RNN(1, 3, num_layers=2, bidirectional=True), x)
     with pytest.raises(TypeError, match="J: expected a numpy array"):
@@ -100,13 +105,14 @@ def test_linear_diagonalisable(rng):
     assert_close(res.exponents, np.log(np.abs(mu)), atol=1e-12, rtol=0.0)
 
 
-@pytest.mark.parametrize("cell,layers,m", [("tanh", 1, 1), ("lstm", 2, 3), ("gru", 1, 2)])
+@pytest.mark.parametrize("cell,layers,m", [("tanh", 1, 1), ("lstm", 2, 2), ("gru", 1, 2)])
 def test_sum_equals_mean_log_det(cell, layers, m, rng):
     """Sum of all exponents = time average of ln|det J_t| over the measured steps: the product of
     the R_ii of one block is |det(J_{t+m-1} ... J_t Q)| = prod |det J| since Q is orthogonal.
     Exact at finite T up to rounding: the small R_ii of a QR carry a relative error of about
     macheps * cond(block product), ~1e-12 per step for the 2-layer LSTM (cond(J_t) ~ 3e3, sum
-    ~ -42 per step), hence rtol 1e-10."""
+    ~ -42 per step), hence rtol 1e-10.  (Three LSTM steps per block are refused: the frame's
+    last columns come within sin ~ 1e-8 of the others, see test_ons_interval_*.)"""
     net = numrnn.RNN(2, 4, cell=cell, num_layers=layers, seed=5)
     x = rng.standard_normal((300, 2, 2))
     J = numrnn.jacobians(net, x)
@@ -114,12 +120,21 @@ def test_sum_equals_mean_log_det(cell, layers, m, rng):
     logdet = np.linalg.slogdet(J[30:])[1].mean()
     assert_close(res.exponents.sum(), logdet, rtol=1e-10)
     # the dense and the matrix-free QR loops are one computation (same frame, same products,
-    # rounded differently: a block's small R_ii inherit macheps * cond of the m-step product,
-    # up to ~1e10 for three LSTM steps)
+    # rounded differently): each block's total sum_i ln|R_ii| is ln|det| of the block product
+    # in both, to 1e-10.  The 2-layer LSTM has a near-degenerate pair (lambda_14 ~ lambda_15):
+    # how a block's volume splits between the two follows the rounding of the frame (block
+    # values differ by up to ~1e-4 between the two loops, as much with m = 1 as with m = 2, while
+    # the pair's total agrees), and the time averages agree to a few 1e-7: rtol 1e-6 there.
     dense = lyapunov_from_jacobians(J, transient=30, ons_interval=m, seed=0)
-    rtol = 1e-10 if m == 1 else 1e-6
-    assert_close(dense.exponents, res.exponents, rtol=rtol)
-    assert_close(dense.local, res.local, rtol=rtol)
+    assert_close(dense.local.sum(axis=-1), res.local.sum(axis=-1), rtol=1e-10)
+    if cell == "lstm":
+        assert_close(dense.exponents, res.exponents, rtol=1e-6)
+    else:
+        assert_close(dense.exponents, res.exponents, rtol=1e-10)
+        assert_close(dense.local, res.local, rtol=1e-10)
+    if cell == "lstm":
+        with pytest.raises(ValueError, match="ons_interval: 3 steps between"):
+            lyapunov_spectrum(net, x, transient=30, ons_interval=3, seed=0)
 
 
 def test_gru_and_lstm_without_recurrence():
@@ -223,11 +238,206 @@ def test_result_object(rng):
 
 
 def test_float32_network_agrees_with_float64(rng):
-    """A float32 network runs its tangent maps and QR in float32 and accumulates ln|R_ii| in
-    float64.  On a contracting, input-driven GRU both dtypes follow the same trajectory, so the
-    exponents agree to float32 rounding of each step's log (~1e-7, averaged: assert 1e-5)."""
+    """A float32 network follows its own float32 trajectory, but its tangent maps and QR run in
+    float64 (the derivatives evaluated in float64 at its states).  On a contracting,
+    input-driven GRU both dtypes follow the same trajectory to float32 rounding, so the
+    exponents agree to that rounding of each step's log (~1e-7, averaged: assert 1e-5)."""
     x = rng.standard_normal((400, 2))
     nets = [numrnn.RNN(2, 6, cell="gru", seed=3, dtype=dt) for dt in (np.float64, np.float32)]
     res = [lyapunov_spectrum(net, x.astype(net.dtype), seed=0) for net in nets]
     assert res[1].exponents.dtype == np.float64
     assert_close(res[1].exponents, res[0].exponents, atol=1e-5, rtol=0.0)
+
+
+# --- float32 networks, singular steps, ons_interval, non-finite values, memory ------------------
+
+
+def test_float32_saturated_tanh_is_finite_and_matches_float64():
+    """tanh network with W_ij ~ N(0, g^2/N), g = 100, N = 80: the pre-activations have a spread
+    of about g, so most units sit where float32 rounds tanh(z) to exactly 1 (|z| > 9) and
+    tanh' = 1 - tanh^2 to exactly 0; at some steps every unit does, and a float32 tangent map
+    would be exactly 0 (k=1 was a ZeroDivisionError, k=3 gave -inf for all three exponents).
+    The derivatives are now float64 at the float32 states (0 only for |z| > 19, as for a float64
+    network), so the exponents are finite.  The float32 and float64 trajectories part within a
+    few steps (chaos), so only their statistics can agree: each lambda_1 must lie within 4
+    combined standard errors of the other's (batch means over 18,000 measured steps; the
+    observed difference is 1.5 of them)."""
+    res = {}
+    for dt in (np.float32, np.float64):
+        net = numrnn.RNN(1, 80, init="gaussian", gain=100.0, bias=False, seed=0, dtype=dt)
+        res[dt] = lyapunov_spectrum(net, n_steps=20000, k=1, seed=0)
+    a, b = res[np.float32], res[np.float64]
+    assert a.exponents.dtype == np.float64 and np.isfinite(a.exponents).all()
+    assert abs(a.exponents[0] - b.exponents[0]) < 4 * np.hypot(a.stderr[0], b.stderr[0])
+    # three exponents over a shorter run (where the float64 network has no exactly singular
+    # step either): all finite, each within 4 combined standard errors
+    short = {}
+    for dt in (np.float32, np.float64):
+        net = numrnn.RNN(1, 80, init="gaussian", gain=100.0, bias=False, seed=0, dtype=dt)
+        short[dt] = lyapunov_spectrum(net, n_steps=3000, k=3, seed=0)
+    a, b = short[np.float32], short[np.float64]
+    assert np.isfinite(a.exponents).all() and np.isfinite(b.exponents).all()
+    assert np.all(np.abs(a.exponents - b.exponents) < 4 * np.hypot(a.stderr, b.stderr))
+
+
+def test_exactly_singular_steps_give_minus_inf():
+    """A step that maps the frame exactly onto fewer dimensions makes R_ii exactly 0: the
+    exponents it kills are -inf (never a ZeroDivisionError).  Zero matrices kill all of them;
+    J = diag(2, 0, 0) keeps e_1 (lambda_1 = ln 2 exactly once the frame's first column is e_1,
+    after the first step) and kills the rest; a linear network with W_hh = 0 has J_t = 0.  The
+    result's derived quantities stay sensible: stderr NaN for -inf, Kaplan-Yorke ends its sum
+    there, h_KS counts only the positive exponents."""
+    for k in (1, 3):
+        res = lyapunov_from_jacobians(np.zeros((10, 3, 3)), k=k, seed=0)
+        assert np.array_equal(res.exponents, np.full(k, -np.inf))
+        assert np.isnan(res.stderr).all()
+        assert res.kaplan_yorke_dimension == 0.0 and res.ks_entropy == 0.0
+    # a zero matrix kills the whole frame in one step, whatever the interval
+    res = lyapunov_from_jacobians(np.zeros((10, 3, 3)), k=2, ons_interval=4, seed=0)
+    assert np.array_equal(res.exponents, np.full(2, -np.inf))
+    J = np.tile(np.diag([2.0, 0.0, 0.0]), (50, 1, 1))
+    res = lyapunov_from_jacobians(J, transient=5, seed=0)
+    assert_close(res.exponents[0], np.log(2.0), rtol=1e-14)
+    assert np.array_equal(res.exponents[1:], [-np.inf, -np.inf])
+    assert res.kaplan_yorke_dimension == 1.0
+    assert_close(res.ks_entropy, np.log(2.0), rtol=1e-14)
+    assert "exponents: [0.693147, -inf, -inf]" in repr(res)
+    assert repr(res).startswith("LyapunovResult(lambda_1 = 0.693147 +- 0 per step")
+    net = numrnn.RNN(1, 4, cell="linear", bias=False, seed=0)
+    net.parameters["weight_hh_l0"][:] = 0.0
+    res = lyapunov_spectrum(net, n_steps=20, k=1, seed=0)
+    assert np.array_equal(res.exponents, [-np.inf])
+    assert np.array_equal(res.per_time(0.5).exponents, [-np.inf])
+
+
+def _suggested(message):
+    return int(re.search(r"Use ons_interval=(\d+)", message).group(1))
+
+
+def test_ons_interval_too_long_is_refused_for_loss_of_orthogonality():
+    """tanh g = 3, N = 50, k = 3: lambda_1 - lambda_3 ~ 0.08 per step, so after 1000 steps the
+    third column of J...J Q lies within sin ~ e^-80 of the span of the first two: far below
+    rounding, and the QR returned lambda_3 = 0.217 instead of 0.175 with no error.  Now it is
+    refused, with the step, the column and an interval estimated from the block replayed with
+    a QR after every step.  With that interval the answer is the ons_interval=1 one: the R of a
+    block is the product of its steps' R's (uniqueness of QR), so only rounding differs, about
+    eps / s <= eps^(3/4) ~ 2e-12 per block of ln|R_ii| (atol 1e-9 per step)."""
+    net = numrnn.RNN(1, 50, init="gaussian", gain=3.0, bias=False, seed=0)
+    ref = lyapunov_spectrum(net, n_steps=20000, k=3, seed=0)
+    with pytest.raises(ValueError) as err:
+        lyapunov_spectrum(net, n_steps=20000, k=3, seed=0, ons_interval=1000)
+    msg = str(err.value)
+    assert re.match(r"ons_interval: 1000 steps between orthonormalisations is too long here: at "
+                    r"step t=999 of sequence b=0, 1000 steps after the last orthonormalisation, "
+                    r"column 3 of the propagated frame .* below sqrt\(eps\) = 1.5e-08", msg), msg
+    m = _suggested(msg)
+    assert 1 < m < 1000
+    res = lyapunov_spectrum(net, n_steps=20000, k=3, seed=0, ons_interval=m)
+    assert_close(res.exponents, ref.exponents, atol=1e-9, rtol=0.0)
+
+
+def test_ons_interval_too_long_is_refused_for_overflow():
+    """Linear network, W ~ N(0, 4/N): the frame grows like 2^t, so 1080 steps without a QR
+    overflow float64 (it was Numba's LinAlgError inside the QR).  h0 ~ 1e-250 keeps the state
+    itself finite for 1500 steps.  The message names the overflow and an interval; following
+    the suggestions (each from the growth measured on the refused block) ends at the
+    ons_interval=1 answer, to rounding (atol 1e-9 per step, as above)."""
+    net = numrnn.RNN(1, 50, cell="linear", init="gaussian", gain=2.0, bias=False, seed=0)
+    h0 = 1e-250 * np.random.default_rng(0).standard_normal((1, 50))
+    ref = lyapunov_spectrum(net, n_steps=1500, h0=h0, k=3, seed=0)
+    with pytest.raises(ValueError, match=r"ons_interval: 2000 steps .* the propagated frame J_t "
+                                         r"\.\.\. J_1 Q overflowed to inf or NaN") as err:
+        lyapunov_spectrum(net, n_steps=1500, h0=h0, k=3, seed=0, ons_interval=2000)
+    m = _suggested(str(err.value))
+    for _ in range(5):
+        try:
+            res = lyapunov_spectrum(net, n_steps=1500, h0=h0, k=3, seed=0, ons_interval=m)
+            break
+        except ValueError as again:
+            assert _suggested(str(again)) < m
+            m = _suggested(str(again))
+    assert_close(res.exponents, ref.exponents, atol=1e-9, rtol=0.0)
+
+
+def test_ons_interval_checks_on_given_matrices():
+    """J = diag(2, 0.5): after m steps the second column's part outside the first's span is
+    about 4^-m of it.  m = 30 (4^-30 ~ 1e-18) is refused, and the replay of the refused block
+    (from the random initial frame) measures a gap of nearly ln 4 per step, so the suggestion
+    is about floor(ln(eps^-1/4) / ln 4) = 6, which gives +-ln 2 to rounding (1e-12).  A float32
+    frame is held to its own sqrt(eps) ~ 3e-4: m = 8 (4^-8 ~ 2e-5) passes in float64, not in
+    float32.  Contraction by 1e-100 per step underflows after 3 steps
+    (refused with m = 5); overflow by 2 per step after 1024 (refused with m = 2000, k = 1).
+    With m = 1 nothing is refused, however far apart the exponents (1e10 against 1e-10)."""
+    J = np.tile(np.diag([2.0, 0.5]), (200, 1, 1))
+    with pytest.raises(ValueError, match=r"ons_interval: 30 steps .* column 2 of the propagated "
+                                         r"frame .* Use ons_interval=\d+ or less") as err:
+        lyapunov_from_jacobians(J, ons_interval=30, seed=0)
+    m = _suggested(str(err.value))
+    assert 5 <= m <= 7
+    res = lyapunov_from_jacobians(J, ons_interval=m, seed=0)
+    assert_close(res.exponents, np.log([2.0, 0.5]), atol=1e-12, rtol=0.0)
+    lyapunov_from_jacobians(J, ons_interval=8, seed=0)
+    with pytest.raises(ValueError, match=r"ons_interval: 8 steps .* sqrt\(eps\) = 0.00035"):
+        lyapunov_from_jacobians(J.astype(np.float32), ons_interval=8, seed=0)
+    tiny = np.tile(1e-100 * np.eye(2), (20, 1, 1))
+    with pytest.raises(ValueError, match=r"ons_interval: 5 steps .* at step t=2 of sequence b=0, "
+                                         r"3 steps after .* shrank to [\d.]+e-30[01]"):
+        lyapunov_from_jacobians(tiny, k=1, transient=0, ons_interval=5, seed=0)
+    res = lyapunov_from_jacobians(tiny, k=1, seed=0)
+    assert_close(res.exponents, [np.log(1e-100)], rtol=1e-15)
+    with pytest.raises(ValueError, match="ons_interval: 2000 steps .* overflowed"):
+        lyapunov_from_jacobians(np.tile(2.0 * np.eye(2), (1500, 1, 1)), k=1, transient=0,
+                                ons_interval=2000, seed=0)
+    wide = np.tile(np.diag([1e10, 1e-10]), (50, 1, 1))
+    res = lyapunov_from_jacobians(wide, seed=0)
+    assert_close(res.exponents, np.log([1e10, 1e-10]), rtol=1e-14)
+    with pytest.raises(ValueError, match="ons_interval: 2 steps"):
+        lyapunov_from_jacobians(wide, ons_interval=2, seed=0)
+
+
+def overflowing_net():
+    """Two linear layers with weights 1e200: the states stay 0 (zero input and h0), but the
+    step Jacobian's block W_ih_l1 W_hh_l0 = 1e400 overflows float64."""
+    net = numrnn.RNN(1, 2, cell="linear", num_layers=2, bias=False, seed=0)
+    net.parameters["weight_hh_l0"][:] = 1e200 * np.eye(2)
+    net.parameters["weight_ih_l1"][:] = 1e200 * np.eye(2)
+    return net
+
+
+def test_nonfinite_frame_is_reported():
+    """A frame that overflows one step after its QR (not the interval's fault) is reported
+    through numrnn.errors with the function and the step: NonFiniteError by default, a warning
+    and NaN exponents under nonfinite("warn"), the same silently under "ignore"."""
+    net = overflowing_net()
+    with pytest.raises(numrnn.NonFiniteError,
+                       match="lyapunov_spectrum: the tangent frame became NaN or inf at step "
+                             "t=0 of sequence b=0"):
+        lyapunov_spectrum(net, np.zeros((10, 1)), seed=0)
+    with numrnn.nonfinite("warn"):
+        with pytest.warns(numrnn.NonFiniteWarning, match="lyapunov_spectrum: the tangent frame"):
+            res = lyapunov_spectrum(net, np.zeros((10, 1)), seed=0)
+    assert np.isnan(res.exponents).all()
+    assert np.isnan(res.kaplan_yorke_dimension) and np.isnan(res.ks_entropy)
+    with numrnn.nonfinite("ignore"):
+        res = lyapunov_spectrum(net, np.zeros((10, 1)), seed=0)
+    assert np.isnan(res.exponents).all()
+    # J_0 turns the frame to (1, 1) / sqrt(2); J_1 q = 1.7e308 * sqrt(2) overflows
+    J = np.stack([np.full((2, 2), 0.5), np.full((2, 2), 1.7e308), np.eye(2)])
+    with pytest.raises(numrnn.NonFiniteError, match="lyapunov_from_jacobians: the tangent frame "
+                                                    "became NaN or inf at step t=1"):
+        lyapunov_from_jacobians(J, k=1, transient=0, seed=0)
+
+
+def test_memory_check_before_the_float64_coefficients(monkeypatch):
+    """A float32 network's float64 coefficients (and the float64 re-run of its steps) are
+    compared with the memory available before anything is allocated: a request that cannot fit
+    is a MemoryError naming T, B, S and the bytes."""
+    monkeypatch.setattr(numrnn.config, "MEMORY_CHECK", True)
+    monkeypatch.setattr(numrnn._memory, "available_bytes", lambda: 8 << 20)
+    net = numrnn.RNN(1, 200, dtype=np.float32, seed=0)
+    with pytest.raises(MemoryError, match=r"lyapunov_spectrum: the frames of k=1 tangent vectors "
+                                          r"and the float64 tangent-map coefficients \(and the "
+                                          r"float64 re-run of every float32 step\) for T=20000 "
+                                          r"steps, B=1 sequences, S=200 state dimensions .* "
+                                          r"needs [\d.]+ MiB, but only 8.0 MiB"):
+        lyapunov_spectrum(net, n_steps=20000, k=1, seed=0)

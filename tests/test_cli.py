@@ -1,13 +1,20 @@
 """The numrnn command, run for real at small sizes: exit codes, messages, files that parse."""
 import csv
 import json
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import numrnn
 from numrnn.cli import main
+from numrnn.experiments import LinearReadout, save_model
+
+TINY_STUDY = ["study", "-N", "4", "--gains", "1", "2", "--seeds", "1", "--steps", "30",
+              "--transient", "5", "-k", "2", "--max-lag", "5", "--no-plot"]
 
 
 def _run(capsys, *argv):
@@ -19,6 +26,29 @@ def _run(capsys, *argv):
 def _csv(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def _strict_json(path):
+    """Parse as strict JSON: a bare NaN, Infinity or -Infinity token is an error."""
+    def refuse(token):
+        raise ValueError(f"{path}: invalid JSON token {token}")
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
+def _one_error_line(err, prog):
+    """stderr holds exactly one line, ``<prog>: error: ...``, and no traceback."""
+    assert err.count("\n") == 1 and err.startswith(f"{prog}: error: "), err
+    assert "Traceback" not in err and "usage:" not in err
+    return err.strip()
+
+
+def _no_work(monkeypatch):
+    """Make any computation fail the test: errors must come before the work."""
+    def refuse(*a, **kw):
+        raise AssertionError("the work started although an argument was bad")
+    for name in ("numrnn.experiments.study.run_study", "numrnn.experiments.training.train",
+                 "numrnn.analysis.fixed_points"):
+        monkeypatch.setattr(name, refuse)
 
 
 # --- bad arguments first -----------------------------------------------------------------
@@ -40,28 +70,247 @@ def _csv(path):
     (["train", "--task", "sorting"], ["--task", "invalid choice", "'sorting'"]),
     (["train", "--task", "adding", "--clip", "-1"], ["--clip", ">= 0", "-1.0"]),
     (["fixed-points", "no/such/params.npz"], ["PARAMS", "no such file"]),
-    (["frobnicate"], ["invalid choice", "'frobnicate'"]),
+    (["frobnicate"], ["COMMAND: invalid choice", "'frobnicate'", "(see `numrnn --help`)"]),
+    (["study", "--steps"], ["--steps: expected one argument", "(see `numrnn study --help`)"]),
+    (["study", "--no-such-option", "1"], ["--no-such-option 1: not an option"]),
+    (["study", "-k", "2", "--full-spectrum"], ["--full-spectrum: not allowed with"]),
+    # a gain sweep of an initialiser that takes no gain would print identical rows
+    (["study", "--init", "default", "--gains", "0.5", "2", "4"],
+     ["--init: 'default'", "takes no gain", "identical rows", "'gaussian'"]),
+    (["study", "--scheduler", "bogus"], ["--scheduler: expected a Dask scheduler address",
+                                         "got 'bogus'"]),
+    (["study", "--scheduler", "local:0"], ["--scheduler: expected 'local' or 'local:N'"]),
+    # longer than the shipped text: the option is --T (there is no --text)
+    (["train", "--task", "charlm", "--T", "100000"],
+     ["--T: expected at most 4350, the longest window this text allows", "the text has 4351",
+      "got 100000"]),
 ])
-def test_bad_arguments_exit_2_with_a_clear_message(capsys, argv, words):
+def test_bad_arguments_exit_2_with_one_clear_line(capsys, monkeypatch, argv, words):
+    _no_work(monkeypatch)
     rc, out, err = _run(capsys, *argv)
-    assert rc == 2
-    assert err.startswith("usage:") or err.startswith(f"numrnn {argv[0]}: error:")
+    assert rc == 2 and out == ""
+    prog = "numrnn" if argv[0] == "frobnicate" else f"numrnn {argv[0]}"
+    line = _one_error_line(err, prog)
     for w in words:
-        assert w in err, (w, err)
+        assert w in line, (w, line)
+    assert "--text" not in line
 
 
-def test_out_must_be_a_directory(capsys, tmp_path):
+@pytest.mark.parametrize("exc, words", [
+    (ValueError("max_lag: expected fewer than steps=30, got 40"),
+     ["--max-lag: expected fewer than steps=30, got 40"]),
+    (ValueError("hidden_size: expected an integer >= 1, got 0"), ["--hidden-size: expected"]),
+    (TypeError("x: expected a numpy array, got list"), ["x: expected a numpy array"]),
+    (RuntimeError("device: no CUDA device is usable"), ["--device: no CUDA device"]),
+    (MemoryError("forward: the tape needs 24 GB,\nat most T=100 steps fit"),
+     ["forward: the tape needs 24 GB, at most T=100 steps fit"]),
+    (numrnn.NonFiniteError("vjp: the gradient dL/dh of layer 0 became NaN or inf at step t=3"),
+     ["vjp: the gradient dL/dh of layer 0 became NaN or inf at step t=3"]),
+])
+def test_library_errors_while_running_are_one_line_with_status_2(capsys, monkeypatch, tmp_path,
+                                                                 exc, words):
+    """What the library raises while the command runs is one line with exit status 2 (it was a
+    traceback, or status 1), with the library's argument names as the command's options."""
+    def run_study(*a, **kw):
+        raise exc
+    monkeypatch.setattr("numrnn.experiments.study.run_study", run_study)
+    rc, _, err = _run(capsys, *TINY_STUDY, "--out", str(tmp_path))
+    assert rc == 2
+    line = _one_error_line(err, "numrnn study")
+    for w in words:
+        assert w in line, (w, line)
+
+
+# --- --out is checked before any work, and results are never lost ---------------------------
+
+
+@pytest.mark.parametrize("where", ["file", "file/sub", "/proc/numrnn-no-such-dir/out",
+                                   "/proc/self"])
+def test_unwritable_out_fails_before_the_work(capsys, monkeypatch, tmp_path, where):
+    """An --out under an existing file, where directories cannot be made (/proc), or where no
+    file can be created (/proc/self exists): one line, status 2, before any computation."""
+    (tmp_path / "file").write_text("x")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    _no_work(monkeypatch)
+    rc, stdout, err = _run(capsys, *TINY_STUDY, "--out", out)
+    assert rc == 2 and stdout == ""
+    line = _one_error_line(err, "numrnn study")
+    assert line.startswith("numrnn study: error: --out: expected a directory") and out in line
+
+
+def test_train_out_must_be_a_directory(capsys, tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
     rc, _, err = _run(capsys, "train", "--task", "adding", "--T", "5", "--steps", "1",
-                      "--out", str(target))
-    assert rc == 2 and "--out: expected a directory" in err
+                      "--no-plot", "--out", str(target))
+    assert rc == 2 and "--out: expected a directory" in _one_error_line(err, "numrnn train")
 
 
-def test_fixed_points_rejects_a_foreign_file(capsys, tmp_path):
-    np.savez(tmp_path / "x.npz", a=np.ones(2))
-    rc, _, err = _run(capsys, "fixed-points", str(tmp_path / "x.npz"))
-    assert rc == 2 and "PARAMS: " in err and "not a numrnn parameter file" in err
+def test_a_late_write_failure_loses_nothing(capsys, monkeypatch, tmp_path):
+    """study.json cannot be written in --out after the computation (a disk filled up): the
+    table is still printed, the file goes to a temporary directory, and the one error line
+    says where."""
+    import numrnn.cli as cli
+
+    out = tmp_path / "out"
+    real = cli._json_writer
+
+    def full_disk(payload):
+        write = real(payload)
+
+        def maybe(path):
+            if path.parent == out:
+                raise OSError(28, "No space left on device")
+            write(path)
+        return maybe
+    monkeypatch.setattr(cli, "_json_writer", full_disk)
+    rc, stdout, err = _run(capsys, *TINY_STUDY, "-q", "--out", str(out))
+    assert rc == 2 and "lambda_max" in stdout and (out / "study.csv").exists()
+    line = _one_error_line(err, "numrnn study")
+    assert "--out: could not write study.json (No space left on device)" in line
+    spare = line.split("written to '")[1].split("'")[0]
+    assert len(_strict_json(f"{spare}/study.json")["rows"]) == 2
+
+
+# --- broken pipe ------------------------------------------------------------------------------
+
+
+def _study_command(out, *extra):
+    return [sys.executable, "-m", "numrnn", *TINY_STUDY, "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("redirect", ["", "2>&1"])
+def test_study_piped_into_head_ends_quietly_after_writing_its_files(tmp_path, redirect):
+    """`numrnn study ... | head -1` (also with stderr in the pipe): the first line comes out, the
+    files are written, no traceback and no "Exception ignored" message, exit status 0
+    (pipefail: numrnn's own)."""
+    cmd = " ".join(shlex.quote(a) for a in _study_command(tmp_path))
+    res = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd} {redirect} | head -1"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("numrnn study: 2 points") and res.stdout.count("\n") == 1
+    for word in ("Traceback", "Exception ignored", "BrokenPipe", "error"):
+        assert word not in res.stderr, res.stderr
+    assert len(_csv(tmp_path / "study.csv")) == 2
+    assert len(_strict_json(tmp_path / "study.json")["rows"]) == 2
+
+
+def test_study_with_a_closed_stdout_writes_its_files_and_exits_0(tmp_path):
+    """The reader is gone before the first line (its end of the pipe is closed at once), so
+    every print meets EPIPE: the command still computes and writes, says nothing on stderr,
+    and exits 0."""
+    with subprocess.Popen(_study_command(tmp_path, "-q"), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        proc.stdout.close()
+        err = proc.stderr.read()
+        rc = proc.wait(timeout=300)
+    assert rc == 0 and err == "", err
+    assert len(_csv(tmp_path / "study.csv")) == 2
+    assert len(_strict_json(tmp_path / "study.json")["rows"]) == 2
+
+
+# --- optional extras: missing ones are named before the work ---------------------------------
+
+
+@pytest.mark.parametrize("command, figure", [
+    (["study", "-N", "4", "--gains", "1", "--seeds", "1", "--steps", "30", "--transient", "5",
+      "-k", "2", "--max-lag", "5"], "study.png"),
+    (["train", "--task", "adding", "--T", "5", "-N", "4", "--steps", "2"], "train.png"),
+    (["fixed-points", "PARAMS"], "fixed_points.png"),
+])
+def test_missing_matplotlib_fails_before_the_work(capsys, monkeypatch, tmp_path, saved_params,
+                                                  command, figure):
+    """The commands promise a PNG: without matplotlib (and without --no-plot) they say so in one
+    line, with both ways out, before computing anything."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    _no_work(monkeypatch)
+    argv = [str(saved_params) if a == "PARAMS" else a for a in command]
+    rc, out, err = _run(capsys, *argv, "--out", str(tmp_path / "out"))
+    assert rc == 2 and out == ""
+    line = _one_error_line(err, f"numrnn {command[0]}")
+    assert f"error: {figure}: figures need matplotlib" in line
+    assert "pip install 'numrnn[plot]'" in line and "--no-plot" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_dask_is_named_with_the_extra_to_install(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    _no_work(monkeypatch)
+    rc, _, err = _run(capsys, *TINY_STUDY, "--scheduler", "local:2", "--out",
+                      str(tmp_path / "out"))
+    assert rc == 2
+    line = _one_error_line(err, "numrnn study")
+    assert "--scheduler: Dask sweeps need" in line and "pip install 'numrnn[dask]'" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_scheduler_is_one_line_after_the_timeout(tmp_path):
+    """Nothing listens on port 1 of the loopback: one line naming the address and the timeout
+    (--scheduler-timeout, 10 s by default; 1 s here), status 2, no rows computed."""
+    pytest.importorskip("dask.distributed", reason="the Dask scheduler test needs numrnn[dask]")
+    res = subprocess.run(_study_command(tmp_path, "-q", "--scheduler", "tcp://127.0.0.1:1",
+                                        "--scheduler-timeout", "1"),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    line = _one_error_line(res.stderr, "numrnn study")
+    assert "--scheduler: could not connect to 'tcp://127.0.0.1:1' within 1 s" in line
+    assert not (tmp_path / "study.csv").exists()
+
+
+# --- fixed-points: damaged and foreign files ---------------------------------------------------
+
+
+@pytest.fixture
+def saved_params(tmp_path):
+    """A params.npz as `numrnn train` writes it (GRU, flip-flop metadata), without training."""
+    net = numrnn.RNN(3, 4, cell="gru", seed=0)
+    path = tmp_path / "params.npz"
+    save_model(path, net, LinearReadout(4, 3, seed=1), {"task": "flipflop", "T": 10})
+    return path
+
+
+def _damage(kind, good, path):
+    data = good.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[:len(data) // 2])
+    elif kind == "bit-flipped":  # one bit inside the stored data of the first array
+        flipped = bytearray(data)
+        flipped[200] ^= 0x10
+        path.write_bytes(bytes(flipped))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "plain npz":
+        np.savez(path, weights=np.ones(3))
+    elif kind == "npy":
+        with open(path, "wb") as fh:
+            np.save(fh, np.ones(3))
+    elif kind == "text":
+        path.write_text("gain,seed\n1.0,0\n")
+    elif kind == "directory":
+        path.mkdir()
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("truncated", ["could not read", "truncated or damaged", "BadZipFile"]),
+    ("bit-flipped", ["could not read", "truncated or damaged", "Bad CRC-32"]),
+    ("empty", ["an empty file"]),
+    ("plain npz", ["is not a numrnn parameter file", "no '__numrnn__' record"]),
+    ("npy", ["not a zip archive"]),
+    ("text", ["not a zip archive"]),
+    ("directory", ["a directory"]),
+])
+def test_fixed_points_refuses_a_damaged_or_foreign_params_file(capsys, tmp_path, saved_params,
+                                                               kind, words):
+    bad = tmp_path / "bad.npz"
+    _damage(kind, saved_params, bad)
+    rc, out, err = _run(capsys, "fixed-points", str(bad), "--out", str(tmp_path / "fp"))
+    assert rc == 2 and out == ""
+    line = _one_error_line(err, "numrnn fixed-points")
+    assert line.startswith("numrnn fixed-points: error: PARAMS: ") and str(bad) in line
+    for w in words:
+        assert w in line, (w, line)
 
 
 def test_no_command_prints_help(capsys):
@@ -114,6 +363,7 @@ def test_import_numrnn_pulls_in_neither_matplotlib_nor_dask_nor_cuda():
                                          ("lorenz", ["--T", "30"]),
                                          ("charlm", ["--T", "12", "--cell", "gru"])])
 def test_train_writes_parameters_losses_and_figure(capsys, tmp_path, task, extra):
+    pytest.importorskip("matplotlib", reason="the figure needs numrnn[plot]")
     out_dir = tmp_path / task
     rc, out, err = _run(capsys, "train", "--task", task, "-N", "8", "--steps", "12",
                         "--batch-size", "8", "--out", str(out_dir), *extra)
@@ -122,7 +372,7 @@ def test_train_writes_parameters_losses_and_figure(capsys, tmp_path, task, extra
     assert "train " + task in err  # the progress bar
     losses = [float(r["loss"]) for r in _csv(out_dir / "losses.csv")]
     assert len(losses) == 12 and np.isfinite(losses).all()
-    meta = json.loads((out_dir / "train.json").read_text())
+    meta = _strict_json(out_dir / "train.json")
     assert meta["numrnn_version"] and meta["parameters"]["task"] == task
     assert np.isfinite(meta["eval_loss"]) and meta["chance"] > 0
     assert (out_dir / "train.png").stat().st_size > 1000
@@ -152,7 +402,7 @@ def test_lstm_beats_half_of_chance_on_the_adding_problem(capsys, tmp_path):
     """
     rc, out, err = _run(capsys, "train", "--task", "adding", "--T", "50", "--cell", "lstm",
                         "-N", "16", "--lr", "0.02", "--steps", "1500", "--stop-below",
-                        str(1 / 36), "--seed", "0", "--out", str(tmp_path), "-q")
+                        str(1 / 36), "--seed", "0", "--out", str(tmp_path), "-q", "--no-plot")
     assert rc == 0, err
     meta = json.loads((tmp_path / "train.json").read_text())
     assert meta["eval_loss"] < 0.5 * meta["chance"], out
@@ -165,6 +415,7 @@ def test_flipflop_trains_and_has_eight_stable_fixed_points(capsys, tmp_path):
     1% of chance), and `numrnn fixed-points` finds 2^3 = 8 stable fixed points of the trained
     network under zero input, one per memory (Sussillo and Barak 2013), each read out as a
     distinct sign pattern."""
+    pytest.importorskip("matplotlib", reason="the figure needs numrnn[plot]")
     from numrnn.experiments import load_model
 
     rc, out, err = _run(capsys, "train", "--task", "flipflop", "--cell", "tanh", "-N", "24",
@@ -180,9 +431,52 @@ def test_flipflop_trains_and_has_eight_stable_fixed_points(capsys, tmp_path):
     stable = [r for r in rows if r["stable"] == "True"]
     assert len(stable) == 8, out
     assert all(float(r["residual"]) < 1e-8 for r in rows)
-    payload = json.loads((tmp_path / "fp" / "fixed_points.json").read_text())
+    payload = _strict_json(tmp_path / "fp" / "fixed_points.json")
     points = np.array(payload["points"])[[r["stable"] for r in payload["rows"]]]
     readout = load_model(tmp_path / "params.npz").readout
     patterns = {tuple(p) for p in np.sign(readout.forward(points)).astype(int)}
     assert len(patterns) == 8
     assert (tmp_path / "fp" / "fixed_points.png").stat().st_size > 1000
+
+
+def test_diverging_training_saves_the_last_finite_state_and_says_where(capsys, tmp_path):
+    """SGD with lr = 1e10 and no clipping overflows at the second step: one error line naming
+    the step (it named the engine's argument `d_output` and saved nothing), status 2, and
+    params.npz (the finite parameters after step 0), losses.csv and train.json are written."""
+    from numrnn.experiments import load_model
+
+    rc, out, err = _run(capsys, "train", "--task", "adding", "--cell", "relu", "--lr", "1e10",
+                        "--clip", "0", "--optimizer", "sgd", "-N", "4", "--T", "10", "--steps",
+                        "20", "--batch-size", "4", "--no-plot", "-q", "--out", str(tmp_path))
+    assert rc == 2
+    line = _one_error_line(err, "numrnn train")
+    assert "training diverged at step 1 of 20" in line and "d_output" not in line
+    assert f"written to {tmp_path / 'params.npz'}" in line and "--lr" in line
+    assert "diverged at step 1 of 20" in out
+    saved = load_model(tmp_path / "params.npz")
+    assert all(np.isfinite(v).all() for v in saved.net.state_dict().values())
+    assert saved.meta["diverged_at"] == 1 and saved.meta["eval_loss"] is None
+    assert [r["step"] for r in _csv(tmp_path / "losses.csv")] == ["0"]
+    meta = _strict_json(tmp_path / "train.json")
+    assert meta["diverged_at"] == 1 and meta["steps_run"] == 1 and meta["eval_loss"] is None
+    assert meta["status"].startswith("diverged at step 1 of 20: ")
+
+
+def test_fixed_points_uses_the_library_tolerance_of_a_float32_network(capsys, tmp_path):
+    """A float32 network's fixed points have residuals of about 1e-8 (float32 rounding), so the
+    CLI's old --tol 1e-10 missed most of them; without --tol the CLI uses numrnn.fixed_points'
+    per-dtype default (1e-5 for float32) and finds exactly what the library finds."""
+    net = numrnn.RNN(1, 6, cell="tanh", bias=False, dtype=np.float32, init="gaussian", gain=2.0,
+                     seed=2)
+    save_model(tmp_path / "params.npz", net)
+    rc, out, err = _run(capsys, "fixed-points", str(tmp_path / "params.npz"), "--n-initial",
+                        "64", "--no-plot", "-q", "--out", str(tmp_path / "fp"))
+    assert rc == 0, err
+    ours = numrnn.fixed_points(net, n_initial=64, seed=0)
+    strict = numrnn.fixed_points(net, n_initial=64, seed=0, tol=1e-10)
+    assert len(strict.residuals) < len(ours.residuals)  # the case tells the two apart
+    payload = _strict_json(tmp_path / "fp" / "fixed_points.json")
+    assert payload["n_fixed_points"] == len(ours.residuals)
+    assert payload["n_stable"] == int(np.sum(ours.stable))
+    assert [r["residual"] for r in payload["rows"]] == [float(r) for r in ours.residuals]
+    assert payload["parameters"]["tol"] is None

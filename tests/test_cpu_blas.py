@@ -38,6 +38,7 @@ def test_threaded_matrix_products_equal_numpy(rng, monkeypatch, dtype, numpy_bla
         pytest.skip("NumPy's BLAS cannot be controlled here")
     monkeypatch.setattr(blas, "numpy_blas_controlled", lambda: numpy_blas)
     monkeypatch.setattr(config, "NUM_THREADS", 3)
+    monkeypatch.setattr(config, "PARALLEL_BLOCKS", 3)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
     a = rng.standard_normal((50, 7)).astype(dtype)
     b = rng.standard_normal((7, 5)).astype(dtype)

@@ -122,6 +122,53 @@ def test_parameter_edits_take_effect(rng):
     assert_close(after, want)
 
 
+def test_in_place_edits_are_checked_before_the_upload():
+    net = numrnn.RNN(2, 3, device="cuda")
+    net.parameters["weight_hh_l0"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"parameters\['weight_hh_l0'\].*1 NaN/inf entry"):
+        net.forward(np.zeros((3, 1, 2)))
+
+
+# the simulator runs kernels as Python threads on NumPy scalars, which warn on overflow (a GPU
+# does not); numrnn's own report is what is tested
+@pytest.mark.filterwarnings("ignore:.*overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:.*invalid value encountered:RuntimeWarning")
+def test_a_diverging_state_is_reported_on_the_gpu():
+    net = numrnn.RNN(1, 2, cell="linear", init="identity", gain=1e3, bias=False,
+                     device="cuda")
+    x = np.ones((120, 2, 1))
+    x[:, 0] = 0.0
+    with pytest.raises(numrnn.NonFiniteError, match="layer 0 became NaN or inf at step t=1.* b=1"):
+        net.forward(x)
+    with numrnn.nonfinite("ignore"):
+        got = net.forward(x)[0]
+        want = net.to("cpu").forward(x)[0]
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+
+
+# the simulator runs kernels as Python threads on NumPy scalars, which warn on overflow (a GPU
+# does not); numrnn's own report is what is tested
+@pytest.mark.filterwarnings("ignore:.*overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:.*invalid value encountered:RuntimeWarning")
+def test_exploding_gradients_are_reported_on_the_gpu():
+    net = numrnn.RNN(1, 2, cell="linear", init="identity", gain=1e3, bias=False,
+                     device="cuda")
+    net.parameters["weight_hh_l0"] = np.eye(2) * 1e3
+    x = np.zeros((120, 1, 1))
+    with pytest.raises(numrnn.NonFiniteError, match="vjp: the gradient dL/dh of layer 0"):
+        net.vjp(x, np.ones((120, 1, 2)))
+
+
+def test_state_grad_norm_is_float64_and_scaled_on_the_gpu(rng):
+    net, x, h0, d_out, d_h = make_problem(rng, "gru", T=3, B=2, bidirectional=True,
+                                          dtype=np.float32)
+    ref = net.vjp(x, d_out * np.float32(4e25), h0)
+    got = net.to("cuda").vjp(x, d_out * np.float32(4e25), h0)
+    assert got["state_grad_norm"].dtype == np.float64
+    assert np.isfinite(got["state_grad_norm"]).all()
+    assert_close(got["state_grad_norm"], ref["state_grad_norm"], rtol=1e-6)
+
+
 def test_info_reports_the_path():
     info = gpu.info()
     assert info["device"] == "CUDA simulator"

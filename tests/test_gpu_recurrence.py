@@ -162,14 +162,16 @@ def test_recurrence_drivers_match_cpu_kernels(rng):
     h0 = rng.standard_normal((B, N))
     c0 = np.zeros((B, N))
     d = cuda.to_device
-    oh, oc, aux = cpu.forward(kind, act, 1.0, xp, w, b, h0, c0, True)
+    oh, oc, aux, bad = cpu.forward(kind, act, 1.0, xp, w, b, h0, c0, True)
+    assert (bad == -1).all()
     g = gpu.forward(kind, act, 1.0, d(xp), d(w), d(b), d(h0), d(c0), True)
     for got, want in zip(g, (oh, oc, aux)):
         if want.shape[0] == T:
             assert_close(got.copy_to_host(), want)
     d_out = rng.standard_normal((T, B, N))
     dh = rng.standard_normal((B, N))
-    want = cpu.backward(kind, act, 1.0, w, h0, c0, oh, oc, aux, d_out, dh, dh * 0, True, 2)
+    *want, bad = cpu.backward(kind, act, 1.0, w, h0, c0, oh, oc, aux, d_out, dh, dh * 0, True, 2)
+    assert (bad == -1).all()
     got = gpu.backward(kind, act, 1.0, d(w), d(h0), d(c0), *g, d(d_out), d(dh), d(dh * 0), True, 2)
     for a, bb in zip(got, want):
         assert_close(a.copy_to_host(), bb)

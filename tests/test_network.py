@@ -23,7 +23,13 @@ from tests.tolerance import assert_close
     (dict(dtype=np.int32), TypeError, ["dtype", "int32"]),
     (dict(dtype=np.complex128), TypeError, ["dtype", "complex128"]),
     (dict(init="xavier"), ValueError, ["init", "'xavier'"]),
-    (dict(gain=-1.0), ValueError, ["gain", "-1.0"]),
+    (dict(init="gaussian", gain=-1.0), ValueError, ["gain", "-1.0"]),
+    (dict(gain=2.0), ValueError, ["gain", "init='default'", "ignored", "gaussian"]),
+    (dict(init="default", gain=1.0), ValueError, ["gain", "init='default'"]),
+    (dict(seed=-1), ValueError, ["seed", "negative", "-1"]),
+    (dict(seed=2.5), TypeError, ["seed", "2.5"]),
+    (dict(seed="abc"), TypeError, ["seed", "'abc'"]),
+    (dict(seed=[1, -2]), ValueError, ["seed", "-2"]),
     (dict(cell="rate", nonlinearity="sigmoid"), ValueError, ["nonlinearity", "'sigmoid'"]),
     (dict(cell="tanh", nonlinearity="relu"), ValueError, ["nonlinearity", "'relu'"]),
     (dict(bidirectional="yes"), TypeError, ["bidirectional", "'yes'"]),
@@ -123,6 +129,96 @@ def test_load_state_dict_checks_names_shapes_and_dtype(small_net):
         small_net.load_state_dict(bad)
 
 
+# --- writing into the parameters: every path is checked before a kernel reads it --------------
+
+
+def _run_all(net):
+    """Every public path that reads the parameters."""
+    x = np.zeros((3, 2, net.input_size), net.dtype)
+    yield lambda: net.forward(x)
+    yield lambda: net.vjp(x, np.zeros((3, 2, net.hidden_size), net.dtype))
+    yield lambda: net.forward_pullback(x)
+    yield lambda: net.to_torch() if net.cell in ("tanh", "relu", "lstm", "gru") else net.forward(x)
+    yield lambda: numrnn.jacobians(net, x)
+    yield lambda: numrnn.lyapunov_spectrum(net, n_steps=5, k=1, seed=0)
+
+
+@pytest.mark.parametrize("cell, name, value, exc, words", [
+    ("gru", "bias_hh_l0", np.zeros(3), ValueError, ["parameters['bias_hh_l0']", "(12,)", "(3,)"]),
+    ("lstm", "weight_hh_l0", np.zeros((8, 8)), ValueError,
+     ["parameters['weight_hh_l0']", "(16, 4)", "(8, 8)"]),
+    ("tanh", "weight_hh_l0", np.full((4, 4), np.nan), ValueError,
+     ["parameters['weight_hh_l0']", "finite", "16 NaN/inf"]),
+    ("tanh", "weight_hh_l0", np.zeros((4, 4), np.float32), TypeError,
+     ["parameters['weight_hh_l0']", "float64", "float32"]),
+    ("tanh", "weight_hh_l0", np.zeros((4, 4), np.int64), TypeError,
+     ["parameters['weight_hh_l0']", "int64"]),
+    ("tanh", "weight_hh_l7", np.zeros((4, 4)), ValueError, ["weight_hh_l7", "weight_hh_l0"]),
+])
+def test_assigning_a_bad_parameter_is_refused(cell, name, value, exc, words):
+    net = numrnn.RNN(3, 4, cell=cell, seed=0)
+    before = net.state_dict()
+    with pytest.raises(exc) as info:
+        net.parameters[name] = value
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+    for k, v in net.state_dict().items():  # nothing was written
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_parameters_cannot_be_deleted_and_unknown_names_raise_key_error():
+    net = numrnn.RNN(3, 4, seed=0)
+    with pytest.raises(TypeError, match="weight_hh_l0.*cannot be deleted"):
+        del net.parameters["weight_hh_l0"]
+    with pytest.raises(KeyError, match="weight_hh_l9.*weight_hh_l0"):
+        net.parameters["weight_hh_l9"]
+    assert list(net.parameters) == list(net.state_dict()) and len(net.parameters) == 4
+    assert "ParameterDict" in repr(net.parameters)
+
+
+@pytest.mark.parametrize("edit, exc, words", [
+    (lambda p: p["weight_hh_l0"].__setitem__((0, 0), np.nan), ValueError,
+     ["parameters['weight_hh_l0']", "1 NaN/inf entry", "in place"]),
+    (lambda p: p["bias_ih_l0"].__setitem__(slice(None), np.inf), ValueError,
+     ["parameters['bias_ih_l0']", "4 NaN/inf"]),
+    (lambda p: setattr(p["weight_hh_l0"], "shape", (2, 8)), ValueError,
+     ["parameters['weight_hh_l0']", "(4, 4)", "(2, 8)"]),
+    (lambda p: setattr(p["weight_ih_l0"], "dtype", np.int64), TypeError,
+     ["parameters['weight_ih_l0']", "float64", "int64"]),
+])
+def test_in_place_edits_are_checked_before_any_kernel_reads_them(edit, exc, words):
+    net = numrnn.RNN(3, 4, seed=0)
+    edit(net.parameters)
+    for call in _run_all(net):
+        with pytest.raises(exc) as info:
+            call()
+        for word in words:
+            assert word in str(info.value), (word, str(info.value))
+
+
+def test_valid_in_place_edits_take_effect(rng):
+    net, x, h0, _, _ = make_problem(rng, "tanh")
+    p = net.parameters
+    w = p["weight_hh_l0"]
+    p["weight_hh_l0"] *= 0.5                 # goes through __setitem__ with the same array
+    assert p["weight_hh_l0"] is w
+    p["weight_hh_l0"][:] = 2.0 * w            # written into the live array
+    p["bias_ih_l0"] = np.zeros(4)             # checked, copied
+    ref = numrnn.RNN(3, 4, seed=0)
+    ref.load_state_dict(net.state_dict())
+    np.testing.assert_array_equal(net.forward(x, h0)[0], ref.forward(x, h0)[0])
+
+
+def test_pullback_uses_a_copy_of_the_parameters_its_forward_pass_ran_with(rng):
+    net, x, h0, d_out, d_h = make_problem(rng, "gru", num_layers=2)
+    expected = net.vjp(x, d_out, h0, d_h)
+    _, _, pullback = net.forward_pullback(x, h0)
+    net.parameters["weight_hh_l0"][:] *= 3.0   # in place, after the forward pass
+    got = pullback(d_out, d_h)
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k])
+
+
 # --- shapes, names and conventions -------------------------------------------------------------
 
 
@@ -183,7 +279,10 @@ def test_results_keep_the_network_dtype(rng, dtype):
     out, (h_n, c_n) = net.forward(x, h0)
     grads = net.vjp(x, d_out, h0, d_h)
     assert out.dtype == h_n.dtype == c_n.dtype == dtype
+    norm = grads.pop("state_grad_norm")
     assert all(g.dtype == dtype for g in grads.values())
+    # a float32 gradient's norm can exceed float32's range (see test_nonfinite.py)
+    assert norm.dtype == np.float64
 
 
 def test_forward_vjp_value_equals_forward(rng):

@@ -55,17 +55,21 @@ def test_truncate_at_least_T_is_full_bptt(problem, extra):
 
 
 @given(problems(bidirectional=st.just(False)), st.data())
-def test_continuing_from_h_n_equals_one_long_forward(problem, data):
+def test_continuing_from_h_n_equals_one_long_forward_to_rounding(problem, data):
+    """Promised to rounding, not bitwise (RNN.forward's Notes): the input projection is one
+    matrix product over all steps, and BLAS may round a row differently in a product with
+    another number of rows (it did on an AVX-512 machine).  The tolerance is a few ulps of
+    float64 grown over <= 7 steps and 2 layers."""
     net, x, h0, _, _ = problem
     T = x.shape[0]
-    t1 = data.draw(st.integers(0, T))
+    t1 = data.draw(st.integers(1, max(T - 1, 1)))
     out, h_n = net.forward(x, h0)
-    if t1 in (0, T):
-        return
     out1, h_mid = net.forward(x[:t1], h0)
-    out2, h_end = net.forward(x[t1:], h_mid)
-    np.testing.assert_array_equal(np.concatenate([out1, out2]), out)
-    np.testing.assert_array_equal(np.asarray(h_end), np.asarray(h_n))
+    out2, h_end = net.forward(x[t1:], h_mid) if t1 < T else (out1[:0], h_mid)
+    assert_close(np.concatenate([out1, out2]), out, rtol=1e-13)
+    for a, b in zip(h_end if isinstance(h_end, tuple) else (h_end,),
+                    h_n if isinstance(h_n, tuple) else (h_n,)):
+        assert_close(a, b, rtol=1e-13)
 
 
 @given(seeds, st.integers(1, 6), st.floats(0.1, 1.0), st.booleans())
@@ -115,5 +119,5 @@ def test_float32_agrees_with_float64(problem):
     assert out32.dtype == np.float32
     assert_close(out32, out, rtol=1e-4)
     for k in g:
-        assert g32[k].dtype == np.float32
+        assert g32[k].dtype == (np.float64 if k == "state_grad_norm" else np.float32)
         assert_close(g32[k], g[k], rtol=1e-4, atol=1e-5, what=k)

@@ -1,13 +1,16 @@
 """Studies and sweeps: configuration checks, mean-field theory, serial run, Dask equals serial."""
 import json
+import sys
 
 import numpy as np
 import pytest
 from scipy.optimize import brentq
 
 from numrnn.cli import main
-from numrnn.experiments import StudyConfig, meanfield_lyapunov, meanfield_q_star, run_study
+from numrnn.experiments import (StudyConfig, check_scheduler, meanfield_lyapunov, meanfield_q_star,
+                                run_study, study_point)
 from numrnn.experiments import meanfield as mf
+from numrnn.experiments import study
 from tests.tolerance import assert_close
 
 SMALL = dict(hidden_size=16, gains=(0.5, 1.5, 3.0), seeds=(0, 1), steps=120, transient=30,
@@ -27,6 +30,9 @@ SMALL = dict(hidden_size=16, gains=(0.5, 1.5, 3.0), seeds=(0, 1), steps=120, tra
     (dict(cell="gru", alpha=0.5), ValueError, ["alpha", "gru cell has no leak"]),
     (dict(steps=10, max_lag=10), ValueError, ["max_lag", "fewer than steps=10"]),
     (dict(singular_values="yes"), TypeError, ["singular_values", "True or False"]),
+    # PyTorch's default initialisation takes no gain: a sweep would repeat one network
+    (dict(init="default"), ValueError, ["init: 'default'", "takes no gain", "identical rows"]),
+    (dict(init="xavier"), ValueError, ["init", "'xavier'", "'spectral_radius'"]),
 ])
 def test_study_config_rejects_bad_values(kw, exc, words):
     with pytest.raises(exc) as info:
@@ -42,6 +48,48 @@ def test_run_study_rejects_bad_scheduler_and_config():
         run_study(StudyConfig(**SMALL), scheduler=42)
     with pytest.raises(ValueError, match="gain"):
         meanfield_q_star(-1.0)
+
+
+@pytest.mark.parametrize("scheduler, words", [
+    ("bogus", ["expected a Dask scheduler address", "'bogus'"]),
+    ("tcp://", ["expected a Dask scheduler address"]),
+    ("local:0", ["'local:N' with N >= 1", "'local:0'"]),
+    ("local:two", ["'local:N' with N >= 1", "'local:two'"]),
+])
+def test_bad_scheduler_is_refused_before_any_work(monkeypatch, scheduler, words):
+    monkeypatch.setattr(study, "study_point", lambda p: pytest.fail("a point was computed"))
+    with pytest.raises(ValueError) as info:
+        run_study(StudyConfig(**SMALL), scheduler=scheduler)
+    assert str(info.value).startswith("scheduler: ")
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_missing_dask_says_how_to_install_it(monkeypatch):
+    """The hint was lost: `as_completed` was imported before the check that gives it."""
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    for call in (lambda: check_scheduler("localhost:8786"),
+                 lambda: run_study(StudyConfig(**SMALL), scheduler="local:2")):
+        with pytest.raises(ImportError, match=r"^scheduler: .*pip install 'numrnn\[dask\]'"):
+            call()
+    assert check_scheduler(None) is None
+
+
+def test_unreachable_scheduler_times_out_with_a_clear_error(monkeypatch):
+    """Nothing listens on port 1 of the loopback; the wait is bounded by `timeout`."""
+    pytest.importorskip("dask.distributed", reason="the Dask scheduler test needs numrnn[dask]")
+    monkeypatch.setattr(study, "study_point", lambda p: pytest.fail("a point was computed"))
+    with pytest.raises(ConnectionError, match=r"^scheduler: could not connect to "
+                                              r"'tcp://127.0.0.1:1' within 0.5 s"):
+        run_study(StudyConfig(**SMALL), scheduler="tcp://127.0.0.1:1", timeout=0.5)
+
+
+@pytest.mark.parametrize("seed", [-1, 2.5, "abc"])
+def test_a_point_with_a_bad_seed_names_the_seed(seed):
+    point = dict(StudyConfig(**SMALL).points()[0], seed=seed)
+    with pytest.raises((TypeError, ValueError), match=r"^seed: expected None, a non-negative"):
+        study_point(point)
 
 
 # --- mean-field theory --------------------------------------------------------------------
@@ -126,7 +174,7 @@ def test_study_is_reproducible(serial_result):
 def test_dask_local_cluster_equals_serial(serial_result):
     """Issue 5: the same sweep as Dask tasks on a LocalCluster (2 worker processes) gives the
     serial numbers exactly (every random number of a point is seeded by the point itself)."""
-    pytest.importorskip("dask.distributed")
+    pytest.importorskip("dask.distributed", reason="Dask sweeps need numrnn[dask]")
     dist = run_study(StudyConfig(**SMALL), scheduler="local:2")
     assert dist.scheduler.startswith("tcp://")
     for a, b in zip(serial_result.rows, dist.rows):
@@ -135,7 +183,14 @@ def test_dask_local_cluster_equals_serial(serial_result):
         np.testing.assert_equal(a, b)  # exact, NaN == NaN
 
 
+def _strict_json(path):
+    def refuse(token):
+        raise ValueError(f"{path}: invalid JSON token {token}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
 def test_study_command_writes_table_csv_json_png(capsys, tmp_path):
+    pytest.importorskip("matplotlib", reason="the figure needs numrnn[plot]")
     rc = main(["study", "-N", "12", "--gains", "0.5", "2.5", "--seeds", "2", "--steps", "80",
                "--transient", "20", "-k", "2", "--max-lag", "8", "--singular-values",
                "--out", str(tmp_path)])
@@ -144,7 +199,7 @@ def test_study_command_writes_table_csv_json_png(capsys, tmp_path):
     assert "lambda_max" in out and "mean-field" in out and "study [" in err
     lines = (tmp_path / "study.csv").read_text().splitlines()
     assert len(lines) == 5 and lines[0].startswith("gain,seed,lyapunov_max")
-    payload = json.loads((tmp_path / "study.json").read_text())
+    payload = _strict_json(tmp_path / "study.json")
     assert payload["numrnn_version"] and payload["parameters"]["hidden_size"] == 12
     assert payload["parameters"]["gains"] == [0.5, 2.5] and len(payload["rows"]) == 4
     assert all(np.isfinite(r["lyapunov_max"]) for r in payload["rows"])
@@ -153,3 +208,66 @@ def test_study_command_writes_table_csv_json_png(capsys, tmp_path):
     # ordered at g = 0.5: the Jacobian products shrink, the largest singular value is < 1
     assert rows[0]["jacobian_decay_rate"] < 0 and rows[0]["jacobian_max_singular_value"] < 1
     assert (tmp_path / "study.png").stat().st_size > 1000
+
+
+def test_study_json_is_strict_json_with_null_for_what_was_not_measured(capsys, tmp_path):
+    """Without --singular-values the Jacobian columns are NaN, and a Kaplan-Yorke dimension
+    beyond the k exponents computed is NaN: JSON has no NaN, so they are null (study.json held
+    bare NaN tokens)."""
+    rc = main(["study", "-N", "4", "--gains", "0.5", "3", "--seeds", "1", "--steps", "40",
+               "--transient", "5", "-k", "1", "--max-lag", "5", "--no-plot", "-q", "--out",
+               str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    rows = _strict_json(tmp_path / "study.json")["rows"]
+    assert [r["jacobian_decay_rate"] for r in rows] == [None, None]
+    assert rows[0]["kaplan_yorke_dimension"] == 0.0 and rows[1]["kaplan_yorke_dimension"] is None
+
+
+# --- the gradient-norm decay rate --------------------------------------------------------------
+
+
+def _full_bptt_decay_rate(net, x, h0, max_lag, seed):
+    """The rate as it was measured first: BPTT over the whole trajectory from its last state."""
+    B = 8
+    v = np.random.default_rng([seed, 3]).standard_normal((1, B, net.hidden_size))
+    v /= np.linalg.norm(v, axis=2, keepdims=True)
+    xb = np.ascontiguousarray(np.broadcast_to(x[:, None], (x.shape[0], B, 1)))
+    hb = np.ascontiguousarray(np.broadcast_to(h0[:, None], (1, B, net.hidden_size)))
+    grads = net.vjp(xb, np.zeros((x.shape[0], B, net.hidden_size)), hb, d_h_n=v)
+    logs = np.log(grads["state_grad_norm"][::-1][1:max_lag + 1]).mean(axis=1)
+    return np.polyfit(np.arange(1, max_lag + 1), logs, 1)[0]
+
+
+def test_grad_decay_rate_backpropagates_only_the_lags_it_fits(monkeypatch):
+    """BPTT runs over the last max_lag + 1 steps only (the state entering them from a forward
+    pass), and gives the rate of BPTT over the whole trajectory (float64, g = 1.5: nothing
+    overflows) up to rounding: the same lags from the same state, reached in two calls instead
+    of one (not bitwise: the input projection is one product per call)."""
+    p = dict(StudyConfig(**SMALL).points()[2], gain=1.5)
+    net = study._build_network(p)
+    x = np.zeros((p["transient"] + p["steps"], 1))
+    h0 = np.random.default_rng(0).standard_normal((1, net.hidden_size))
+    lengths = []
+    vjp = net.vjp
+
+    def spy(x, *a, **kw):
+        lengths.append(x.shape[0])
+        return vjp(x, *a, **kw)
+    monkeypatch.setattr(net, "vjp", spy)
+    rate = study._bptt_decay_rate(net, x, h0, p["max_lag"], p["seed"])
+    assert lengths == [p["max_lag"] + 1]
+    monkeypatch.undo()
+    assert_close(rate, _full_bptt_decay_rate(net, x, h0, p["max_lag"], p["seed"]), rtol=1e-9)
+
+
+def test_float32_study_at_high_gain_runs(capsys, tmp_path):
+    """At g = 3 and 4 the gradient over the whole 350-step trajectory overflows float32 (the
+    engine raises NonFiniteError); the lags the fit uses (30) stay far inside its range."""
+    rc = main(["study", "--dtype", "float32", "--gains", "3", "4", "-N", "50", "--seeds", "1",
+               "--steps", "300", "--transient", "50", "-k", "3", "--max-lag", "30", "--no-plot",
+               "-q", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    rows = _strict_json(tmp_path / "study.json")["rows"]
+    assert all(r["grad_decay_rate"] > 0.1 for r in rows), rows
+

@@ -17,7 +17,10 @@ from tests.tolerance import assert_close
     (lambda: CopyMemory(10, n_symbols=1), ValueError, ["n_symbols"]),
     (lambda: FlipFlop(10, p=1.5), ValueError, ["p", "1.5"]),
     (lambda: LorenzForecast(10, washout=10), ValueError, ["washout", "T=10"]),
-    (lambda: CharLM(10, text="short"), ValueError, ["text", "11"]),
+    (lambda: CharLM(10, text="short"), ValueError, ["T: expected at most 4", "T + 1 = 11",
+                                                    "the text has 5", "got 10"]),
+    (lambda: CharLM(10 ** 5), ValueError, [f"T: expected at most {len(CharLM(5).text) - 1}",
+                                           "got 100000"]),
     (lambda: CharLM(10, text=b"bytes are not text"), TypeError, ["text", "bytes"]),
     (lambda: AddingProblem(10).sample(0), ValueError, ["batch_size"]),
     (lambda: AddingProblem(10, dtype=np.int32), TypeError, ["dtype"]),
@@ -31,6 +34,17 @@ def test_bad_arguments(call, exc, words):
 
 
 # --- seeding ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [-1, 2.5, "abc", [3, -1], True])
+def test_bad_seeds_name_the_argument(seed):
+    """A task's generator argument is `rng`: a bad one is named, never NumPy's bare
+    SeedSequence message."""
+    for call in (lambda: AddingProblem(10).sample(2, rng=seed),
+                 lambda: lorenz_trajectory(3, transient=0, rng=seed)):
+        with pytest.raises((TypeError, ValueError), match=r"^rng: expected None, a non-negative"):
+            call()
+
 
 
 @pytest.mark.parametrize("name", ["adding", "copy", "flipflop", "lorenz", "charlm"])

@@ -1,6 +1,9 @@
 """Dynamical-systems analysis of recurrent networks: step Jacobians, Lyapunov spectra, gradient
 propagation, weight spectra and fixed points.  Everything is built on one tangent map per cell
-(:mod:`numrnn.cells`), the same one backpropagation through time uses."""
+(:mod:`numrnn.cells`), the same one backpropagation through time uses.
+
+Results are float64 for float32 and float64 networks alike: a float32 network's own trajectory,
+with its derivatives evaluated in float64 (see :mod:`numrnn.analysis.jacobians`)."""
 from .jacobians import jacobians, pack_state, state_size, step_jvp, step_vjp, unpack_state
 from .fixed_points import FixedPointsResult, fixed_points
 from .gradients import GradientPropagationResult, gradient_propagation

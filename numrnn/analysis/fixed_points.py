@@ -26,7 +26,8 @@ class FixedPointsResult:
     residuals : ndarray, shape (M,)
         ||F(s*) - s*||_2 in the network's dtype.
     eigenvalues : ndarray of complex, shape (M, S)
-        Eigenvalues of the step Jacobian J = dF/ds at each point, by descending modulus.
+        Eigenvalues of the step Jacobian J = dF/ds at each point, by descending modulus
+        (J in float64 for a float32 network too: see :mod:`numrnn.analysis.jacobians`).
     right_eigenvectors : ndarray of complex, shape (M, S, S)
         Column i of ``right_eigenvectors[m]`` is r_i with J r_i = lambda_i r_i, ||r_i|| = 1.
     left_eigenvectors : ndarray of complex, shape (M, S, S)
@@ -89,16 +90,17 @@ class _StepMap:
         self.x = x_const
         self.S = state_size(net)
 
-    def _lin(self, s):
+    def _lin(self, s, coefficients=True):
         s = np.ascontiguousarray(s, dtype=self.net.dtype)
         M = s.shape[0]
         state = unpack_state(self.net, s)
         h, c = state if isinstance(state, tuple) else (state, np.zeros_like(state))
         x = np.ascontiguousarray(np.broadcast_to(self.x, (1, M, self.x.size)))
-        return _Linearisation(self.net, x, np.ascontiguousarray(h), np.ascontiguousarray(c))
+        return _Linearisation(self.net, x, np.ascontiguousarray(h), np.ascontiguousarray(c),
+                              coefficients=coefficients, caller="fixed_points")
 
     def value(self, s):
-        return self._lin(s).states()[0]
+        return self._lin(s, coefficients=False).states()[0]
 
     def q_and_grad(self, s):
         """sum of q = 0.5 |F(s) - s|^2 over the batch, and its gradient (J - I)^T (F(s) - s)."""
@@ -156,7 +158,7 @@ def fixed_points(net, x_const=None, *, n_initial=64, seed=None, tol=None, initia
         The constant input (zeros by default), of the network's dtype.
     n_initial : int, default 64
         Number of candidates sampled along trajectories.
-    seed : int or numpy.random.Generator, optional
+    seed : int, sequence of int, numpy.random.SeedSequence or numpy.random.Generator, optional
         For the initial states of the trajectories and the sampled steps.
     tol : float, optional
         Largest residual ||F(s) - s||_2 accepted (default 1e-10 for float64 networks, 1e-5 for

@@ -4,8 +4,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from .. import errors
 from ..cpu import jacobians as _k
-from .jacobians import _linearise
+from .jacobians import _check_net, _Linearisation, state_size
 from .lyapunov import _check_schedule, _fmt_list, _frames, _local_sums, _rng
 
 __all__ = ["GradientPropagationResult", "gradient_propagation"]
@@ -34,7 +35,8 @@ class GradientPropagationResult:
         ||P_tau||_2 (may underflow/overflow like ``singular_values``).
     decay_rate : float or ndarray of shape (B,)
         Least-squares slope of ln ||P_tau|| against tau, per step (NaN with a single lag):
-        negative for vanishing, positive for exploding gradients.
+        negative for vanishing, positive for exploding gradients; -inf where the product is
+        exactly 0 at some lag (an exactly singular step killed every direction).
     lyapunov_max : float or ndarray of shape (B,)
         Largest Lyapunov exponent of the same trajectory, per step (forward QR, discarding
         ``transient`` steps): the asymptotic value of the decay rate.
@@ -50,6 +52,10 @@ class GradientPropagationResult:
     triangular up to signs and ln d stored: no product overflows or underflows.  The singular
     values of diag(d) U are then found by unshifted QR sweeps on the graded factor, which converge
     fast exactly where the sigma_i are far apart, then by an SVD of each remaining cluster.
+
+    Everything is float64, for a float32 network too (its own trajectory, derivatives evaluated
+    in float64: see :mod:`numrnn.analysis.jacobians`).  An exactly singular step (an R_ii of the
+    QR exactly 0) gives ln sigma_i = -inf for the directions it kills.
     """
 
     lags: np.ndarray
@@ -132,6 +138,22 @@ def _check_lags(lags, T):
     return np.unique(arr.astype(np.int64))
 
 
+def _decay_rates(lags, log_norms):
+    """Least-squares slope of ln ||P_tau|| (L, B) against tau, per sequence: NaN with one lag or
+    a NaN norm, -inf where the product is exactly 0 at some lag (it stays 0 after)."""
+    L, B = log_norms.shape
+    decay = np.full(B, np.nan)
+    if L < 2:
+        return decay
+    tau = lags.astype(np.float64)
+    for b in range(B):
+        y = log_norms[:, b]
+        if np.isnan(y).any():
+            continue
+        decay[b] = -np.inf if np.isneginf(y).any() else np.polyfit(tau, y, 1)[0]
+    return decay
+
+
 def gradient_propagation(net, x, h0=None, *, lags=None, transient=None, seed=None):
     r"""Singular values of d s_T / d s_{T-tau} at each lag tau: vanishing and exploding gradients.
 
@@ -147,7 +169,7 @@ def gradient_propagation(net, x, h0=None, *, lags=None, transient=None, seed=Non
         Lags tau in [1, T] (default: up to 50 evenly spaced from 1 to T).
     transient : int, optional
         Steps discarded by the Lyapunov estimate (default T // 10).
-    seed : int or numpy.random.Generator, optional
+    seed : int, sequence of int, numpy.random.SeedSequence or numpy.random.Generator, optional
         Draws the orthonormal frames of the QR loops (the results do not depend on it beyond
         rounding, except through the finite-time Lyapunov estimate).
 
@@ -156,6 +178,16 @@ def gradient_propagation(net, x, h0=None, *, lags=None, transient=None, seed=Non
     GradientPropagationResult
         ``lags``, ``singular_values`` and ``log_singular_values`` (L, [B,] S), ``norms``,
         ``log_norms``, ``decay_rate`` and ``lyapunov_max``.
+
+    Raises
+    ------
+    MemoryError
+        Before allocating, when the graded factors of every lag (lags * B * S * S numbers) and
+        the trajectory do not fit in the memory available.
+    numrnn.NonFiniteError
+        When the accumulated product overflows to inf or NaN from a finite trajectory, naming
+        the step, lag and sequence; ``with numrnn.nonfinite("warn")`` returns NaN for that
+        sequence's later lags instead.
 
     References
     ----------
@@ -176,30 +208,48 @@ def gradient_propagation(net, x, h0=None, *, lags=None, transient=None, seed=Non
     >>> round(res.decay_rate, 6)          # ln 0.9 per step
     -0.105361
     """
-    lin, unbatched = _linearise(net, x, h0, "gradient propagation")
-    T, B, S = lin.T, lin.B, lin.S
+    _check_net(net, "gradient propagation")
+    x_tm, unbatched = net._check_input(x)
+    h, c = net._split_state(h0, x_tm.shape[1], unbatched)
+    T, B, S = x_tm.shape[0], x_tm.shape[1], state_size(net)
     lags = _check_lags(lags, T)
     _, transient, _, _ = _check_schedule(T, 1, S, transient, 1, None)
     rng = _rng(seed)
+    n_lags = lags.size
+    lin = _Linearisation(net, x_tm, h, c, caller="gradient_propagation",
+                         extra_bytes=(n_lags * B * S * (S + 3) + 4 * B * S * S) * 8,
+                         extra_label=f"the graded factors of {n_lags} lags, (lags, B, S, S) = "
+                                     f"({n_lags}, {B}, {S}, {S})",
+                         fits=lambda avail: "fewer lags (each holds B * S * S = "
+                                            f"{B * S * S} float64 numbers) or fewer sequences "
+                                            "at a time may fit")
     slots = np.full(T, -1, np.int64)
-    slots[lags - 1] = np.arange(lags.size)
-    q = np.ascontiguousarray(_frames(rng, B, S, S, net.dtype).reshape(B, lin.LD, lin.P, lin.N,
+    slots[lags - 1] = np.arange(n_lags)
+    q = np.ascontiguousarray(_frames(rng, B, S, S, lin.dtype).reshape(B, lin.LD, lin.P, lin.N,
                                                                           S))
-    log_d = np.empty((lags.size, B, S))
-    u = np.empty((lags.size, B, S, S))
-    _k.graded_product(lin.kernel_args(), q, slots, log_d, u)
-    log_sv = np.empty_like(log_d)
-    for i in range(lags.size):
+    log_d = np.empty((n_lags, B, S))
+    u = np.empty((n_lags, B, S, S))
+    status = _k.graded_product(lin.kernel_args(), q, slots, log_d, u)
+    lost = np.flatnonzero(status[:, 0] != _k.FAIL_NONE)
+    if lost.size:
+        b = int(lost[0])
+        t, tau, part = int(status[b, 1]), int(status[b, 2]), int(status[b, 3])
+        what = ("the product J_t^T Q of a step's transposed Jacobian with the orthonormal frame"
+                if part == 0 else "the graded triangular factor of the product")
+        errors.report(f"gradient_propagation: {what} became NaN or inf at processing step t={t} "
+                      f"(lag tau={tau}) of sequence b={b}, from a finite trajectory: it "
+                      "overflowed float64 (that sequence's singular values from this lag on "
+                      "are NaN)")
+    log_sv = np.full_like(log_d, np.nan)
+    for i in range(n_lags):
         for b in range(B):
-            log_sv[i, b] = _graded_singular_values(log_d[i, b], u[i, b])
+            if not np.isnan(log_d[i, b]).any():
+                log_sv[i, b] = _graded_singular_values(log_d[i, b], u[i, b])
     with np.errstate(over="ignore", under="ignore"):
         sv = np.exp(log_sv)
     log_norms = log_sv[..., 0]
-    if lags.size >= 2:
-        decay = np.polyfit(lags.astype(np.float64), log_norms, 1)[0]
-    else:
-        decay = np.full(B, np.nan)
-    sums, lengths = _local_sums(lin, 1, transient, 1, rng)
+    decay = _decay_rates(lags, log_norms)
+    sums, lengths = _local_sums(lin, 1, transient, 1, rng, caller="gradient_propagation")
     lam = sums[:, :, 0].sum(axis=0) / lengths.sum()
     if unbatched:
         log_sv, sv, log_norms = log_sv[:, 0], sv[:, 0], log_norms[:, 0]

@@ -1,12 +1,12 @@
 r"""Lyapunov spectra by Benettin's QR method, along network trajectories or for given matrices."""
 import dataclasses
-import numbers
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import _validation as _v
-from .. import cells
+from .. import cells, errors
 from ..cpu import jacobians as _k
 from .jacobians import _check_net, _Linearisation, state_size
 
@@ -30,10 +30,12 @@ class LyapunovResult:
         lambda_1 >= ... >= lambda_k (in the order the QR method produces them, which is
         descending up to finite-time fluctuations): the time average of ln|R_ii| over the
         measured steps, pooled over the batch.  Per step (``dt is None``) or per unit time.
+        -inf for the exponents that an exactly singular step kills (see Notes).
     stderr : ndarray, shape (k,)
         Standard error of each exponent by batch means: the measured steps of every sequence are
         cut into ``n_segments`` contiguous segments, and stderr is the standard deviation of the
-        segment means over sqrt(number of segments) (NaN with fewer than two segments).
+        segment means over sqrt(number of segments) (NaN with fewer than two segments, and for
+        an exponent of -inf).
     local : ndarray, shape (n_blocks, k), or (n_blocks, B, k) for a batch
         Finite-time exponents of each orthonormalisation block: ln|R_ii| / block length.
     block_lengths : ndarray of int, shape (n_blocks,)
@@ -55,6 +57,17 @@ class LyapunovResult:
     Notes
     -----
     ``kaplan_yorke_dimension`` and ``ks_entropy`` are derived from ``exponents``.
+
+    A step whose Jacobian maps the frame exactly onto fewer than i dimensions (a zero matrix, a
+    relu network whose units are all off, an LSTM without recurrence on its h part, a tanh unit
+    whose derivative is exactly 0 in float64) makes R_ii exactly 0 in the QR after it, and
+    lambda_i, ..., lambda_k are -inf: the volume they measure is gone for good.  This is the
+    answer, not a failure; the properties above treat -inf as an exponent like any other (it
+    adds nothing to ``ks_entropy`` and ends the Kaplan-Yorke sum).  Where rounding leaves R_ii a
+    few ulps above 0 instead, the exponent is finite and very negative.  Only a QR after every
+    step (``ons_interval=1``) sees an exactly singular step as such: with longer intervals the
+    steps after it mix rounding errors into the lost directions, and the loss of orthogonality
+    is refused (see :func:`lyapunov_spectrum`).
     """
 
     exponents: np.ndarray
@@ -74,13 +87,17 @@ class LyapunovResult:
 
         j is the largest index with a non-negative partial sum.  0 when lambda_1 < 0; S when
         every partial sum of the full spectrum is non-negative; NaN when only k < S exponents
-        were computed and all their partial sums are non-negative (more are needed).
+        were computed and all their partial sums are non-negative (more are needed), or when an
+        exponent is NaN.  An exponent of -inf ends the sum: D = j exactly.
 
         References: Kaplan, J. L. and Yorke, J. A. (1979). Chaotic behavior of multidimensional
         difference equations. Lecture Notes in Mathematics 730.
         """
+        if np.isnan(self.exponents).any():
+            return float("nan")
         lam = np.sort(self.exponents)[::-1]
-        csum = np.cumsum(lam)
+        with np.errstate(invalid="ignore"):
+            csum = np.cumsum(lam)
         nonneg = np.flatnonzero(csum >= 0.0)
         if nonneg.size == 0:
             return 0.0
@@ -96,9 +113,14 @@ class LyapunovResult:
 
         References: Pesin, Ya. B. (1977). Characteristic Lyapunov exponents and smooth ergodic
         theory. Russian Mathematical Surveys 32(4), 55.
+
+        Exponents of -inf add nothing; NaN if an exponent is NaN (a frame lost to inf or NaN
+        under ``numrnn.nonfinite("warn")``).
         """
         lam = self.exponents
-        return float(np.sum(lam[np.isfinite(lam) & (lam > 0.0)]))
+        if np.isnan(lam).any():
+            return float("nan")
+        return float(np.sum(lam[lam > 0.0]))
 
     def per_time(self, dt):
         """The same result per unit time: every exponent divided by the time step ``dt``.
@@ -136,11 +158,8 @@ class LyapunovResult:
 
 
 def _rng(seed):
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if seed is None or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
-        return np.random.default_rng(seed)
-    raise TypeError(f"seed: expected an int, a numpy.random.Generator or None, got {seed!r}")
+    """A numpy Generator from ``seed`` (see :func:`numrnn._validation.check_seed`)."""
+    return _v.check_seed(seed)
 
 
 def _schedule(T, transient, m):
@@ -209,14 +228,91 @@ def _summarise(sums, lengths, transient, m, n_segments, S, unbatched):
                           ons_interval=m, n_segments=n_segments, state_size=S)
 
 
-def _local_sums(lin, k, transient, m, rng):
-    """Benettin's loop on a linearised trajectory; returns (sums (n_blocks, B, k), lengths)."""
+def _local_sums(lin, k, transient, m, rng, caller="lyapunov_spectrum"):
+    """Benettin's loop on a linearised trajectory; returns (sums (n_blocks, B, k), lengths).
+
+    Raises ValueError when ``m`` (ons_interval) is too long, and reports a frame lost to inf or
+    NaN (numrnn.errors), naming ``caller``."""
     qr_at, record_at, lengths = _schedule(lin.T, transient, m)
-    q = _frames(rng, lin.B, lin.S, k, lin.net.dtype)
+    q = _frames(rng, lin.B, lin.S, k, lin.dtype)
     qb = np.ascontiguousarray(q.reshape(lin.B, lin.LD, lin.P, lin.N, k))
     sums = np.zeros((lengths.size, lin.B, k))
-    _k.lyapunov(lin.kernel_args(), qb, qr_at, record_at, sums)
+    status = _k.lyapunov(lin.kernel_args(), qb, qr_at, record_at, sums, m > 1)
+    _check_status(status, m, caller, lin.dtype)
     return sums, lengths
+
+
+def _suggest(n, gap, top, bottom, dtype):
+    """An ons_interval (>= 1, below the refused block's length n) from the growth rates per step
+    measured on the refused block: the largest gap lambda_1 - lambda_i, lambda_1 and lambda_k.
+
+    Each limit keeps a margin of a factor 2 in the logarithm: the columns stay apart by an angle
+    of about eps^(1/4) (the check is sqrt(eps)), and the frame within the square root of the
+    largest and of the smallest number the check allows."""
+    info = np.finfo(dtype)
+    _, log_tiny = _k.qr_limits(dtype)
+    limits = [n - 1.0]
+    if not (np.isfinite(gap) and np.isfinite(top) and np.isfinite(bottom)):
+        return 1
+    if gap > 0.0:
+        limits.append(-0.25 * math.log(float(info.eps)) / gap)
+    if top > 0.0:
+        limits.append(0.5 * math.log(float(info.max)) / top)
+    if bottom < 0.0:
+        limits.append(0.5 * log_tiny / bottom)
+    return max(1, int(math.floor(min(limits))))
+
+
+def _ons_message(row, b, m, dtype):
+    """ValueError text for an ons_interval that the QR loop caught as too long; ``row`` is the
+    kernel's status of sequence b (kind, t, n, measure, column, gap, lambda_1, lambda_k)."""
+    kind, t, n, measure, col = int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(row[4])
+    gap, top, bottom = (float(v) for v in row[5:8])
+    sugg = _suggest(n, gap, top, bottom, dtype)
+    ortho_tol, _ = _k.qr_limits(dtype)
+    head = (f"ons_interval: {m} steps between orthonormalisations is too long here: at step "
+            f"t={t} of sequence b={b}, {n} steps after the last orthonormalisation, ")
+    if kind == _k.FAIL_OVERFLOW:
+        what = "the propagated frame J_t ... J_1 Q overflowed to inf or NaN"
+    elif kind == _k.FAIL_UNDERFLOW:
+        frame = "the propagated frame" if col < 0 else f"column {col + 1} of the propagated frame"
+        if np.isfinite(measure):
+            what = (f"{frame} shrank to {math.exp(measure):.3g}, where its smallest parts would "
+                    "lose digits to subnormal numbers")
+        else:
+            what = (f"{frame} became exactly 0 (underflow, or an exactly singular step that "
+                    "killed part of the frame)")
+    else:
+        what = (f"column {col + 1} of the propagated frame J_t ... J_1 Q lay within an angle of "
+                f"sin = {measure:.3g} of the span of the columns before it, below sqrt(eps) = "
+                f"{ortho_tol:.2g}: the QR would return exponent {col + 1}'s ln|R_ii| mostly as "
+                "rounding error")
+    if np.isfinite(gap) and np.isfinite(top):
+        apart = f" and its directions separated by up to {gap:.3g} per step" if gap > 0 else ""
+        rates = (f" (replayed with a QR after every step, that block grew by lambda_1 = "
+                 f"{top:.3g} per step{apart})")
+    else:
+        rates = (" (replayed with a QR after every step, that block has an exactly singular "
+                 "step: only ons_interval=1 measures it, and the exponents it kills are -inf)")
+    advice = "Use ons_interval=1." if sugg == 1 else f"Use ons_interval={sugg} or less."
+    return f"{head}{what}{rates}. {advice}"
+
+
+def _check_status(status, m, caller, dtype):
+    """Raise ValueError for an ons_interval the QR loop found too long; report (numrnn.errors)
+    a frame lost to inf or NaN."""
+    failed = np.flatnonzero(status[:, 0] != _k.FAIL_NONE)
+    for b in failed:
+        if int(status[b, 0]) != _k.FAIL_NONFINITE:  # the kernel stopped there
+            raise ValueError(_ons_message(status[b], int(b), m, dtype))
+    if failed.size:
+        b = int(failed[0])
+        t = int(status[b, 1])
+        errors.report(
+            f"{caller}: the tangent frame became NaN or inf at step t={t} of sequence b={b}, "
+            f"one step after an orthonormalisation, from a finite trajectory: the step "
+            f"Jacobian's product with the frame overflowed {np.dtype(dtype)} (the exponents of "
+            "that sequence are NaN)")
 
 
 # --- public -----------------------------------------------------------------------------------
@@ -266,8 +362,12 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
         Initial steps discarded (the frame aligns with the Oseledets directions there);
         default T // 10.
     ons_interval : int, default 1
-        Steps between orthonormalisations (larger is cheaper; too large overflows).
-    seed : int or numpy.random.Generator, optional
+        Steps between orthonormalisations.  Larger is cheaper, but between two QRs the frame's
+        columns align with the leading direction (their angles shrink like
+        exp(-(lambda_1 - lambda_i) t)) and its size grows or shrinks like exp(lambda_1 t).  An
+        interval too long for the spectrum is refused, never answered with a wrong number (see
+        Raises).
+    seed : int, sequence of int, numpy.random.SeedSequence or numpy.random.Generator, optional
         Draws the initial orthonormal frame (and the autonomous h0, first).
     n_segments : int, optional
         Segments per sequence for the batch-means error (default sqrt(blocks), at most 32).
@@ -276,7 +376,26 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
     -------
     LyapunovResult
         Exponents per step pooled over the batch, stderr, local exponents per block,
-        ``kaplan_yorke_dimension``, ``ks_entropy`` and ``per_time(dt)``.
+        ``kaplan_yorke_dimension``, ``ks_entropy`` and ``per_time(dt)``.  Computed in float64
+        for a float32 network too (its own trajectory, derivatives evaluated in float64; see
+        :mod:`numrnn.analysis.jacobians`).  An exactly singular step gives -inf for the
+        exponents it kills (see :class:`LyapunovResult`).
+
+    Raises
+    ------
+    ValueError
+        ``ons_interval`` too long: with ons_interval > 1, when the frame overflows or
+        underflows before its QR, or when a column comes within an angle of sqrt(eps) (about
+        1.5e-8) of the span of the columns before it, where ln|R_ii| would be mostly rounding
+        error.  The message names the step and sequence and suggests an interval, estimated
+        from the growth measured there.  With ``ons_interval=1`` nothing better can be done,
+        and nothing is refused.
+    numrnn.NonFiniteError
+        When the frame becomes inf or NaN one step after a QR (a step Jacobian whose product
+        overflows), naming the step and sequence; ``with numrnn.nonfinite("warn")`` returns NaN
+        exponents for that sequence instead.
+    MemoryError
+        Before allocating, when the trajectory and its tangent-map coefficients do not fit.
 
     References
     ----------
@@ -312,7 +431,10 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
     T = x_tm.shape[0]
     k, transient, m, n_segments = _check_schedule(T, k, state_size(net), transient,
                                                   ons_interval, n_segments)
-    lin = _Linearisation(net, x_tm, h, c)
+    B, S = x_tm.shape[1], state_size(net)
+    lin = _Linearisation(net, x_tm, h, c, caller="lyapunov_spectrum",
+                         extra_bytes=(2 * B * S * k + 2 * (T // m + 3) * B * k) * 8,
+                         extra_label=f"the frames of k={k} tangent vectors")
     sums, lengths = _local_sums(lin, k, transient, m, rng)
     return _summarise(sums, lengths, transient, m, n_segments, lin.S, unbatched)
 
@@ -327,14 +449,25 @@ def lyapunov_from_jacobians(J, *, k=None, transient=None, ons_interval=1, seed=N
     Parameters
     ----------
     J : ndarray, shape (T, S, S) or (T, B, S, S)
-        float32 or float64; J[t] acts on the state after step t-1 (rows: new, columns: old).
-        A batch axis holds independent sequences, pooled as in :func:`lyapunov_spectrum`.
+        float32 or float64 (the frame is carried in J's dtype); J[t] acts on the state after
+        step t-1 (rows: new, columns: old).  A batch axis holds independent sequences, pooled as
+        in :func:`lyapunov_spectrum`.
     k, transient, ons_interval, seed, n_segments
         As in :func:`lyapunov_spectrum`.
 
     Returns
     -------
     LyapunovResult
+        An exactly singular matrix gives -inf for the exponents it kills (all k for a zero
+        matrix).
+
+    Raises
+    ------
+    ValueError
+        ``ons_interval`` too long for the spectrum, as in :func:`lyapunov_spectrum`
+        (sqrt(eps) of J's dtype).
+    numrnn.NonFiniteError
+        When the frame overflows one step after a QR.
 
     References
     ----------
@@ -349,6 +482,8 @@ def lyapunov_from_jacobians(J, *, k=None, transient=None, ons_interval=1, seed=N
     >>> res = numrnn.lyapunov_from_jacobians(J, seed=0)
     >>> np.round(res.exponents, 6)
     array([ 0.693147, -0.693147])
+    >>> numrnn.lyapunov_from_jacobians(np.zeros((10, 2, 2)), k=1).exponents   # singular
+    array([-inf])
     """
     if not isinstance(J, np.ndarray):
         raise TypeError(f"J: expected a numpy array of shape (T, S, S) or (T, B, S, S), got "
@@ -368,5 +503,6 @@ def lyapunov_from_jacobians(J, *, k=None, transient=None, ons_interval=1, seed=N
     qr_at, record_at, lengths = _schedule(T, transient, m)
     q = np.ascontiguousarray(_frames(rng, B, S, k, J.dtype).reshape(B, S, 1, 1, k))
     sums = np.zeros((lengths.size, B, k))
-    _k.lyapunov_dense(Jb, q, qr_at, record_at, sums)
+    status = _k.lyapunov_dense(Jb, q, qr_at, record_at, sums, m > 1)
+    _check_status(status, m, "lyapunov_from_jacobians", J.dtype)
     return _summarise(sums, lengths, transient, m, n_segments, S, unbatched)

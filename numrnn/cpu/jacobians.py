@@ -21,6 +21,10 @@ Processing step t of a bidirectional (single-layer) network advances the forward
 x_t and the reverse direction with x_{T-1-t}: the product of two causal systems, each in its own
 time.
 
+The analysis passes float64 coefficients, weights and frames for either network dtype (a float32
+network's steps are re-run in float64 first, see :mod:`numrnn.analysis.jacobians`); the kernels
+themselves take either dtype (``lyapunov_from_jacobians`` runs float32 matrices as they are).
+
 Tiers: ``_*_kernel`` write preallocated outputs; the functions without underscore allocate.
 """
 import numpy as np
@@ -194,42 +198,202 @@ def _tangent_kernel(transpose, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h
                            r, y, z, up)
 
 
-@njit(**_JIT)
-def _orthonormalise(q4, log_r):
-    """QR of the (S, k) matrix q4 viewed flat: q4 <- Q, log_r[i] <- ln|R_ii|."""
-    S = q4.shape[0] * q4.shape[1] * q4.shape[2]
-    K = q4.shape[3]
-    flat = q4.reshape((S, K))
+# --- the QR loops -------------------------------------------------------------------------------
+#
+# Benettin's loop carries a frame Y of k tangent vectors through ``ons_interval`` steps and then
+# orthonormalises it.  Between two QRs the columns of Y grow apart (column i's component outside
+# the span of the columns before it shrinks relative to the column like exp((lambda_i - lambda_1)
+# t)) and the frame as a whole grows or shrinks like exp(lambda_1 t).  Too long an interval is
+# caught here, never passed on as a number:
+#
+# * overflow: a frame entry became inf or NaN after more than one step (FAIL_OVERFLOW);
+# * underflow: the frame's largest entry, or a column's norm, fell below ``log_tiny`` (about
+#   tiny / eps^1.5, where the part of a column that the QR measures starts losing digits to
+#   subnormal numbers) (FAIL_UNDERFLOW);
+# * loss of orthogonality: s_i = |R_ii| / ||R[:i+1, i]||, the sine of the angle between column i
+#   and the span of the columns before it, fell below ``ortho_tol`` (sqrt(eps)).  Householder QR
+#   is columnwise backward stable, so the computed R_ii carries a relative error of about
+#   eps / s_i: below sqrt(eps) half the digits of ln|R_ii| are rounding (FAIL_ORTHOGONALITY).
+#
+# These checks are ``strict`` only when ons_interval > 1: with a QR after every step nothing can
+# be done better, and an R_ii that is exactly 0 (a step that maps the frame exactly onto fewer
+# dimensions) is an exponent of -inf.  A frame that becomes exactly zero in one step (every
+# direction killed at once) is such a step too, whatever the interval.  A non-finite frame one
+# step after a QR is a value born inside the computation (FAIL_NONFINITE): the sequence stops,
+# its remaining blocks are NaN, and the caller reports it.
+
+FAIL_NONE = 0
+FAIL_NONFINITE = 1
+FAIL_OVERFLOW = 2
+FAIL_UNDERFLOW = 3
+FAIL_ORTHOGONALITY = 4
+
+
+@register_jitable
+def _frame_max(flat):
+    """max |entry| of a 2-D array in float64; NaN if an entry is NaN."""
+    m = 0.0
+    for i in range(flat.shape[0]):
+        for j in range(flat.shape[1]):
+            a = abs(float(flat[i, j]))
+            if a > m:
+                m = a
+            elif a != a:
+                return a
+    return m
+
+
+@register_jitable
+def _column_log_norm(rr, i):
+    """ln ||R[:i+1, i]||, scaled (no overflow or underflow of the squares); -inf for a zero
+    column.  Returns (log norm, largest |entry|, sum of squares of the scaled entries)."""
+    m = 0.0
+    for j in range(i + 1):
+        a = abs(float(rr[j, i]))
+        if a > m:
+            m = a
+    if m == 0.0:
+        return -np.inf, m, 0.0
+    acc = 0.0
+    for j in range(i + 1):
+        v = float(rr[j, i]) / m
+        acc += v * v
+    return np.log(m) + 0.5 * np.log(acc), m, acc
+
+
+@register_jitable
+def _orthonormalise(flat, amax, log_r, log_col, measure):
+    """QR of the (S, k) frame ``flat`` in place: flat <- Q, log_r[i] <- ln|R_ii| (-inf where
+    R_ii = 0).  ``amax``: max |entry| of the frame (> 0 scales the k = 1 norm, so that its
+    squares neither overflow nor underflow; 0: a zero frame, left as it is).  With ``measure``
+    also log_col[i] <- ln of column i's norm before the QR, and returns (s, i): the smallest
+    |R_ii| / ||R[:i+1, i]|| over columns i >= 1 and where it is ((1.0, 0) otherwise)."""
+    S, K = flat.shape
     if K == 1:
         # the largest exponent alone: QR of one column is its normalisation (no LAPACK call)
+        if amax == 0.0:
+            log_r[0] = -np.inf
+            log_col[0] = -np.inf
+            return 1.0, 0
         acc = 0.0
         for i in range(S):
-            acc += float(flat[i, 0]) * float(flat[i, 0])
-        norm = np.sqrt(acc)
-        inv = 1.0 / norm
+            v = float(flat[i, 0]) / amax
+            acc += v * v
+        root = np.sqrt(acc)
         for i in range(S):
-            flat[i, 0] *= inv
-        log_r[0] = np.log(norm)
-        return
+            flat[i, 0] = (float(flat[i, 0]) / amax) / root
+        log_r[0] = np.log(amax) + 0.5 * np.log(acc)
+        log_col[0] = log_r[0]
+        return 1.0, 0
     q, rr = np.linalg.qr(flat)
     flat[:, :] = q
+    worst = 1.0
+    at = 0
     for i in range(K):
-        log_r[i] = np.log(np.abs(rr[i, i]))
+        d = abs(float(rr[i, i]))
+        log_r[i] = np.log(d) if d > 0.0 else -np.inf
+        if measure:
+            lc, m, acc = _column_log_norm(rr, i)
+            log_col[i] = lc
+            if i > 0 and m > 0.0:
+                s = (d / m) / np.sqrt(acc)
+                if s < worst:
+                    worst = s
+                    at = i
+    return worst, at
+
+
+@register_jitable
+def _after_step(flat, t, n, qr, strict, ortho_tol, log_tiny, prev_log, log_r, log_col, st):
+    """Check the frame ``flat`` (S, k) after step t, the n-th since the last QR, and
+    orthonormalise it when ``qr``.  ``prev_log``: ln max|entry| after the previous step (0 after
+    a QR).  Returns (code, ln max|entry|): code 0 go on, 1 the frame is lost (non-finite), 2 stop
+    (ons_interval too long); a failure is written to ``st``: kind, t, n, a measure, a column."""
+    amax = _frame_max(flat)
+    if not np.isfinite(amax):
+        if strict and n > 1:
+            st[0], st[1], st[2], st[3], st[4] = FAIL_OVERFLOW, t, n, prev_log, 0
+            return 2, prev_log
+        st[0], st[1], st[2], st[3], st[4] = FAIL_NONFINITE, t, n, 0.0, 0
+        return 1, prev_log
+    la = np.log(amax) if amax > 0.0 else -np.inf
+    if strict and la < log_tiny:
+        # an exact zero reached in one step from a frame of ordinary size is an exactly singular
+        # step (every exponent -inf); reached gradually, it is underflow
+        exact = amax == 0.0 and (prev_log >= 0.5 * log_tiny or prev_log == -np.inf)
+        if not exact:
+            st[0], st[1], st[2], st[3], st[4] = FAIL_UNDERFLOW, t, n, la, -1
+            return 2, la
+    if not qr:
+        return 0, la
+    worst, at = _orthonormalise(flat, amax, log_r, log_col, strict)
+    if strict and amax > 0.0:
+        for i in range(flat.shape[1]):
+            if log_col[i] < log_tiny:
+                st[0], st[1], st[2], st[3], st[4] = FAIL_UNDERFLOW, t, n, log_col[i], i
+                return 2, la
+        if worst < ortho_tol:
+            st[0], st[1], st[2], st[3], st[4] = FAIL_ORTHOGONALITY, t, n, worst, at
+            return 2, la
+    return 0, 0.0
+
+
+@register_jitable
+def _lose_sequence(local, b, t, qr_at, record_at):
+    """NaN in every block of sequence b from the one holding step t on."""
+    for tt in range(t, qr_at.shape[0]):
+        if qr_at[tt] and record_at[tt] >= 0:
+            local[record_at[tt], b, :] = np.nan
+
+
+@register_jitable
+def _replay_step(flat, acc, log_r, log_col):
+    """One step of the replay of a refused block (QR after it): acc += ln|R_ii|.  False if the
+    frame is not finite."""
+    amax = _frame_max(flat)
+    if not np.isfinite(amax):
+        return False
+    _orthonormalise(flat, amax, log_r, log_col, False)
+    for i in range(acc.shape[0]):
+        acc[i] += log_r[i]
+    return True
+
+
+@register_jitable
+def _record_rates(acc, n, ok, st):
+    """st[5:8] <- the growth rates per step of a refused block, measured by its replay with a QR
+    after every step: the largest gap lambda_1 - lambda_i, lambda_1 and lambda_k (NaN if the
+    replay failed)."""
+    if not ok:
+        st[5], st[6], st[7] = np.nan, np.nan, np.nan
+        return
+    K = acc.shape[0]
+    gap = 0.0
+    for i in range(1, K):
+        g = acc[0] - acc[i]
+        if g != g or g > gap:
+            gap = g
+    st[5], st[6], st[7] = gap / n, acc[0] / n, acc[K - 1] / n
 
 
 @njit(**_JIT)
 def _lyapunov_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in, direct,
-                     dh_dcp, dc_dcp, r_grad, q, qr_at, record_at, local):
+                     dh_dcp, dc_dcp, r_grad, q, qr_at, record_at, local, strict, ortho_tol,
+                     log_tiny, status):
     """Benettin's QR method along the trajectory of every sequence.
 
     q (B, L*D, P, N, k): orthonormal initial vectors, overwritten.  qr_at (T,) bool:
     orthonormalise after step t; record_at (T,) int: the block that step t's QR is recorded in, or
-    -1 (transient).
-    Writes local (n_blocks, B, k): sum over the block of ln|R_ii| (the caller divides by length).
+    -1 (transient).  strict, ortho_tol, log_tiny: the checks of :func:`_after_step`.
+    Writes local (n_blocks, B, k): sum over the block of ln|R_ii| (the caller divides by length),
+    and status (B, 8): the first failure of each sequence (see FAIL_* and :func:`_after_step`).
+    After a FAIL_OVERFLOW, FAIL_UNDERFLOW or FAIL_ORTHOGONALITY the block is replayed with a QR
+    after every step to measure its growth rates (:func:`_record_rates`), and the kernel stops.
     """
     B = q.shape[0]
     T = qr_at.shape[0]
     N, K = q.shape[3], q.shape[4]
+    S = q.shape[1] * q.shape[2] * N
     GN = w_hh.shape[1]
     dt = q.dtype
     r = np.empty((N, K), dt)
@@ -237,15 +401,42 @@ def _lyapunov_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec
     y = np.empty((GN, K), dt)
     z = np.empty((GN, K), dt)
     tmp = np.empty(q.shape[1:], dt)
+    start = np.empty((S, K), dt)
     log_r = np.empty(K, np.float64)
+    log_col = np.empty(K, np.float64)
+    acc = np.zeros(K, np.float64)
     for b in range(B):
         qb = q[b]
+        flat = qb.reshape((S, K))
+        start[:, :] = flat
+        n = 0
+        prev = 0.0
         for t in range(T):
             _apply_tangent(False, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
                            c_rec, c_in, direct, dh_dcp, dc_dcp, r_grad, qb, tmp, r, y, z, up)
             qb[:] = tmp
+            n += 1
+            code, prev = _after_step(flat, t, n, qr_at[t], strict, ortho_tol, log_tiny, prev,
+                                     log_r, log_col, status[b])
+            if code == 2:
+                flat[:, :] = start
+                ok = True
+                for tt in range(t - n + 1, t + 1):
+                    _apply_tangent(False, tt, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec,
+                                   h_in, c_rec, c_in, direct, dh_dcp, dc_dcp, r_grad, qb, tmp, r,
+                                   y, z, up)
+                    qb[:] = tmp
+                    ok = _replay_step(flat, acc, log_r, log_col)
+                    if not ok:
+                        break
+                _record_rates(acc, n, ok, status[b])
+                return
+            if code == 1:
+                _lose_sequence(local, b, t, qr_at, record_at)
+                break
             if qr_at[t]:
-                _orthonormalise(qb, log_r)
+                n = 0
+                start[:, :] = flat
                 blk = record_at[t]
                 if blk >= 0:
                     for i in range(K):
@@ -253,20 +444,44 @@ def _lyapunov_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec
 
 
 @njit(**_JIT)
-def _lyapunov_dense_kernel(jac, q, qr_at, record_at, local):
+def _lyapunov_dense_kernel(jac, q, qr_at, record_at, local, strict, ortho_tol, log_tiny, status):
     """As :func:`_lyapunov_kernel` for given matrices jac (T, B, S, S); q (B, S, 1, 1, k)."""
     T, B = jac.shape[0], jac.shape[1]
     S, K = q.shape[1], q.shape[4]
     tmp = np.empty((S, K), q.dtype)
+    start = np.empty((S, K), q.dtype)
     log_r = np.empty(K, np.float64)
+    log_col = np.empty(K, np.float64)
+    acc = np.zeros(K, np.float64)
     for b in range(B):
         qb = q[b]
         flat = qb.reshape((S, K))
+        start[:, :] = flat
+        n = 0
+        prev = 0.0
         for t in range(T):
             np.dot(jac[t, b], flat, tmp)
             flat[:, :] = tmp
+            n += 1
+            code, prev = _after_step(flat, t, n, qr_at[t], strict, ortho_tol, log_tiny, prev,
+                                     log_r, log_col, status[b])
+            if code == 2:
+                flat[:, :] = start
+                ok = True
+                for tt in range(t - n + 1, t + 1):
+                    np.dot(jac[tt, b], flat, tmp)
+                    flat[:, :] = tmp
+                    ok = _replay_step(flat, acc, log_r, log_col)
+                    if not ok:
+                        break
+                _record_rates(acc, n, ok, status[b])
+                return
+            if code == 1:
+                _lose_sequence(local, b, t, qr_at, record_at)
+                break
             if qr_at[t]:
-                _orthonormalise(qb, log_r)
+                n = 0
+                start[:, :] = flat
                 blk = record_at[t]
                 if blk >= 0:
                     for i in range(K):
@@ -275,18 +490,21 @@ def _lyapunov_dense_kernel(jac, q, qr_at, record_at, local):
 
 @njit(**_JIT)
 def _graded_product_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in,
-                           direct, dh_dcp, dc_dcp, r_grad, q, lag_slot, log_d, u_out):
+                           direct, dh_dcp, dc_dcp, r_grad, q, lag_slot, log_d, u_out, status):
     """Accumulate P_tau^T = J_{T-tau}^T ... J_{T-1}^T (processing steps) for every lag, graded.
 
     P_tau^T = Q_tau diag(exp(log_d)) U_tau with Q_tau orthonormal and U_tau upper triangular with
     diagonal +-1, updated by one QR per step: J^T Q = Q' R, R = |diag R| R~ with
     R~ = R / |diag R| (row-wise), so diag(d') U' = R diag(d) U with d' = |diag R| d and
     U' = (diag(d)^-1 R~ diag(d)) U, whose off-diagonal factor d_j / d_i shrinks as the QR orders
-    the growth rates (no overflow or underflow at any lag).
+    the growth rates (no overflow or underflow at any lag).  An R_ii exactly 0 (an exactly
+    singular step) makes ln d_i = -inf: that direction's singular value is 0 from then on.
 
     q (B, L*D, P, N, S): orthonormal start, overwritten; lag_slot (T,) int: after tau = s + 1
     factors (s = 0..T-1), the slot to save into, or -1.  Writes log_d (n_lags, B, S) and
-    u_out (n_lags, B, S, S).
+    u_out (n_lags, B, S, S), and status (B, 5): FAIL_NONFINITE, the processing step t, the lag
+    tau, then 0 (the product J^T Q) or 1 (the graded factor U) where a value became inf or NaN;
+    that sequence's remaining lags are NaN.
     """
     B = q.shape[0]
     T = lag_slot.shape[0]
@@ -314,31 +532,68 @@ def _graded_product_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
             t = T - 1 - s
             _apply_tangent(True, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
                            c_rec, c_in, direct, dh_dcp, dc_dcp, r_grad, qb, tmp, r, y, z, up)
-            qq, rr = np.linalg.qr(tmp.reshape((S, S)))
-            flat[:, :] = qq
-            for i in range(S):
-                di = np.abs(rr[i, i])
-                inv = 1.0 / di if di > 0.0 else 0.0
-                m[i, i] = 1.0 if rr[i, i] >= 0.0 else -1.0
-                for jj in range(i):
-                    m[i, jj] = 0.0
-                for jj in range(i + 1, S):
-                    # (R / |diag R|)_ij d_j / d_i; the ratio is capped so that it stays finite
-                    # while the QR has not yet ordered the growth rates
-                    if rr[i, jj] == 0.0:
+            jq = tmp.reshape((S, S))
+            lost = -1
+            if not np.isfinite(_frame_max(jq)):
+                lost = 0
+            else:
+                qq, rr = np.linalg.qr(jq)
+                flat[:, :] = qq
+                for i in range(S):
+                    di = np.abs(rr[i, i])
+                    inv = 1.0 / di if di > 0.0 else 0.0
+                    m[i, i] = 1.0 if rr[i, i] >= 0.0 else -1.0
+                    for jj in range(i):
                         m[i, jj] = 0.0
-                    else:
-                        m[i, jj] = rr[i, jj] * inv * np.exp(min(ld[jj] - ld[i], 700.0))
-            for i in range(S):
-                ld[i] += np.log(np.abs(rr[i, i]))
-            np.dot(m, u, u_new)
-            u[:, :] = u_new
+                    for jj in range(i + 1, S):
+                        # (R / |diag R|)_ij d_j / d_i; the ratio is capped so that it stays
+                        # finite while the QR has not yet ordered the growth rates
+                        if rr[i, jj] == 0.0 or inv == 0.0:
+                            m[i, jj] = 0.0
+                        else:
+                            gap = ld[jj] - ld[i]
+                            if gap != gap:  # both scales exactly 0 (-inf - -inf)
+                                gap = 0.0
+                            m[i, jj] = rr[i, jj] * inv * np.exp(min(gap, 700.0))
+                for i in range(S):
+                    di = np.abs(rr[i, i])
+                    ld[i] += np.log(di) if di > 0.0 else -np.inf
+                np.dot(m, u, u_new)
+                if not np.isfinite(_frame_max(u_new)):
+                    lost = 1
+                u[:, :] = u_new
+            if lost >= 0:
+                st = status[b]
+                st[0], st[1], st[2], st[3], st[4] = FAIL_NONFINITE, t, s + 1, lost, 0
+                for ss in range(s, T):
+                    slot = lag_slot[ss]
+                    if slot >= 0:
+                        log_d[slot, b, :] = np.nan
+                        u_out[slot, b, :, :] = np.nan
+                break
             slot = lag_slot[s]
             if slot >= 0:
                 for i in range(S):
                     log_d[slot, b, i] = ld[i]
                     for jj in range(S):
                         u_out[slot, b, i, jj] = u[i, jj]
+
+
+@njit(**_JIT)
+def _first_nonfinite_kernel(a, where):
+    """where <- (t, b) of the first a[t, b, :] (time first, then sequence) holding a NaN or inf;
+    (-1, -1) if none.  a (T, B, M): an analysis output, checked without a temporary."""
+    T, B, M = a.shape
+    where[0] = -1
+    where[1] = -1
+    for t in range(T):
+        for b in range(B):
+            for i in range(M):
+                v = a[t, b, i]
+                if not np.isfinite(v):
+                    where[0] = t
+                    where[1] = b
+                    return
 
 
 # --- drivers ------------------------------------------------------------------------------------
@@ -348,29 +603,55 @@ def _graded_product_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
 # machine), so the BLAS is held to one thread while they run.
 
 
+def qr_limits(dtype):
+    """(ortho_tol, log_tiny) of the QR loops' checks for frames of ``dtype`` (see above)."""
+    info = np.finfo(dtype)
+    eps, tiny = float(info.eps), float(info.tiny)
+    return np.sqrt(eps), float(np.log(tiny) - 1.5 * np.log(eps))
+
+
 def tangent(args, v, out, transpose):
     """out[t, b] = J_t v (or J_t^T v); ``args`` from the linearisation (see _tangent_kernel)."""
     with blas.single_threaded():
         _tangent_kernel(bool(transpose), *args, v, out)
 
 
-def lyapunov(args, q, qr_at, record_at, local):
-    """Benettin's loop along a linearised trajectory (see _lyapunov_kernel)."""
+def lyapunov(args, q, qr_at, record_at, local, strict):
+    """Benettin's loop along a linearised trajectory (see _lyapunov_kernel); returns the
+    status array (B, 8)."""
+    status = np.zeros((q.shape[0], 8))
+    ortho_tol, log_tiny = qr_limits(q.dtype)
     with blas.single_threaded():
-        _lyapunov_kernel(*args, q, qr_at, record_at, local)
+        _lyapunov_kernel(*args, q, qr_at, record_at, local, bool(strict), ortho_tol, log_tiny,
+                         status)
+    return status
 
 
-def lyapunov_dense(jac, q, qr_at, record_at, local):
-    """Benettin's loop on given matrices (see _lyapunov_dense_kernel)."""
+def lyapunov_dense(jac, q, qr_at, record_at, local, strict):
+    """Benettin's loop on given matrices (see _lyapunov_dense_kernel); returns the status
+    array (B, 8)."""
+    status = np.zeros((q.shape[0], 8))
+    ortho_tol, log_tiny = qr_limits(q.dtype)
     with blas.single_threaded():
-        _lyapunov_dense_kernel(jac, q, qr_at, record_at, local)
+        _lyapunov_dense_kernel(jac, q, qr_at, record_at, local, bool(strict), ortho_tol,
+                               log_tiny, status)
+    return status
 
 
 def graded_product(args, q, lag_slot, log_d, u_out):
-    """Graded accumulation of the transposed Jacobian products (see _graded_product_kernel)."""
+    """Graded accumulation of the transposed Jacobian products (see _graded_product_kernel);
+    returns the status array (B, 5)."""
+    status = np.zeros((q.shape[0], 5))
     with blas.single_threaded():
-        _graded_product_kernel(*args, q, lag_slot, log_d, u_out)
+        _graded_product_kernel(*args, q, lag_slot, log_d, u_out, status)
+    return status
 
+
+def first_nonfinite(a):
+    """(t, b) of the first step and sequence where ``a`` (T, B, ...) is not finite, or None."""
+    where = np.empty(2, np.int64)
+    _first_nonfinite_kernel(a.reshape(a.shape[0], a.shape[1], -1), where)
+    return None if where[0] < 0 else (int(where[0]), int(where[1]))
 
 
 def coefficients(kind, act, alpha, h0, c0, out_h, out_c, aux, reverse, into):

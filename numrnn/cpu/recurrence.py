@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 from numba.extending import register_jitable
 
-from .. import cells, config
+from .. import cells, config, norms
 from . import elementary, threads
 
 # error_model="numpy": a float division is IEEE (no zero check that would keep loops scalar).
@@ -161,79 +161,6 @@ def _gru_row_backward(one, n, dh_carry, d_out, h_prev, aux, dxp, dhp):
         dhp[n + j] = dz
         dhp[2 * n + j] = dhn
         dh_carry[j] = dhd
-
-
-@register_jitable(inline="always")
-def _squared_sum(u, v):
-    """sum over j of (u_j + v_j)^2 in float64, in eight interleaved partial sums.
-
-    Each u_j + v_j is formed in the arrays' dtype (it is the gradient the sweep carries) and
-    squared in float64, so a float32 gradient's squares neither overflow nor underflow.  A single
-    running sum is one chain of dependent adds (a reduction is not reordered without fastmath);
-    eight independent chains keep the adder busy.  The order is fixed, so the result does not
-    depend on anything but the inputs.
-    """
-    n = u.shape[0]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    n8 = n - n % 8
-    for j in range(0, n8, 8):
-        d0 = np.float64(u[j] + v[j])
-        d1 = np.float64(u[j + 1] + v[j + 1])
-        d2 = np.float64(u[j + 2] + v[j + 2])
-        d3 = np.float64(u[j + 3] + v[j + 3])
-        d4 = np.float64(u[j + 4] + v[j + 4])
-        d5 = np.float64(u[j + 5] + v[j + 5])
-        d6 = np.float64(u[j + 6] + v[j + 6])
-        d7 = np.float64(u[j + 7] + v[j + 7])
-        s0 += d0 * d0
-        s1 += d1 * d1
-        s2 += d2 * d2
-        s3 += d3 * d3
-        s4 += d4 * d4
-        s5 += d5 * d5
-        s6 += d6 * d6
-        s7 += d7 * d7
-    for j in range(n8, n):
-        d = np.float64(u[j] + v[j])
-        s0 += d * d
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-
-
-@register_jitable
-def _scaled_norm(u, v):
-    """||u + v||_2 in float64 by scaling with the largest |u_j + v_j| (no overflow, no underflow
-    of the squares); NaN if an entry is NaN, inf if one is infinite."""
-    n = u.shape[0]
-    m = 0.0
-    for j in range(n):
-        d = abs(np.float64(u[j] + v[j]))
-        if d != d:
-            return d
-        if d > m:
-            m = d
-    if m == 0.0 or m == np.inf:
-        return m
-    acc = 0.0
-    for j in range(n):
-        d = np.float64(u[j] + v[j]) / m
-        acc += d * d
-    return m * np.sqrt(acc)
-
-
-#: A sum of squares at least this large and finite has lost nothing to underflow that matters
-#: (each underflowed square is below 2.2e-308, at most N of them against 1e-280); below it, or
-#: when it overflowed, the norm is recomputed with scaling.
-_SAFE_SQUARES = 1e-280
-
-
-@register_jitable(inline="always")
-def _gradient_norm(u, v):
-    """||u + v||_2 in float64: the fast sum of squares, or the scaled form where that sum is
-    not safe (float64 gradients above about 1e154 or below 1e-140, or non-finite ones)."""
-    acc = _squared_sum(u, v)
-    if acc >= _SAFE_SQUARES and acc < np.inf:
-        return np.sqrt(acc)
-    return _scaled_norm(u, v)
 
 
 @register_jitable(inline="always")
@@ -439,7 +366,7 @@ def _backward_kernel(kind, act, consts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux,
             auxb = aux[t, b]
             dgb = dhp[t, b]
             cr, dob = carry[i], d_out[t, b]
-            nrm = _gradient_norm(cr, dob)
+            nrm = norms.gradient_norm(cr, dob)
             if kind == cells.KIND_LSTM:
                 _lstm_row_backward(one, zero, N, cr, carry_c[i], dob, c_prev[b], c_t[b], auxb,
                                    dgb)

@@ -6,15 +6,24 @@ written from scripts, workers and tests alike.
 """
 import numpy as np
 
-__all__ = ["plot_study", "plot_training", "plot_fixed_points", "pca_project"]
+__all__ = ["plot_study", "plot_training", "plot_fixed_points", "pca_project", "require_matplotlib"]
 
 
-def _figure(**kw):
+def require_matplotlib():
+    """The ``matplotlib.figure.Figure`` class; ImportError naming the extra to install if absent.
+
+    The command line calls it before any work, so that a promised figure never fails at the end.
+    """
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ImportError("figures need the optional extra: pip install 'numrnn[plot]'") from exc
-    return Figure(**kw)
+        raise ImportError("figures need matplotlib, which is not installed: pip install "
+                          "'numrnn[plot]'") from exc
+    return Figure
+
+
+def _figure(**kw):
+    return require_matplotlib()(**kw)
 
 
 def plot_study(result, path=None):

@@ -56,9 +56,13 @@ class ProgressBar:
         frac = self.count / self.total
         filled = int(round(frac * self.width))
         elapsed = time.perf_counter() - self.start
-        eta = elapsed / self.count * (self.total - self.count) if self.count else float("nan")
         bar = "#" * filled + "-" * (self.width - filled)
-        eta_s = f"eta {eta:5.1f}s" if self.count < self.total else f"{elapsed:5.1f}s"
+        if self.count == self.total:
+            eta_s = f"{elapsed:5.1f}s"
+        elif self.count:
+            eta_s = f"eta {elapsed / self.count * (self.total - self.count):5.1f}s"
+        else:  # nothing done yet: no rate to extrapolate from
+            eta_s = "eta     ?"
         tail = f" {self.postfix}" if self.postfix else ""
         return f"{self.desc} [{bar}] {self.count}/{self.total} {eta_s}{tail}"
 

@@ -5,6 +5,7 @@ parameters, so the same function runs in a loop here or as a task on a Dask clus
 (:func:`run_study` with ``scheduler=``) and gives the same bits either way: every random number of a
 point comes from generators seeded by the point's own parameters.
 """
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -14,10 +15,13 @@ from .. import _validation as _v
 from .meanfield import meanfield_lyapunov
 from .progress import ProgressBar
 
-__all__ = ["StudyConfig", "StudyResult", "study_point", "run_study", "STUDY_CELLS"]
+__all__ = ["StudyConfig", "StudyResult", "study_point", "run_study", "check_scheduler",
+           "STUDY_CELLS", "STUDY_INITS"]
 
 STUDY_CELLS = ("tanh", "relu", "linear", "rate", "lstm", "gru")
-_INITS = ("gaussian", "orthogonal", "spectral_radius", "default", "identity")
+#: The initialisers a gain sweep can use: each scales W_hh by the gain.  "default" (PyTorch's
+#: uniform initialisation) takes no gain, so every gain would give the same network.
+STUDY_INITS = ("gaussian", "orthogonal", "spectral_radius", "identity")
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,8 @@ class StudyConfig:
     sigma_b : float
         Standard deviation of the biases (b_ih ~ N(0, sigma_b^2), b_hh = 0).
     init : str
-        Initialiser of W_hh (see :class:`numrnn.RNN`).
+        Initialiser of W_hh, one of ``STUDY_INITS`` (see :class:`numrnn.RNN`); the gain scales
+        it.  "default" is refused: it takes no gain, so the sweep would repeat one network.
     dtype : str
         "float64" or "float32".
     device : str
@@ -87,8 +92,12 @@ class StudyConfig:
         object.__setattr__(self, "seeds", seeds)
         _v.check_real("alpha", self.alpha, 0.0, 1.0, low_open=True)
         _v.check_real("sigma_b", self.sigma_b, 0.0)
-        if self.init not in _INITS:
-            raise ValueError(f"init: expected one of {_INITS}, got {self.init!r}")
+        if self.init == "default":
+            raise ValueError(f"init: 'default' (PyTorch's U(-1/sqrt(N), 1/sqrt(N))) takes no "
+                             f"gain, so every gain of the sweep would give the same network and "
+                             f"identical rows; expected one of {STUDY_INITS}")
+        if self.init not in STUDY_INITS:
+            raise ValueError(f"init: expected one of {STUDY_INITS}, got {self.init!r}")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype: expected 'float64' or 'float32', got {self.dtype!r}")
         if self.device not in ("cpu", "cuda"):
@@ -128,10 +137,11 @@ def _build_network(p):
     kw = {}
     if p["device"] != "cpu":
         kw["device"] = p["device"]
-    rng = np.random.default_rng([p["seed"], 1])
+    rng = _v.check_seed([p["seed"], 1], "seed")
     try:
         net = RNN(1, p["hidden_size"], cell=p["cell"], alpha=p["alpha"], dtype=np.dtype(p["dtype"]),
-                  init=p["init"], gain=p["gain"], seed=np.random.default_rng([p["seed"], 0]), **kw)
+                  init=p["init"], gain=p["gain"], seed=_v.check_seed([p["seed"], 0], "seed"),
+                  **kw)
     except TypeError as exc:
         if "device" in str(exc) and kw:
             raise ValueError(f"device: this numrnn build cannot run on {p['device']!r}: "
@@ -147,27 +157,36 @@ def _build_network(p):
     return net
 
 
+def _batch_of(a, B):
+    """B contiguous copies of an unbatched array, (L, n) -> (L, B, n) (time-major for inputs)."""
+    return np.ascontiguousarray(np.broadcast_to(a[:, None, :], (a.shape[0], B, a.shape[1])))
+
+
 def _bptt_decay_rate(net, x, h0, max_lag, seed):
     """Per-step growth rate of BPTT gradient norms |dL/dh_{T-1-tau}| over lags tau = 1..max_lag.
 
     L = <v, h_{T-1}> for 8 random unit cotangents v (a batch of copies of the trajectory), the
     slope of the mean of ln|dL/dh_t| against lag: the engine's own backpropagated gradients,
     measured independently of the analysis package's Jacobian products.  Negative: vanishing.
+
+    Only the last max_lag + 1 steps are backpropagated (the state entering them comes from a
+    forward pass): lags beyond max_lag are not used, and in a chaotic network their gradients
+    grow past the dtype's range.
     """
     B = 8
-    rng = np.random.default_rng([seed, 3])
-    xb = np.ascontiguousarray(np.broadcast_to(x[:, None, :], (x.shape[0], B, x.shape[1])))
+    rng = _v.check_seed([seed, 3], "seed")
+    cut = x.shape[0] - max_lag - 1
+    if cut > 0:
+        _, h0 = net.forward(x[:cut], h0)
+        x = x[cut:]
     lstm = isinstance(h0, tuple)
-    h = h0[0] if lstm else h0
-    hb = np.ascontiguousarray(np.broadcast_to(h[:, None, :], (h.shape[0], B, h.shape[1])))
+    hb = _batch_of(h0[0] if lstm else h0, B)
     v = rng.standard_normal(hb.shape).astype(net.dtype)
     v /= np.linalg.norm(v, axis=2, keepdims=True)
     if lstm:
-        cb = np.ascontiguousarray(np.broadcast_to(h0[1][:, None, :], hb.shape))
-        hb, v = (hb, cb), (v, np.zeros_like(v))
-    T = x.shape[0]
-    out_shape = (T, B, net.hidden_size * net.num_directions)
-    grads = net.vjp(xb, np.zeros(out_shape, net.dtype), hb, d_h_n=v)
+        hb, v = (hb, _batch_of(h0[1], B)), (v, np.zeros_like(v))
+    out_shape = (x.shape[0], B, net.hidden_size * net.num_directions)
+    grads = net.vjp(_batch_of(x, B), np.zeros(out_shape, net.dtype), hb, d_h_n=v)
     norms = np.asarray(grads["state_grad_norm"], np.float64)[::-1][1:max_lag + 1]  # lags 1..
     with np.errstate(divide="ignore"):
         logs = np.log(norms).mean(axis=1)
@@ -199,7 +218,7 @@ def study_point(p):
     start = time.perf_counter()
     net = _build_network(p)
     dtype = np.dtype(p["dtype"])
-    rng = np.random.default_rng([p["seed"], 2])
+    rng = _v.check_seed([p["seed"], 2], "seed")
     n_state = net.num_layers * net.hidden_size
     h0 = rng.standard_normal((1, n_state)).astype(dtype)
     if p["cell"] == "lstm":
@@ -299,29 +318,92 @@ class StudyResult:
         return f"StudyResult({self.status})"
 
 
-def _client(scheduler):
+_ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*://\S+|[^\s:/]+:\d+")
+_LOCAL = re.compile(r"local(:(?P<n>[1-9][0-9]*))?")
+
+
+def _dask_distributed():
+    """The ``dask.distributed`` module, or an ImportError that says how to install it."""
     try:
-        from dask.distributed import Client, LocalCluster
+        import dask.distributed
     except ImportError as exc:
-        raise ImportError("scheduler: Dask sweeps need the optional extra: pip install "
-                          "'numrnn[dask]'") from exc
-    if hasattr(scheduler, "submit"):
-        return scheduler, None, getattr(getattr(scheduler, "scheduler", None), "address", "client")
+        raise ImportError("scheduler: Dask sweeps need the optional extra, which is not "
+                          "installed: pip install 'numrnn[dask]'") from exc
+    return dask.distributed
+
+
+def check_scheduler(scheduler):
+    """Check a ``scheduler`` argument of :func:`run_study` without connecting to it.
+
+    Parameters
+    ----------
+    scheduler : None, str or dask.distributed.Client
+        None (serial), "local" or "local:N" (N >= 1 worker processes), a scheduler address
+        ("tcp://host:8786", "host:8786") or a Client.
+
+    Returns
+    -------
+    The same ``scheduler``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For anything else, naming ``scheduler``.
+    ImportError
+        When a Dask scheduler is asked for and Dask is not installed, with the command that
+        installs it.
+    """
+    if scheduler is None or hasattr(scheduler, "submit"):
+        return scheduler
     if not isinstance(scheduler, str):
         raise TypeError(f"scheduler: expected an address string, 'local[:N]' or a "
                         f"dask.distributed.Client, got {type(scheduler).__name__}")
-    if scheduler.startswith("local"):
-        n = scheduler.partition(":")[2]
-        n_workers = _v.check_int("scheduler (local:N)", int(n), 1) if n else 2
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
-        return client, cluster, cluster.scheduler_address
-    client = Client(scheduler)
-    return client, None, scheduler
+    if scheduler == "local" or scheduler.startswith("local:"):
+        if not _LOCAL.fullmatch(scheduler):
+            raise ValueError(f"scheduler: expected 'local' or 'local:N' with N >= 1 worker "
+                             f"processes, got {scheduler!r}")
+    elif not _ADDRESS.fullmatch(scheduler):
+        raise ValueError(f"scheduler: expected a Dask scheduler address (tcp://host:8786 or "
+                         f"host:8786) or 'local[:N]', got {scheduler!r}")
+    _dask_distributed()
+    return scheduler
 
 
-def run_study(config=None, *, scheduler=None, progress=False, stream=None):
+def _client(scheduler, timeout):
+    """(client, what to close when done, address) for a checked ``scheduler``."""
+    distributed = _dask_distributed()
+    if hasattr(scheduler, "submit"):  # the caller's client: theirs to close
+        return scheduler, [], getattr(getattr(scheduler, "scheduler", None), "address", "client")
+    local = _LOCAL.fullmatch(scheduler)
+    if local:
+        cluster = distributed.LocalCluster(n_workers=int(local["n"] or 2), threads_per_worker=1,
+                                           processes=True, dashboard_address=None)
+        client = distributed.Client(cluster)
+        return client, [client, cluster], cluster.scheduler_address
+    try:
+        client = distributed.Client(scheduler, timeout=timeout)
+    except OSError as exc:  # refused, unreachable, timed out
+        raise ConnectionError(f"scheduler: could not connect to {scheduler!r} within "
+                              f"{timeout:g} s ({exc})") from None
+    except ValueError as exc:  # an address Dask cannot parse
+        raise ValueError(f"scheduler: {scheduler!r} is not an address Dask accepts ({exc})") \
+            from None
+    return client, [client], scheduler
+
+
+def _point_rows(points, client):
+    """(index, row) of every point as it is done: in order here, or as Dask tasks finish."""
+    if client is None:
+        for i, p in enumerate(points):
+            yield i, study_point(p)
+        return
+    futures = client.map(study_point, points, pure=False)
+    index = {f.key: i for i, f in enumerate(futures)}
+    for fut in _dask_distributed().as_completed(futures):
+        yield index[fut.key], fut.result()
+
+
+def run_study(config=None, *, scheduler=None, timeout=10.0, progress=False, stream=None):
     """Run a gradient-stability study, serially or on a Dask cluster.
 
     Parameters
@@ -331,13 +413,25 @@ def run_study(config=None, *, scheduler=None, progress=False, stream=None):
     scheduler : str or dask.distributed.Client, optional
         None runs the points in this process.  A scheduler address ("tcp://host:8786"), or
         "local[:N]" for a ``LocalCluster`` of N single-threaded worker processes, or a Client,
-        runs each point as a Dask task.  The numbers are identical either way.
+        runs each point as a Dask task.  The numbers are identical either way.  Checked (and
+        connected to) before any point is computed.
+    timeout : float
+        Seconds to wait for a scheduler address to answer (10 s).
     progress : bool
         Show a progress bar.
+    stream : file-like, optional
+        Where the progress bar goes (stderr by default).
 
     Returns
     -------
     StudyResult
+
+    Raises
+    ------
+    ImportError
+        A Dask scheduler without Dask installed (the message says how to install it).
+    ConnectionError
+        The scheduler did not answer within ``timeout``.
 
     References
     ----------
@@ -349,7 +443,7 @@ def run_study(config=None, *, scheduler=None, progress=False, stream=None):
     Examples
     --------
     >>> from numrnn.experiments import StudyConfig, run_study
-    >>> cfg = StudyConfig(hidden_size=20, gains=(0.5, 2.0), seeds=(0,), steps=100,
+    >>> cfg = StudyConfig(hidden_size=50, gains=(0.5, 2.0), seeds=(0,), steps=100,
     ...                   transient=20, n_exponents=3, max_lag=10)
     >>> result = run_study(cfg)
     >>> result.rows[0]["lyapunov_max"] < 0 < result.rows[1]["lyapunov_max"]
@@ -360,31 +454,23 @@ def run_study(config=None, *, scheduler=None, progress=False, stream=None):
     config = StudyConfig() if config is None else config
     if not isinstance(config, StudyConfig):
         raise TypeError(f"config: expected a StudyConfig, got {type(config).__name__}")
+    check_scheduler(scheduler)
+    timeout = _v.check_real("timeout", timeout, 0.0, low_open=True)
     points = config.points()
     start = time.perf_counter()
-    bar = ProgressBar(len(points), "study", enabled=progress, stream=stream)
+    client, owned, where = None, [], "serial"
+    if scheduler is not None:  # connect before any work: a bad address costs nothing
+        client, owned, where = _client(scheduler, timeout)
     rows = [None] * len(points)
-    with bar:
-        if scheduler is None:
-            where = "serial"
-            for i, p in enumerate(points):
-                rows[i] = study_point(p)
-                bar.update(postfix=f"g={p['gain']:.3g} seed={p['seed']}")
-        else:
-            from dask.distributed import as_completed
-
-            client, cluster, where = _client(scheduler)
-            try:
-                futures = client.map(study_point, points, pure=False)
-                index = {f.key: i for i, f in enumerate(futures)}
-                for fut in as_completed(futures):
-                    i = index[fut.key]
-                    rows[i] = fut.result()
-                    bar.update(postfix=f"g={points[i]['gain']:.3g} seed={points[i]['seed']}")
-            finally:
-                if cluster is not None:
-                    client.close()
-                    cluster.close()
+    bar = ProgressBar(len(points), "study", enabled=progress, stream=stream)
+    try:
+        with bar:
+            for i, row in _point_rows(points, client):
+                rows[i] = row
+                bar.update(postfix=f"g={points[i]['gain']:.3g} seed={points[i]['seed']}")
+    finally:
+        for c in owned:
+            c.close()
     seconds = time.perf_counter() - start
     status = (f"{len(points)} points ({len(config.gains)} gains x {len(config.seeds)} seeds, "
               f"{config.cell}, N={config.hidden_size}) in {seconds:.1f} s on {where}")

@@ -36,12 +36,6 @@ class TaskBatch:
     mask: np.ndarray
 
 
-def _rng(seed):
-    if isinstance(seed, np.random.Generator):
-        return seed
-    return np.random.default_rng(seed)
-
-
 class _Task:
     """Common interface: ``name``, ``input_size``, ``output_size``, ``loss``, ``chance``, ``sample``."""
 
@@ -55,7 +49,7 @@ class _Task:
     def sample(self, batch_size, rng=None):
         """Draw ``batch_size`` sequences; ``rng`` is a seed or a ``numpy.random.Generator``."""
         batch_size = _v.check_int("batch_size", batch_size, 1)
-        return self._sample(batch_size, _rng(rng))
+        return self._sample(batch_size, _v.check_seed(rng, "rng"))
 
     def __repr__(self):
         return f"{type(self).__name__}(T={self.T}, chance={self.chance:.4g} ({self.loss}))"
@@ -141,7 +135,7 @@ class CopyMemory(_Task):
     >>> from numrnn.experiments import CopyMemory
     >>> task = CopyMemory(20)
     >>> batch = task.sample(4, rng=0)
-    >>> batch.x.shape, batch.y.shape, round(task.chance, 4)
+    >>> batch.x.shape, batch.y.shape, round(float(task.chance), 4)
     ((40, 4, 10), (40, 4), 0.5199)
     """
 
@@ -198,7 +192,7 @@ class FlipFlop(_Task):
     --------
     >>> from numrnn.experiments import FlipFlop
     >>> batch = FlipFlop(100).sample(2, rng=0)
-    >>> batch.x.shape, sorted(set(batch.y.ravel()))
+    >>> batch.x.shape, sorted(set(batch.y.ravel().tolist()))
     ((100, 2, 3), [-1.0, 1.0])
     """
 
@@ -269,7 +263,7 @@ def lorenz_trajectory(n_steps, *, dt=0.01, x0=None, transient=1000, sigma=10.0, 
     transient = _v.check_int("transient", transient, 0)
     dt = _v.check_real("dt", dt, 0.0, low_open=True)
     if x0 is None:
-        x0 = _rng(rng).normal([0.0, 0.0, 25.0], 5.0, size=(1, 3))
+        x0 = _v.check_seed(rng, "rng").normal([0.0, 0.0, 25.0], 5.0, size=(1, 3))
     s = np.array(x0, dtype=np.float64).reshape(-1, 3)
 
     def f(u):
@@ -334,7 +328,7 @@ class LorenzForecast(_Task):
         self.washout = _v.check_int("washout", washout, 0)
         if self.washout >= self.T:
             raise ValueError(f"washout: expected fewer than T={self.T} steps, got {washout}")
-        ref = self._trajectories(64, np.random.default_rng(12345), self.T + self.horizon)
+        ref = self._trajectories(64, _v.check_seed(12345), self.T + self.horizon)
         self.chance = float(np.mean(np.var(ref.reshape(-1, 3), axis=0)))
 
     def _trajectories(self, B, rng, n):
@@ -401,8 +395,10 @@ class CharLM(_Task):
         if not isinstance(text, str):
             raise TypeError(f"text: expected a str, got {type(text).__name__}")
         if len(text) < self.T + 1:
-            raise ValueError(f"text: expected at least T + 1 = {self.T + 1} characters, got "
-                             f"{len(text)}")
+            # T is what a user chooses; the text is usually the shipped one
+            raise ValueError(f"T: expected at most {len(text) - 1}, the longest window this text "
+                             f"allows (a window needs T + 1 = {self.T + 1} characters; the text "
+                             f"has {len(text)}), got {self.T}")
         self.text = text
         self.vocab = "".join(sorted(set(text)))
         self._index = {ch: i for i, ch in enumerate(self.vocab)}

@@ -5,19 +5,24 @@ by hand (``*_grad``), the readout's own vjp is one matrix product, and everythin
 :meth:`numrnn.RNN.vjp` (exact BPTT).
 """
 import json
+import math
+import struct
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import _validation as _v
+from ..errors import NonFiniteError
 from ..network import RNN
 from .progress import ProgressBar
-from .tasks import _rng
 
 __all__ = ["LinearReadout", "mse_loss", "mse_loss_grad", "cross_entropy_loss",
            "cross_entropy_loss_grad", "SGD", "Adam", "clip_grad_norm", "train", "evaluate",
-           "TrainResult", "save_model", "load_model", "SavedModel", "sample_text"]
+           "TrainResult", "TrainingDiverged", "save_model", "load_model", "SavedModel",
+           "sample_text", "to_json"]
 
 
 class LinearReadout:
@@ -30,7 +35,7 @@ class LinearReadout:
     output_size : int
         O.
     dtype : numpy.float32 or numpy.float64
-    seed : int or numpy.random.Generator, optional
+    seed : int, sequence of int, numpy.random.SeedSequence or numpy.random.Generator, optional
         W is drawn from U(-1/sqrt(H), 1/sqrt(H)) (PyTorch's ``nn.Linear``), b = 0.
 
     Attributes
@@ -52,7 +57,7 @@ class LinearReadout:
         self.output_size = _v.check_int("output_size", output_size, 1)
         self.dtype = _v.check_dtype_arg(dtype)
         bound = 1.0 / np.sqrt(self.hidden_size)
-        rng = _rng(seed)
+        rng = _v.check_seed(seed)
         self.parameters = {
             "weight": rng.uniform(-bound, bound, (self.output_size, self.hidden_size))
             .astype(self.dtype),
@@ -191,7 +196,8 @@ def clip_grad_norm(grads, max_norm):
     Returns
     -------
     float
-        The norm before clipping.
+        The norm before clipping.  A NaN or inf norm leaves the gradients as they are (no
+        rescaling can make them finite).
 
     References
     ----------
@@ -203,14 +209,14 @@ def clip_grad_norm(grads, max_norm):
     >>> import numpy as np
     >>> from numrnn.experiments import clip_grad_norm
     >>> g = {"w": np.array([3.0, 4.0])}
-    >>> clip_grad_norm(g, 1.0), g["w"].tolist()
+    >>> clip_grad_norm(g, 1.0), np.round(g["w"], 12).tolist()
     (5.0, [0.6, 0.8])
     """
     norm = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64)))
                              for g in grads.values())))
     if max_norm is not None and np.isfinite(max_norm):
         max_norm = _v.check_real("max_norm", max_norm, 0.0, low_open=True)
-        if norm > max_norm:
+        if np.isfinite(norm) and norm > max_norm:
             scale = max_norm / norm
             for g in grads.values():
                 g *= scale
@@ -317,18 +323,66 @@ def _make_optimizer(optimizer, lr):
     raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {optimizer!r}")
 
 
+class _Diverged(Exception):
+    """A NaN or inf met inside one training step; the message says what became non-finite."""
+
+
+def _first_nonfinite(named):
+    """The name of the first (name, array or number) pair holding a NaN or inf, else None."""
+    for name, value in named:
+        if not np.all(np.isfinite(value)):
+            return name
+    return None
+
+
 def _loss_and_grads(net, readout, task, batch, truncate):
-    """Loss of one batch and the gradients of every parameter (names prefixed net./readout.)."""
+    """Loss of one batch and the gradients of every parameter (names prefixed net./readout.).
+
+    Raises ``_Diverged`` when the output, the loss or the cotangent entering the network is
+    NaN or inf (found here, before the engine's pullback would reject it as a bad argument), and
+    :class:`numrnn.NonFiniteError` when the engine meets one inside the network.
+    """
     f, f_grad = _LOSSES[task.loss]
     out, _, pullback = net.forward_pullback(batch.x)
     pred = readout.forward(out)
     loss = f(pred, batch.y, batch.mask)
     d_pred = f_grad(pred, batch.y, batch.mask)
     ro_grads, d_out = readout.vjp(out, d_pred)
+    bad = _first_nonfinite([("the readout's prediction", pred), ("the loss", loss),
+                            ("the loss gradient", d_pred),
+                            *(("the gradient of readout." + k, g) for k, g in ro_grads.items()),
+                            ("the gradient entering the network from the readout", d_out)])
+    if bad is not None:
+        raise _Diverged(f"{bad} became NaN or inf")
     net_grads = pullback(d_out.astype(net.dtype), truncate=truncate)
     grads = {"net." + k: net_grads[k] for k in net.parameters}
     grads.update({"readout." + k: v for k, v in ro_grads.items()})
     return loss, grads
+
+
+def _train_step(net, readout, task, batch, truncate, clip, opt, params):
+    """One optimiser step on ``batch``; returns (loss, gradient norm before clipping).
+
+    Raises ``_Diverged`` with the parameters as they were before the step when a NaN or inf
+    appears anywhere: in the forward pass, the loss, the gradients or the updated parameters.
+    """
+    try:
+        loss, grads = _loss_and_grads(net, readout, task, batch, truncate)
+    except NonFiniteError as exc:
+        raise _Diverged(str(exc)) from None
+    norm = clip_grad_norm(grads, clip)
+    if not np.isfinite(norm):
+        bad = _first_nonfinite(grads.items())
+        raise _Diverged(f"the gradient of {bad} became NaN or inf" if bad else
+                        f"the gradient norm overflowed to {norm}")
+    before = {k: v.copy() for k, v in params.items()}
+    opt.step(params, grads)
+    bad = _first_nonfinite(params.items())
+    if bad is not None:
+        for k, v in before.items():
+            params[k][...] = v
+        raise _Diverged(f"the update made parameter {bad} NaN or inf")
+    return loss, norm
 
 
 def _all_params(net, readout):
@@ -356,22 +410,24 @@ class TrainResult:
     Attributes
     ----------
     status : str
-        One line: final evaluation loss against the chance baseline.
+        One line: final evaluation loss against the chance baseline, or where training diverged.
     net : numrnn.RNN
         The trained network (the object passed in, updated in place).
     readout : LinearReadout
-    losses : ndarray, shape (steps,)
-        Training loss of every step's batch.
-    grad_norms : ndarray, shape (steps,)
+    losses : ndarray, shape (steps_run,)
+        Training loss of every completed step's batch.
+    grad_norms : ndarray, shape (steps_run,)
         Gradient norm before clipping.
     eval_loss : float
-        Loss on a fresh evaluation batch after training.
+        Loss on a fresh evaluation batch after training (NaN when training diverged).
     chance : float
         The task's chance baseline (same loss).
     seconds : float
         Wall time of the training loop.
     config : dict
         Every training setting.
+    diverged_at : int or None
+        The step (0-based, as in ``losses``) at which a NaN or inf appeared, or None.
     """
 
     status: str
@@ -383,10 +439,32 @@ class TrainResult:
     chance: float
     seconds: float
     config: dict = field(default_factory=dict)
+    diverged_at: int = None
 
     def __repr__(self):
         return (f"TrainResult({self.status}; {len(self.losses)} steps in {self.seconds:.1f} s, "
                 f"net={self.net!r})")
+
+
+class TrainingDiverged(FloatingPointError):
+    """Training met a NaN or inf: in the forward pass, the loss, a gradient or an update.
+
+    The message is the partial result's status: the step and what diverged.
+
+    Attributes
+    ----------
+    result : TrainResult
+        What was done before: ``losses`` and ``grad_norms`` of the steps completed, the network
+        and readout holding their last finite parameters (those after the last completed step),
+        ``eval_loss`` NaN, ``diverged_at`` the step that failed.
+    step : int
+        ``result.diverged_at``.
+    """
+
+    def __init__(self, result):
+        super().__init__(result.status)
+        self.result = result
+        self.step = result.diverged_at
 
 
 def train(net, task, *, steps=500, batch_size=32, optimizer="adam", lr=None, clip=1.0,
@@ -412,7 +490,7 @@ def train(net, task, *, steps=500, batch_size=32, optimizer="adam", lr=None, cli
         Truncated BPTT chunk length (see :meth:`numrnn.RNN.vjp`).
     readout : LinearReadout, optional
         Created (seeded from ``seed``) when not given.
-    seed : int or numpy.random.Generator, optional
+    seed : int, sequence of int, numpy.random.SeedSequence or numpy.random.Generator, optional
         Seeds the batches and the readout.
     eval_batch_size : int
     progress : bool
@@ -427,6 +505,14 @@ def train(net, task, *, steps=500, batch_size=32, optimizer="adam", lr=None, cli
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    TrainingDiverged
+        When a NaN or inf appears (the network's state or gradient overflows, the loss or an
+        update becomes non-finite, or the evaluation batch diverges).  Its ``result`` is the
+        partial :class:`TrainResult`; ``net`` and the readout keep their last finite
+        parameters.
 
     References
     ----------
@@ -462,7 +548,7 @@ def train(net, task, *, steps=500, batch_size=32, optimizer="adam", lr=None, cli
         clip = _v.check_real("clip", clip, 0.0, low_open=True)
     if stop_below is not None:
         stop_below = _v.check_real("stop_below", stop_below, 0.0, low_open=True)
-    rng = _rng(seed)
+    rng = _v.check_seed(seed)
     H = net.hidden_size * net.num_directions
     if readout is None:
         readout = LinearReadout(H, task.output_size, dtype=net.dtype, seed=rng)
@@ -473,43 +559,63 @@ def train(net, task, *, steps=500, batch_size=32, optimizer="adam", lr=None, cli
     params = _all_params(net, readout)
     losses = np.empty(steps)
     norms = np.empty(steps)
+    done, failure = 0, None
     start = time.perf_counter()
     bar = ProgressBar(steps, f"train {task.name}", enabled=progress, stream=stream)
-    with bar:
+    # every NaN or inf is looked for explicitly, so NumPy's overflow warnings would only repeat it
+    with bar, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for i in range(steps):
-            loss, grads = _loss_and_grads(net, readout, task, task.sample(batch_size, rng),
-                                          truncate)
-            norms[i] = clip_grad_norm(grads, clip)
-            opt.step(params, grads)
-            losses[i] = loss
+            try:
+                loss, norms[i] = _train_step(net, readout, task, task.sample(batch_size, rng),
+                                             truncate, clip, opt, params)
+            except _Diverged as exc:
+                failure = str(exc)
+                break
+            losses[i], done = loss, i + 1
             if callback is not None:
                 callback(i, loss)
-            window = losses[max(0, i - 19):i + 1].mean()
+            window = losses[max(0, i - 19):done].mean()
             bar.update(postfix=f"loss {window:.4g} (chance {task.chance:.4g})")
             if stop_below is not None and i >= 19 and window < stop_below:
-                losses, norms = losses[:i + 1], norms[:i + 1]
                 break
+        if failure is None:
+            try:
+                eval_loss = evaluate(net, readout, task, eval_batch_size, rng)
+            except NonFiniteError as exc:
+                failure = f"evaluating the trained network: {exc}"
+            else:
+                if not np.isfinite(eval_loss):
+                    failure = f"the evaluation loss became {eval_loss}"
     seconds = time.perf_counter() - start
-    eval_loss = evaluate(net, readout, task, eval_batch_size, rng)
-    status = (f"eval loss {eval_loss:.4g} vs chance {task.chance:.4g} "
-              f"({eval_loss / task.chance:.3g} of chance)")
-    if len(losses) < steps:
-        status += f"; stopped at step {len(losses)} (running loss below {stop_below:g})"
+    losses, norms = losses[:done], norms[:done]
     config = dict(task=task.name, T=task.T, steps=steps, batch_size=batch_size,
                   optimizer=optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
                   lr=getattr(opt, "lr", lr), clip=clip, truncate=truncate, stop_below=stop_below,
-                  steps_run=len(losses))
+                  steps_run=done)
+    if failure is not None:
+        kept = f"after step {done - 1}" if done else "the initial ones"
+        status = (f"diverged at step {done} of {steps}: {failure}; the network and readout keep "
+                  f"their last finite parameters ({kept})")
+        raise TrainingDiverged(TrainResult(status, net, readout, losses, norms, float("nan"),
+                                           float(task.chance), seconds, config, diverged_at=done))
+    status = (f"eval loss {eval_loss:.4g} vs chance {task.chance:.4g} "
+              f"({eval_loss / task.chance:.3g} of chance)")
+    if done < steps:
+        status += f"; stopped at step {done} (running loss below {stop_below:g})"
     return TrainResult(status, net, readout, losses, norms, float(eval_loss), float(task.chance),
                        seconds, config)
 
 
 # --- saving -----------------------------------------------------------------------------------
 
+_NET_KEYS = ("input_size", "hidden_size", "cell", "num_layers", "bias", "bidirectional",
+             "batch_first", "alpha", "nonlinearity", "dtype")
+
+
 def _net_config(net):
-    return dict(input_size=net.input_size, hidden_size=net.hidden_size, cell=net.cell,
-                num_layers=net.num_layers, bias=net.bias, bidirectional=net.bidirectional,
-                batch_first=net.batch_first, alpha=net.alpha,
-                nonlinearity=net.nonlinearity if net.cell == "rate" else None,
+    """The RNN arguments that rebuild ``net`` (its parameters are stored beside them)."""
+    cfg = {k: getattr(net, k) for k in _NET_KEYS if k not in ("nonlinearity", "dtype")}
+    return dict(cfg, nonlinearity=net.nonlinearity if net.cell == "rate" else None,
                 dtype=str(net.dtype))
 
 
@@ -522,6 +628,46 @@ class SavedModel:
     meta: dict
 
 
+def _jsonable(value):
+    """``value`` with NumPy scalars and arrays as Python ones and every NaN or inf as None."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.ndarray, np.generic)):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(payload, indent=2):
+    """Strict JSON text of ``payload``: a NaN or inf is written as ``null``.
+
+    JSON has no NaN or Infinity; Python's ``json`` would write them as bare tokens that strict
+    parsers reject.  numrnn writes ``null`` for every non-finite number (a measurement that
+    does not exist, such as the Kaplan-Yorke dimension beyond the exponents computed) and
+    refuses any other non-JSON value.
+
+    Parameters
+    ----------
+    payload : dict, list, str, number, bool, None, NumPy scalar or array, nested
+    indent : int or None
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numrnn.experiments import to_json
+    >>> to_json({"loss": np.float64(0.5), "dimension": float("nan")}, indent=None)
+    '{"loss": 0.5, "dimension": null}'
+    """
+    return json.dumps(_jsonable(payload), indent=indent, allow_nan=False)
+
+
 def save_model(path, net, readout=None, meta=None):
     """Save a network (and readout) to a ``.npz`` file: parameters plus JSON metadata, no pickle.
 
@@ -531,44 +677,120 @@ def save_model(path, net, readout=None, meta=None):
     net : numrnn.RNN
     readout : LinearReadout, optional
     meta : dict, optional
-        JSON-serialisable extras (task, training settings, ...).
+        JSON-serialisable extras (task, training settings, ...); a NaN or inf is stored as null.
     """
     arrays = {"net/" + k: v for k, v in net.state_dict().items()}
     if readout is not None:
         arrays.update({"readout/" + k: v for k, v in readout.parameters.items()})
     info = {"net": _net_config(net), "meta": meta or {}}
-    arrays["__numrnn__"] = np.array(json.dumps(info))
+    arrays["__numrnn__"] = np.array(to_json(info, indent=None))
     np.savez(path, **arrays)
+
+
+_SAVED = "a .npz file written by numrnn (save_model or `numrnn train`)"
+
+# what a damaged file raises while it is read: the zip layer (truncation and flipped bits give
+# bad headers and CRC mismatches, a flipped flag "encryption" or an unknown compression method),
+# zlib, NumPy's .npy header parser and reader
+_READ_ERRORS = (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, OverflowError,
+                SyntaxError, MemoryError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+                zlib.error, struct.error)
+
+
+def _read_arrays(path):
+    """Every array of the .npz file at ``path``, read in full (so a damaged member is found now)."""
+    name = str(path)
+    try:
+        with open(path, "rb") as fh:  # ours to close, also when NumPy fails half-way
+            magic = fh.read(4)
+            if magic == b"PK\x03\x04":  # a zip archive, as every .npz file is
+                fh.seek(0)
+                with np.load(fh, allow_pickle=False) as data:
+                    return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise ValueError(f"path: expected {_SAVED}, got {name!r} (no such file)") from None
+    except IsADirectoryError:
+        raise ValueError(f"path: expected {_SAVED}, got {name!r}, a directory") from None
+    except _READ_ERRORS as exc:
+        raise ValueError(f"path: expected {_SAVED}, could not read {name!r} (truncated or "
+                         f"damaged): {type(exc).__name__}: {exc}") from None
+    what = "an empty file" if not magic else f"a file beginning {magic!r}, not a zip archive"
+    raise ValueError(f"path: expected {_SAVED}, got {name!r}, {what}")
+
+
+def _read_record(arrays, name):
+    """The parsed ``__numrnn__`` record: {"net": the network's configuration, "meta": dict}."""
+    raw = arrays.get("__numrnn__")
+    if raw is None:
+        raise ValueError(f"path: {name!r} is not a numrnn parameter file (no '__numrnn__' "
+                         f"record); expected {_SAVED}")
+    try:
+        info = json.loads(str(raw)) if raw.dtype.kind == "U" and raw.ndim == 0 else None
+    except ValueError:
+        info = None
+    if (not isinstance(info, dict) or not isinstance(info.get("net"), dict)
+            or set(info["net"]) != set(_NET_KEYS) or not isinstance(info.get("meta", {}), dict)):
+        raise ValueError(f"path: {name!r} holds a damaged numrnn record: expected a JSON object "
+                         f"{{'net': {{{', '.join(_NET_KEYS)}}}, 'meta': {{...}}}}, got "
+                         f"{str(raw)[:200]!r}")
+    return info
+
+
+def _rebuild(arrays, info):
+    """(net, readout or None) from the arrays and the record; TypeError/ValueError if they
+    do not describe one."""
+    cfg = dict(info["net"])
+    if not isinstance(cfg["dtype"], str):
+        raise TypeError(f"dtype: expected 'float32' or 'float64', got {cfg['dtype']!r}")
+    cfg["dtype"] = _v.check_dtype_arg(cfg["dtype"])
+    net = RNN(cfg.pop("input_size"), cfg.pop("hidden_size"), **cfg)
+    net.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("net/")})
+    extra = sorted(set(arrays) - {"__numrnn__", "readout/weight", "readout/bias"}
+                   - {"net/" + k for k in net.parameters})
+    if extra:
+        raise ValueError(f"arrays: expected the network's parameters and a readout, got also "
+                         f"{extra}")
+    if "readout/weight" not in arrays and "readout/bias" not in arrays:
+        return net, None
+    H = net.hidden_size * net.num_directions
+    w = _v.check_float_array("readout/weight", arrays.get("readout/weight"), net.dtype,
+                             [(None, H)])
+    b = _v.check_float_array("readout/bias", arrays.get("readout/bias"), net.dtype,
+                             [(w.shape[0],)])
+    readout = LinearReadout(H, w.shape[0], dtype=net.dtype, seed=0)
+    readout.parameters.update(weight=w.copy(), bias=b.copy())
+    return net, readout
 
 
 def load_model(path):
     """Load what :func:`save_model` wrote.
 
+    Every array is read in full and checked against the stored configuration (names, shapes,
+    dtype, finiteness), so a damaged file is refused here, not later.
+
+    Parameters
+    ----------
+    path : str or path-like
+
     Returns
     -------
     SavedModel
         ``net``, ``readout`` (None if none was saved) and ``meta``.
+
+    Raises
+    ------
+    ValueError
+        Naming the path and what is wrong: missing, a directory, not a zip archive, truncated,
+        damaged (a CRC mismatch, a bad header), an .npz file without numrnn's record, or a record
+        or arrays that do not describe a network.
     """
+    arrays = _read_arrays(path)
+    info = _read_record(arrays, str(path))
     try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"path: expected a .npz file written by numrnn (save_model or numrnn "
-                         f"train), could not read {str(path)!r}: {exc}") from None
-    with data:
-        if "__numrnn__" not in data.files:
-            raise ValueError(f"path: {str(path)!r} is not a numrnn parameter file (no "
-                             "'__numrnn__' record)")
-        info = json.loads(str(data["__numrnn__"]))
-        cfg = dict(info["net"])
-        cfg["dtype"] = np.dtype(cfg["dtype"])
-        net = RNN(cfg.pop("input_size"), cfg.pop("hidden_size"), **cfg)
-        net.load_state_dict({k[4:]: data[k] for k in data.files if k.startswith("net/")})
-        readout = None
-        if "readout/weight" in data.files:
-            w = data["readout/weight"]
-            readout = LinearReadout(w.shape[1], w.shape[0], dtype=w.dtype)
-            readout.parameters["weight"][...] = w
-            readout.parameters["bias"][...] = data["readout/bias"]
+        net, readout = _rebuild(arrays, info)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"path: {str(path)!r} holds a numrnn record that does not describe a "
+                         f"network numrnn can rebuild: {exc}") from None
     return SavedModel(net, readout, info.get("meta", {}))
 
 
@@ -586,7 +808,7 @@ def sample_text(net, readout, task, n_chars=200, *, prime=None, temperature=1.0,
         Text fed first (the task's first character by default).
     temperature : float
         Softmax temperature (> 0); lower is greedier.
-    seed : int or numpy.random.Generator, optional
+    seed : int, sequence of int, numpy.random.SeedSequence or numpy.random.Generator, optional
 
     Returns
     -------
@@ -595,7 +817,7 @@ def sample_text(net, readout, task, n_chars=200, *, prime=None, temperature=1.0,
     """
     n_chars = _v.check_int("n_chars", n_chars, 1)
     temperature = _v.check_real("temperature", temperature, 0.0, low_open=True)
-    rng = _rng(seed)
+    rng = _v.check_seed(seed)
     prime = task.text[0] if not prime else prime
     idx = task.encode(prime)
     out, h = net.forward(task.one_hot(idx))  # unbatched (T, V)

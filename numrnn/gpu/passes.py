@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .. import _validation as _v
-from .. import cells
+from .. import cells, errors
 from . import _cuda, matmul as mm, recurrence as rec
 from ._cuda import cuda
 
@@ -32,21 +32,13 @@ def _copy2(src, dst):
 
 
 @cuda.jit
-def _add_kernel(a, b):
+def _hypot_kernel(a, b):
+    """a = hypot(a, b) elementwise (2-D): the norm of two directions' gradients together."""
     i = cuda.grid(1)
     t, n = a.shape
     if i < t * n:
         r = i // n
-        a[r, i - r * n] += b[r, i - r * n]
-
-
-@cuda.jit
-def _sqrt_kernel(a):
-    i = cuda.grid(1)
-    t, n = a.shape
-    if i < t * n:
-        r = i // n
-        a[r, i - r * n] = math.sqrt(a[r, i - r * n])
+        a[r, i - r * n] = math.hypot(a[r, i - r * n], b[r, i - r * n])
 
 
 def _zeros(shape, dtype):
@@ -83,10 +75,13 @@ class _Arrays:
 
 
 def _params(net):
+    """Every (layer, direction)'s parameters on the device, checked first (shape, dtype,
+    finiteness: in-place edits of ``net.parameters`` included)."""
+    checked = net._validated_parameters()
     out = []
     for layer in range(net.num_layers):
         for d in range(net.num_directions):
-            w_ih, w_hh, b_ih, b_hh = net._layer_params(layer, d)
+            w_ih, w_hh, b_ih, b_hh = net._layer_params(layer, d, checked)
             out.append((_cuda.to_device(w_ih), _cuda.to_device(w_hh),
                         None if b_ih is None else _cuda.to_device(b_ih), _cuda.to_device(b_hh)))
     return out
@@ -146,6 +141,7 @@ def _forward_pass(net, params, x, h0, c0):
     c_n = _zeros((net.num_layers * D, B, N), net.dtype)
     layer_in = x
     tape = []
+    reported = False
     for layer in range(net.num_layers):
         out = _cuda.empty((T, B, D * N), net.dtype)
         flat_in = layer_in.reshape(T * B, layer_in.shape[2])
@@ -157,6 +153,8 @@ def _forward_pass(net, params, x, h0, c0):
             view = out if D == 1 else out[:, :, d * N:(d + 1) * N]
             out_h, out_c, aux = rec.forward(net.kind, net.act, net.alpha, xp, w_hh, b_hh, h0[k],
                                             c0[k], d == 1, out_h=view)
+            if not reported:
+                reported = errors.check_state(rec.first_nonfinite(out_h, d == 1), layer, d == 1)
             last = 0 if d == 1 else T - 1
             _copy2(out_h[last], h_n[k])
             if net.kind == cells.KIND_LSTM:
@@ -168,33 +166,38 @@ def _forward_pass(net, params, x, h0, c0):
 
 
 def _backward_pass(net, params, tape, h0, c0, d_out, d_h_n, d_c_n, truncate):
-    """BPTT through every layer on the device; (grads, d_x (T, B, I), d_h0, d_c0, sq_norm)."""
+    """BPTT through every layer on the device; (grads, d_x (T, B, I), d_h0, d_c0, norm (T, B)
+    float64: the last layer's ||dL/dh_t||, both directions together)."""
     N, D, G = net.hidden_size, net.num_directions, net.gate_count
     T, B = d_out.shape[:2]
     grads = {}
     d_h0 = _cuda.empty(h0.shape, net.dtype)
     d_c0 = _cuda.empty(c0.shape, net.dtype)
-    sq_norm = None
+    norms = None
+    reported = False
     for layer in reversed(range(net.num_layers)):
         layer_in, records = tape[layer]
         flat_in = layer_in.reshape(T * B, layer_in.shape[2])
         d_in = _cuda.empty((T * B, layer_in.shape[2]), net.dtype)
-        layer_sq = None
         for d in range(D):
             k = layer * D + d
             sfx = net._suffix(layer, d)
             w_ih, w_hh, b_ih, _ = params[k]
             out_h, out_c, aux = records[d]
             d_dir = d_out if D == 1 else d_out[:, :, d * N:(d + 1) * N]
-            dxp, dhp, dh0, dc0, sq = rec.backward(
+            dxp, dhp, dh0, dc0, norm = rec.backward(
                 net.kind, net.act, net.alpha, w_hh, h0[k], c0[k], out_h, out_c, aux, d_dir,
                 d_h_n[k], d_c_n[k], d == 1, truncate)
             _copy2(dh0, d_h0[k])
             _copy2(dc0, d_c0[k])
-            if layer_sq is None:
-                layer_sq = sq
-            else:
-                _add_kernel[max(1, -(-T * B // 128)), 128](layer_sq, sq)
+            if not reported:  # the sweep of a forward direction runs backwards in time
+                bad = rec.first_hits(~np.isfinite(norm.copy_to_host()), d == 0)
+                reported = errors.check_gradient(bad, layer, d == 1, T, net.dtype)
+            if layer == net.num_layers - 1:
+                if norms is None:
+                    norms = norm
+                else:
+                    _hypot_kernel[max(1, -(-T * B // 128)), 128](norms, norm)
             dxp2 = dxp.reshape(T * B, G * N)
             dhp2 = dhp.reshape(T * B, G * N)
             if out_h.is_c_contiguous():
@@ -208,12 +211,13 @@ def _backward_pass(net, params, tape, h0, c0, d_out, d_h_n, d_c_n, truncate):
                 grads["bias_ih" + sfx] = mm.colsum(dxp2)
                 grads["bias_hh" + sfx] = mm.colsum(dhp2)
             mm.matmul(dxp2, w_ih, out=d_in, accumulate=d > 0)
-        if sq_norm is None:
-            sq_norm = layer_sq
         d_out = d_in.reshape(T, B, layer_in.shape[2])
-    _sqrt_kernel[max(1, -(-T * B // 128)), 128](sq_norm)
     ordered = {name: grads[name] for name in net._shapes()}
-    return ordered, d_out, d_h0, d_c0, sq_norm
+    if not reported:  # dL/dh stayed finite: a sum over T*B terms may still overflow
+        errors.check_sums([(name, g.copy_to_host()) for name, g in ordered.items()]
+                          + [("input", d_out.copy_to_host()), ("h0", d_h0.copy_to_host()),
+                             ("c0", d_c0.copy_to_host())], T * B, net.dtype)
+    return ordered, d_out, d_h0, d_c0, norms
 
 
 def _pack(net, arrs, out, h_n, c_n, unbatched):

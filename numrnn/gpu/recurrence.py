@@ -21,7 +21,7 @@ plan the launch and report the path they ran in :data:`last_paths`.
 import numba
 import numpy as np
 
-from .. import cells, config
+from .. import cells, config, norms
 from . import _cuda, launch
 from ._cuda import cuda
 
@@ -389,17 +389,52 @@ def _make_backward(dtype, step_sync, sum4, SHUFFLE):
 
 
 @cuda.jit(fastmath=_FASTMATH)
-def _sq_norm_kernel(dh_all, sq_norm):
-    """sq_norm[t, b] = sum_j dh_all[t, b, j]^2, j in order (the CPU kernel's order)."""
+def _norm_kernel(dh_all, zero_row, norm):
+    """norm[t, b] = ||dh_all[t, b]||_2 in float64 by :func:`numrnn.norms.gradient_norm`, the
+    CPU kernel's formula (finite whenever the gradient is)."""
     i = cuda.grid(1)
     T, B, N = dh_all.shape
     if i < T * B:
         t = i // B
         b = i - t * B
-        acc = dh_all[t, b, 0] * dh_all[t, b, 0]
-        for j in range(1, N):
-            acc += dh_all[t, b, j] * dh_all[t, b, j]
-        sq_norm[t, b] = acc
+        norm[t, b] = norms.gradient_norm(dh_all[t, b], zero_row)
+
+
+@cuda.jit(fastmath=_FASTMATH)
+def _nonfinite_rows_kernel(a, flags):
+    """flags[t, b] = 1 where a[t, b, :] holds a NaN or inf, else 0."""
+    i = cuda.grid(1)
+    T, B, N = a.shape
+    if i < T * B:
+        t = i // B
+        b = i - t * B
+        f = 0
+        for j in range(N):
+            x = a[t, b, j]
+            if not (x - x == 0):
+                f = 1
+        flags[t, b] = f
+
+
+def first_nonfinite(a, reverse):
+    """Per sequence, the first time index (in running order) where a (T, B, N) on the device
+    holds a NaN or inf, or -1: an int64 numpy array of shape (B,) (the CPU kernels' ``bad``)."""
+    T, B, _ = a.shape
+    flags = _cuda.empty((T, B), np.int8)
+    threads = 128
+    _nonfinite_rows_kernel[-(-T * B // threads), threads](a, flags)
+    return first_hits(flags.copy_to_host().astype(bool), reverse)
+
+
+def first_hits(hit, reverse):
+    """Per column b of the (T, B) bool array ``hit``, the first t in running order (descending
+    when ``reverse``) where it is True, or -1: int64, shape (B,)."""
+    T, B = hit.shape
+    bad = np.full(B, -1, np.int64)
+    order = np.arange(T)[::-1] if reverse else np.arange(T)
+    for b in np.flatnonzero(hit.any(axis=0)):
+        bad[b] = order[np.argmax(hit[order, b])]
+    return bad
 
 
 @cuda.jit(fastmath=_FASTMATH)
@@ -545,8 +580,9 @@ def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_
              truncate):
     """BPTT through one layer and direction on the GPU (device arrays in and out).
 
-    Same arguments and returns as :func:`numrnn.cpu.backward`: (dxp, dhp, dh0, dc0, sq_norm);
-    ``d_out`` may be a strided view.
+    Same arguments as :func:`numrnn.cpu.backward`; returns (dxp, dhp, dh0, dc0, norm), norm
+    (T, B) float64 on the device (the CPU's ``bad`` comes from :func:`first_nonfinite` of the
+    norm's host copy in :mod:`numrnn.gpu.passes`).  ``d_out`` may be a strided view.
     """
     T, B, N = out_h.shape
     GN = w_hh.shape[0]
@@ -560,7 +596,7 @@ def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_
     carry = _cuda.empty((B, N), dtype)
     carry_d = _cuda.empty((B, N), dtype)
     carry_c = _cuda.empty((B, N), dtype)
-    sq_norm = _cuda.empty((T, B), dtype)
+    norm = _cuda.empty((T, B), np.float64)
     from .matmul import transpose2d
     wt_flat = transpose2d(w_hh).reshape(GN * N)
     consts = _consts(alpha, dtype)
@@ -581,8 +617,9 @@ def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_
     else:
         _launch(disp, p, args(p, 0, T, 3, p.weights_on_chip))
     threads = 128
-    _sq_norm_kernel[-(-T * B // threads), threads](dh_all, sq_norm)
-    return dxp, dhp, dh0, dc0, sq_norm
+    _norm_kernel[-(-T * B // threads), threads](dh_all, _cuda.to_device(np.zeros(N, dtype)),
+                                                norm)
+    return dxp, dhp, dh0, dc0, norm
 
 
 def recurrent_inputs(kind, act, h0, out_h, reverse):

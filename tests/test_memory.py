@@ -1,0 +1,59 @@
+"""A call whose arrays cannot fit fails before allocating, with the sizes; never a silent kill.
+
+main allocated the BPTT tape of LSTM B=32 N=256 T=40000 (34 GiB on a 24 GiB machine) and the
+kernel killed the process with no message.
+"""
+import numpy as np
+import pytest
+
+import numrnn
+from numrnn import _memory, config
+
+
+def test_a_tape_larger_than_memory_raises_before_allocating(monkeypatch):
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 24 * 2**30)
+    net = numrnn.RNN(1, 256, cell="lstm", seed=0)
+    x = np.zeros((40000, 32, 1))
+    with pytest.raises(MemoryError) as info:
+        net.vjp(x, np.zeros((40000, 32, 256)))
+    msg = str(info.value)
+    for words in ("forward_vjp: the BPTT tape", "T=40000 steps", "B=32 sequences", "N=256 units",
+                  "lstm", "GiB", "24.0 GiB of memory are available", "at most T="):
+        assert words in msg, (words, msg)
+    t_max = int(msg.split("at most T=")[1].split()[0])
+    assert 20000 < t_max < 40000
+    need = net._bytes_needed(40000, 32, backward=True)
+    assert need > 24 * 2**30
+    assert net._bytes_needed(t_max, 32, backward=True) <= 24 * 2**30
+
+
+def test_the_real_limit_applies_without_patching():
+    """The same call on this machine, whatever its memory: it fits, or fails with the sizes."""
+    avail = _memory.available_bytes()
+    if avail is None:
+        pytest.skip("the available memory cannot be read here")
+    net = numrnn.RNN(1, 256, cell="lstm", seed=0)
+    T = int(2 * avail // net._bytes_needed(1, 32, backward=True)) + 1
+    with pytest.raises(MemoryError, match=f"T={T} steps"):
+        net.forward_pullback(np.zeros((T, 32, 1)))
+
+
+def test_forward_alone_is_checked_too(monkeypatch):
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 10 * 2**20)
+    net = numrnn.RNN(1, 64, cell="gru", num_layers=2, seed=0)
+    with pytest.raises(MemoryError, match=r"forward for T=10000 steps, B=8 sequences"):
+        net.forward(np.zeros((10000, 8, 1)))
+    net.forward(np.zeros((10, 8, 1)))  # small calls run
+
+
+def test_the_check_can_be_switched_off(monkeypatch):
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 1)
+    monkeypatch.setattr(config, "MEMORY_CHECK", False)
+    numrnn.RNN(1, 4, seed=0).forward(np.zeros((10, 1)))
+
+
+def test_available_memory_is_read_from_the_system():
+    avail = _memory.available_bytes()
+    assert avail is None or 0 < avail < 2**60
+    assert _memory.format_bytes(1536) == "1.5 KiB"
+    assert _memory.format_bytes(3 * 2**30) == "3.0 GiB"
