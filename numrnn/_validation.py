@@ -130,6 +130,12 @@ def check_seed(seed, name="seed"):
 
 
 def count_nonfinite(a):
-    """Number of NaN/inf entries of a float array (0 for an empty one)."""
+    """Number of NaN/inf entries of a float array (0 for an empty one).
+
+    A NaN or inf entry makes the sum NaN or inf, so one reduction answers for a finite array;
+    the entries are counted only when the sum is not finite (an entry is, or the sum overflowed).
+    """
     a = np.asarray(a)
+    if np.isfinite(np.add.reduce(a, axis=None)):
+        return 0
     return int(a.size - np.count_nonzero(np.isfinite(a)))

@@ -101,9 +101,10 @@ def report(message):
 def first_in_running_order(bad, reverse):
     """(t, b): the earliest of the per-sequence first bad time indices ``bad`` (-1: none), in the
     order a sweep ran (time ascending, or descending when ``reverse``); None if there is none."""
-    seqs = np.flatnonzero(np.asarray(bad) >= 0)
-    if seqs.size == 0:
+    bad = np.asarray(bad)
+    if bad.size == 0 or bad.max() < 0:
         return None
+    seqs = np.flatnonzero(bad >= 0)
     steps = np.asarray(bad)[seqs]
     i = int(np.argmax(steps) if reverse else np.argmin(steps))
     return int(steps[i]), int(seqs[i])
@@ -146,6 +147,11 @@ def check_gradient(bad, layer, reverse, T, dtype):
 def check_sums(arrays, terms, dtype):
     """After a finite sweep: report the first gradient (a sum over ``terms`` step-sequence terms)
     that holds a NaN or inf.  ``arrays``: (name, host ndarray) pairs."""
+    arrays = list(arrays)
+    # a NaN or inf entry makes a sum NaN or inf: one reduction per array, and the exact count
+    # only where a sum is not finite (an entry is, or the sum itself overflowed)
+    if np.isfinite(sum(float(np.add.reduce(g, axis=None)) for _, g in arrays)):
+        return False
     for name, g in arrays:
         bad = int(np.size(g) - np.count_nonzero(np.isfinite(g)))
         if bad:

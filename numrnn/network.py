@@ -4,6 +4,7 @@ Data flow of one (layer, direction): the input projection of all T steps is one 
 the recurrence runs in a compiled kernel (:mod:`numrnn.cpu`), and in the backward pass the weight
 gradients are one matrix product each after the BPTT sweep.
 """
+import math
 from collections.abc import MutableMapping
 
 import numpy as np
@@ -21,10 +22,10 @@ class ParameterDict(MutableMapping):
 
     Reading gives the network's own arrays (in-place edits such as ``p["weight_hh_l0"][:] = W``
     or ``p["weight_hh_l0"] *= 0.5`` take effect).  Assigning ``p[name] = value`` checks the
-    name, shape, dtype (exactly the network's: nothing is cast) and finiteness first, and stores a
-    copy.  The set of names is fixed by the architecture: entries cannot be added or deleted.
-    Whatever was written in place is checked again (shape, dtype, finiteness) when the network
-    next runs, before any kernel reads it.
+    name, shape, dtype (exactly the network's: nothing is cast) and finiteness first, then copies
+    the values into the network's array.  The set of names is fixed by the architecture: entries
+    cannot be added or deleted.  Whatever was written in place is checked again (shape, dtype,
+    finiteness) when the network next runs, before any kernel reads it.
     """
 
     def __init__(self, net):
@@ -48,8 +49,8 @@ class ParameterDict(MutableMapping):
             return
         if hasattr(value, "detach"):
             value = value.detach().cpu().numpy()
-        net._params[name] = _v.check_float_array(f"parameters[{name!r}]", value, net.dtype,
-                                                 [shape]).copy()
+        value = _v.check_float_array(f"parameters[{name!r}]", value, net.dtype, [shape])
+        net._assign(name, value)
 
     def __delitem__(self, name):
         raise TypeError(f"parameters: the parameters of a network are fixed by its architecture; "
@@ -177,8 +178,8 @@ class RNN:
         else:
             self.gain = _v.check_real("gain", 1.0 if gain is None else gain, 0.0)
         rng = _v.check_seed(seed)
-        self._params = init_parameters(rng, self._shapes(), self.hidden_size, init,
-                                       1.0 if self.gain is None else self.gain, self.dtype)
+        self._install(init_parameters(rng, self._shapes(), self.hidden_size, init,
+                                      1.0 if self.gain is None else self.gain, self.dtype))
 
     # --- configuration --------------------------------------------------------------------
 
@@ -220,7 +221,13 @@ class RNN:
         return f"_l{layer}" + ("_reverse" if direction else "")
 
     def _shapes(self):
-        """Ordered parameter shapes, in PyTorch's order."""
+        """Ordered parameter shapes, in PyTorch's order (a dict computed once)."""
+        shapes = self.__dict__.get("_shape_cache")
+        if shapes is None:
+            shapes = self._shape_cache = self._compute_shapes()
+        return shapes
+
+    def _compute_shapes(self):
         N, G, D = self.hidden_size, self.gate_count, self.num_directions
         shapes = {}
         for layer in range(self.num_layers):
@@ -251,7 +258,7 @@ class RNN:
 
     def state_dict(self):
         """A copy of every parameter, keyed by PyTorch's names, in PyTorch's order."""
-        return {k: v.copy() for k, v in self._params.items()}
+        return {k: np.array(v) for k, v in self._params.items()}
 
     def load_state_dict(self, state_dict):
         """Replace every parameter. Names, shapes and dtype are checked; nothing is cast.
@@ -273,8 +280,54 @@ class RNN:
             if hasattr(value, "detach"):
                 value = value.detach().cpu().numpy()
             new[name] = _v.check_float_array(f"state_dict[{name!r}]", value, self.dtype,
-                                             [shape]).copy()
-        self._params = new
+                                             [shape])
+        self._install(new)
+
+    # The parameters live in one contiguous buffer, ``_flat``; ``_params`` maps each name to a
+    # view of it.  So checking every parameter for NaN/inf before a call is one reduction, and
+    # the copy a pullback keeps is one copy, however many layers there are.
+
+    def _install(self, values):
+        """Copy ``values`` (name -> checked array, every name) into a fresh buffer."""
+        shapes = self._shapes()
+        sizes = [math.prod(shape) for shape in shapes.values()]
+        flat = np.empty(sum(sizes), self.dtype)
+        self._flat, self._params = flat, self._views(flat)
+        for name, view in self._params.items():
+            np.copyto(view, values[name])
+
+    def _views(self, flat):
+        """name -> view of ``flat``, in PyTorch's order."""
+        views, start = {}, 0
+        for name, shape in self._shapes().items():
+            size = math.prod(shape)
+            views[name] = flat[start:start + size].reshape(shape)
+            start += size
+        return views
+
+    def _assign(self, name, value):
+        """Write a checked value into the parameter ``name`` (its array stays the same object,
+        unless its metadata was changed in place: then the buffer is rebuilt)."""
+        view = self._params[name]
+        if (isinstance(view, np.ndarray) and view.dtype == self.dtype
+                and view.shape == value.shape and view.base is self._flat):
+            np.copyto(view, value)
+            return
+        values = {k: v for k, v in self._params.items() if k != name}
+        values[name] = value
+        self._install(values)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_flat", None)
+        state.pop("_shape_cache", None)
+        state["_params"] = {k: np.array(v) for k, v in self._params.items()}
+        return state
+
+    def __setstate__(self, state):
+        params = state.pop("_params")
+        self.__dict__.update(state)
+        self._install(params)
 
     @property
     def parameters(self):
@@ -285,7 +338,7 @@ class RNN:
         """
         return ParameterDict(self)
 
-    def _check_parameter(self, name, a, shape):
+    def _check_parameter(self, name, a, shape, finite=True):
         """Check one stored parameter array as it is now (it may have been edited in place)."""
         label = f"parameters[{name!r}]"
         if not isinstance(a, np.ndarray):
@@ -295,7 +348,7 @@ class RNN:
                             f"{a.dtype} (changed in place)")
         if a.shape != shape:
             raise ValueError(f"{label}: expected shape {shape}, got {a.shape} (changed in place)")
-        bad = _v.count_nonfinite(a)
+        bad = _v.count_nonfinite(a) if finite else 0
         if bad:
             raise ValueError(f"{label}: expected finite values, got {bad} NaN/inf entr"
                              f"{'y' if bad == 1 else 'ies'} (written into the array in place)")
@@ -306,14 +359,22 @@ class RNN:
         ``snapshot``: copies, so that later in-place edits cannot reach a computation that has
         started (a pullback uses the parameters its forward pass ran with).
         """
-        out = {}
-        for name, shape in self._shapes().items():
-            a = self._params.get(name)
-            if a is None:
-                raise ValueError(f"parameters[{name!r}]: missing")
-            self._check_parameter(name, a, shape)
-            out[name] = a.copy() if snapshot else np.ascontiguousarray(a)
-        return out
+        shapes = self._shapes()
+        intact = True
+        for name, shape in shapes.items():
+            a = self._params[name]
+            self._check_parameter(name, a, shape, finite=False)
+            intact = intact and a.base is self._flat
+        if not intact:  # a view was replaced or rebuilt in place: check each, gather them again
+            for name, shape in shapes.items():
+                self._check_parameter(name, self._params[name], shape)
+            self._install(dict(self._params))
+        elif _v.count_nonfinite(self._flat):
+            for name, shape in shapes.items():
+                self._check_parameter(name, self._params[name], shape)
+        if snapshot:
+            return self._views(self._flat.copy())
+        return dict(self._params)
 
     def _layer_params(self, layer, direction, params=None):
         """(W_ih, W_hh, b_ih, b_hh) of one layer and direction from ``params`` (default: the
@@ -447,6 +508,8 @@ class RNN:
 
     def _check_memory(self, what, T, B, backward):
         need = self._bytes_needed(T, B, backward)
+        if need < _memory.CHECK_FROM:
+            return
         detail = (f"T={T} steps, B={B} sequences, N={self.hidden_size} units ({self.cell}, "
                   f"{self.num_layers} layer{'s' if self.num_layers > 1 else ''}"
                   f"{', bidirectional' if self.bidirectional else ''}, {self.dtype})")

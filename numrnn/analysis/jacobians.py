@@ -171,11 +171,6 @@ def unpack_state(net, s):
     return h
 
 
-# Below this many bytes a linearisation is not compared with the memory available: reading
-# /proc for every fixed-point iterate (T = 1) would cost more than the step itself.
-_MEMORY_CHECK_FROM = 1 << 24
-
-
 def _float64_twin(net):
     """A float64 network of ``net``'s architecture, whose forward pass the float32 analysis runs
     (with the float32 network's parameters, upcast, passed in explicitly)."""
@@ -187,8 +182,6 @@ def _float64_twin(net):
 def _check_memory(caller, net, T, B, nbytes, label, fits=None):
     """MemoryError naming T, B, S and the bytes, before a linearisation allocates (see
     :mod:`numrnn._memory`)."""
-    if nbytes < _MEMORY_CHECK_FROM:
-        return
     S = state_size(net)
     detail = (f"T={T} steps, B={B} sequences, S={S} state dimensions (N={net.hidden_size} "
               f"units, {net.cell}, {net.num_layers} layer{'s' if net.num_layers > 1 else ''}"

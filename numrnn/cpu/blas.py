@@ -13,7 +13,6 @@ the duration of a numrnn call and restored after.  If SciPy's library cannot be 
 BLAS build), ``can_limit_threads()`` is False and numrnn does not split work; if NumPy's cannot be
 found, ``numpy_blas_controlled()`` is False and every product goes through Numba's ``np.dot``.
 """
-import contextlib
 import ctypes
 import glob
 import os
@@ -89,22 +88,46 @@ def num_threads(library="scipy"):
     return None if lib is None else int(lib[0]())
 
 
-@contextlib.contextmanager
-def single_threaded():
-    """Run the block with every BLAS found held to one thread (a no-op for those not found)."""
-    global _depth
-    libs = [lib for lib in _find().values() if lib is not None]
-    with _lock:
-        if _depth:  # nested in this thread's own block: the libraries are already held
-            yield
-            return
-        before = [get() for get, _ in libs]
-        for _, put in libs:
-            put(1)
+class _SingleThreaded:
+    """The context manager :func:`single_threaded` returns (one object: the state is the
+    module's, guarded by ``_lock``).  A class rather than a generator: numrnn enters it around
+    every matrix product, nested in the call's own block, where it must cost next to nothing."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        global _depth, _before
+        _lock.acquire()
+        if _depth == 0:  # the outermost block of the thread holding the lock
+            libs = _held_libraries()
+            _before = [get() for get, _ in libs]
+            for _, put in libs:
+                put(1)
         _depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _depth
+        _depth -= 1
         try:
-            yield
+            if _depth == 0:
+                for (_, put), n in zip(_held_libraries(), _before):
+                    put(n)
         finally:
-            _depth -= 1
-            for (_, put), n in zip(libs, before):
-                put(n)
+            _lock.release()
+        return False
+
+
+_before = []
+_BLOCK = _SingleThreaded()
+
+
+def _held_libraries():
+    return [lib for lib in _find().values() if lib is not None]
+
+
+def single_threaded():
+    """A context manager: run the block with every BLAS found held to one thread (a no-op for
+    those not found), restoring their thread counts after.  Re-entrant; other threads entering
+    it wait until the outermost block ends."""
+    return _BLOCK

@@ -32,10 +32,14 @@ _pool = None
 _pool_lock = threading.Lock()
 
 
+_cores = None
+
+
 def _forget_pool_in_child():
-    global _pool, _pool_lock
+    global _pool, _pool_lock, _cores
     _pool = None  # its threads do not exist in the child; a submit there would wait forever
     _pool_lock = threading.Lock()
+    _cores = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -43,10 +47,15 @@ if hasattr(os, "register_at_fork"):
 
 
 def _usable_cores():
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    """The cores this process may run on, read once (a system call costs a microsecond at
+    every one of a call's many products)."""
+    global _cores
+    if _cores is None:
+        try:
+            _cores = max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not Linux
+            _cores = max(1, os.cpu_count() or 1)
+    return _cores
 
 
 def num_threads():
