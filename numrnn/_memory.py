@@ -10,7 +10,7 @@ import os
 
 from . import config
 
-__all__ = ["available_bytes", "check", "format_bytes", "CHECK_FROM"]
+__all__ = ["available_bytes", "check", "format_bytes", "steps_that_fit", "CHECK_FROM"]
 
 #: Requests below this many bytes are not compared with the memory available: reading /proc and
 #: the cgroup files costs about 0.15 ms, more than a small call itself, and an allocation this
@@ -109,3 +109,14 @@ def check(what, nbytes, detail, fits=None):
     tail = f"; {fits(avail)}" if fits is not None else ""
     raise MemoryError(f"{what} for {detail} needs {format_bytes(nbytes)}, but only "
                       f"{format_bytes(avail)} of memory are available{tail}")
+
+
+def steps_that_fit(T, nbytes, advice):
+    """A ``fits`` for :func:`check` when the bytes grow with the number of steps T: the largest
+    T that fits, and ``advice`` (what to do instead)."""
+    def fits(avail):
+        t_max = int(T * avail // nbytes)
+        if t_max < 1:
+            return "not even one step of this batch fits"
+        return f"at most T={t_max} steps of this batch fit: {advice}"
+    return fits

@@ -144,13 +144,15 @@ def check_gradient(bad, layer, reverse, T, dtype):
     return True
 
 
-def check_sums(arrays, terms, dtype):
+def check_sums(arrays, terms, dtype, together=None):
     """After a finite sweep: report the first gradient (a sum over ``terms`` step-sequence terms)
-    that holds a NaN or inf.  ``arrays``: (name, host ndarray) pairs."""
+    that holds a NaN or inf.  ``arrays``: (name, host ndarray) pairs; ``together``: arrays that
+    hold all of them (buffers they are views of), checked first in one reduction each."""
     arrays = list(arrays)
     # a NaN or inf entry makes a sum NaN or inf: one reduction per array, and the exact count
     # only where a sum is not finite (an entry is, or the sum itself overflowed)
-    if np.isfinite(sum(float(np.add.reduce(g, axis=None)) for _, g in arrays)):
+    whole = together if together is not None else [g for _, g in arrays]
+    if np.isfinite(sum(float(np.add.reduce(g, axis=None)) for g in whole)):
         return False
     for name, g in arrays:
         bad = int(np.size(g) - np.count_nonzero(np.isfinite(g)))

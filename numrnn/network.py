@@ -359,12 +359,14 @@ class RNN:
         ``snapshot``: copies, so that later in-place edits cannot reach a computation that has
         started (a pullback uses the parameters its forward pass ran with).
         """
-        shapes = self._shapes()
+        shapes, params, flat, dtype = self._shapes(), self._params, self._flat, self.dtype
         intact = True
         for name, shape in shapes.items():
-            a = self._params[name]
-            self._check_parameter(name, a, shape, finite=False)
-            intact = intact and a.base is self._flat
+            a = params[name]
+            if type(a) is not np.ndarray or a.base is not flat or a.shape != shape \
+                    or a.dtype != dtype:
+                self._check_parameter(name, a, shape, finite=False)
+                intact = False
         if not intact:  # a view was replaced or rebuilt in place: check each, gather them again
             for name, shape in shapes.items():
                 self._check_parameter(name, self._params[name], shape)
@@ -510,18 +512,15 @@ class RNN:
         need = self._bytes_needed(T, B, backward)
         if need < _memory.CHECK_FROM:
             return
-        detail = (f"T={T} steps, B={B} sequences, N={self.hidden_size} units ({self.cell}, "
-                  f"{self.num_layers} layer{'s' if self.num_layers > 1 else ''}"
-                  f"{', bidirectional' if self.bidirectional else ''}, {self.dtype})")
+        _memory.check(what, need, f"T={T} steps, B={B} sequences, {self._describe()}",
+                      _memory.steps_that_fit(T, need, "run the sequence in shorter pieces (each "
+                                                      "continues from the previous h_n)"))
 
-        def fits(avail):
-            t_max = int(T * avail // need)
-            if t_max < 1:
-                return "not even one step of this batch fits"
-            return (f"at most T={t_max} steps of this batch fit: run the sequence in shorter "
-                    "pieces (each continues from the previous h_n)")
-
-        _memory.check(what, need, detail, fits)
+    def _describe(self):
+        """'N=64 units (lstm, 2 layers, float32)': what a memory error names."""
+        layers = f"{self.num_layers} layer{'s' if self.num_layers > 1 else ''}"
+        return (f"N={self.hidden_size} units ({self.cell}, {layers}"
+                f"{', bidirectional' if self.bidirectional else ''}, {self.dtype})")
 
     def _forward_pass(self, x, h0, c0, params=None):
         """x (T, B, I), h0/c0 (L*D, B, N). Returns output (T, B, D*N), h_n, c_n, tape.
@@ -577,9 +576,13 @@ class RNN:
     def _backward_layers(self, tape, h0, c0, d_out, d_h_n, d_c_n, truncate, params):
         N, D, G = self.hidden_size, self.num_directions, self.gate_count
         T, B = d_out.shape[:2]
-        grads = {}
-        d_h0 = np.empty_like(h0)
-        d_c0 = np.empty_like(c0)
+        # every parameter's gradient, and those of h0 and c0, in one buffer (laid out as the
+        # parameters): one reduction checks them all for NaN/inf at the end
+        n_params = self._flat.size
+        buffer = np.empty(n_params + 2 * h0.size, self.dtype)
+        grads = self._views(buffer[:n_params])
+        d_h0 = buffer[n_params:n_params + h0.size].reshape(h0.shape)
+        d_c0 = buffer[n_params + h0.size:].reshape(c0.shape)
         norms = None
         reported = False
         for layer in reversed(range(self.num_layers)):
@@ -600,22 +603,24 @@ class RNN:
                     norms = norm if norms is None else np.hypot(norms, norm)
                 dxp2 = dxp.reshape(T * B, G * N)
                 dhp2 = dhp.reshape(T * B, G * N)
-                grads["weight_ih" + sfx] = cpu.matmul_tn(dxp2, flat_in)
-                grads["weight_hh" + sfx] = cpu.recurrent_weight_grad(self.kind, self.act, dhp,
-                                                                     h0[k], out_h, d == 1)
+                cpu.matmul_tn(dxp2, flat_in, out=grads["weight_ih" + sfx])
+                cpu.recurrent_weight_grad(self.kind, self.act, dhp, h0[k], out_h, d == 1,
+                                          out=grads["weight_hh" + sfx])
                 if self.bias:
-                    grads["bias_ih" + sfx] = dxp2.sum(axis=0)
+                    np.add.reduce(dxp2, axis=0, out=grads["bias_ih" + sfx])
                     # the two cotangents are one array except for GRU: sum it once
-                    grads["bias_hh" + sfx] = (grads["bias_ih" + sfx].copy() if dhp is dxp
-                                              else dhp2.sum(axis=0))
+                    if dhp is dxp:
+                        np.copyto(grads["bias_hh" + sfx], grads["bias_ih" + sfx])
+                    else:
+                        np.add.reduce(dhp2, axis=0, out=grads["bias_hh" + sfx])
                 d_proj = cpu.matmul(dxp2, w_ih)
                 d_in = d_proj if d_in is None else d_in + d_proj
             d_out = d_in.reshape(T, B, -1)
-        ordered = {name: grads[name] for name in self._shapes()}
         if not reported:  # dL/dh stayed finite: a sum over T*B terms may still overflow
-            errors.check_sums(list(ordered.items()) + [("input", d_out), ("h0", d_h0),
-                                                        ("c0", d_c0)], T * B, self.dtype)
-        return ordered, d_out, d_h0, d_c0, norms
+            errors.check_sums(list(grads.items()) + [("input", d_out), ("h0", d_h0),
+                                                     ("c0", d_c0)], T * B, self.dtype,
+                              together=(buffer, d_out))
+        return grads, d_out, d_h0, d_c0, norms
 
     def forward(self, x, h0=None):
         """Run the network over a sequence.

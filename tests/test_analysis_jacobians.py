@@ -315,9 +315,9 @@ def test_memory_check_names_the_sizes(monkeypatch):
     with pytest.raises(MemoryError, match=r"jacobians: the \(T, B, S, S\) = \(5000, 2, 300, 300\) "
                                           r"step Jacobians and the float64 tangent-map "
                                           r"coefficients for T=5000 steps, B=2 sequences, S=300 "
-                                          r"state dimensions \(N=300 units, tanh, 1 layer, "
+                                          r"state dimensions, N=300 units \(tanh, 1 layer, "
                                           r"float64\) needs [\d.]+ GiB, but only 64.0 MiB of "
-                                          r"memory are available; at most about T=4[0-9] "
+                                          r"memory are available; at most T=4[0-9] "
                                           r"steps"):
         numrnn.jacobians(net, x)
     with pytest.raises(MemoryError, match=r"step_jvp: the \(T, B, S\) = \(5000, 2, 300\) "

@@ -29,6 +29,41 @@ def test_gradcheck_detects_a_wrong_gradient():
     assert not res.passed and "FAILED" in repr(res)
 
 
+@pytest.mark.parametrize("f, words", [
+    (lambda x: (np.sum(x**2), [np.full_like(x, np.nan)]),
+     ["analytic gradient of input 0 holds 3 NaN/inf entries"]),
+    (lambda x: (np.sum(x**2), [np.where(x > 0.5, np.inf, 2 * x)]),
+     ["analytic gradient of input 0 holds 2 NaN/inf entries"]),
+    (lambda x: (np.nan, [2 * x]), ["f returned the non-finite value nan"]),
+    (lambda x: (np.inf, [2 * x]), ["f returned the non-finite value inf"]),
+    # finite at the point (exp(709.78) = 1.79e308), infinite one step of the differences away
+    (lambda x: (float(np.sum(np.exp(x))), [np.exp(x)]), ["finite differences of input 0 hold"]),
+])
+def test_gradcheck_fails_on_any_non_finite_value(f, words):
+    """main returned passed=True whenever a NaN made every comparison false."""
+    x = np.array([709.78]) if "differences" in words[0] else np.array([0.25, 0.75, 1.0])
+    with np.errstate(all="ignore"):
+        res = numrnn.gradcheck(f, [x], raise_on_failure=False)
+        with pytest.raises(numrnn.GradcheckError):
+            numrnn.gradcheck(f, [x])
+    assert not res.passed
+    text = "\n".join(res.problems)
+    for w in words:
+        assert w in text, (w, text)
+    assert "FAILED" in repr(res)
+
+
+def test_gradcheck_rejects_non_finite_inputs_and_bad_tolerances():
+    with pytest.raises(ValueError, match=r"inputs\[0\]: expected finite values, got 1 NaN/inf"):
+        numrnn.gradcheck(lambda x: (x.sum(), [np.ones_like(x)]), [np.array([1.0, np.nan])])
+    with pytest.raises(ValueError, match="rtol"):
+        numrnn.gradcheck(lambda x: (x.sum(), [np.ones_like(x)]), [np.ones(2)], rtol=-1.0)
+    with pytest.raises(ValueError, match="eps"):
+        numrnn.gradcheck(lambda x: (x.sum(), [np.ones_like(x)]), [np.ones(2)], eps=0.0)
+    with pytest.raises(TypeError, match="f: expected a callable"):
+        numrnn.gradcheck("f", [np.ones(2)])
+
+
 def test_gradcheck_passes_exact_gradient_with_small_errors():
     res = numrnn.gradcheck(lambda p: (np.sum(np.exp(p["a"]) * p["b"]),
                                       {"a": np.exp(p["a"]) * p["b"], "b": np.exp(p["a"])}),

@@ -182,17 +182,11 @@ def _float64_twin(net):
 def _check_memory(caller, net, T, B, nbytes, label, fits=None):
     """MemoryError naming T, B, S and the bytes, before a linearisation allocates (see
     :mod:`numrnn._memory`)."""
-    S = state_size(net)
-    detail = (f"T={T} steps, B={B} sequences, S={S} state dimensions (N={net.hidden_size} "
-              f"units, {net.cell}, {net.num_layers} layer{'s' if net.num_layers > 1 else ''}"
-              f"{', bidirectional' if net.bidirectional else ''}, {net.dtype})")
+    detail = (f"T={T} steps, B={B} sequences, S={state_size(net)} state dimensions, "
+              f"{net._describe()}")
     if fits is None:
-        def fits(avail):
-            t_max = int(T * avail // nbytes)
-            if t_max < 1:
-                return "not even one step of this batch fits"
-            return (f"at most about T={t_max} steps of this batch fit: analyse a shorter "
-                    "trajectory, or fewer sequences at a time")
+        fits = _memory.steps_that_fit(T, nbytes, "analyse a shorter trajectory, or fewer "
+                                                 "sequences at a time")
     _memory.check(f"{caller}: {label}", nbytes, detail, fits)
 
 

@@ -9,6 +9,7 @@ Tiers: ``_forward_kernel``/``_backward_kernel`` take arrays and a range of seque
 preallocated outputs; ``forward``/``backward`` allocate and hand disjoint ranges of the batch to
 numrnn's threads (:mod:`numrnn.cpu.threads`).
 """
+import math
 import types
 
 import numpy as np
@@ -24,35 +25,40 @@ _JIT = dict(cache=True, fastmath=config.FASTMATH, nogil=True, error_model="numpy
 
 #: Twins inlined at Numba IR level (they take and return only scalars); LLVM inlines the small
 #: rest (sigmoid, exp, ...) on its own but not these, which its cost model finds too large.
+#: The gradient norm is inlined too: called once per row and step, as a call it cost the BPTT
+#: sweep a third more at N = 32 (float32), where inlined its eight partial sums are one vector.
 _IR_INLINED = ("lstm_gates", "lstm_state", "lstm_step", "lstm_vjp", "lstm_partials",
-               "gru_step", "gru_vjp", "gru_partials")
+               "gru_step", "gru_vjp", "gru_partials", "squared_sum", "gradient_norm")
 
 
-def _cpu_twins():
-    """The functions of :mod:`numrnn.cells` as the CPU kernels compile them.
+def _cpu_twins(source, math_module):
+    """The functions of ``source`` (:mod:`numrnn.cells`, :mod:`numrnn.norms`) as the CPU kernels
+    compile them.
 
-    Each twin has the same code object as its original (the cell math is written once); its
-    ``math`` is :func:`numrnn.cpu.elementary.cpu_math`, exp and tanh that LLVM can vectorise,
-    where libm's are opaque scalar calls.  The GPU kernels keep CUDA's functions.  With these,
-    the row loops below run 2-4x faster (forward pass, B = 32, N = 128: tanh 23 -> 9, GRU
-    92 -> 26, LSTM 188 -> 75 ns per unit and step in float32).
+    Each twin has the same code object as its original (the math is written once); only its
+    ``math`` may differ and its inlining.  For the cells, ``math`` is
+    :func:`numrnn.cpu.elementary.cpu_math`, exp and tanh that LLVM can vectorise, where libm's
+    are opaque scalar calls; the GPU kernels keep CUDA's functions.  With these, the row loops
+    below run 2-4x faster (forward pass, B = 32, N = 128: tanh 23 -> 9, GRU 92 -> 26, LSTM
+    188 -> 75 ns per unit and step in float32).
     """
-    namespace = dict(vars(cells))
-    namespace["math"] = elementary.cpu_math()
+    namespace = dict(vars(source))
+    namespace["math"] = math_module
     twins = {}
-    for name, fn in vars(cells).items():
-        if isinstance(fn, types.FunctionType) and fn.__module__ == cells.__name__:
+    for name, fn in vars(source).items():
+        if isinstance(fn, types.FunctionType) and fn.__module__ == source.__name__:
             twin = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__,
                                       fn.__closure__)
             inline = "always" if name in _IR_INLINED else "never"
             twins[name] = register_jitable(inline=inline)(twin)
     namespace.update(twins)
-    module = types.ModuleType("numrnn_cpu_cells")  # Numba resolves attributes of a module
-    vars(module).update(namespace)
+    module = types.ModuleType(f"numrnn_cpu_{source.__name__.rpartition('.')[2]}")
+    vars(module).update(namespace)  # Numba resolves attributes of a module
     return module
 
 
-_cells = _cpu_twins()
+_cells = _cpu_twins(cells, elementary.cpu_math())
+_norms = _cpu_twins(norms, math)
 
 
 # --- One sequence's step for all units, per cell family ---------------------------------------
@@ -366,7 +372,7 @@ def _backward_kernel(kind, act, consts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux,
             auxb = aux[t, b]
             dgb = dhp[t, b]
             cr, dob = carry[i], d_out[t, b]
-            nrm = norms.gradient_norm(cr, dob)
+            nrm = _norms.gradient_norm(cr, dob)
             if kind == cells.KIND_LSTM:
                 _lstm_row_backward(one, zero, N, cr, carry_c[i], dob, c_prev[b], c_t[b], auxb,
                                    dgb)
@@ -460,7 +466,8 @@ def forward(kind, act, alpha, xp, w_hh, b_hh, h0, c0, reverse):
     out_h = np.empty((T, B, N), dtype)
     out_c = np.empty((T if kind == cells.KIND_LSTM else 1, B, N), dtype)
     aux = np.empty((T, B, cells.AUX_WIDTH[kind] * N), dtype)
-    bad = np.full(B, -1, np.int64)
+    bad = np.empty(B, np.int64)
+    bad.fill(-1)
     args = (kind, act, _consts(alpha, dtype), xp, np.ascontiguousarray(w_hh.T),
             np.ascontiguousarray(w_hh), b_hh, h0, c0, bool(reverse), _mode(dtype, B, N, GN),
             out_h, out_c, aux, bad)
@@ -494,7 +501,8 @@ def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_
     dh0 = np.zeros((B, N), dtype)
     dc0 = np.zeros((B, N), dtype)
     norm = np.empty((T, B), np.float64)
-    bad = np.full(B, -1, np.int64)
+    bad = np.empty(B, np.int64)
+    bad.fill(-1)
     args = (kind, act, _consts(alpha, dtype), np.ascontiguousarray(w_hh),
             np.ascontiguousarray(w_hh.T), h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n,
             bool(reverse), int(truncate or 0), _mode(dtype, B, GN, N), dxp, dhp, dh0, dc0,
@@ -511,8 +519,8 @@ def recurrent_inputs(kind, act, h0, out_h, reverse):
     return out
 
 
-def recurrent_weight_grad(kind, act, dhp, h0, out_h, reverse):
-    """The gradient of W_hh, sum over t of dhp_tᵀ r_t, shape (G*N, N).
+def recurrent_weight_grad(kind, act, dhp, h0, out_h, reverse, out=None):
+    """The gradient of W_hh, sum over t of dhp_tᵀ r_t, shape (G*N, N) (into ``out`` if given).
 
     For every cell but the rate network r_t is h_{t-1}: the states the forward pass stored,
     shifted by one step, so the product reads them in place (no (T, B, N) copy) and adds the step
@@ -523,13 +531,13 @@ def recurrent_weight_grad(kind, act, dhp, h0, out_h, reverse):
     d = dhp.reshape(T * B, -1)
     if kind == cells.KIND_RATE:
         return threads.matmul_tn(d, recurrent_inputs(kind, act, h0, out_h, reverse)
-                                 .reshape(T * B, N))
+                                 .reshape(T * B, N), out=out)
     h = out_h.reshape(T * B, N)
     if reverse:  # step t reads h_{t+1}; h0 enters at t = T-1
-        grad = threads.matmul_tn(d[:-B], h[B:])
+        grad = threads.matmul_tn(d[:-B], h[B:], out=out)
         entering = d[-B:]
     else:
-        grad = threads.matmul_tn(d[B:], h[:-B])
+        grad = threads.matmul_tn(d[B:], h[:-B], out=out)
         entering = d[:B]
     grad += threads.matmul_tn(entering, h0)
     return grad

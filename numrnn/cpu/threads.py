@@ -142,10 +142,11 @@ def matmul(a, b):
     return out
 
 
-def matmul_tn(a, b):
+def matmul_tn(a, b, out=None):
     """a.T @ b for a (K, M), b (K, P): split over K, partial products summed in a fixed order.
 
-    The pieces go through NumPy's BLAS when it can be held to one thread
+    ``out``: a C-contiguous (M, P) array to write into (the first block's product goes there
+    directly).  The pieces go through NumPy's BLAS when it can be held to one thread
     (:func:`numrnn.cpu.blas.numpy_blas_controlled`; faster for this transposed form), else through
     Numba's ``np.dot``.  ``numpy.matmul`` releases the GIL, so the pieces run in parallel either
     way.
@@ -153,10 +154,13 @@ def matmul_tn(a, b):
     K = a.shape[0]
     a = np.ascontiguousarray(a)
     b = np.ascontiguousarray(b)
+    if out is None:
+        out = np.empty((a.shape[1], b.shape[1]), a.dtype)
     if K == 0:
-        return np.zeros((a.shape[1], b.shape[1]), np.result_type(a, b))
+        out[...] = 0
+        return out
     n = pieces(K, K * a.shape[1] * b.shape[1])
-    parts = [np.empty((a.shape[1], b.shape[1]), a.dtype) for _ in range(n)]
+    parts = [out] + [np.empty_like(out) for _ in range(n - 1)]
     edges = bounds(K, n)
     use_numpy = blas.numpy_blas_controlled()
 
@@ -169,7 +173,6 @@ def matmul_tn(a, b):
 
     with blas.single_threaded():
         run(piece, K, n)
-    out = parts[0]
     for p in parts[1:]:
         out += p
     return out
