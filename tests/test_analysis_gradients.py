@@ -204,6 +204,6 @@ def test_memory_check_names_the_sizes(monkeypatch):
     with pytest.raises(MemoryError, match=r"gradient_propagation: the graded factors of 50 lags, "
                                           r"\(lags, B, S, S\) = \(50, 4, 200, 200\) and the "
                                           r"float64 tangent-map coefficients for T=1000 steps, "
-                                          r"B=4 sequences, S=200 state dimensions .* needs "
+                                          r"B=4 sequences, S=200 state dimensions, .* needs "
                                           r"[\d.]+ MiB, but only 32.0 MiB .*; fewer lags"):
         gradient_propagation(net, np.zeros((1000, 4, 1)), seed=0)

@@ -438,6 +438,6 @@ def test_memory_check_before_the_float64_coefficients(monkeypatch):
     with pytest.raises(MemoryError, match=r"lyapunov_spectrum: the frames of k=1 tangent vectors "
                                           r"and the float64 tangent-map coefficients \(and the "
                                           r"float64 re-run of every float32 step\) for T=20000 "
-                                          r"steps, B=1 sequences, S=200 state dimensions .* "
+                                          r"steps, B=1 sequences, S=200 state dimensions, .* "
                                           r"needs [\d.]+ MiB, but only 8.0 MiB"):
         lyapunov_spectrum(net, n_steps=20000, k=1, seed=0)
