@@ -595,6 +595,7 @@ def _info():
         except Exception:
             versions[name] = None
     threads = {"cpu_count": os.cpu_count(), "numrnn_threads": cpu_threads.num_threads(),
+               "numrnn_parallel_blocks": cpu_threads.num_blocks(),
                "blas_thread_control": cpu_blas.can_limit_threads(),
                "blas_threads": cpu_blas.num_threads(),
                "numpy_blas_thread_control": cpu_blas.numpy_blas_controlled(),
