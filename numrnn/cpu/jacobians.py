@@ -376,15 +376,31 @@ def _record_rates(acc, n, ok, st):
     st[5], st[6], st[7] = gap / n, acc[0] / n, acc[K - 1] / n
 
 
+@register_jitable
+def _advance(jac, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in,
+             direct, dh_dcp, dc_dcp, r_grad, qb, flat, tmp, r, y, z, up):
+    """The frame of sequence b through step t: by the given matrix jac[t, b] when jac holds
+    matrices, else by the tangent map of a linearised trajectory (:func:`_apply_tangent`)."""
+    if jac.shape[0] > 0:
+        np.dot(jac[t, b], flat, tmp.reshape(flat.shape))
+    else:
+        _apply_tangent(False, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec,
+                       c_in, direct, dh_dcp, dc_dcp, r_grad, qb, tmp, r, y, z, up)
+    qb[:] = tmp
+
+
 @njit(**_JIT)
-def _lyapunov_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in, direct,
-                     dh_dcp, dc_dcp, r_grad, q, qr_at, record_at, local, strict, ortho_tol,
+def _lyapunov_kernel(jac, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in,
+                     direct, dh_dcp, dc_dcp, r_grad, q, qr_at, record_at, local, strict, ortho_tol,
                      log_tiny, status):
     """Benettin's QR method along the trajectory of every sequence.
 
-    q (B, L*D, P, N, k): orthonormal initial vectors, overwritten.  qr_at (T,) bool:
-    orthonormalise after step t; record_at (T,) int: the block that step t's QR is recorded in, or
-    -1 (transient).  strict, ortho_tol, log_tiny: the checks of :func:`_after_step`.
+    The steps are the given matrices jac (T, B, S, S), q (B, S, 1, 1, k), when jac holds any;
+    else (jac of shape (0, 0, 0, 0)) the tangent maps of a linearised trajectory (the arguments
+    lstm ... r_grad, see :func:`_apply_tangent`), q (B, L*D, P, N, k).  q: orthonormal initial
+    vectors, overwritten.  qr_at (T,) bool: orthonormalise after step t; record_at (T,) int: the
+    block that step t's QR is recorded in, or -1 (transient).  strict, ortho_tol, log_tiny: the
+    checks of :func:`_after_step`.
     Writes local (n_blocks, B, k): sum over the block of ln|R_ii| (the caller divides by length),
     and status (B, 8): the first failure of each sequence (see FAIL_* and :func:`_after_step`).
     After a FAIL_OVERFLOW, FAIL_UNDERFLOW or FAIL_ORTHOGONALITY the block is replayed with a QR
@@ -412,9 +428,8 @@ def _lyapunov_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec
         n = 0
         prev = 0.0
         for t in range(T):
-            _apply_tangent(False, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
-                           c_rec, c_in, direct, dh_dcp, dc_dcp, r_grad, qb, tmp, r, y, z, up)
-            qb[:] = tmp
+            _advance(jac, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in,
+                     direct, dh_dcp, dc_dcp, r_grad, qb, flat, tmp, r, y, z, up)
             n += 1
             code, prev = _after_step(flat, t, n, qr_at[t], strict, ortho_tol, log_tiny, prev,
                                      log_r, log_col, status[b])
@@ -422,55 +437,9 @@ def _lyapunov_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec
                 flat[:, :] = start
                 ok = True
                 for tt in range(t - n + 1, t + 1):
-                    _apply_tangent(False, tt, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec,
-                                   h_in, c_rec, c_in, direct, dh_dcp, dc_dcp, r_grad, qb, tmp, r,
-                                   y, z, up)
-                    qb[:] = tmp
-                    ok = _replay_step(flat, acc, log_r, log_col)
-                    if not ok:
-                        break
-                _record_rates(acc, n, ok, status[b])
-                return
-            if code == 1:
-                _lose_sequence(local, b, t, qr_at, record_at)
-                break
-            if qr_at[t]:
-                n = 0
-                start[:, :] = flat
-                blk = record_at[t]
-                if blk >= 0:
-                    for i in range(K):
-                        local[blk, b, i] = log_r[i]
-
-
-@njit(**_JIT)
-def _lyapunov_dense_kernel(jac, q, qr_at, record_at, local, strict, ortho_tol, log_tiny, status):
-    """As :func:`_lyapunov_kernel` for given matrices jac (T, B, S, S); q (B, S, 1, 1, k)."""
-    T, B = jac.shape[0], jac.shape[1]
-    S, K = q.shape[1], q.shape[4]
-    tmp = np.empty((S, K), q.dtype)
-    start = np.empty((S, K), q.dtype)
-    log_r = np.empty(K, np.float64)
-    log_col = np.empty(K, np.float64)
-    acc = np.zeros(K, np.float64)
-    for b in range(B):
-        qb = q[b]
-        flat = qb.reshape((S, K))
-        start[:, :] = flat
-        n = 0
-        prev = 0.0
-        for t in range(T):
-            np.dot(jac[t, b], flat, tmp)
-            flat[:, :] = tmp
-            n += 1
-            code, prev = _after_step(flat, t, n, qr_at[t], strict, ortho_tol, log_tiny, prev,
-                                     log_r, log_col, status[b])
-            if code == 2:
-                flat[:, :] = start
-                ok = True
-                for tt in range(t - n + 1, t + 1):
-                    np.dot(jac[tt, b], flat, tmp)
-                    flat[:, :] = tmp
+                    _advance(jac, tt, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
+                             c_rec, c_in, direct, dh_dcp, dc_dcp, r_grad, qb, flat, tmp, r, y, z,
+                             up)
                     ok = _replay_step(flat, acc, log_r, log_col)
                     if not ok:
                         break
@@ -621,20 +590,23 @@ def lyapunov(args, q, qr_at, record_at, local, strict):
     status array (B, 8)."""
     status = np.zeros((q.shape[0], 8))
     ortho_tol, log_tiny = qr_limits(q.dtype)
+    no_matrices = np.empty((0, 0, 0, 0), q.dtype)
     with blas.single_threaded():
-        _lyapunov_kernel(*args, q, qr_at, record_at, local, bool(strict), ortho_tol, log_tiny,
-                         status)
+        _lyapunov_kernel(no_matrices, *args, q, qr_at, record_at, local, bool(strict), ortho_tol,
+                         log_tiny, status)
     return status
 
 
 def lyapunov_dense(jac, q, qr_at, record_at, local, strict):
-    """Benettin's loop on given matrices (see _lyapunov_dense_kernel); returns the status
-    array (B, 8)."""
+    """Benettin's loop on given matrices jac (T, B, S, S) (see _lyapunov_kernel); returns the
+    status array (B, 8)."""
     status = np.zeros((q.shape[0], 8))
     ortho_tol, log_tiny = qr_limits(q.dtype)
+    # the tangent-map arguments are unused: one-element stand-ins of their ranks
+    w3, c4 = np.zeros((1, 1, 1), q.dtype), np.zeros((1, 1, 1, 1), q.dtype)
     with blas.single_threaded():
-        _lyapunov_dense_kernel(jac, q, qr_at, record_at, local, bool(strict), ortho_tol,
-                               log_tiny, status)
+        _lyapunov_kernel(jac, False, 1, w3, w3, w3, w3, c4, c4, c4, c4, c4, c4, c4, c4, q, qr_at,
+                         record_at, local, bool(strict), ortho_tol, log_tiny, status)
     return status
 
 
