@@ -34,3 +34,21 @@ def loss(net, x, h0, d_out, d_h_n):
     if isinstance(h_n, tuple):
         return value + np.sum(h_n[0] * d_h_n[0]) + np.sum(h_n[1] * d_h_n[1])
     return value + np.sum(h_n * d_h_n)
+
+
+def overflowing_net():
+    """Two linear layers with weights 1e200: the states stay 0 (zero input and h0), but the
+    step Jacobian's block W_ih_l1 W_hh_l0 = 1e400 overflows float64."""
+    net = numrnn.RNN(1, 2, cell="linear", num_layers=2, bias=False, seed=0)
+    net.parameters["weight_hh_l0"][:] = 1e200 * np.eye(2)
+    net.parameters["weight_ih_l1"][:] = 1e200 * np.eye(2)
+    return net
+
+
+def save_gru_model(path, input_size, hidden_size, output_size, meta):
+    """A params.npz as `numrnn train` writes it (GRU and readout, seeded), without training."""
+    from numrnn.experiments import LinearReadout, save_model
+
+    net = numrnn.RNN(input_size, hidden_size, cell="gru", seed=0)
+    save_model(path, net, LinearReadout(hidden_size, output_size, seed=1), meta)
+    return path

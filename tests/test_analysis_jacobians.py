@@ -9,6 +9,7 @@ import numrnn
 from numrnn.analysis import pack_state, state_size, step_jvp, step_vjp, unpack_state
 from numrnn.analysis.jacobians import _Linearisation
 
+from .problems import overflowing_net
 from .tolerance import assert_close, rel_error
 
 # Central differences with step 1e-6 on O(1) states: truncation ~1e-12, rounding ~1e-10.
@@ -270,15 +271,6 @@ def test_float32_saturated_unit_keeps_its_float64_derivative():
 
 
 # --- non-finite values and memory ---------------------------------------------------------------
-
-
-def overflowing_net():
-    """Two linear layers with weights 1e200: the states stay 0 (zero input and h0), but the
-    step Jacobian's block W_ih_l1 W_hh_l0 = 1e400 overflows float64."""
-    net = numrnn.RNN(1, 2, cell="linear", num_layers=2, bias=False, seed=0)
-    net.parameters["weight_hh_l0"][:] = 1e200 * np.eye(2)
-    net.parameters["weight_ih_l1"][:] = 1e200 * np.eye(2)
-    return net
 
 
 def test_nonfinite_products_are_reported():

@@ -11,6 +11,7 @@ import numrnn
 from numrnn.analysis import LyapunovResult, lyapunov_from_jacobians, lyapunov_spectrum
 from numrnn.init import haar_orthogonal
 
+from .problems import overflowing_net
 from .tolerance import assert_close
 
 
@@ -393,15 +394,6 @@ def test_ons_interval_checks_on_given_matrices():
     assert_close(res.exponents, np.log([1e10, 1e-10]), rtol=1e-14)
     with pytest.raises(ValueError, match="ons_interval: 2 steps"):
         lyapunov_from_jacobians(wide, ons_interval=2, seed=0)
-
-
-def overflowing_net():
-    """Two linear layers with weights 1e200: the states stay 0 (zero input and h0), but the
-    step Jacobian's block W_ih_l1 W_hh_l0 = 1e400 overflows float64."""
-    net = numrnn.RNN(1, 2, cell="linear", num_layers=2, bias=False, seed=0)
-    net.parameters["weight_hh_l0"][:] = 1e200 * np.eye(2)
-    net.parameters["weight_ih_l1"][:] = 1e200 * np.eye(2)
-    return net
 
 
 def test_nonfinite_frame_is_reported():

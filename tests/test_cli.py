@@ -11,7 +11,8 @@ import pytest
 
 import numrnn
 from numrnn.cli import main
-from numrnn.experiments import LinearReadout, save_model
+from numrnn.experiments import save_model
+from tests.problems import save_gru_model
 
 TINY_STUDY = ["study", "-N", "4", "--gains", "1", "2", "--seeds", "1", "--steps", "30",
               "--transient", "5", "-k", "2", "--max-lag", "5", "--no-plot"]
@@ -265,10 +266,7 @@ def test_unreachable_scheduler_is_one_line_after_the_timeout(tmp_path):
 @pytest.fixture
 def saved_params(tmp_path):
     """A params.npz as `numrnn train` writes it (GRU, flip-flop metadata), without training."""
-    net = numrnn.RNN(3, 4, cell="gru", seed=0)
-    path = tmp_path / "params.npz"
-    save_model(path, net, LinearReadout(4, 3, seed=1), {"task": "flipflop", "T": 10})
-    return path
+    return save_gru_model(tmp_path / "params.npz", 3, 4, 3, {"task": "flipflop", "T": 10})
 
 
 def _damage(kind, good, path):

@@ -11,6 +11,7 @@ from numrnn.experiments import (SGD, Adam, AddingProblem, CharLM, CopyMemory, Fl
                                 cross_entropy_loss, cross_entropy_loss_grad, load_model, mse_loss,
                                 mse_loss_grad, sample_text, save_model, to_json, train)
 from numrnn.experiments.training import _loss_and_grads
+from tests.problems import save_gru_model
 from tests.tolerance import assert_close
 
 
@@ -88,10 +89,7 @@ def test_load_model_rejects_other_files(tmp_path):
 
 @pytest.fixture
 def model_file(tmp_path):
-    net = numrnn.RNN(2, 3, cell="gru", seed=0)
-    path = tmp_path / "m.npz"
-    save_model(path, net, LinearReadout(3, 1, seed=1), {"task": "adding", "T": 5})
-    return path
+    return save_gru_model(tmp_path / "m.npz", 2, 3, 1, {"task": "adding", "T": 5})
 
 
 def _same_model(a, b):
