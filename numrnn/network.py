@@ -76,22 +76,29 @@ class RNN:
         Number of input features I.
     hidden_size : int
         Number of hidden units N (>= 1).
-    cell : {"tanh", "relu", "linear", "rate", "lstm", "gru"}, default "tanh"
+    cell : str or numrnn.Cell, default "tanh"
+        A registered cell (``numrnn.cells.names()``) or a user's :class:`numrnn.Cell`.
         "tanh"/"relu"/"linear": Elman, :math:`h_t = (1-a) h_{t-1} + a\,\phi(W_{ih} x_t + b_{ih} +
         W_{hh} h_{t-1} + b_{hh})` (with a = 1 exactly ``torch.nn.RNN``).
         "rate": the continuous-time rate network of Sompolinsky, Crisanti and Sommers (1988), Euler
         step a = dt/tau: :math:`h_t = (1-a) h_{t-1} + a (W_{hh}\phi(h_{t-1}) + W_{ih} x_t + b_{ih} +
         b_{hh})`.  "lstm" and "gru": ``torch.nn.LSTM`` / ``torch.nn.GRU`` exactly (gates i, f, g, o
-        and r, z, n).
+        and r, z, n).  "mgu", "ugrnn", "indrnn", "antisymmetric", "cornn": the cells of
+        :mod:`numrnn.cells.literature`.
     num_layers : int, default 1
     bias : bool, default True
     bidirectional : bool, default False
     batch_first : bool, default False
         Input and output are (B, T, F) instead of (T, B, F); states stay (L*D, B, N).
     alpha : float, default 1.0
-        Leak a in (0, 1] of the Elman and rate cells (must be 1 for LSTM and GRU).
-    nonlinearity : {"tanh", "relu"} or None
-        phi of the rate network (default "tanh").  For Elman cells it may repeat the cell's name.
+        Leak a in (0, 1] of the Elman and rate cells (their option "alpha"; must be 1 for cells
+        without a leak).
+    nonlinearity : str or None
+        phi of the cells that offer a choice: the rate network ("tanh", "relu"), "indrnn"
+        ("relu", "tanh"), "antisymmetric" ("tanh", "relu", "linear").  For Elman cells it may
+        repeat the cell's name.
+    cell_options : dict, optional
+        The cell's hyperparameters (``numrnn.Cell.options``), e.g. ``{"dt": 0.042}`` for coRNN.
     dtype : numpy.float32 or numpy.float64, default float64
         Dtype of the parameters and of every computation; inputs must have it too.
     init : {"default", "gaussian", "orthogonal", "identity", "spectral_radius"}
@@ -115,8 +122,12 @@ class RNN:
     ----------
     num_directions : int
         D = 2 if bidirectional else 1.
+    cell : str
+        The cell's name; ``definition`` is its :class:`numrnn.Cell`.
+    cell_options : dict
+        Every option of the cell, defaults included.
     gate_count : int
-        G: 1 (Elman, rate), 4 (LSTM), 3 (GRU).
+        G: 1 (Elman, rate), 4 (LSTM), 3 (GRU), ...
 
     References
     ----------
@@ -142,17 +153,15 @@ class RNN:
 
     def __init__(self, input_size, hidden_size, *, cell="tanh", num_layers=1, bias=True,
                  bidirectional=False, batch_first=False, alpha=1.0, nonlinearity=None,
-                 dtype=np.float64, init="default", gain=None, seed=None, device="cpu"):
+                 cell_options=None, dtype=np.float64, init="default", gain=None, seed=None,
+                 device="cpu"):
         self.device = self._check_device(device)
         self.input_size = _v.check_int("input_size", input_size, 1)
         self.hidden_size = _v.check_int("hidden_size", hidden_size, 1)
         self.num_layers = _v.check_int("num_layers", num_layers, 1)
-        if not isinstance(cell, str) or cell not in cells.CELLS:
-            raise ValueError(f"cell: expected one of {tuple(cells.CELLS)}, got {cell!r}")
-        self.cell = cell
-        self.kind, act, self.gate_count = cells.CELLS[cell]
-        self.nonlinearity = self._check_nonlinearity(cell, nonlinearity)
-        self.act = cells.ACTIVATIONS[self.nonlinearity] if self.nonlinearity else act
+        self.definition, self.nonlinearity = cells.resolve(cell, nonlinearity)
+        self.cell = self.definition.name
+        self.gate_count = self.definition.gate_count
         for name, flag in (("bias", bias), ("bidirectional", bidirectional),
                            ("batch_first", batch_first)):
             if not isinstance(flag, (bool, np.bool_)):
@@ -161,9 +170,18 @@ class RNN:
         self.bidirectional = bool(bidirectional)
         self.batch_first = bool(batch_first)
         self.num_directions = 2 if self.bidirectional else 1
-        self.alpha = _v.check_real("alpha", alpha, 0.0, 1.0, low_open=True)
-        if self.kind in (cells.KIND_LSTM, cells.KIND_GRU) and self.alpha != 1.0:
-            raise ValueError(f"alpha: the {cell} cell has no leak; expected 1.0, got {alpha!r}")
+        alpha = _v.check_real("alpha", alpha, 0.0, 1.0, low_open=True)
+        options = dict(cell_options) if isinstance(cell_options, dict) else cell_options
+        if "alpha" in self.definition.options:
+            if options is not None and "alpha" in options and alpha != 1.0:
+                raise ValueError(f"alpha: given twice, as alpha={alpha!r} and in cell_options; "
+                                 "give one")
+            if alpha != 1.0:
+                options = dict(options or {}, alpha=alpha)
+        elif alpha != 1.0:
+            raise ValueError(f"alpha: the {self.cell} cell has no leak; expected 1.0, got "
+                             f"{alpha!r}")
+        self.cell_options = self.definition.resolve_options(options)
         self.dtype = _v.check_dtype_arg(dtype)
         if not isinstance(init, str) or init not in INITS:
             raise ValueError(f"init: expected one of {INITS}, got {init!r}")
@@ -183,20 +201,47 @@ class RNN:
 
     # --- configuration --------------------------------------------------------------------
 
-    @staticmethod
-    def _check_nonlinearity(cell, nonlinearity):
-        if nonlinearity is None:
-            return "tanh" if cell == "rate" else None
-        if cell == "rate":
-            if nonlinearity not in ("tanh", "relu"):
-                raise ValueError("nonlinearity: the rate cell's phi must be 'tanh' or 'relu', "
-                                 f"got {nonlinearity!r}")
-            return nonlinearity
-        if cell in ("tanh", "relu") and nonlinearity == cell:
-            return None
-        raise ValueError(f"nonlinearity: the {cell!r} cell fixes its own nonlinearity; expected "
-                         f"None{' or ' + repr(cell) if cell in ('tanh', 'relu') else ''}, got "
-                         f"{nonlinearity!r} (choose it with cell=...)")
+    @property
+    def alpha(self):
+        """The leak a of cells that have one (their option "alpha"), 1.0 for every other."""
+        return self.cell_options.get("alpha", 1.0)
+
+    @property
+    def state_count(self):
+        """P: 1, or 2 for cells with a second state (LSTM's c, coRNN's z)."""
+        return self.definition.state_count
+
+    def config(self):
+        """The constructor arguments that rebuild this network's architecture, as a dict of
+        plain values (JSON-able when the cell is a registered one; a user's cell is the
+        :class:`numrnn.Cell` itself).  :meth:`from_config` is the inverse."""
+        registered = cells.registered(self.cell, self.nonlinearity) is self.definition
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
+                "cell": self.cell if registered else self.definition,
+                "num_layers": self.num_layers, "bias": self.bias,
+                "bidirectional": self.bidirectional, "batch_first": self.batch_first,
+                "nonlinearity": self.nonlinearity, "cell_options": dict(self.cell_options),
+                "dtype": str(self.dtype)}
+
+    @classmethod
+    def from_config(cls, config, *, seed=None, device="cpu"):
+        """A network of the architecture :meth:`config` describes (parameters drawn with
+        ``seed``; load trained ones with :meth:`load_state_dict`)."""
+        if not isinstance(config, dict):
+            raise TypeError(f"config: expected a dict from RNN.config(), got "
+                            f"{type(config).__name__}")
+        keys = ("input_size", "hidden_size", "cell", "num_layers", "bias", "bidirectional",
+                "batch_first", "nonlinearity", "cell_options", "dtype")
+        unknown = [k for k in config if k not in keys]
+        missing = [k for k in ("input_size", "hidden_size", "cell") if k not in config]
+        if unknown or missing:
+            raise ValueError(f"config: expected the keys of RNN.config() {list(keys)}; unknown "
+                             f"{unknown}, missing {missing}")
+        kw = {k: v for k, v in config.items() if k not in ("input_size", "hidden_size")}
+        if "dtype" in kw:
+            kw["dtype"] = _v.check_dtype_arg(np.dtype(kw["dtype"]) if isinstance(kw["dtype"], str)
+                                             else kw["dtype"])
+        return cls(config["input_size"], config["hidden_size"], seed=seed, device=device, **kw)
 
     @staticmethod
     def _check_device(device):
@@ -230,25 +275,29 @@ class RNN:
     def _compute_shapes(self):
         N, G, D = self.hidden_size, self.gate_count, self.num_directions
         shapes = {}
+        w_hh = self.definition.weight_hh_shape(N)
         for layer in range(self.num_layers):
             n_in = self.input_size if layer == 0 else D * N
             for d in range(D):
                 sfx = self._suffix(layer, d)
                 shapes["weight_ih" + sfx] = (G * N, n_in)
-                shapes["weight_hh" + sfx] = (G * N, N)
+                shapes["weight_hh" + sfx] = w_hh
                 if self.bias:
                     shapes["bias_ih" + sfx] = (G * N,)
                     shapes["bias_hh" + sfx] = (G * N,)
         return shapes
 
     def __repr__(self):
+        changed = {k: v for k, v in self.cell_options.items()
+                   if k != "alpha" and v != self.definition.options[k]}
         extra = "".join([
             f", num_layers={self.num_layers}" if self.num_layers != 1 else "",
             ", bias=False" if not self.bias else "",
             ", bidirectional=True" if self.bidirectional else "",
             ", batch_first=True" if self.batch_first else "",
             f", alpha={self.alpha}" if self.alpha != 1.0 else "",
-            f", nonlinearity={self.nonlinearity!r}" if self.cell == "rate" else "",
+            f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity else "",
+            f", cell_options={changed!r}" if changed else "",
             ", device='cuda'" if getattr(self, "device", "cpu") == "cuda" else "",
         ])
         return (f"RNN({self.input_size}, {self.hidden_size}, cell={self.cell!r}{extra}, "
@@ -378,16 +427,25 @@ class RNN:
             return self._views(self._flat.copy())
         return dict(self._params)
 
-    def _layer_params(self, layer, direction, params=None):
-        """(W_ih, W_hh, b_ih, b_hh) of one layer and direction from ``params`` (default: the
-        network's, checked now); b_ih is None and b_hh zeros without biases."""
+    def layer_params(self, layer, direction, params=None):
+        """(W_ih, M, b_ih, b_hh) of one layer and direction from ``params`` (default: the
+        network's, checked now): M is the (G*N, R*N) matrix the recurrent product uses
+        (``weight_hh`` itself unless the cell maps it, as IndRNN's diagonal and the
+        antisymmetric cell's W - W^T - gamma I do); b_ih is None and b_hh zeros without
+        biases."""
         sfx = self._suffix(layer, direction)
         p = self._validated_parameters() if params is None else params
-        GN = self.gate_count * self.hidden_size
+        N = self.hidden_size
+        m = self.definition.recurrent_matrix(p["weight_hh" + sfx], N, self.cell_options)
         if self.bias:
-            return p["weight_ih" + sfx], p["weight_hh" + sfx], p["bias_ih" + sfx], p["bias_hh" + sfx]
-        zeros = np.zeros(GN, self.dtype)
-        return p["weight_ih" + sfx], p["weight_hh" + sfx], None, zeros
+            return p["weight_ih" + sfx], m, p["bias_ih" + sfx], p["bias_hh" + sfx]
+        return p["weight_ih" + sfx], m, None, np.zeros(self.gate_count * N, self.dtype)
+
+    def options_array(self, dtype=None):
+        """The cell's options in declaration order, as the kernels take them (``dtype``: the
+        network's by default)."""
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        return np.array([self.cell_options[k] for k in self.definition.options], dtype=dtype)
 
     # --- torch interop --------------------------------------------------------------------
 
@@ -396,11 +454,13 @@ class RNN:
         """Build a network from ``torch.nn.RNN``, ``torch.nn.LSTM`` or ``torch.nn.GRU`` (weights copied)."""
         import torch
 
-        kinds = {torch.nn.LSTM: "lstm", torch.nn.GRU: "gru", torch.nn.RNN: None}
         cell = None
-        for klass, name in kinds.items():
+        for klass in (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN):
             if type(module) is klass:
-                cell = name if name else module.nonlinearity
+                mode = klass.__name__.upper()
+                if klass is torch.nn.RNN:
+                    mode = "RNN_" + module.nonlinearity.upper()
+                cell = cells.with_torch_twin(mode)
                 break
         if cell is None:
             raise TypeError("module: expected torch.nn.RNN, torch.nn.LSTM or torch.nn.GRU, got "
@@ -423,20 +483,25 @@ class RNN:
         """The equivalent ``torch.nn.RNN``/``LSTM``/``GRU`` module, with these weights."""
         import torch
 
-        if self.cell in ("linear", "rate"):
-            raise ValueError(f"cell: PyTorch has no {self.cell!r} cell; to_torch supports tanh, "
-                             "relu, lstm and gru")
+        mode = self.definition.torch
+        if mode is None:
+            twins = [n for n in cells.names() if cells.registered(n).torch]
+            raise ValueError(f"cell: PyTorch has no {self.cell!r} cell; to_torch supports "
+                             f"{', '.join(twins)}")
         if self.alpha != 1.0:
             raise ValueError(f"alpha: PyTorch's RNN has no leak; expected 1.0, got {self.alpha}")
+        for key, value in self.cell_options.items():
+            if value != self.definition.options[key]:
+                raise ValueError(f"cell_options[{key!r}]: PyTorch's {mode} has no such option; "
+                                 f"expected the default {self.definition.options[key]}, got "
+                                 f"{value}")
         kw = dict(num_layers=self.num_layers, bias=self.bias, bidirectional=self.bidirectional,
                   batch_first=self.batch_first,
                   dtype=torch.float64 if self.dtype == np.float64 else torch.float32)
-        if self.cell == "lstm":
-            module = torch.nn.LSTM(self.input_size, self.hidden_size, **kw)
-        elif self.cell == "gru":
-            module = torch.nn.GRU(self.input_size, self.hidden_size, **kw)
-        else:
-            module = torch.nn.RNN(self.input_size, self.hidden_size, nonlinearity=self.cell, **kw)
+        if mode.startswith("RNN_"):
+            kw["nonlinearity"] = mode[4:].lower()
+        module = getattr(torch.nn, mode.partition("_")[0])(self.input_size, self.hidden_size,
+                                                            **kw)
         params = self._validated_parameters()
         with torch.no_grad():
             for name, param in module.named_parameters():
@@ -469,11 +534,12 @@ class RNN:
         return s[:, None, :] if unbatched else s
 
     def _split_state(self, h0, batch, unbatched):
-        if self.kind == cells.KIND_LSTM:
+        if self.state_count == 2:
             if h0 is None:
                 h0 = (None, None)
             if not isinstance(h0, (tuple, list)) or len(h0) != 2:
-                raise TypeError(f"h0: the lstm cell's state is a pair (h0, c0), got "
+                a, b = self.definition.states
+                raise TypeError(f"h0: the {self.cell} cell's state is a pair ({a}0, {b}0), got "
                                 f"{type(h0).__name__}")
             return (self._check_state("h0", h0[0], batch, unbatched),
                     self._check_state("c0", h0[1], batch, unbatched))
@@ -496,13 +562,14 @@ class RNN:
         """Peak bytes a forward pass (``backward``: keeping the tape, then BPTT) allocates."""
         N, D, L = self.hidden_size, self.num_directions, self.num_layers
         GN = self.gate_count * N
-        lstm = 1 if self.kind == cells.KIND_LSTM else 0
-        record = N * (1 + lstm + cells.AUX_WIDTH[self.kind])  # out_h, out_c, aux per step
+        cell = self.definition
+        record = N * (cell.state_count + cell.aux_count)  # out_h, out_c, aux per step
         concat = D * N if D == 2 else 0  # a bidirectional layer's output is a concatenated copy
         widest_in = max(self.input_size, D * N)
         if backward:  # every layer's records stay, then the sweep's cotangents
             kept = L * (D * record + concat)
-            extra = GN * (2 if self.kind == cells.KIND_GRU else 1) + N + 2 * widest_in + 1
+            extra = (GN * (2 if cell.separate else 1) + cell.read_count * N + N
+                     + 2 * widest_in + 1)
         else:  # one layer's records, its input and the projection in flight
             kept = D * record + concat + D * N
             extra = GN
@@ -542,25 +609,26 @@ class RNN:
         layer_in = x
         tape = []
         reported = False
+        opts = self.options_array()
         for layer in range(self.num_layers):
             outs, records = [], []
             flat_in = layer_in.reshape(T * B, -1)
             for d in range(D):
                 k = layer * D + d
-                w_ih, w_hh, b_ih, b_hh = self._layer_params(layer, d, params)
+                w_ih, w_hh, b_ih, b_hh = self.layer_params(layer, d, params)
                 xp = cpu.matmul(flat_in, w_ih.T)
                 if b_ih is not None:
-                    if self.kind == cells.KIND_GRU:  # b_in stays with W_in x, outside r * (.)
+                    if self.definition.separate:  # the cell sees W_ih x + b_ih on its own
                         xp += b_ih
                     else:  # only xp + hp enters the cell: add b_ih with b_hh, once per step
                         b_hh = b_hh + b_ih
                 xp = xp.reshape(T, B, -1)
-                out_h, out_c, aux, bad = cpu.forward(self.kind, self.act, self.alpha, xp, w_hh,
-                                                     b_hh, h0[k], c0[k], d == 1)
+                out_h, out_c, aux, bad = cpu.forward(self.definition, opts, xp, w_hh, b_hh,
+                                                     h0[k], c0[k], d == 1)
                 reported = reported or errors.check_state(bad, layer, d == 1)
                 last = 0 if d == 1 else T - 1
                 h_n[k] = out_h[last]
-                c_n[k] = out_c[last] if self.kind == cells.KIND_LSTM else 0.0
+                c_n[k] = out_c[last] if self.state_count == 2 else 0.0
                 outs.append(out_h)
                 records.append((out_h, out_c, aux))
             tape.append((layer_in, records))
@@ -585,6 +653,7 @@ class RNN:
         d_c0 = buffer[n_params + h0.size:].reshape(c0.shape)
         norms = None
         reported = False
+        cell, opts = self.definition, self.options_array()
         for layer in reversed(range(self.num_layers)):
             layer_in, records = tape[layer]
             flat_in = layer_in.reshape(T * B, -1)
@@ -592,23 +661,25 @@ class RNN:
             for d in range(D):
                 k = layer * D + d
                 sfx = self._suffix(layer, d)
-                w_ih, w_hh, b_ih, _ = self._layer_params(layer, d, params)
+                w_ih, w_hh, b_ih, _ = self.layer_params(layer, d, params)
                 out_h, out_c, aux = records[d]
                 d_dir = np.ascontiguousarray(d_out[:, :, d * N:(d + 1) * N])
                 dxp, dhp, d_h0[k], d_c0[k], norm, bad = cpu.backward(
-                    self.kind, self.act, self.alpha, w_hh, h0[k], c0[k], out_h, out_c, aux,
-                    d_dir, d_h_n[k], d_c_n[k], d == 1, truncate)
+                    cell, opts, w_hh, h0[k], c0[k], out_h, out_c, aux, d_dir, d_h_n[k],
+                    d_c_n[k], d == 1, truncate)
                 reported = reported or errors.check_gradient(bad, layer, d == 1, T, self.dtype)
                 if layer == self.num_layers - 1:  # the last layer's dL/dh_t, both directions
                     norms = norm if norms is None else np.hypot(norms, norm)
                 dxp2 = dxp.reshape(T * B, G * N)
                 dhp2 = dhp.reshape(T * B, G * N)
                 cpu.matmul_tn(dxp2, flat_in, out=grads["weight_ih" + sfx])
-                cpu.recurrent_weight_grad(self.kind, self.act, dhp, h0[k], out_h, d == 1,
-                                          out=grads["weight_hh" + sfx])
+                d_w = grads["weight_hh" + sfx]
+                d_m = cpu.recurrent_weight_grad(cell, opts, dhp, h0[k], c0[k], out_h, out_c,
+                                                d == 1, out=d_w if cell.matrix is None else None)
+                cell.weight_hh_grad(d_m, N, self.cell_options, out=d_w)
                 if self.bias:
                     np.add.reduce(dxp2, axis=0, out=grads["bias_ih" + sfx])
-                    # the two cotangents are one array except for GRU: sum it once
+                    # the two cotangents are one array for summed projections: sum it once
                     if dhp is dxp:
                         np.copyto(grads["bias_hh" + sfx], grads["bias_ih" + sfx])
                     else:
@@ -672,7 +743,7 @@ class RNN:
         out = self._to_user_layout(out, unbatched)
         if unbatched:
             h_n, c_n = h_n[:, 0], c_n[:, 0]
-        return out, ((h_n, c_n) if self.kind == cells.KIND_LSTM else h_n)
+        return out, ((h_n, c_n) if self.state_count == 2 else h_n)
 
     def forward_vjp(self, x, d_output, h0=None, d_h_n=None, truncate=None):
         """Forward pass and vector-Jacobian product in one call.
@@ -746,7 +817,7 @@ class RNN:
                                                                 truncate, params)
             grads["input"] = self._to_user_layout(d_x, unbatched)
             grads["h0"] = d_h0[:, 0] if unbatched else d_h0
-            if self.kind == cells.KIND_LSTM:
+            if self.state_count == 2:  # the second state's (LSTM's c0, coRNN's z0)
                 grads["c0"] = d_c0[:, 0] if unbatched else d_c0
             grads["state_grad_norm"] = norms[:, 0] if unbatched else norms
             return grads
@@ -758,10 +829,12 @@ class RNN:
         zeros = np.zeros((LD, batch, N), self.dtype)
         if d_h_n is None:
             return zeros, zeros
-        if self.kind == cells.KIND_LSTM:
+        if self.state_count == 2:
             if not isinstance(d_h_n, (tuple, list)) or len(d_h_n) != 2:
-                raise TypeError(f"d_h_n: the lstm cell's final state is a pair (h_n, c_n); "
-                                f"expected a pair of cotangents, got {type(d_h_n).__name__}")
+                a, b = self.definition.states
+                raise TypeError(f"d_h_n: the {self.cell} cell's final state is a pair ({a}_n, "
+                                f"{b}_n); expected a pair of cotangents, got "
+                                f"{type(d_h_n).__name__}")
             dh, dc = d_h_n
         else:
             dh, dc = d_h_n, None

@@ -2,171 +2,144 @@
 
 Everything that is not sequential (the input projection of all steps, the weight gradients) is one
 matrix product outside these kernels, in :mod:`numrnn.network`.  Each kernel runs one
-(layer, direction) over the whole sequence and the whole batch; a single compiled kernel serves
-every cell (the cell family is a run-time argument), so Numba compiles it once per dtype.
+(layer, direction) over the whole sequence and the whole batch.
 
-Tiers: ``_forward_kernel``/``_backward_kernel`` take arrays and a range of sequences and write
-preallocated outputs; ``forward``/``backward`` allocate and hand disjoint ranges of the batch to
+Kernels are made per cell definition (:class:`numrnn.Cell`): the generic kernels below call
+``row_forward``, ``row_backward``, ``read_row`` and ``read_pullback_row``, loops over one
+sequence's units written for the cell by :func:`_row_functions` from the cell's own functions
+(their CPU twins, with an ``exp`` and ``tanh`` that LLVM vectorises: the row loops run 2-4x faster
+than with libm's).  Each cell's kernels are compiled once per dtype and cached on disk under the
+cell's fingerprint (the hash of its code), so an edited cell is never served a stale kernel.
+
+Tiers: ``_make_*`` build the kernels (``@njit`` over arrays and a range of sequences, writing
+preallocated outputs); ``forward``/``backward`` allocate and hand disjoint ranges of the batch to
 numrnn's threads (:mod:`numrnn.cpu.threads`).
 """
-import math
 import types
 
 import numpy as np
 from numba import njit
 from numba.extending import register_jitable
 
-from .. import cells, config, norms
+from .. import config, norms
+from ..cells import codegen
+from ..cells.twins import Twins
 from . import elementary, threads
 
 # error_model="numpy": a float division is IEEE (no zero check that would keep loops scalar).
 _JIT = dict(cache=True, fastmath=config.FASTMATH, nogil=True, error_model="numpy")
 
-
-#: Twins inlined at Numba IR level (they take and return only scalars); LLVM inlines the small
-#: rest (sigmoid, exp, ...) on its own but not these, which its cost model finds too large.
-#: The gradient norm is inlined too: called once per row and step, as a call it cost the BPTT
-#: sweep a third more at N = 32 (float32), where inlined its eight partial sums are one vector.
-_IR_INLINED = ("lstm_gates", "lstm_state", "lstm_step", "lstm_vjp", "lstm_partials",
-               "gru_step", "gru_vjp", "gru_partials", "squared_sum", "gradient_norm")
-
-
-def _cpu_twins(source, math_module):
-    """The functions of ``source`` (:mod:`numrnn.cells`, :mod:`numrnn.norms`) as the CPU kernels
-    compile them.
-
-    Each twin has the same code object as its original (the math is written once); only its
-    ``math`` may differ and its inlining.  For the cells, ``math`` is
-    :func:`numrnn.cpu.elementary.cpu_math`, exp and tanh that LLVM can vectorise, where libm's
-    are opaque scalar calls; the GPU kernels keep CUDA's functions.  With these, the row loops
-    below run 2-4x faster (forward pass, B = 32, N = 128: tanh 23 -> 9, GRU 92 -> 26, LSTM
-    188 -> 75 ns per unit and step in float32).
-    """
-    namespace = dict(vars(source))
-    namespace["math"] = math_module
-    twins = {}
-    for name, fn in vars(source).items():
-        if isinstance(fn, types.FunctionType) and fn.__module__ == source.__name__:
-            twin = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__,
-                                      fn.__closure__)
-            inline = "always" if name in _IR_INLINED else "never"
-            twins[name] = register_jitable(inline=inline)(twin)
-    namespace.update(twins)
-    module = types.ModuleType(f"numrnn_cpu_{source.__name__.rpartition('.')[2]}")
-    vars(module).update(namespace)  # Numba resolves attributes of a module
-    return module
+#: The CPU twins of cell functions: IR-inlined (LLVM's cost model does not inline the larger
+#: ones, and a call in a row loop keeps it scalar) and with a vectorisable exp and tanh.
+twins = Twins(elementary.cpu_math(), inline="always")
+#: The gradient norm, inlined too: as a call, once per row and step, it cost the BPTT sweep a
+#: third more at N = 32 (float32), where inlined its eight partial sums are one vector.
+_gradient_norm = Twins(None, inline="always")(norms.gradient_norm)
 
 
-_cells = _cpu_twins(cells, elementary.cpu_math())
-_norms = _cpu_twins(norms, math)
-
-
-# --- One sequence's step for all units, per cell family ---------------------------------------
+# --- the row loops of one cell, generated from its definition --------------------------------
 #
-# The loops below call the scalar cell functions (the math of :mod:`numrnn.cells`) and do the
-# gate layout's loads and stores themselves: a loop whose body calls a function that takes arrays
-# keeps reference-counting calls and is not vectorised, one that calls scalar functions is.
-# The layout is the one :func:`numrnn.cells.unit_forward` and :func:`numrnn.cells.unit_backward`
-# document (gate g of unit j at g*n + j); the GPU kernels call those.
-# ``n = max(n, 0)`` lets LLVM prove that g*n + j >= 0, so no index wraparound select is left.
+# A loop whose body calls scalar functions is vectorised; one that calls a function taking arrays
+# keeps reference-counting calls and is not.  So the loops are written out per cell, with the
+# gate layout's loads and stores (gate g of unit j at g*n + j) in the loop and the cell's scalar
+# functions called in it.  ``n = max(n, 0)`` lets LLVM prove g*n + j >= 0 (no wraparound select).
+# States: p0, p1 before the step, q0, q1 after it (p1, q1 unused for one-state cells).
 
 
-@register_jitable(inline="always")
-def _elman_row_forward(act, a, oma, zero, xp, hp, n, h_prev, aux, h_out):
-    n = max(n, 0)
-    for j in range(n):
-        y = _cells.activation(act, xp[j] + hp[j], zero)
-        aux[j] = y
-        h_out[j] = _cells.leaky_update(h_prev[j], y, a, oma)
-
-
-@register_jitable(inline="always")
-def _rate_row_forward(a, oma, xp, hp, n, h_prev, h_out):
-    n = max(n, 0)
-    for j in range(n):
-        h_out[j] = _cells.leaky_update(h_prev[j], xp[j] + hp[j], a, oma)
-
-
-@register_jitable(inline="always")
-def _lstm_row_forward(one, xp, hp, n, c_prev, aux, h_out, c_out):
-    # Two loops (gates, then state): as one loop LLVM does not vectorise it.
-    n = max(n, 0)
-    for j in range(n):
-        i, f, g, o = _cells.lstm_gates(xp[j] + hp[j], xp[n + j] + hp[n + j],
-                                       xp[2 * n + j] + hp[2 * n + j],
-                                       xp[3 * n + j] + hp[3 * n + j], one)
-        aux[j] = i
-        aux[n + j] = f
-        aux[2 * n + j] = g
-        aux[3 * n + j] = o
-    for j in range(n):
-        c, h = _cells.lstm_state(aux[j], aux[n + j], aux[2 * n + j], aux[3 * n + j], c_prev[j])
-        c_out[j] = c
-        h_out[j] = h
-
-
-@register_jitable(inline="always")
-def _gru_row_forward(one, xp, hp, n, h_prev, aux, h_out):
-    n = max(n, 0)
-    for j in range(n):
-        r, z, nn, h = _cells.gru_step(xp[j], xp[n + j], xp[2 * n + j], hp[j], hp[n + j],
-                                      hp[2 * n + j], h_prev[j], one)
-        aux[j] = r
-        aux[n + j] = z
-        aux[2 * n + j] = nn
-        aux[3 * n + j] = hp[2 * n + j]
-        h_out[j] = h
-
-
-@register_jitable(inline="always")
-def _elman_row_backward(act, a, oma, one, zero, n, dh_carry, d_out, aux, dhp):
-    n = max(n, 0)
-    for j in range(n):
-        dh = dh_carry[j] + d_out[j]
-        dhp[j] = dh * _cells.elman_dz(act, aux[j], a, one, zero)
-        dh_carry[j] = oma * dh
-
-
-@register_jitable(inline="always")
-def _rate_row_backward(a, oma, n, dh_carry, d_out, dhp):
-    n = max(n, 0)
-    for j in range(n):
-        dh = dh_carry[j] + d_out[j]
-        dhp[j] = a * dh
-        dh_carry[j] = oma * dh
-
-
-@register_jitable(inline="always")
-def _lstm_row_backward(one, zero, n, dh_carry, dc_carry, d_out, c_prev, c_t, aux, dhp):
-    n = max(n, 0)
-    for j in range(n):
-        dh = dh_carry[j] + d_out[j]
-        dzi, dzf, dzg, dzo, dcp = _cells.lstm_vjp(dh, dc_carry[j], aux[j], aux[n + j],
-                                                  aux[2 * n + j], aux[3 * n + j], c_t[j],
-                                                  c_prev[j], one)
-        dhp[j] = dzi
-        dhp[n + j] = dzf
-        dhp[2 * n + j] = dzg
-        dhp[3 * n + j] = dzo
-        dc_carry[j] = dcp
-    for j in range(n):  # the direct part of dh_prev is zero (in the loop above: not vectorised)
-        dh_carry[j] = zero
-
-
-@register_jitable(inline="always")
-def _gru_row_backward(one, n, dh_carry, d_out, h_prev, aux, dxp, dhp):
-    n = max(n, 0)
-    for j in range(n):
-        dh = dh_carry[j] + d_out[j]
-        dr, dz, dxn, dhn, dhd = _cells.gru_vjp(dh, aux[j], aux[n + j], aux[2 * n + j],
-                                               aux[3 * n + j], h_prev[j], one)
-        dxp[j] = dr
-        dxp[n + j] = dz
-        dxp[2 * n + j] = dxn
-        dhp[j] = dr
-        dhp[n + j] = dz
-        dhp[2 * n + j] = dhn
-        dh_carry[j] = dhd
+def _row_functions(cell):
+    """Generate and compile the row loops of ``cell``: a dict of jitable functions."""
+    G, P, A = cell.gate_count, cell.state_count, cell.aux_count
+    prev = [f"p{p}[j]" for p in range(P)]
+    new = [f"s{p}" for p in range(P)]
+    aux = [f"a{k}" for k in range(A)]
+    src = codegen.Source()
+    # forward
+    src("def row_forward(xp, hp, n, p0, p1, aux, q0, q1, opts, one):").indent()
+    src("n = max(n, 0)")
+    codegen.options_lines(src, cell)
+    src("for j in range(n):").indent()
+    if cell.separate:
+        pre = [f"xp[{g} * n + j]" for g in range(G)] + [f"hp[{g} * n + j]" for g in range(G)]
+    else:
+        pre = [f"xp[{g} * n + j] + hp[{g} * n + j]" for g in range(G)]
+    codegen.step_lines(src, cell, pre, prev, new, aux)
+    for p in range(P):
+        src(f"q{p}[j] = s{p}")
+    for k in range(A):
+        src(f"aux[{k} * n + j] = a{k}")
+    src.dedent().dedent()
+    # backward: the carried cotangents c0, c1 enter, the direct parts of the previous state's leave
+    src("def row_backward(n, c0, c1, d_out, p0, p1, q0, q1, aux, dxp, dhp, opts, one):").indent()
+    src("n = max(n, 0)")
+    codegen.options_lines(src, cell)
+    src("for j in range(n):").indent()
+    d_new = ["c0[j] + d_out[j]"] + [f"c{p}[j]" for p in range(1, P)]
+    if cell.separate:
+        d_pre = [f"dx{g}" for g in range(G)] + [f"dh{g}" for g in range(G)]
+    else:
+        d_pre = [f"dz{g}" for g in range(G)]
+    d_prev = [f"e{p}" for p in range(P)]
+    codegen.vjp_lines(src, cell, d_new, prev, [f"q{p}[j]" for p in range(P)],
+                      [f"aux[{k} * n + j]" for k in range(A)], d_pre, d_prev)
+    for g in range(G):
+        if cell.separate:
+            src(f"dxp[{g} * n + j] = dx{g}")
+            src(f"dhp[{g} * n + j] = dh{g}")
+        else:
+            src(f"dhp[{g} * n + j] = dz{g}")
+    for p in range(P):
+        src(f"c{p}[j] = e{p}")
+    src.dedent().dedent()
+    # the recurrent input r of one sequence, (R*N,), and the pullback through it
+    src("def read_row(p0, p1, n, r, opts, one):").indent()
+    src("n = max(n, 0)")
+    codegen.options_lines(src, cell)
+    for q, p in enumerate(cell.read_index):
+        src("for k in range(n):").indent()
+        src(f"r[{q} * n + k] = {codegen.read_expr(cell, f'p{p}[k]')}").dedent()
+    src.dedent()
+    src("def read_pullback_row(tmp, p0, p1, n, c0, c1, opts, one):").indent()
+    src("n = max(n, 0)")
+    codegen.options_lines(src, cell)
+    for q, p in enumerate(cell.read_index):
+        grad = codegen.read_grad_expr(cell, f"p{p}[k]")
+        src("for k in range(n):").indent()
+        src(f"c{p}[k] += tmp[{q} * n + k]" + (f" * {grad}" if grad else "")).dedent()
+    src.dedent()
+    # the local derivatives of the step, for the analysis (see numrnn.cpu.jacobians): with
+    # unit tangents, column by column, from the cell's jvp
+    n_pre = cell.pre_count
+    src("def row_coefficients(n, p0, p1, q0, q1, aux, opts, one, rec, inp, direct, rgrad):")
+    src.indent()
+    src("n = max(n, 0)")
+    codegen.options_lines(src, cell)
+    src("zero = one - one")
+    src("for j in range(n):").indent()
+    args_new = [f"q{p}[j]" for p in range(P)]
+    args_aux = [f"aux[{k} * n + j]" for k in range(A)]
+    outs = [f"t{p}" for p in range(P)]
+    for i in range(n_pre + P):
+        unit = ["one" if k == i else "zero" for k in range(n_pre + P)]
+        codegen.jvp_lines(src, cell, unit[:n_pre], unit[n_pre:], prev, args_new, args_aux, outs)
+        for p in range(P):
+            if i >= n_pre:
+                src(f"direct[{p}, {i - n_pre}, j] = t{p}")
+            elif cell.separate and i < G:
+                src(f"inp[{p}, {i} * n + j] = t{p}")
+            else:
+                src(f"rec[{p}, {i % G} * n + j] = t{p}")
+    for q, p in enumerate(cell.read_index):
+        grad = codegen.read_grad_expr(cell, f"p{p}[j]")
+        src(f"rgrad[{q}, j] = {grad or 'one'}")
+    src.dedent().dedent()
+    namespace = {"step": twins(cell.step), "vjp": twins(cell.vjp), "jvp": twins(cell.jvp)}
+    if cell.read_map is not None:
+        namespace["read_map"] = twins(cell.read_map)
+        namespace["read_map_grad"] = twins(cell.read_map_grad)
+    codegen.compile_functions(src, namespace, f"<numrnn cpu rows of cell {cell.name!r}>")
+    return {name: register_jitable(inline="always")(namespace[name])
+            for name in ("row_forward", "row_backward", "read_row", "read_pullback_row",
+                         "row_coefficients")}
 
 
 @register_jitable(inline="always")
@@ -178,17 +151,6 @@ def _count_nonfinite(v, n, zero):
         x = v[j]
         c += 0 if x - x == zero else 1
     return c
-
-
-@register_jitable
-def _state_before(t, reverse, lstm, h0, c0, out_h, out_c):
-    """(first, h_prev, c_prev): the state entering step t, (B, N) each; c0 stands in for c
-    except for LSTM, and ``first`` says whether t is the first step in running order."""
-    first = t == (out_h.shape[0] - 1 if reverse else 0)
-    if first:
-        return first, h0, c0
-    tp = t + 1 if reverse else t - 1
-    return first, out_h[tp], (out_c[tp] if lstm else c0)
 
 
 @njit(**_JIT)
@@ -221,208 +183,283 @@ def _matmul(a, b, out, use_blas):
                 row[q] += aik * brow[q]
 
 
-@njit(**_JIT)
-def _recurrent_projection(kind, act, zero, h_prev, b0, w_hh_t, w_hh, b_hh, mode, rec, rec_t,
-                          hp_t, hp):
-    """hp = r W_hhᵀ + b_hh for the rows b0 <= b < b0 + nb of one step, r = r(h_prev[b]).
+# --- the kernels, generic over the cell ----------------------------------------------------------
+#
+# Each ``_make_*`` returns a plain function whose globals are then swapped for the cell's (see
+# :func:`_for_cell`); its closure holds the cell's fingerprint, which Numba's on-disk cache keys
+# on (with the bytecode), so kernels of different cells never share a cache entry.
+# ``DIRECT`` (the product reads the first state as it is, as every cell but the rate network and
+# coRNN does) and ``TWO_STATES`` are compile-time constants of each cell's kernels.
 
-    ``mode`` 0: compiled loops (small products); 1: BLAS gemm; 2: BLAS on the transposes,
-    hpᵀ = W_hh rᵀ, with r written transposed into ``rec_t`` (N, nb) and the result ``hp_t``
-    (G*N, nb) read back transposed with the bias added (the copies are the loads the step makes
-    anyway).  Mode 2 exists for OpenBLAS in float32 with few rows (a thread's share of the
-    batch): there it runs at 42-64 GFLOP/s against 24-32 for the direct form (nb = 16, N, G*N in
-    128..2048, 2-core EPYC); in float64 the two forms run at the same speed.
-    """
-    nb, GN = hp.shape
-    N = rec.shape[1]
-    if mode == 2:
-        for i in range(nb):
-            for k in range(N):
-                rec_t[k, i] = _cells.recurrent_input(kind, act, h_prev[b0 + i, k], zero)
-        np.dot(w_hh, rec_t, hp_t)
+
+def _make_projection(fingerprint):
+    def _recurrent_projection(p0, p1, b0, w_hh_t, w_hh, b_hh, mode, opts, one, rec, rec_t,
+                              hp_t, hp):
+        """hp = r Mᵀ + b_hh for the rows b0 <= b < b0 + nb of one step, r = the recurrent input
+        read from the states (p0, p1) entering it.
+
+        ``mode`` 0: compiled loops (small products); 1: BLAS gemm; 2: BLAS on the transposes,
+        hpᵀ = M rᵀ, with r written transposed into ``rec_t`` (R*N, nb) and the result ``hp_t``
+        (G*N, nb) read back transposed with the bias added (the copies are the loads the step
+        makes anyway).  Mode 2 exists for OpenBLAS in float32 with few rows (a thread's share of
+        the batch): there it runs at 42-64 GFLOP/s against 24-32 for the direct form (nb = 16,
+        N, G*N in 128..2048, 2-core EPYC); in float64 the two forms run at the same speed.
+        """
+        fingerprint  # noqa: B018 - in the cache key
+        nb, GN = hp.shape
+        N = p0.shape[1]
+        RN = rec.shape[1]
+        if DIRECT:
+            r = p0[b0:b0 + nb]
+        else:
+            for i in range(nb):
+                read_row(p0[b0 + i], p1[b0 + i], N, rec[i], opts, one)
+            r = rec
+        if mode == 2:
+            for i in range(nb):
+                ri = r[i]
+                for k in range(RN):
+                    rec_t[k, i] = ri[k]
+            np.dot(w_hh, rec_t, hp_t)
+            for i in range(nb):
+                row = hp[i]
+                for q in range(GN):
+                    row[q] = hp_t[q, i] + b_hh[q]
+            return
+        _matmul(r, w_hh_t, hp, mode == 1)
         for i in range(nb):
             row = hp[i]
             for q in range(GN):
-                row[q] = hp_t[q, i] + b_hh[q]
-        return
-    if kind == cells.KIND_RATE:  # r = phi(h); every other cell multiplies h itself, in place
-        for i in range(nb):
-            for k in range(N):
-                rec[i, k] = _cells.recurrent_input(kind, act, h_prev[b0 + i, k], zero)
-        r = rec
-    else:
-        r = h_prev[b0:b0 + nb]
-    _matmul(r, w_hh_t, hp, mode == 1)
-    for i in range(nb):
-        row = hp[i]
-        for q in range(GN):
-            row[q] += b_hh[q]
+                row[q] += b_hh[q]
+    return _recurrent_projection
 
 
-@njit(**_JIT)
-def _recurrent_pullback(kind, act, one, zero, dg, h_prev, b0, w_hh, w_hh_t, mode, dg_t, tmp_t,
-                        tmp, carry):
-    """carry += (dg W_hh) * r'(h_prev) for the rows b0 <= b < b0 + nb of one step.
+def _make_pullback(fingerprint):
+    def _recurrent_pullback(dg, p0, p1, b0, w_hh, w_hh_t, mode, opts, one, dg_t, tmp_t, tmp,
+                            carry0, carry1):
+        """carry += the pullback of dg (nb, G*N), the cotangent of the recurrent projection,
+        through M and the read of the states, for the rows b0 <= b < b0 + nb of one step.
 
-    dg (nb, G*N) is the cotangent of the recurrent projection; ``mode`` as in
-    :func:`_recurrent_projection` (mode 2: dgᵀ into ``dg_t``, W_hh^T dgᵀ into ``tmp_t``).
-    """
-    nb, N = carry.shape
-    GN = dg.shape[1]
-    if mode == 2:
-        for i in range(nb):
-            for q in range(GN):
-                dg_t[q, i] = dg[i, q]
-        np.dot(w_hh_t, dg_t, tmp_t)
-        for i in range(nb):
-            for k in range(N):
-                carry[i, k] += tmp_t[k, i] * _cells.recurrent_input_grad(
-                    kind, act, h_prev[b0 + i, k], one, zero)
-        return
-    _matmul(dg, w_hh, tmp, mode == 1)
-    for i in range(nb):
-        for k in range(N):
-            carry[i, k] += tmp[i, k] * _cells.recurrent_input_grad(
-                kind, act, h_prev[b0 + i, k], one, zero)
-
-
-@njit(**_JIT)
-def _forward_kernel(kind, act, consts, xp, w_hh_t, w_hh, b_hh, h0, c0, reverse, mode,
-                    out_h, out_c, aux, bad, b0, b1):
-    """Forward recurrence of one layer and direction for the sequences b0 <= b < b1.
-
-    xp (T, B, G*N): input projection and b_hh (G*N,): bias of the recurrent one (see
-    :func:`forward`); w_hh_t (N, G*N): W_hh transposed and w_hh (G*N, N), both C order; h0, c0
-    (B, N); consts = [a, 1 - a, 1, 0] in the kernel's dtype; ``mode``: how the recurrent product
-    runs (:func:`_recurrent_projection`).
-    Writes out_h (T, B, N), out_c (T, B, N) (LSTM only), aux (T, B, AUX_WIDTH*N) for its rows,
-    and bad (B,): the first time index t at which h of sequence b held a NaN or inf (-1: never;
-    NaN in c reaches h in the same step, and c cannot overflow on its own).
-    ``reverse`` runs t = T-1 .. 0.  Sequences are independent, so disjoint ranges can run on
-    different threads with no synchronisation.
-    """
-    T = xp.shape[0]
-    N = h0.shape[1]
-    nb = b1 - b0
-    a, oma, one, zero = consts[0], consts[1], consts[2], consts[3]
-    lstm = kind == cells.KIND_LSTM
-    GN = w_hh_t.shape[1]
-    rec = np.empty((nb, N), xp.dtype)
-    hp = np.empty((nb, GN), xp.dtype)
-    rec_t = np.empty((N, nb), xp.dtype)
-    hp_t = np.empty((GN, nb), xp.dtype)
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        first, h_prev, c_prev = _state_before(t, reverse, lstm, h0, c0, out_h, out_c)
-        _recurrent_projection(kind, act, zero, h_prev, b0, w_hh_t, w_hh, b_hh, mode, rec, rec_t,
-                              hp_t, hp)
-        for i in range(nb):
-            b = b0 + i
-            hpb = hp[i]
-            xpb, hpv, auxb, ohb = xp[t, b], h_prev[b], aux[t, b], out_h[t, b]
-            if kind == cells.KIND_LSTM:
-                _lstm_row_forward(one, xpb, hpb, N, c_prev[b], auxb, ohb, out_c[t, b])
-            elif kind == cells.KIND_GRU:
-                _gru_row_forward(one, xpb, hpb, N, hpv, auxb, ohb)
-            elif kind == cells.KIND_RATE:
-                _rate_row_forward(a, oma, xpb, hpb, N, hpv, ohb)
-            elif act == cells.ACT_TANH:  # one loop per nonlinearity: each body is branch-free
-                _elman_row_forward(cells.ACT_TANH, a, oma, zero, xpb, hpb, N, hpv, auxb, ohb)
-            elif act == cells.ACT_RELU:
-                _elman_row_forward(cells.ACT_RELU, a, oma, zero, xpb, hpb, N, hpv, auxb, ohb)
-            else:
-                _elman_row_forward(cells.ACT_LINEAR, a, oma, zero, xpb, hpb, N, hpv, auxb, ohb)
-            if bad[b] < 0 and _count_nonfinite(ohb, N, zero) > 0:
-                bad[b] = t
-
-
-@njit(**_JIT)
-def _backward_kernel(kind, act, consts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out, dh_n,
-                     dc_n, reverse, truncate, mode, dxp, dhp, dh0, dc0, norm, bad, b0, b1):
-    """Backpropagation through time of one layer and direction, sequences b0 <= b < b1.
-
-    d_out (T, B, N): cotangent of the outputs; dh_n, dc_n (B, N): of the final state.
-    ``truncate`` > 0 cuts the time axis into chunks [0, k), [k, 2k), ...: no state gradient crosses
-    a chunk boundary (the state entering a chunk is a constant), except into h0/c0.
-    Writes dhp (T, B, G*N) (cotangent of the recurrent projection), dxp (GRU only: of the input
-    projection; pass the same array as dhp otherwise), dh0, dc0 (B, N), norm (T, B) float64, the
-    Euclidean norm of dL/dh_t (finite whenever dL/dh_t is), and bad (B,): the first time index t,
-    in the sweep's order, at which dL/dh_t of sequence b held a NaN or inf (-1: never).
-    """
-    T, _, N = out_h.shape
-    GN = w_hh.shape[0]
-    nb = b1 - b0
-    a, oma, one, zero = consts[0], consts[1], consts[2], consts[3]
-    lstm = kind == cells.KIND_LSTM
-    carry = np.empty((nb, N), out_h.dtype)
-    carry_c = np.empty((nb, N), out_h.dtype)
-    tmp = np.empty((nb, N), out_h.dtype)
-    dg_t = np.empty((GN, nb), out_h.dtype)
-    tmp_t = np.empty((N, nb), out_h.dtype)
-    for i in range(nb):
-        for j in range(N):
-            carry[i, j] = dh_n[b0 + i, j]
-            carry_c[i, j] = dc_n[b0 + i, j]
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        first, h_prev, c_prev = _state_before(t, reverse, lstm, h0, c0, out_h, out_c)
-        c_t = out_c[t] if lstm else c0
-        for i in range(nb):
-            b = b0 + i
-            auxb = aux[t, b]
-            dgb = dhp[t, b]
-            cr, dob = carry[i], d_out[t, b]
-            nrm = _norms.gradient_norm(cr, dob)
-            if kind == cells.KIND_LSTM:
-                _lstm_row_backward(one, zero, N, cr, carry_c[i], dob, c_prev[b], c_t[b], auxb,
-                                   dgb)
-            elif kind == cells.KIND_GRU:
-                _gru_row_backward(one, N, cr, dob, h_prev[b], auxb, dxp[t, b], dgb)
-            elif kind == cells.KIND_RATE:
-                _rate_row_backward(a, oma, N, cr, dob, dgb)
-            elif act == cells.ACT_TANH:
-                _elman_row_backward(cells.ACT_TANH, a, oma, one, zero, N, cr, dob, auxb, dgb)
-            elif act == cells.ACT_RELU:
-                _elman_row_backward(cells.ACT_RELU, a, oma, one, zero, N, cr, dob, auxb, dgb)
-            else:
-                _elman_row_backward(cells.ACT_LINEAR, a, oma, one, zero, N, cr, dob, auxb, dgb)
-            norm[t, b] = nrm
-            if bad[b] < 0 and not (nrm < np.inf):
-                bad[b] = t
-        cut = False
-        if truncate > 0 and not first:
-            cut = ((t + 1) % truncate == 0) if reverse else (t % truncate == 0)
-        if cut:
-            carry[:, :] = zero
-            carry_c[:, :] = zero
-            continue
-        _recurrent_pullback(kind, act, one, zero, dhp[t, b0:b1], h_prev, b0, w_hh, w_hh_t, mode,
-                            dg_t, tmp_t, tmp, carry)
-        if first:
+        ``mode`` as in the projection (mode 2: dgᵀ into ``dg_t``, Mᵀ dgᵀ into ``tmp_t``).
+        """
+        fingerprint  # noqa: B018 - in the cache key
+        nb, N = carry0.shape
+        GN = dg.shape[1]
+        RN = tmp.shape[1]
+        if mode == 2:
             for i in range(nb):
-                for j in range(N):
-                    dh0[b0 + i, j] = carry[i, j]
-                    dc0[b0 + i, j] = carry_c[i, j]
+                for q in range(GN):
+                    dg_t[q, i] = dg[i, q]
+            np.dot(w_hh_t, dg_t, tmp_t)
+            for i in range(nb):
+                row = tmp[i]
+                for k in range(RN):
+                    row[k] = tmp_t[k, i]
+        else:
+            _matmul(dg, w_hh, tmp, mode == 1)
+        for i in range(nb):
+            b = b0 + i
+            read_pullback_row(tmp[i], p0[b], p1[b], N, carry0[i], carry1[i], opts, one)
+    return _recurrent_pullback
 
 
-@njit(**_JIT)
-def _recurrent_inputs_kernel(kind, act, consts, h0, out_h, reverse, out):
-    """out[t] = the recurrent input r of step t (h_{t-1}, or phi(h_{t-1}) for the rate network)."""
-    T, B, N = out_h.shape
-    zero = consts[3]
-    for t in range(T):
-        first = t == (T - 1 if reverse else 0)
-        for b in range(B):
-            for k in range(N):
+def _make_forward(fingerprint):
+    def _forward_kernel(opts, one, xp, w_hh_t, w_hh, b_hh, h0, c0, reverse, mode, out_h,
+                        out_c, aux, bad, b0, b1):
+        """Forward recurrence of one layer and direction for the sequences b0 <= b < b1.
+
+        xp (T, B, G*N): input projection and b_hh (G*N,): bias of the recurrent one (see
+        :func:`forward`); w_hh_t (R*N, G*N): M transposed and w_hh (G*N, R*N), both C order;
+        h0, c0 (B, N): the initial states (c0: the second state, unused by one-state cells);
+        ``opts``: the cell's options in the kernel's dtype, ``one`` = 1 in it; ``mode``: how the
+        recurrent product runs (:func:`_recurrent_projection`).
+        Writes out_h (T, B, N), out_c (T, B, N) (two-state cells only), aux (T, B, A*N) for its
+        rows, and bad (B,): the first time index t at which the output state of sequence b held
+        a NaN or inf (-1: never).
+        ``reverse`` runs t = T-1 .. 0.  Sequences are independent, so disjoint ranges can run on
+        different threads with no synchronisation.
+        """
+        fingerprint  # noqa: B018 - in the cache key
+        T = xp.shape[0]
+        N = h0.shape[1]
+        nb = b1 - b0
+        zero = one - one
+        GN = w_hh_t.shape[1]
+        RN = w_hh_t.shape[0]
+        rec = np.empty((nb, RN), xp.dtype)
+        hp = np.empty((nb, GN), xp.dtype)
+        rec_t = np.empty((RN, nb), xp.dtype)
+        hp_t = np.empty((GN, nb), xp.dtype)
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            if s == 0:
+                p0, p1 = h0, c0
+            else:
+                tp = t + 1 if reverse else t - 1
+                p0 = out_h[tp]
+                p1 = out_c[tp] if TWO_STATES else c0
+            recurrent_projection(p0, p1, b0, w_hh_t, w_hh, b_hh, mode, opts, one, rec, rec_t,
+                                 hp_t, hp)
+            q1 = out_c[t] if TWO_STATES else c0
+            for i in range(nb):
+                b = b0 + i
+                ohb = out_h[t, b]
+                row_forward(xp[t, b], hp[i], N, p0[b], p1[b], aux[t, b], ohb, q1[b], opts, one)
+                if bad[b] < 0 and _count_nonfinite(ohb, N, zero) > 0:
+                    bad[b] = t
+    return _forward_kernel
+
+
+def _make_backward(fingerprint):
+    def _backward_kernel(opts, one, w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out, dh_n,
+                         dc_n, reverse, truncate, mode, dxp, dhp, dh0, dc0, norm, bad, b0, b1):
+        """Backpropagation through time of one layer and direction, sequences b0 <= b < b1.
+
+        d_out (T, B, N): cotangent of the outputs; dh_n, dc_n (B, N): of the final states.
+        ``truncate`` > 0 cuts the time axis into chunks [0, k), [k, 2k), ...: no state gradient
+        crosses a chunk boundary (the state entering a chunk is a constant), except into h0/c0.
+        Writes dhp (T, B, G*N) (cotangent of the recurrent projection), dxp (cells that see the
+        projections apart: of the input projection; pass the same array as dhp otherwise),
+        dh0, dc0 (B, N), norm (T, B) float64, the Euclidean norm of dL/dh_t (finite whenever
+        dL/dh_t is), and bad (B,): the first time index t, in the sweep's order, at which
+        dL/dh_t of sequence b held a NaN or inf (-1: never).
+        """
+        fingerprint  # noqa: B018 - in the cache key
+        T, _, N = out_h.shape
+        GN = w_hh.shape[0]
+        RN = w_hh.shape[1]
+        nb = b1 - b0
+        zero = one - one
+        carry = np.empty((nb, N), out_h.dtype)
+        carry_c = np.empty((nb, N), out_h.dtype)
+        tmp = np.empty((nb, RN), out_h.dtype)
+        dg_t = np.empty((GN, nb), out_h.dtype)
+        tmp_t = np.empty((RN, nb), out_h.dtype)
+        for i in range(nb):
+            for j in range(N):
+                carry[i, j] = dh_n[b0 + i, j]
+                carry_c[i, j] = dc_n[b0 + i, j]
+        for s in range(T):
+            t = s if reverse else T - 1 - s
+            first = s == T - 1
+            if first:
+                p0, p1 = h0, c0
+            else:
+                tp = t + 1 if reverse else t - 1
+                p0 = out_h[tp]
+                p1 = out_c[tp] if TWO_STATES else c0
+            q1 = out_c[t] if TWO_STATES else c0
+            for i in range(nb):
+                b = b0 + i
+                cr, dob = carry[i], d_out[t, b]
+                nrm = gradient_norm(cr, dob)
+                row_backward(N, cr, carry_c[i], dob, p0[b], p1[b], out_h[t, b], q1[b], aux[t, b],
+                             dxp[t, b], dhp[t, b], opts, one)
+                norm[t, b] = nrm
+                if bad[b] < 0 and not (nrm < np.inf):
+                    bad[b] = t
+            cut = False
+            if truncate > 0 and not first:
+                cut = ((t + 1) % truncate == 0) if reverse else (t % truncate == 0)
+            if cut:
+                carry[:, :] = zero
+                carry_c[:, :] = zero
+                continue
+            recurrent_pullback(dhp[t, b0:b1], p0, p1, b0, w_hh, w_hh_t, mode, opts, one, dg_t,
+                               tmp_t, tmp, carry, carry_c)
+            if first:
+                for i in range(nb):
+                    for j in range(N):
+                        dh0[b0 + i, j] = carry[i, j]
+                        dc0[b0 + i, j] = carry_c[i, j]
+    return _backward_kernel
+
+
+def _make_reads(fingerprint):
+    def _reads_kernel(opts, one, h0, c0, out_h, out_c, reverse, out):
+        """out[t] = the recurrent input r_t (T, B, R*N) read from the states entering step t."""
+        fingerprint  # noqa: B018 - in the cache key
+        T, B, N = out_h.shape
+        for t in range(T):
+            first = t == (T - 1 if reverse else 0)
+            tp = t + 1 if reverse else t - 1
+            for b in range(B):
                 if first:
-                    h = h0[b, k]
+                    read_row(h0[b], c0[b], N, out[t, b], opts, one)
+                elif TWO_STATES:
+                    read_row(out_h[tp, b], out_c[tp, b], N, out[t, b], opts, one)
                 else:
-                    h = out_h[t + 1, b, k] if reverse else out_h[t - 1, b, k]
-                out[t, b, k] = _cells.recurrent_input(kind, act, h, zero)
+                    read_row(out_h[tp, b], c0[b], N, out[t, b], opts, one)
+    return _reads_kernel
 
 
-def _consts(alpha, dtype):
-    return np.array([alpha, 1.0 - alpha, 1.0, 0.0], dtype=dtype)
+def _make_coefficients(fingerprint):
+    def _coefficients_kernel(opts, one, h0, c0, out_h, out_c, aux, reverse, rec, inp, direct,
+                             rgrad):
+        """Per-step local derivatives of one (layer, direction) along its trajectory, for the
+        tangent maps of :mod:`numrnn.cpu.jacobians`: rec, inp (T, B, P, G*N): d s'_p / d(row
+        g*N + j of the recurrent, input projection) (one array twice for summed projections);
+        direct (T, B, P, P, N): d s'_p / d s_p' not through M; rgrad (T, B, R, N): dr_q/ds."""
+        fingerprint  # noqa: B018 - in the cache key
+        T, B, N = out_h.shape
+        for t in range(T):
+            first = t == (T - 1 if reverse else 0)
+            tp = t + 1 if reverse else t - 1
+            for b in range(B):
+                if first:
+                    p0 = h0[b]
+                    p1 = c0[b]
+                else:
+                    p0 = out_h[tp, b]
+                    p1 = out_c[tp, b] if TWO_STATES else c0[b]
+                q1 = out_c[t, b] if TWO_STATES else c0[b]
+                row_coefficients(N, p0, p1, out_h[t, b], q1, aux[t, b], opts, one, rec[t, b],
+                                 inp[t, b], direct[t, b], rgrad[t, b])
+    return _coefficients_kernel
+
+
+def _for_cell(make, cell, namespace):
+    """The kernel ``make`` returns, with the cell's globals, compiled (and cached) with Numba."""
+    generic = make(cell.fingerprint())
+    glob = dict(globals())
+    glob.update(namespace)
+    fn = types.FunctionType(generic.__code__, glob, generic.__name__, None, generic.__closure__)
+    fn.__qualname__ = generic.__qualname__
+    return njit(**_JIT)(fn)
+
+
+class CellKernels:
+    """The compiled CPU kernels of one cell definition (made by :func:`kernels`)."""
+
+    def __init__(self, cell):
+        self.cell = cell
+        rows = _row_functions(cell)
+        ns = dict(rows, DIRECT=cell.read_map is None and cell.read_index == (0,),
+                  TWO_STATES=cell.state_count == 2, gradient_norm=_gradient_norm)
+        ns["recurrent_projection"] = _for_cell(_make_projection, cell, ns)
+        ns["recurrent_pullback"] = _for_cell(_make_pullback, cell, ns)
+        self.direct = ns["DIRECT"]
+        self.forward = _for_cell(_make_forward, cell, ns)
+        self.backward = _for_cell(_make_backward, cell, ns)
+        self.reads = _for_cell(_make_reads, cell, ns)
+        self.coefficients = _for_cell(_make_coefficients, cell, ns)
+
+
+_KERNELS = {}
+
+
+def kernels(cell):
+    """The :class:`CellKernels` of ``cell`` (made once per definition and process)."""
+    key = id(cell)
+    made = _KERNELS.get(key)
+    if made is None or made.cell is not cell:
+        made = _KERNELS[key] = CellKernels(cell)
+    return made
+
+
+def options_array(cell, options, dtype):
+    """The cell's options, in declaration order, as an array of ``dtype`` (what kernels take)."""
+    return np.array([options[k] for k in cell.options], dtype=dtype)
 
 
 def _mode(dtype, batch, n_in, n_out):
@@ -432,60 +469,60 @@ def _mode(dtype, batch, n_in, n_out):
     return 2 if dtype == np.float32 and config.TRANSPOSED_GEMM_FLOAT32 else 1
 
 
-def forward(kind, act, alpha, xp, w_hh, b_hh, h0, c0, reverse):
+def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse):
     """Run one layer and direction forward.
 
     Parameters
     ----------
-    kind, act : int
-        Cell family and nonlinearity codes from :mod:`numrnn.cells`.
-    alpha : float
-        Leak a in (0, 1].
+    cell : numrnn.Cell
+    opts : ndarray
+        The cell's options (:func:`options_array`), in the dtype of ``xp``.
     xp : ndarray, shape (T, B, G*N)
         Input projection W_ih x_t (+ b_ih) for every step, C order.
-    w_hh : ndarray, shape (G*N, N)
+    w_hh : ndarray, shape (G*N, R*N)
+        The recurrent matrix M (``cell.recurrent_matrix`` of ``weight_hh``).
     b_hh : ndarray, shape (G*N,)
-        Added to W_hh r at every step.  Every cell but GRU uses only the sum of the two
-        projections, so b_ih may be added here (b_hh + b_ih) instead of to ``xp``; GRU's b_in
-        must be in ``xp``.
+        Added to M r at every step.  A cell with summed projections uses only the sum of the
+        two, so b_ih may be added here (b_hh + b_ih) instead of to ``xp``.
     h0, c0 : ndarray, shape (B, N)
+        Initial states (c0: the second state; any (B, N) array for one-state cells).
     reverse : bool
 
     Returns
     -------
     out_h : ndarray, shape (T, B, N)
-    out_c : ndarray, shape (T, B, N) for LSTM, else shape (1, B, N) (unused)
-    aux : ndarray, shape (T, B, AUX_WIDTH*N), what BPTT needs of each step
+    out_c : ndarray, shape (T, B, N) for two-state cells, else shape (1, B, N) (unused)
+    aux : ndarray, shape (T, B, A*N), what BPTT needs of each step
     bad : ndarray of int64, shape (B,)
         Per sequence, the first time index (in running order) where h held a NaN or inf; -1 if
         it stayed finite.
     """
+    k = kernels(cell)
     T, B, GN = xp.shape
-    N = w_hh.shape[1]
+    N = h0.shape[1]
     dtype = xp.dtype
     out_h = np.empty((T, B, N), dtype)
-    out_c = np.empty((T if kind == cells.KIND_LSTM else 1, B, N), dtype)
-    aux = np.empty((T, B, cells.AUX_WIDTH[kind] * N), dtype)
+    out_c = np.empty((T if cell.state_count == 2 else 1, B, N), dtype)
+    aux = np.empty((T, B, cell.aux_count * N), dtype)
     bad = np.empty(B, np.int64)
     bad.fill(-1)
-    args = (kind, act, _consts(alpha, dtype), xp, np.ascontiguousarray(w_hh.T),
-            np.ascontiguousarray(w_hh), b_hh, h0, c0, bool(reverse), _mode(dtype, B, N, GN),
-            out_h, out_c, aux, bad)
-    threads.run(lambda b0, b1: _forward_kernel(*args, b0, b1), B,
-                threads.pieces(B, T * B * N * GN))
+    RN = w_hh.shape[1]
+    args = (opts, dtype.type(1), xp, np.ascontiguousarray(w_hh.T), np.ascontiguousarray(w_hh),
+            b_hh, h0, c0, bool(reverse), _mode(dtype, B, RN, GN), out_h, out_c, aux, bad)
+    threads.run(lambda b0, b1: k.forward(*args, b0, b1), B, threads.pieces(B, T * B * RN * GN))
     return out_h, out_c, aux, bad
 
 
-def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, reverse,
+def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, reverse,
              truncate):
     """BPTT through one layer and direction (see :func:`_backward_kernel`).
 
     Returns
     -------
     dxp : ndarray, shape (T, B, G*N)
-        Cotangent of the input projection (the same array as ``dhp`` except for GRU).
+        Cotangent of the input projection (the same array as ``dhp`` for summed projections).
     dhp : ndarray, shape (T, B, G*N)
-        Cotangent of the recurrent projection W_hh r_t + b_hh.
+        Cotangent of the recurrent projection M r_t + b_hh.
     dh0, dc0 : ndarray, shape (B, N)
     norm : ndarray of float64, shape (T, B)
         Euclidean norm of dL/dh_t, finite whenever dL/dh_t is.
@@ -493,45 +530,45 @@ def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_
         Per sequence, the first time index (in the sweep's order) where dL/dh_t held a NaN or
         inf; -1 if it stayed finite.
     """
+    k = kernels(cell)
     T, B, N = out_h.shape
-    GN = w_hh.shape[0]
+    GN, RN = w_hh.shape
     dtype = out_h.dtype
     dhp = np.empty((T, B, GN), dtype)
-    dxp = np.empty((T, B, GN), dtype) if kind == cells.KIND_GRU else dhp
+    dxp = np.empty((T, B, GN), dtype) if cell.separate else dhp
     dh0 = np.zeros((B, N), dtype)
     dc0 = np.zeros((B, N), dtype)
     norm = np.empty((T, B), np.float64)
     bad = np.empty(B, np.int64)
     bad.fill(-1)
-    args = (kind, act, _consts(alpha, dtype), np.ascontiguousarray(w_hh),
-            np.ascontiguousarray(w_hh.T), h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n,
-            bool(reverse), int(truncate or 0), _mode(dtype, B, GN, N), dxp, dhp, dh0, dc0,
-            norm, bad)
-    threads.run(lambda b0, b1: _backward_kernel(*args, b0, b1), B,
-                threads.pieces(B, T * B * N * GN))
+    args = (opts, dtype.type(1), np.ascontiguousarray(w_hh), np.ascontiguousarray(w_hh.T), h0,
+            c0, out_h, out_c, aux, d_out, dh_n, dc_n, bool(reverse), int(truncate or 0),
+            _mode(dtype, B, GN, RN), dxp, dhp, dh0, dc0, norm, bad)
+    threads.run(lambda b0, b1: k.backward(*args, b0, b1), B, threads.pieces(B, T * B * RN * GN))
     return dxp, dhp, dh0, dc0, norm, bad
 
 
-def recurrent_inputs(kind, act, h0, out_h, reverse):
-    """The recurrent input r_t of every step, shape (T, B, N) (for the weight gradient)."""
-    out = np.empty_like(out_h)
-    _recurrent_inputs_kernel(kind, act, _consts(1.0, out_h.dtype), h0, out_h, bool(reverse), out)
+def recurrent_inputs(cell, opts, h0, c0, out_h, out_c, reverse):
+    """The recurrent input r_t of every step, shape (T, B, R*N) (for the weight gradient)."""
+    T, B, N = out_h.shape
+    out = np.empty((T, B, cell.read_count * N), out_h.dtype)
+    kernels(cell).reads(opts, out_h.dtype.type(1), h0, c0, out_h, out_c, bool(reverse), out)
     return out
 
 
-def recurrent_weight_grad(kind, act, dhp, h0, out_h, reverse, out=None):
-    """The gradient of W_hh, sum over t of dhp_tᵀ r_t, shape (G*N, N) (into ``out`` if given).
+def recurrent_weight_grad(cell, opts, dhp, h0, c0, out_h, out_c, reverse, out=None):
+    """The gradient of M, the sum over t of dhp_tᵀ r_t, shape (G*N, R*N) (into ``out``).
 
-    For every cell but the rate network r_t is h_{t-1}: the states the forward pass stored,
-    shifted by one step, so the product reads them in place (no (T, B, N) copy) and adds the step
-    where h0 enters.  The rate network's r_t = phi(h_{t-1}) is built by
-    :func:`recurrent_inputs`.
+    When the product reads the output state as it is (every cell but the rate network and
+    coRNN), r_t is h_{t-1}: the states the forward pass stored, shifted by one step, so the
+    product reads them in place (no (T, B, N) copy) and adds the step where h0 enters.
+    Otherwise r_t is built by :func:`recurrent_inputs`.
     """
     T, B, N = out_h.shape
     d = dhp.reshape(T * B, -1)
-    if kind == cells.KIND_RATE:
-        return threads.matmul_tn(d, recurrent_inputs(kind, act, h0, out_h, reverse)
-                                 .reshape(T * B, N), out=out)
+    if not kernels(cell).direct:
+        r = recurrent_inputs(cell, opts, h0, c0, out_h, out_c, reverse)
+        return threads.matmul_tn(d, r.reshape(T * B, -1), out=out)
     h = out_h.reshape(T * B, N)
     if reverse:  # step t reads h_{t+1}; h0 enters at t = T-1
         grad = threads.matmul_tn(d[:-B], h[B:], out=out)
@@ -541,3 +578,10 @@ def recurrent_weight_grad(kind, act, dhp, h0, out_h, reverse, out=None):
         entering = d[:B]
     grad += threads.matmul_tn(entering, h0)
     return grad
+
+
+def coefficients(cell, opts, h0, c0, out_h, out_c, aux, reverse, rec, inp, direct, rgrad):
+    """Fill the tangent-map coefficients of one (layer, direction) (see
+    :func:`_coefficients_kernel`); every array in the dtype of ``out_h``."""
+    kernels(cell).coefficients(opts, out_h.dtype.type(1), h0, c0, out_h, out_c, aux,
+                               bool(reverse), rec, inp, direct, rgrad)

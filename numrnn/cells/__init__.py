@@ -1,0 +1,17 @@
+"""Recurrent cells: the protocol every cell follows, the built-in cells and five from the literature.
+
+A cell is one :class:`Cell` definition (:mod:`numrnn.cells.protocol`); the kernels of both
+backends, the layer loop and the analysis read everything they need from it.  Built-in cells
+(:mod:`numrnn.cells.builtin`) and the literature's (:mod:`numrnn.cells.literature`) are
+registered by name; a user's own cell is passed as ``RNN(..., cell=my_cell)`` or registered with
+:func:`register`.
+"""
+from . import functions
+from .functions import NONLINEARITIES, sigmoid, sigmoid_grad
+from .protocol import Cell, CellCheckError, check_cell, signature
+from .registry import names, register, registered, resolve, with_torch_twin
+from . import builtin, literature  # noqa: E402,F401 - registers the cells
+
+__all__ = ["Cell", "CellCheckError", "check_cell", "signature", "register", "resolve", "names",
+           "registered", "with_torch_twin",
+           "functions", "sigmoid", "sigmoid_grad", "NONLINEARITIES"]
