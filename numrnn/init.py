@@ -36,6 +36,25 @@ def recurrent_block(rng, init, n, gain):
     raise ValueError(f"init: expected one of {INITS}, got {init!r}")
 
 
+def recurrent_weight(rng, init, shape, n, gain):
+    """A recurrent weight of ``shape`` for ``init`` other than "default" (float64): every N x N
+    block of a matrix (G*N rows, R*N columns: gates stacked, recurrent inputs side by side) as
+    :func:`recurrent_block` draws it; a vector (IndRNN's u, one weight per unit) is the diagonal
+    of such a block: ``gain`` for "identity"."""
+    if len(shape) == 1:
+        if init != "identity":
+            raise ValueError(f"init: the recurrent weight is a vector of shape {shape} (one "
+                             f"weight per unit), which init={init!r} does not describe; use "
+                             "'identity' (every weight = gain) or 'default'")
+        return np.full(shape, float(gain))
+    if len(shape) != 2 or shape[0] % n or shape[1] % n:
+        raise ValueError(f"init: init={init!r} fills N x N blocks; the recurrent weight's shape "
+                         f"{shape} is not made of {n} x {n} blocks (use init='default')")
+    rows = [np.concatenate([recurrent_block(rng, init, n, gain) for _ in range(shape[1] // n)],
+                           axis=1) for _ in range(shape[0] // n)]
+    return np.concatenate(rows, axis=0)
+
+
 def init_parameters(rng, shapes, hidden_size, init, gain, dtype):
     """Initial values for an ordered dict of parameter shapes (PyTorch's names).
 
@@ -47,9 +66,7 @@ def init_parameters(rng, shapes, hidden_size, init, gain, dtype):
     params = {}
     for name, shape in shapes.items():
         if init != "default" and name.startswith("weight_hh"):
-            blocks = [recurrent_block(rng, init, hidden_size, gain)
-                      for _ in range(shape[0] // hidden_size)]
-            value = np.concatenate(blocks, axis=0)
+            value = recurrent_weight(rng, init, shape, hidden_size, gain)
         elif init == "identity" and name.startswith("bias"):
             value = np.zeros(shape)
         else:

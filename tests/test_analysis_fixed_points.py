@@ -97,9 +97,10 @@ def test_tanh_fixed_points_and_their_stability_by_simulation(rng):
             assert np.linalg.norm(step(net, x0, s + 1e-7 * r, 400) - s) > 1e-2
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "mgu", "ugrnn", "cornn"])
 def test_gated_cells(cell, rng):
-    """LSTM (state (h, c)) and GRU: F(s*) = s* to 1e-10 by the engine's forward; the eigenvalues
+    """LSTM (state (h, c)), GRU and the gated and oscillator cells of the literature (coRNN's
+    state (y, z)): F(s*) = s* to 1e-10 by the engine's forward; the eigenvalues
     are those of numrnn.jacobians at s*; J r_i = lambda_i r_i, l_i^H J = lambda_i l_i^H and
     l_i^H r_i = 1 to rounding (1e-10 relative to ||J||)."""
     net = numrnn.RNN(2, 4, cell=cell, init="orthogonal", gain=2.0, seed=0)
@@ -107,7 +108,7 @@ def test_gated_cells(cell, rng):
     res = fixed_points(net, x, n_initial=24, seed=1)
     assert isinstance(res, FixedPointsResult) and res.points.shape[0] >= 1
     S = res.points.shape[1]
-    assert S == (8 if cell == "lstm" else 4)
+    assert S == 4 * net.state_count
     for m, s in enumerate(res.points):
         assert np.linalg.norm(step(net, x, s) - s) <= 1e-10
         state = unpack_state(net, s)

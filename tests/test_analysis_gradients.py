@@ -75,7 +75,9 @@ def test_graded_spectrum_far_below_machine_precision(rng):
 
 
 @pytest.mark.parametrize("cell,layers,bidirectional", [("tanh", 2, False), ("lstm", 1, False),
-                                                       ("gru", 1, True)])
+                                                       ("gru", 1, True), ("mgu", 2, False),
+                                                       ("cornn", 1, True), ("ugrnn", 1, False),
+                                                       ("antisymmetric", 1, False)])
 def test_matches_direct_svd_of_the_product(cell, layers, bidirectional, rng):
     """Against np.linalg.svd of the explicit product J_{T-1} ... J_{T-tau} of the dense step
     Jacobians, for every tau <= 30.  A direct SVD is accurate to macheps * sigma_1 in absolute

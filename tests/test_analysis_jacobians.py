@@ -17,7 +17,15 @@ FD_EPS = 1e-6
 FD_RTOL = 1e-8
 
 CELLS = [("tanh", None, 1.0), ("relu", None, 1.0), ("linear", None, 0.7), ("tanh", None, 0.4),
-         ("rate", "tanh", 0.3), ("rate", "relu", 1.0), ("lstm", None, 1.0), ("gru", None, 1.0)]
+         ("rate", "tanh", 0.3), ("rate", "relu", 1.0), ("lstm", None, 1.0), ("gru", None, 1.0),
+         ("mgu", None, 1.0), ("ugrnn", None, 1.0), ("indrnn", "relu", 1.0),
+         ("indrnn", "tanh", 1.0), ("antisymmetric", "tanh", 1.0), ("antisymmetric", "relu", 1.0),
+         ("cornn", None, 1.0)]
+
+
+def two_states(cell, nonlinearity=None):
+    """Whether the cell's state is a pair (LSTM's (h, c), coRNN's (y, z))."""
+    return numrnn.cells.resolve(cell, nonlinearity)[0].state_count == 2
 LAYOUTS = [(1, False), (2, False), (1, True)]
 
 
@@ -81,7 +89,7 @@ def test_rejects_bad_input():
     with pytest.raises(ValueError, match="no causal step map"):
         numrnn.jacobians(deep_bi, x)
     lstm = numrnn.RNN(2, 3, cell="lstm", seed=0)
-    with pytest.raises(ValueError, match="c: the lstm cell's state has a cell part"):
+    with pytest.raises(ValueError, match=r"c: the lstm cell's state has a second part \(c\)"):
         pack_state(lstm, np.zeros((1, 3)))
     with pytest.raises(ValueError, match="c: the tanh cell has no cell state"):
         pack_state(net, np.zeros((1, 3)), np.zeros((1, 3)))
@@ -106,7 +114,7 @@ def test_dense_jvp_vjp_match_finite_differences(cell, nonlinearity, alpha, layer
     T, B = 3, 2
     x = rng.standard_normal((T, B, 3))
     h0 = rng.standard_normal((layers * net.num_directions, B, 4)) * 0.5
-    if cell == "lstm":
+    if two_states(cell, nonlinearity):
         h0 = (h0, rng.standard_normal(h0.shape))
     J = numrnn.jacobians(net, x, h0)
     S = state_size(net)
@@ -142,7 +150,7 @@ def test_chain_of_vjps_is_bptt(cell, nonlinearity, alpha, layers, bidirectional,
     x = rng.standard_normal((T, B, 3))
     h0 = rng.standard_normal((LD, B, 4)) * 0.5
     d_h = rng.standard_normal((LD, B, 4))
-    if cell == "lstm":
+    if two_states(cell, nonlinearity):
         h0 = (h0, rng.standard_normal(h0.shape))
         d_h = (d_h, rng.standard_normal(d_h.shape))
         u = pack_state(net, *d_h)
@@ -204,7 +212,7 @@ def test_pack_unpack_round_trip(layers, batch, lstm, bidirectional):
 def float64_copy(net32, **kw):
     """The float64 network with exactly the float32 network's parameters."""
     net = numrnn.RNN(net32.input_size, net32.hidden_size, cell=net32.cell,
-                     nonlinearity=net32.nonlinearity, alpha=net32.alpha,
+                     nonlinearity=net32.nonlinearity, cell_options=net32.cell_options,
                      num_layers=net32.num_layers, bias=net32.bias, seed=0, **kw)
     net.load_state_dict({k: v.astype(np.float64) for k, v in net32.state_dict().items()})
     return net
@@ -212,7 +220,9 @@ def float64_copy(net32, **kw):
 
 @pytest.mark.parametrize("cell,nonlinearity,alpha,layers,bidirectional", [
     ("tanh", None, 1.0, 1, False), ("rate", "tanh", 0.3, 1, False), ("lstm", None, 1.0, 2, False),
-    ("gru", None, 1.0, 2, False), ("relu", None, 0.5, 1, False), ("lstm", None, 1.0, 1, True)])
+    ("gru", None, 1.0, 2, False), ("relu", None, 0.5, 1, False), ("lstm", None, 1.0, 1, True),
+    ("mgu", None, 1.0, 2, False), ("cornn", None, 1.0, 1, True),
+    ("antisymmetric", "tanh", 1.0, 1, False), ("indrnn", "tanh", 1.0, 1, False)])
 def test_float32_tangent_maps_are_float64_at_the_float32_states(cell, nonlinearity, alpha,
                                                                  layers, bidirectional, rng):
     """A float32 network's J_t is the float64 Jacobian of its step map at its own (float32)
@@ -228,7 +238,7 @@ def test_float32_tangent_maps_are_float64_at_the_float32_states(cell, nonlineari
     x = rng.standard_normal((T, B, 3)).astype(np.float32)
     LD = layers * net32.num_directions
     h0 = (rng.standard_normal((LD, B, 4)) * 0.5).astype(np.float32)
-    if cell == "lstm":
+    if two_states(cell, nonlinearity):
         h0 = (h0, rng.standard_normal(h0.shape).astype(np.float32))
     J32 = numrnn.jacobians(net32, x, h0)
     traj = trajectory(net32, x, h0)

@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
+import numrnn
 from tests import reference as ref
-from tests.problems import make_problem
+from tests.problems import (CELL_CASES, CELL_IDS, CELLS, as_pair, has_leak, make_problem,
+                            reference_kwargs)
 from tests.tolerance import RTOL, assert_close
 
 CONFIGS = [  # (num_layers, bidirectional, bias, alpha)
@@ -12,42 +14,85 @@ CONFIGS = [  # (num_layers, bidirectional, bias, alpha)
     (2, False, False, 0.6),
     (1, True, False, 1.0),
 ]
-CELL_CASES = [("tanh", None), ("relu", None), ("linear", None), ("rate", "tanh"),
-              ("rate", "relu"), ("lstm", None), ("gru", None)]
 
 
-def _split(cell, h0):
-    return (h0[0], h0[1]) if cell == "lstm" else (h0, None)
+def _assert_equal_reference(net, x, h0, d_out, d_h, truncate=None, layout=None):
+    """forward and every gradient of ``net`` against tests/reference.py; ``layout`` maps the
+    reference's time-major (T, B, F) arrays (and (L*D, B, N) states) to the net's layout."""
+    cell = net.cell
+    kw = reference_kwargs(net)
+    to_net = layout or {"x": lambda a: a, "state": lambda a: a}
+    x_r, (hh, cc), (dh, dc) = x, as_pair(h0), as_pair(d_h)
+    params = net.state_dict()
+    out_r, h_r, c_r = ref.ref_forward(cell, params, x_r, hh, cc, **kw)
+    g_r = ref.ref_vjp(cell, params, x_r, d_out, hh, cc, dh, dc, truncate=truncate, **kw)
+
+    def pair(a, b):
+        return a if b is None else (a, b)
+
+    ts, tx = to_net["state"], to_net["x"]
+    out, h_n, g = net.forward_vjp(tx(x_r), tx(d_out), pair(ts(hh), cc if cc is None else ts(cc)),
+                                  pair(ts(dh), dc if dc is None else ts(dc)), truncate=truncate)
+    assert_close(out, tx(out_r), what="output")
+    h_n, c_n = as_pair(h_n)
+    assert_close(h_n, ts(h_r), what="h_n")
+    if c_r is None:
+        assert c_n is None
+    else:
+        assert_close(c_n, ts(c_r), what="c_n")
+    assert set(g) == set(g_r)
+    for name in g_r:
+        if name == "input":
+            want = tx(g_r[name])
+        elif name in ("h0", "c0"):
+            want = ts(g_r[name])
+        elif name == "state_grad_norm":
+            want = g_r[name][:, 0] if to_net.get("unbatched") else g_r[name]
+        else:
+            want = g_r[name]
+        assert_close(g[name], want, what=name)
 
 
-@pytest.mark.parametrize("cell, phi", CELL_CASES)
+@pytest.mark.parametrize("cell, phi", CELL_CASES, ids=CELL_IDS)
 @pytest.mark.parametrize("layers, bidir, bias, alpha", CONFIGS)
 @pytest.mark.parametrize("truncate", [None, 2])
 def test_forward_and_vjp_equal_reference(rng, cell, phi, layers, bidir, bias, alpha, truncate):
-    if cell in ("lstm", "gru"):
+    if not has_leak(cell):
         alpha = 1.0
     net, x, h0, d_out, d_h = make_problem(rng, cell, num_layers=layers, bidirectional=bidir,
                                           bias=bias, alpha=alpha, nonlinearity=phi, T=6, B=2)
-    kw = dict(hidden_size=4, num_layers=layers, bidirectional=bidir, alpha=alpha,
-              nonlinearity=phi or "tanh")
-    hh, cc = _split(cell, h0)
-    dh, dc = _split(cell, d_h)
-    params = net.state_dict()
-    out_r, h_r, c_r = ref.ref_forward(cell, params, x, hh, cc, **kw)
-    g_r = ref.ref_vjp(cell, params, x, d_out, hh, cc, dh, dc, truncate=truncate, **kw)
-    out, h_n, g = net.forward_vjp(x, d_out, h0, d_h, truncate=truncate)
-    assert_close(out, out_r, what="output")
-    if cell == "lstm":
-        assert_close(h_n[0], h_r, what="h_n")
-        assert_close(h_n[1], c_r, what="c_n")
-    else:
-        assert_close(h_n, h_r, what="h_n")
-    assert set(g) == set(g_r)
-    for name in g_r:
-        assert_close(g[name], g_r[name], what=name)
+    _assert_equal_reference(net, x, h0, d_out, d_h, truncate)
 
 
-@pytest.mark.parametrize("cell", ["tanh", "lstm", "gru", "rate"])
+@pytest.mark.parametrize("cell, phi", CELL_CASES, ids=CELL_IDS)
+def test_batch_first_and_unbatched_equal_reference(rng, cell, phi):
+    """The (B, T, F) layout and unbatched (T, F) input (states (L*D, N)) against the reference
+    run time major, two layers, both directions, truncated."""
+    net, x, h0, d_out, d_h = make_problem(rng, cell, nonlinearity=phi, num_layers=2,
+                                          bidirectional=True, T=5, B=3)
+    bf = numrnn.RNN.from_config(dict(net.config(), batch_first=True))
+    bf.load_state_dict(net.state_dict())
+    _assert_equal_reference(bf, x, h0, d_out, d_h, truncate=2,
+                            layout={"x": lambda a: a.transpose(1, 0, 2).copy(),
+                                    "state": lambda a: a})
+    def first(s):  # sequence 0 alone, still (T, 1, F) / (L*D, 1, N) for the reference
+        return tuple(a[:, :1] for a in s) if isinstance(s, tuple) else s[:, :1]
+
+    _assert_equal_reference(net, first(x), first(h0), first(d_out), first(d_h), truncate=2,
+                            layout={"x": lambda a: a[:, 0], "state": lambda a: a[:, 0],
+                                    "unbatched": True})
+
+
+@pytest.mark.parametrize("cell, phi", [("antisymmetric", "tanh"), ("cornn", None)])
+def test_default_options_equal_reference(rng, cell, phi):
+    """The cells' own default options (the engine tests use larger TEST_OPTIONS)."""
+    net, x, h0, d_out, d_h = make_problem(rng, cell, nonlinearity=phi, cell_options={},
+                                          num_layers=2, bidirectional=True, T=6)
+    assert reference_kwargs(net)["cell_options"] == ref.OPTIONS[cell]
+    _assert_equal_reference(net, x, h0, d_out, d_h, truncate=4)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype, transposed", [(np.float64, False), (np.float32, True),
                                                (np.float32, False)])
 def test_threaded_and_blas_variants_equal_reference(rng, monkeypatch, cell, dtype, transposed):
@@ -64,9 +109,8 @@ def test_threaded_and_blas_variants_equal_reference(rng, monkeypatch, cell, dtyp
     assert recurrence._mode(np.dtype(dtype), 3, 4, 4) == (2 if transposed else 1)
     net, x, h0, d_out, d_h = make_problem(rng, cell, num_layers=2, bidirectional=True, T=5, B=3,
                                           dtype=dtype)
-    kw = dict(hidden_size=4, num_layers=2, bidirectional=True)
-    hh, cc = _split(cell, h0)
-    dh, dc = _split(cell, d_h)
+    kw = reference_kwargs(net)
+    (hh, cc), (dh, dc) = as_pair(h0), as_pair(d_h)
     g_r = ref.ref_vjp(cell, net.state_dict(), x, d_out, hh, cc, dh, dc, truncate=2, **kw)
     g = net.vjp(x, d_out, h0, d_h, truncate=2)
     for name in g_r:
@@ -74,24 +118,28 @@ def test_threaded_and_blas_variants_equal_reference(rng, monkeypatch, cell, dtyp
         assert_close(g[name], g_r[name], rtol=RTOL[np.dtype(dtype)], what=name)
 
 
-@pytest.mark.parametrize("cell", ["tanh", "rate", "lstm"])
+@pytest.mark.parametrize("cell", ["tanh", "rate", "lstm", "cornn"])
 @pytest.mark.parametrize("T", [1, 4])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_recurrent_weight_grad_equals_the_product_with_the_recurrent_inputs(rng, cell, T,
                                                                            reverse):
-    """W_hh's gradient read from the stored states in place (h0 entering at the first step in
-    running order; T = 1 has no stored state to read) equals dhpᵀ r with r built explicitly."""
+    """M's gradient read from the stored states in place (h0 entering at the first step in
+    running order; T = 1 has no stored state to read) equals dhpᵀ r with r built explicitly
+    (r = phi(h) for the rate network, [y | z] for coRNN, h for the others)."""
     from numrnn import cells, cpu
 
-    kind = {"tanh": cells.KIND_ELMAN, "rate": cells.KIND_RATE, "lstm": cells.KIND_LSTM}[cell]
-    B, N, G = 3, 5, 4 if cell == "lstm" else 1
-    h0 = rng.standard_normal((B, N))
+    definition, _ = cells.resolve(cell)
+    opts = np.array(list(definition.options.values()))
+    B, N, G, R = 3, 5, definition.gate_count, definition.read_count
+    h0, c0 = rng.standard_normal((B, N)), rng.standard_normal((B, N))
     out_h = rng.standard_normal((T, B, N))
+    out_c = rng.standard_normal((T, B, N))
     dhp = rng.standard_normal((T, B, G * N))
-    r = cpu.recurrent_inputs(kind, cells.ACT_TANH, h0, out_h, reverse)
+    r = cpu.recurrent_inputs(definition, opts, h0, c0, out_h, out_c, reverse)
     first = T - 1 if reverse else 0
-    assert_close(r[first], np.tanh(h0) if cell == "rate" else h0)
+    want_first = {"rate": np.tanh(h0), "cornn": np.concatenate([h0, c0], axis=1)}.get(cell, h0)
+    assert_close(r[first], want_first)
     want = np.einsum("tbg,tbn->gn", dhp, r)
-    got = cpu.recurrent_weight_grad(kind, cells.ACT_TANH, dhp, h0, out_h, reverse)
-    assert got.shape == (G * N, N)
+    got = cpu.recurrent_weight_grad(definition, opts, dhp, h0, c0, out_h, out_c, reverse)
+    assert got.shape == (G * N, R * N)
     assert_close(got, want, rtol=1e-13)

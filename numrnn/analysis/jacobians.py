@@ -4,11 +4,12 @@ The state and its stacking order
 --------------------------------
 The state s of a network with L layers, D directions and N units is the vector of every
 (layer, direction) block in the order of ``h_n`` (layer 0 forward, layer 0 reverse, layer 1
-forward, ...); inside a block come h (N entries) and then, for LSTM, c (N entries)::
+forward, ...); inside a block come the cell's state vectors, N entries each: h, and for a
+two-state cell its second state after it (LSTM's c, coRNN's z)::
 
     s = [h_{0,fwd}, (c_{0,fwd}), h_{0,rev}, (c_{0,rev}), h_{1,fwd}, (c_{1,fwd}), ...]
 
-so S = L * D * P * N with P = 2 for LSTM and 1 otherwise.  :func:`pack_state` and
+so S = L * D * P * N with P the cell's number of states.  :func:`pack_state` and
 :func:`unpack_state` convert between this vector and the network's (h, c) arrays.
 
 The step Jacobian is J_t = d s_t / d s_{t-1} (rows: new state, columns: old state).  For stacked
@@ -38,7 +39,7 @@ import numpy as np
 
 from .. import _memory
 from .. import _validation as _v
-from .. import cells, errors
+from .. import cpu, errors
 from ..cpu import blas
 from ..cpu import jacobians as _k
 from ..network import RNN
@@ -69,7 +70,7 @@ def state_size(net):
     Returns
     -------
     int
-        L * D * P * N, with P = 2 for LSTM (h and c) and 1 otherwise.
+        L * D * P * N, with P the cell's number of state vectors (2 for LSTM's h and c).
 
     Examples
     --------
@@ -84,7 +85,7 @@ def state_size(net):
 
 
 def _parts(net):
-    return 2 if net.kind == cells.KIND_LSTM else 1
+    return net.state_count
 
 
 def pack_state(net, h, c=None):
@@ -115,10 +116,11 @@ def pack_state(net, h, c=None):
         raise TypeError(f"net: expected a numrnn.RNN, got {type(net).__name__}")
     LD, N = net.num_layers * net.num_directions, net.hidden_size
     h = _v.check_float_array("h", h, net.dtype, [(LD, N), (LD, None, N)], finite=False)
-    lstm = net.kind == cells.KIND_LSTM
+    lstm = net.state_count == 2
     if lstm and c is None:
-        raise ValueError("c: the lstm cell's state has a cell part; expected an array shaped like "
-                         f"h {h.shape}, got None")
+        raise ValueError(f"c: the {net.cell} cell's state has a second part "
+                         f"({net.definition.states[1]}); expected an array shaped like h "
+                         f"{h.shape}, got None")
     if not lstm and c is not None:
         raise ValueError(f"c: the {net.cell} cell has no cell state; expected None")
     unbatched = h.ndim == 2
@@ -174,9 +176,9 @@ def unpack_state(net, s):
 def _float64_twin(net):
     """A float64 network of ``net``'s architecture, whose forward pass the float32 analysis runs
     (with the float32 network's parameters, upcast, passed in explicitly)."""
-    return RNN(net.input_size, net.hidden_size, cell=net.cell, num_layers=net.num_layers,
-               bias=net.bias, bidirectional=net.bidirectional, alpha=net.alpha,
-               nonlinearity=net.nonlinearity, dtype=np.float64, seed=0)
+    return RNN(net.input_size, net.hidden_size, cell=net.definition, num_layers=net.num_layers,
+               bias=net.bias, bidirectional=net.bidirectional, cell_options=net.cell_options,
+               dtype=np.float64, seed=0)
 
 
 def _check_memory(caller, net, T, B, nbytes, label, fits=None):
@@ -220,7 +222,8 @@ class _Linearisation:
         self.P = _parts(net)
         self.LD = self.L * self.D
         self.S = self.LD * self.P * self.N
-        self.lstm = net.kind == cells.KIND_LSTM
+        self.lstm = net.state_count == 2
+        self.cell = net.definition
         self.dtype = np.dtype(np.float64)
         self.h0, self.c0 = h0, c0
         params = net._validated_parameters()
@@ -239,9 +242,8 @@ class _Linearisation:
         """Peak bytes of the forward tape, the coefficient arrays (and, for a float32 network,
         the float64 re-run of every step), plus ``extra_bytes``; and what they are."""
         net, T, B, N, LD = self.net, self.T, self.B, self.N, self.LD
-        GN = self.G * N
-        gru = net.kind == cells.KIND_GRU
-        per_step = GN * (2 if gru else 1) + 2 * N + (2 * GN + 2 * N if self.lstm else 0)
+        GN, P, R = self.G * N, self.P, self.cell.read_count
+        per_step = P * GN * (2 if self.cell.separate else 1) + P * P * N + R * N
         need = net._bytes_needed(T, B, backward=True) + LD * T * B * per_step * 8 + extra_bytes
         what = "the float64 tangent-map coefficients"
         if net.dtype != np.float64:
@@ -253,17 +255,13 @@ class _Linearisation:
 
     def _coefficients(self, x_tm, params):
         net, T, B, N, LD, D = self.net, self.T, self.B, self.N, self.LD, self.D
-        dt, GN = self.dtype, self.G * N
-        gru = net.kind == cells.KIND_GRU
-        self.h_rec = np.empty((LD, T, B, GN), dt)
-        self.h_in = np.empty((LD, T, B, GN), dt) if gru else self.h_rec
-        lstm_shape = (LD, T, B) if self.lstm else (LD, 1, 1)
-        self.c_rec = np.zeros(lstm_shape + (GN,), dt)
-        self.c_in = self.c_rec
-        self.direct = np.empty((LD, T, B, N), dt)
-        self.r_grad = np.empty((LD, T, B, N), dt)
-        self.dh_dcp = np.zeros(lstm_shape + (N,), dt)
-        self.dc_dcp = np.zeros(lstm_shape + (N,), dt)
+        dt, GN, P, cell = self.dtype, self.G * N, self.P, self.cell
+        R = cell.read_count
+        self.rec = np.empty((LD, T, B, P, GN), dt)
+        self.inp = np.empty((LD, T, B, P, GN), dt) if cell.separate else self.rec
+        self.direct = np.empty((LD, T, B, P, P, N), dt)
+        self.rgrad = np.empty((LD, T, B, R, N), dt)
+        self.reads = np.array(cell.read_index, np.int64)
         rerun = net.dtype != np.float64
         if rerun:
             source, p = self._rerun_in_float64(x_tm, params)
@@ -273,11 +271,11 @@ class _Linearisation:
             source, p = net, params
             h_prev, c_prev = self.h0, self.c0
             records = [self.tape[layer][1] for layer in range(self.L)]
-        self.w_hh = np.empty((LD, GN, N), dt)
+        self.w_hh = np.empty((LD, GN, R * N), dt)
         self.w_up = np.zeros((max(self.L - 1, 1), GN, N), dt)
         for layer in range(self.L):
             for d in range(D):
-                w_ih, w_hh, _, _ = source._layer_params(layer, d, p)
+                w_ih, w_hh, _, _ = source.layer_params(layer, d, p)
                 self.w_hh[layer * D + d] = w_hh
                 if layer > 0:
                     self.w_up[layer - 1] = w_ih  # D == 1 here (see _check_net)
@@ -285,13 +283,11 @@ class _Linearisation:
             for d in range(D):
                 k = layer * D + d
                 out_h, out_c, aux = records[layer][d]
-                into = [self.h_rec[k], self.h_in[k], self.c_rec[k], self.c_in[k],
-                        self.direct[k], self.dh_dcp[k], self.dc_dcp[k], self.r_grad[k]]
-                if rerun:  # one step of T*B sequences: (T, B, .) -> (1, T*B, .)
-                    into = [a.reshape((1, T * B, a.shape[2])) if a.shape[:2] == (T, B) else a
-                            for a in into]
-                _k.coefficients(net.kind, net.act, net.alpha, h_prev[k], c_prev[k], out_h, out_c,
-                                aux, d == 1 and not rerun, into)
+                into = [self.rec[k], self.inp[k], self.direct[k], self.rgrad[k]]
+                if rerun:  # one step of T*B sequences: (T, B, ...) -> (1, T*B, ...)
+                    into = [a.reshape((1, T * B) + a.shape[2:]) for a in into]
+                cpu.coefficients(cell, net.options_array(np.float64), h_prev[k], c_prev[k],
+                                 out_h, out_c, aux, d == 1 and not rerun, *into)
         self._tape64 = self._h_prev = self._c_prev = None
 
     def _rerun_in_float64(self, x_tm, params):
@@ -326,11 +322,10 @@ class _Linearisation:
 
     def kernel_args(self):
         if self.w_hh_t is None:
-            self.w_hh_t = np.ascontiguousarray(self.w_hh.transpose(0, 2, 1))
+            self.w_hh_t = np.ascontiguousarray(self.w_hh.transpose(0, 2, 1))  # (L*D, R*N, G*N)
             self.w_up_t = np.ascontiguousarray(self.w_up.transpose(0, 2, 1))
-        return (self.lstm, self.D, self.w_hh, self.w_up, self.w_hh_t, self.w_up_t, self.h_rec,
-                self.h_in, self.c_rec, self.c_in, self.direct, self.dh_dcp, self.dc_dcp,
-                self.r_grad)
+        return (self.D, self.reads, self.w_hh, self.w_up, self.w_hh_t, self.w_up_t, self.rec,
+                self.inp, self.direct, self.rgrad)
 
     def blocks(self, v):
         """(..., S, k) -> (..., L*D, P, N, k) C-contiguous float64."""
@@ -370,8 +365,7 @@ class _Linearisation:
 def _float64_twin_bytes(net, batch):
     """Peak bytes of a float64 forward pass of ``batch`` sequences of one step, tape kept."""
     N, D, L = net.hidden_size, net.num_directions, net.num_layers
-    lstm = 1 if net.kind == cells.KIND_LSTM else 0
-    record = N * (1 + lstm + cells.AUX_WIDTH[net.kind])
+    record = N * (net.state_count + net.definition.aux_count)
     return batch * (L * D * record + net.gate_count * N + D * N) * 8
 
 

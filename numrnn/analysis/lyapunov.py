@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _validation as _v
-from .. import cells, errors
+from .. import errors
 from ..cpu import jacobians as _k
 from .jacobians import _check_net, _Linearisation, state_size
 
@@ -322,7 +322,7 @@ def _autonomous_input(net, n_steps, h0, rng):
     """Zero input of n_steps, and h0 (random N(0, 1) when None) for the autonomous network."""
     n_steps = _v.check_int("n_steps", n_steps, 1)
     LD, N, I = net.num_layers * net.num_directions, net.hidden_size, net.input_size
-    lstm = net.kind == cells.KIND_LSTM
+    lstm = net.state_count == 2
     if h0 is None:
         h = rng.standard_normal((LD, N)).astype(net.dtype)
         h0 = (h, rng.standard_normal((LD, N)).astype(net.dtype)) if lstm else h

@@ -1,21 +1,21 @@
 """Tangent maps of the recurrence on the CPU: step Jacobians, JVP/VJP, and the QR loops on them.
 
 The state of a network is stacked as (layer, direction, part, unit): block k = layer * D + direction
-holds h (N rows) and, for LSTM, c (N rows) after it.  Kernels see it as a 4-D array
-(L*D, P, N, k) whose C-order flattening is the state vector (P = 2 for LSTM, 1 otherwise) and ``k``
-the number of tangent vectors carried at once.
+holds the cell's P state vectors (h, and for two-state cells such as LSTM c after it), N rows
+each.  Kernels see it as a 4-D array (L*D, P, N, k) whose C-order flattening is the state vector
+and ``k`` the number of tangent vectors carried at once.
 
-The trajectory enters as per-step *coefficients* (:func:`numrnn.cells.unit_tangent_coefficients`,
-one call per unit and step, written by :func:`_coefficients_kernel`).  With them, one step's tangent
-map of layer block k is
+The trajectory enters as per-step *coefficients*, the local derivatives of the cell's step
+(:func:`numrnn.cpu.recurrence.coefficients`, from the cell's own jvp).  With them, one step's
+tangent map of layer block k is, for each state part p,
 
-    dh = A_h^rec (W_hh (r' * dh_prev)) + A_h^in (W_ih du) + direct * dh_prev + dh_dcprev * dc_prev
-    dc = A_c^rec (W_hh (r' * dh_prev)) + A_c^in (W_ih du) + dc_dcprev * dc_prev      (LSTM)
+    ds_p = A_p^rec (M r') + A_p^in (W_ih du) + sum_p' direct_pp' ds_p',   r'_q = rgrad_q ds_{reads[q]}
 
-where A (N x G*N, one nonzero per gate in each row) holds the coefficients, ``du`` is the tangent
-of the layer's input (the new h of the layer below; the network input is not part of the state)
-and r' the derivative of the recurrent input.  The transposed map (VJP) runs the same terms
-backwards, top layer first.  Both are matrix products with W (BLAS) plus O(G N k) pointwise work.
+where A (N x G*N, one nonzero per gate in each row) holds the coefficients, M is the recurrent
+matrix, r' the tangent of the recurrent input, ``du`` the tangent of the layer's input (the new
+output state of the layer below; the network input is not part of the state).  The transposed
+map (VJP) runs the same terms backwards, top layer first.  Both are matrix products with M and
+W_ih (BLAS) plus O(G N P k) pointwise work.
 
 Processing step t of a bidirectional (single-layer) network advances the forward direction with
 x_t and the reverse direction with x_{T-1-t}: the product of two causal systems, each in its own
@@ -31,81 +31,30 @@ import numpy as np
 from numba import njit
 from numba.extending import register_jitable
 
-from .. import cells, config
+from .. import config
 from . import blas
 
 _JIT = dict(cache=True, fastmath=config.FASTMATH, nogil=True)
 
 
 @njit(**_JIT)
-def _coefficients_kernel(kind, act, consts, h0, c0, out_h, out_c, aux, reverse,
-                         h_rec, h_in, c_rec, c_in, direct, dh_dcp, dc_dcp, r_grad):
-    """Per-step local derivatives of one (layer, direction) along its trajectory.
-
-    out_h (T, B, N), out_c (T, B, N) (LSTM; else anything), aux (T, B, AUX*N): the forward tape.
-    Writes h_rec, h_in, c_rec, c_in (T, B, G*N) (pass one array twice where they coincide, see
-    :func:`numrnn.cells.unit_tangent_coefficients`; c_* only for LSTM) and direct, dh_dcp, dc_dcp,
-    r_grad (T, B, N) (dh_dcp, dc_dcp only for LSTM), all indexed by time t.
-    """
-    T, B, N = out_h.shape
-    a, oma, one, zero = consts[0], consts[1], consts[2], consts[3]
-    lstm = kind == cells.KIND_LSTM
-    for t in range(T):
-        first = t == (T - 1 if reverse else 0)
-        tp = t + 1 if reverse else t - 1
-        for b in range(B):
-            auxb = aux[t, b]
-            hr = h_rec[t, b]
-            hi = h_in[t, b]
-            cr = c_rec[t, b] if lstm else hr
-            ci = c_in[t, b] if lstm else hi
-            for j in range(N):
-                hp = h0[b, j] if first else out_h[tp, b, j]
-                cp = zero
-                c = zero
-                if lstm:
-                    cp = c0[b, j] if first else out_c[tp, b, j]
-                    c = out_c[t, b, j]
-                dd, dhc, dcc, rg = cells.unit_tangent_coefficients(
-                    kind, act, a, oma, one, zero, j, N, hp, cp, c, auxb, hr, hi, cr, ci)
-                direct[t, b, j] = dd
-                r_grad[t, b, j] = rg
-                if lstm:
-                    dh_dcp[t, b, j] = dhc
-                    dc_dcp[t, b, j] = dcc
-
-
-@register_jitable
-def _tangent_rows(rec, inp, direct, v_state, y, z, has_up, out):
-    """out[j, q] = direct[j] v_state[j, q] + sum_g rec[g*N + j] y[g*N + j, q]
-    (+ sum_g inp[g*N + j] z[g*N + j, q] when ``has_up``): one state's tangent (h or c)."""
-    N, K = out.shape
-    G = y.shape[0] // N
-    for j in range(N):
-        for q in range(K):
-            acc = direct[j] * v_state[j, q]
-            for g in range(G):
-                acc += rec[g * N + j] * y[g * N + j, q]
-            if has_up:
-                for g in range(G):
-                    acc += inp[g * N + j] * z[g * N + j, q]
-            out[j, q] = acc
-
-
-@njit(**_JIT)
-def _apply_tangent(transpose, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec,
-                   c_in, direct, dh_dcp, dc_dcp, r_grad, v, out, r, y, z, up):
+def _apply_tangent(transpose, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct,
+                   rgrad, v, out, r, y, z, up):
     """out = J_t v (``transpose`` False) or J_t^T v (True) for sequence b at processing step t.
 
-    w_hh (L*D, G*N, N); w_up (max(L-1, 1), G*N, N): W_ih of layers 1.. (D = 1 there); w_hh_t,
-    w_up_t: their transposes, C-contiguous (BLAS on a transposed view is much slower in Numba);
-    coefficients (L*D, T, B, .) from :func:`_coefficients_kernel`; v, out (L*D, P, N, k), distinct.
-    Scratch: r, up (N, k); y, z (G*N, k).
+    w_hh (L*D, G*N, R*N): the recurrent matrices M; w_up (max(L-1, 1), G*N, N): W_ih of layers
+    1.. (D = 1 there); w_hh_t, w_up_t: their transposes, C-contiguous (BLAS on a transposed view
+    is much slower in Numba); reads (R,): the state each recurrent input reads; coefficients
+    (L*D, T, B, ...) from :func:`numrnn.cpu.recurrence.coefficients`: rec, inp (P, G*N), direct
+    (P, P, N), rgrad (R, N) per step; v, out (L*D, P, N, k), distinct.
+    Scratch: r (R*N, k); y, z (G*N, k); up (N, k).
     """
     LD = w_hh.shape[0]
     GN = w_hh.shape[1]
-    N = w_hh.shape[2]
+    N = up.shape[0]
     G = GN // N
+    R = reads.shape[0]
+    P = v.shape[1]
     T = direct.shape[1]
     K = v.shape[3]
     n_layers = LD // n_dir
@@ -114,28 +63,33 @@ def _apply_tangent(transpose, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_r
             for d in range(n_dir):
                 blk = layer * n_dir + d
                 td = t if d == 0 else T - 1 - t
-                vh = v[blk, 0]
-                rg = r_grad[blk, td, b]
-                for j in range(N):
-                    for q in range(K):
-                        r[j, q] = rg[j] * vh[j, q]
+                vb = v[blk]
+                rg = rgrad[blk, td, b]
+                for q in range(R):
+                    vs = vb[reads[q]]
+                    for j in range(N):
+                        for c in range(K):
+                            r[q * N + j, c] = rg[q, j] * vs[j, c]
                 np.dot(w_hh[blk], r, y)
                 has_up = layer > 0
                 if has_up:
                     np.dot(w_up[layer - 1], out[blk - 1, 0], z)
-                hr = h_rec[blk, td, b]
-                hi = h_in[blk, td, b]
+                cr = rec[blk, td, b]
+                ci = inp[blk, td, b]
                 dr = direct[blk, td, b]
-                oh = out[blk, 0]
-                _tangent_rows(hr, hi, dr, vh, y, z, has_up, oh)
-                if lstm:
-                    vc = v[blk, 1]
-                    hc = dh_dcp[blk, td, b]
-                    _tangent_rows(c_rec[blk, td, b], c_in[blk, td, b], dc_dcp[blk, td, b], vc,
-                                  y, z, has_up, out[blk, 1])
+                ob = out[blk]
+                for p in range(P):
                     for j in range(N):
-                        for q in range(K):
-                            oh[j, q] += hc[j] * vc[j, q]
+                        for c in range(K):
+                            acc = 0.0
+                            for pp in range(P):
+                                acc += dr[p, pp, j] * vb[pp, j, c]
+                            for g in range(G):
+                                acc += cr[p, g * N + j] * y[g * N + j, c]
+                            if has_up:
+                                for g in range(G):
+                                    acc += ci[p, g * N + j] * z[g * N + j, c]
+                            ob[p, j, c] = acc
         return
     for layer in range(n_layers - 1, -1, -1):
         for d in range(n_dir):
@@ -143,49 +97,49 @@ def _apply_tangent(transpose, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_r
             td = t if d == 0 else T - 1 - t
             from_above = layer < n_layers - 1
             has_up = layer > 0
-            hr = h_rec[blk, td, b]
-            hi = h_in[blk, td, b]
+            cr = rec[blk, td, b]
+            ci = inp[blk, td, b]
             dr = direct[blk, td, b]
-            rg = r_grad[blk, td, b]
-            vh = v[blk, 0]
-            oh = out[blk, 0]
+            rg = rgrad[blk, td, b]
+            vb = v[blk]
+            ob = out[blk]
+            # the cotangent of the new state: v, and for the output state what the layer above
+            # pulled back through its input projection
             for j in range(N):
-                for q in range(K):
-                    gh = vh[j, q]
-                    if from_above:
-                        gh += up[j, q]
-                    oh[j, q] = dr[j] * gh
+                for c in range(K):
+                    for pp in range(P):
+                        ob[pp, j, c] = 0.0
                     for g in range(G):
-                        y[g * N + j, q] = hr[g * N + j] * gh
-                        if has_up:
-                            z[g * N + j, q] = hi[g * N + j] * gh
-                    if lstm:
-                        gc = v[blk, 1, j, q]
-                        cr = c_rec[blk, td, b]
-                        ci = c_in[blk, td, b]
-                        out[blk, 1, j, q] = dh_dcp[blk, td, b, j] * gh + dc_dcp[blk, td, b, j] * gc
+                        y[g * N + j, c] = 0.0
+                        z[g * N + j, c] = 0.0
+                    for p in range(P):
+                        gv = vb[p, j, c]
+                        if p == 0 and from_above:
+                            gv += up[j, c]
+                        for pp in range(P):
+                            ob[pp, j, c] += dr[p, pp, j] * gv
                         for g in range(G):
-                            y[g * N + j, q] += cr[g * N + j] * gc
-                            if has_up:
-                                z[g * N + j, q] += ci[g * N + j] * gc
+                            y[g * N + j, c] += cr[p, g * N + j] * gv
+                            z[g * N + j, c] += ci[p, g * N + j] * gv
             np.dot(w_hh_t[blk], y, r)
-            for j in range(N):
-                for q in range(K):
-                    oh[j, q] += rg[j] * r[j, q]
+            for q in range(R):
+                os = ob[reads[q]]
+                for j in range(N):
+                    for c in range(K):
+                        os[j, c] += rg[q, j] * r[q * N + j, c]
             if has_up:
                 np.dot(w_up_t[layer - 1], z, up)
 
 
 @njit(**_JIT)
-def _tangent_kernel(transpose, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in,
-                    direct, dh_dcp, dc_dcp, r_grad, v, out):
+def _tangent_kernel(transpose, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, v, out):
     """out[t, b] = J_t v[t', b'] (or J_t^T ...) for every t, b; v (T or 1, B or 1, L*D, P, N, k)
     is broadcast over a length-1 time or batch axis (v = identity gives the dense Jacobian)."""
     T, B = out.shape[0], out.shape[1]
     N, K = out.shape[4], out.shape[5]
-    GN = w_hh.shape[1]
+    GN, RN = w_hh.shape[1], w_hh.shape[2]
     dt = out.dtype
-    r = np.empty((N, K), dt)
+    r = np.empty((RN, K), dt)
     up = np.zeros((N, K), dt)
     y = np.empty((GN, K), dt)
     z = np.empty((GN, K), dt)
@@ -193,8 +147,7 @@ def _tangent_kernel(transpose, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h
         tv = t if v.shape[0] > 1 else 0
         for b in range(B):
             bv = b if v.shape[1] > 1 else 0
-            _apply_tangent(transpose, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
-                           c_rec, c_in, direct, dh_dcp, dc_dcp, r_grad, v[tv, bv], out[t, b],
+            _apply_tangent(transpose, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, v[tv, bv], out[t, b],
                            r, y, z, up)
 
 
@@ -377,27 +330,24 @@ def _record_rates(acc, n, ok, st):
 
 
 @register_jitable
-def _advance(jac, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in,
-             direct, dh_dcp, dc_dcp, r_grad, qb, flat, tmp, r, y, z, up):
+def _advance(jac, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, qb, flat, tmp, r, y, z, up):
     """The frame of sequence b through step t: by the given matrix jac[t, b] when jac holds
     matrices, else by the tangent map of a linearised trajectory (:func:`_apply_tangent`)."""
     if jac.shape[0] > 0:
         np.dot(jac[t, b], flat, tmp.reshape(flat.shape))
     else:
-        _apply_tangent(False, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec,
-                       c_in, direct, dh_dcp, dc_dcp, r_grad, qb, tmp, r, y, z, up)
+        _apply_tangent(False, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, qb, tmp, r, y, z, up)
     qb[:] = tmp
 
 
 @njit(**_JIT)
-def _lyapunov_kernel(jac, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in,
-                     direct, dh_dcp, dc_dcp, r_grad, q, qr_at, record_at, local, strict, ortho_tol,
+def _lyapunov_kernel(jac, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, q, qr_at, record_at, local, strict, ortho_tol,
                      log_tiny, status):
     """Benettin's QR method along the trajectory of every sequence.
 
     The steps are the given matrices jac (T, B, S, S), q (B, S, 1, 1, k), when jac holds any;
     else (jac of shape (0, 0, 0, 0)) the tangent maps of a linearised trajectory (the arguments
-    lstm ... r_grad, see :func:`_apply_tangent`), q (B, L*D, P, N, k).  q: orthonormal initial
+    n_dir ... rgrad, see :func:`_apply_tangent`), q (B, L*D, P, N, k).  q: orthonormal initial
     vectors, overwritten.  qr_at (T,) bool: orthonormalise after step t; record_at (T,) int: the
     block that step t's QR is recorded in, or -1 (transient).  strict, ortho_tol, log_tiny: the
     checks of :func:`_after_step`.
@@ -410,9 +360,9 @@ def _lyapunov_kernel(jac, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, 
     T = qr_at.shape[0]
     N, K = q.shape[3], q.shape[4]
     S = q.shape[1] * q.shape[2] * N
-    GN = w_hh.shape[1]
+    GN, RN = w_hh.shape[1], w_hh.shape[2]
     dt = q.dtype
-    r = np.empty((N, K), dt)
+    r = np.empty((RN, K), dt)
     up = np.zeros((N, K), dt)
     y = np.empty((GN, K), dt)
     z = np.empty((GN, K), dt)
@@ -428,8 +378,7 @@ def _lyapunov_kernel(jac, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, 
         n = 0
         prev = 0.0
         for t in range(T):
-            _advance(jac, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in,
-                     direct, dh_dcp, dc_dcp, r_grad, qb, flat, tmp, r, y, z, up)
+            _advance(jac, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, qb, flat, tmp, r, y, z, up)
             n += 1
             code, prev = _after_step(flat, t, n, qr_at[t], strict, ortho_tol, log_tiny, prev,
                                      log_r, log_col, status[b])
@@ -437,8 +386,7 @@ def _lyapunov_kernel(jac, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, 
                 flat[:, :] = start
                 ok = True
                 for tt in range(t - n + 1, t + 1):
-                    _advance(jac, tt, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
-                             c_rec, c_in, direct, dh_dcp, dc_dcp, r_grad, qb, flat, tmp, r, y, z,
+                    _advance(jac, tt, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, qb, flat, tmp, r, y, z,
                              up)
                     ok = _replay_step(flat, acc, log_r, log_col)
                     if not ok:
@@ -458,8 +406,7 @@ def _lyapunov_kernel(jac, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, 
 
 
 @njit(**_JIT)
-def _graded_product_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in, c_rec, c_in,
-                           direct, dh_dcp, dc_dcp, r_grad, q, lag_slot, log_d, u_out, status):
+def _graded_product_kernel(n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, q, lag_slot, log_d, u_out, status):
     """Accumulate P_tau^T = J_{T-tau}^T ... J_{T-1}^T (processing steps) for every lag, graded.
 
     P_tau^T = Q_tau diag(exp(log_d)) U_tau with Q_tau orthonormal and U_tau upper triangular with
@@ -479,9 +426,9 @@ def _graded_product_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
     T = lag_slot.shape[0]
     N = q.shape[3]
     S = q.shape[1] * q.shape[2] * N
-    GN = w_hh.shape[1]
+    GN, RN = w_hh.shape[1], w_hh.shape[2]
     dt = q.dtype
-    r = np.empty((N, S), dt)
+    r = np.empty((RN, S), dt)
     up = np.zeros((N, S), dt)
     y = np.empty((GN, S), dt)
     z = np.empty((GN, S), dt)
@@ -499,8 +446,7 @@ def _graded_product_kernel(lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
             ld[i] = 0.0
         for s in range(T):
             t = T - 1 - s
-            _apply_tangent(True, t, b, lstm, n_dir, w_hh, w_up, w_hh_t, w_up_t, h_rec, h_in,
-                           c_rec, c_in, direct, dh_dcp, dc_dcp, r_grad, qb, tmp, r, y, z, up)
+            _apply_tangent(True, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, qb, tmp, r, y, z, up)
             jq = tmp.reshape((S, S))
             lost = -1
             if not np.isfinite(_frame_max(jq)):
@@ -603,10 +549,12 @@ def lyapunov_dense(jac, q, qr_at, record_at, local, strict):
     status = np.zeros((q.shape[0], 8))
     ortho_tol, log_tiny = qr_limits(q.dtype)
     # the tangent-map arguments are unused: one-element stand-ins of their ranks
-    w3, c4 = np.zeros((1, 1, 1), q.dtype), np.zeros((1, 1, 1, 1), q.dtype)
+    w3 = np.zeros((1, 1, 1), q.dtype)
+    c5, c6 = np.zeros((1,) * 5, q.dtype), np.zeros((1,) * 6, q.dtype)
+    reads = np.zeros(1, np.int64)
     with blas.single_threaded():
-        _lyapunov_kernel(jac, False, 1, w3, w3, w3, w3, c4, c4, c4, c4, c4, c4, c4, c4, q, qr_at,
-                         record_at, local, bool(strict), ortho_tol, log_tiny, status)
+        _lyapunov_kernel(jac, 1, reads, w3, w3, w3, w3, c5, c5, c6, c5, q, qr_at, record_at, local,
+                         bool(strict), ortho_tol, log_tiny, status)
     return status
 
 
@@ -624,10 +572,3 @@ def first_nonfinite(a):
     where = np.empty(2, np.int64)
     _first_nonfinite_kernel(a.reshape(a.shape[0], a.shape[1], -1), where)
     return None if where[0] < 0 else (int(where[0]), int(where[1]))
-
-
-def coefficients(kind, act, alpha, h0, c0, out_h, out_c, aux, reverse, into):
-    """Fill the coefficient arrays ``into`` (views of one block, each (T, B, .)) for one
-    (layer, direction); see :func:`_coefficients_kernel`."""
-    consts = np.array([alpha, 1.0 - alpha, 1.0, 0.0], dtype=out_h.dtype)
-    _coefficients_kernel(kind, act, consts, h0, c0, out_h, out_c, aux, bool(reverse), *into)
