@@ -1,5 +1,6 @@
 """numrnn: Numba-accelerated recurrent neural networks for scientific study."""
-from . import config
+from . import cells, config
+from .cells import Cell, CellCheckError, check_cell
 from .errors import NonFiniteError, NonFiniteWarning, nonfinite
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 from .network import RNN, ParameterDict
@@ -10,7 +11,7 @@ from .analysis import (FixedPointsResult, GradientPropagationResult, LyapunovRes
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "ParameterDict", "NonFiniteError", "NonFiniteWarning", "nonfinite", "config",
+__all__ = ["RNN", "ParameterDict", "Cell", "CellCheckError", "check_cell", "cells", "NonFiniteError", "NonFiniteWarning", "nonfinite", "config",
            "gradcheck", "GradcheckResult", "GradcheckError", "__version__",
            "jacobians", "lyapunov_spectrum", "lyapunov_from_jacobians", "LyapunovResult",
            "gradient_propagation", "GradientPropagationResult", "eigenvalues", "spectral_radius",

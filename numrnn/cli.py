@@ -35,10 +35,11 @@ examples:
   numrnn study                          gradient stability of random tanh networks, g = 0.5 .. 3
   numrnn study --cell gru --gains 0.5 1 2 4 --seeds 2 --out gru-study
   numrnn study --scheduler local:2      the same sweep as Dask tasks (or --scheduler tcp://host:8786)
+  numrnn study --cell cornn --cell-option dt=0.1 --gains 1 2 4
   numrnn train --task adding --T 50 --cell lstm --hidden-size 16
   numrnn train --task flipflop --hidden-size 24 --out ff
   numrnn fixed-points ff/params.npz     fixed points of the trained flip-flop network
-  numrnn info                           versions, threads, CUDA, which kernels run
+  numrnn info                           versions, threads, CUDA, kernels, registered cells
 
 Run `numrnn COMMAND --help` for each command's options.
 """
@@ -111,6 +112,29 @@ def _positive_float(text):
     return value
 
 
+def _cell_help():
+    """The help of --cell and --alpha, from the registry: each cell with its options."""
+    from . import cells
+
+    described = []
+    for name in cells.names():
+        options = cells.registered(name).options
+        described.append(name + (f" ({', '.join(options)})" if options else ""))
+    leaky = [n for n in cells.names() if "alpha" in cells.registered(n).options]
+    return ("recurrent cell, with its options: " + ", ".join(described),
+            f"leak a in (0, 1] of the cells with the option alpha ({', '.join(leaky)})")
+
+
+def _add_cell_options(p, default):
+    from . import cells
+
+    cell_help, alpha_help = _cell_help()
+    p.add_argument("--cell", choices=cells.names(), default=default, help=cell_help)
+    p.add_argument("--cell-option", action="append", metavar="KEY=VALUE",
+                   help="a hyperparameter of the cell (repeat for several), e.g. dt=0.1 for cornn")
+    return alpha_help
+
+
 def _build_parser():
     parser = _Parser(
         prog="numrnn",
@@ -124,7 +148,7 @@ def _build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     # --- study ------------------------------------------------------------------------------
-    from .experiments.study import STUDY_CELLS, STUDY_INITS, StudyConfig
+    from .experiments.study import STUDY_INITS, StudyConfig
     d = StudyConfig()
     st = sub.add_parser(
         "study", help="gradient-stability study over a gain sweep (the main job)",
@@ -139,7 +163,7 @@ def _build_parser():
                     "value that is NaN or infinite, e.g. a Kaplan-Yorke dimension beyond the "
                     "exponents computed, is null).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    st.add_argument("--cell", choices=STUDY_CELLS, default=d.cell, help="network family")
+    alpha_help = _add_cell_options(st, d.cell)
     st.add_argument("-N", "--hidden-size", type=_positive_int, default=d.hidden_size,
                     help="number of units N")
     st.add_argument("--gains", type=_positive_float, nargs="+", metavar="G",
@@ -150,8 +174,7 @@ def _build_parser():
                     help="number of gains, evenly spaced")
     st.add_argument("--seeds", type=_positive_int, default=len(d.seeds),
                     help="networks per gain (seeds 0 .. SEEDS-1)")
-    st.add_argument("--alpha", type=_finite_float, default=d.alpha,
-                    help="leak a in (0, 1] of tanh/relu/linear/rate cells")
+    st.add_argument("--alpha", type=_finite_float, default=d.alpha, help=alpha_help)
     st.add_argument("--sigma-b", type=_finite_float, default=d.sigma_b,
                     help="standard deviation of the biases")
     st.add_argument("--init", metavar="{" + ",".join(STUDY_INITS) + "}", default=d.init,
@@ -200,10 +223,10 @@ def _build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tr.add_argument("--task", choices=tuple(TASKS), required=True)
     tr.add_argument("--T", type=_positive_int, help="sequence length (task default if omitted)")
-    tr.add_argument("--cell", choices=("tanh", "relu", "rate", "lstm", "gru"), default="lstm")
+    alpha_help = _add_cell_options(tr, "lstm")
     tr.add_argument("-N", "--hidden-size", type=_positive_int, default=32)
     tr.add_argument("--num-layers", type=_positive_int, default=1)
-    tr.add_argument("--alpha", type=_finite_float, default=1.0, help="leak (tanh/relu/rate)")
+    tr.add_argument("--alpha", type=_finite_float, default=1.0, help=alpha_help)
     tr.add_argument("--steps", type=_positive_int, default=1000, help="optimiser steps")
     tr.add_argument("--batch-size", type=_positive_int, default=32)
     tr.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
@@ -241,10 +264,12 @@ def _build_parser():
     fp.set_defaults(func=_cmd_fixed_points)
 
     # --- info -------------------------------------------------------------------------------
-    inf = sub.add_parser("info", help="versions, threads, CUDA availability, kernel choice",
+    inf = sub.add_parser("info", help="versions, threads, CUDA availability, kernel choice, "
+                                      "cells",
                          description="Print versions of numrnn and its dependencies, thread "
-                                     "settings, whether a CUDA device is usable, and which "
-                                     "kernels run for typical sizes.")
+                                     "settings, whether a CUDA device is usable, which "
+                                     "kernels run for typical sizes, and the registered cells "
+                                     "with their gates, states and options.")
     inf.add_argument("--json", action="store_true", help="print JSON instead of text")
     inf.set_defaults(func=_cmd_info)
     return parser
@@ -304,7 +329,7 @@ def _csv_writer(rows, columns):
 def _json_writer(payload):
     """Strict JSON of ``payload`` as it is when written (NaN and inf as null: see
     numrnn.experiments.to_json)."""
-    from .experiments.training import to_json
+    from .experiments.persistence import to_json
 
     return lambda path: Path(path).write_text(to_json(payload) + "\n")
 
@@ -357,7 +382,47 @@ def _header(args):
 
 
 # library argument names that differ from the destination of the option they came from
-_LIBRARY_NAMES = {"path": "params", "gain": "gains", "timeout": "scheduler_timeout"}
+_LIBRARY_NAMES = {"path": "params", "gain": "gains", "timeout": "scheduler_timeout",
+                  "cell_options": "cell_option"}
+
+
+def _cell_options(args):
+    """The --cell-option KEY=VALUE pairs as a dict, checked against the cell's definition (its
+    option names and its own checks of the values) before any work."""
+    from . import cells
+
+    definition = cells.registered(args.cell)
+    options = {}
+    for item in args.cell_option or ():
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise _UsageError(f"--cell-option: expected KEY=VALUE, got {item!r}")
+        if key not in definition.options:
+            raise _UsageError(f"--cell-option: the {args.cell} cell has no option {key!r}; its "
+                              f"options are {', '.join(definition.options) or 'none'}")
+        if key in options:
+            raise _UsageError(f"--cell-option: {key} given twice ({key}={options[key]:g} and "
+                              f"{item}); give it once")
+        try:
+            value = float(text)
+        except ValueError:
+            raise _UsageError(f"--cell-option: {key}: expected a number, got {text!r}") from None
+        if not np.isfinite(value):
+            raise _UsageError(f"--cell-option: {key}: expected a finite number, got {text!r}")
+        options[key] = value
+    if "alpha" in options and args.alpha != 1.0:
+        raise _UsageError(f"--alpha: given twice, as --alpha {args.alpha:g} and --cell-option "
+                          f"alpha={options['alpha']:g}; give one")
+    try:
+        definition.resolve_options(options)
+    except (TypeError, ValueError) as exc:  # the cell's own checks, e.g. coRNN's dt > 0
+        msg = " ".join(str(exc).split())
+        label = re.match(r"cell_options(?:\[['\"](\w+)['\"]\])?: ", msg)
+        if label:  # the library's "cell_options['dt']: ..." as "dt: ..."
+            msg = (label[1] + ": " if label[1] else "") + msg[label.end():]
+        raise _UsageError(f"--cell-option: {msg}") from None
+    return options
 
 
 def _option_message(exc, args):
@@ -387,7 +452,8 @@ def _cmd_study(args):
                          init=args.init, dtype=args.dtype, device=args.device, steps=args.steps,
                          transient=args.transient,
                          n_exponents=None if args.full_spectrum else args.n_exponents,
-                         max_lag=args.max_lag, singular_values=args.singular_values)
+                         max_lag=args.max_lag, singular_values=args.singular_values,
+                         cell_options=_cell_options(args))
     check_scheduler(args.scheduler)
     _check_plot(args, "study.png")
     out = _out_dir(args.out)
@@ -415,13 +481,16 @@ def _cmd_study(args):
 
 def _cmd_train(args):
     from .experiments.tasks import make_task
-    from .experiments.training import LinearReadout, TrainingDiverged, sample_text, train
+    from .experiments.readout import LinearReadout
+    from .experiments.sampling import sample_text
+    from .experiments.training import TrainingDiverged, train
     from .network import RNN
 
     dtype = np.dtype(args.dtype)
+    options = _cell_options(args)
     task = make_task(args.task, args.T, dtype=dtype)
     net = RNN(task.input_size, args.hidden_size, cell=args.cell, num_layers=args.num_layers,
-              alpha=args.alpha, dtype=dtype, seed=args.seed)
+              alpha=args.alpha, cell_options=options or None, dtype=dtype, seed=args.seed)
     if args.clip < 0:
         raise _UsageError(f"--clip: expected a threshold >= 0 (0 disables), got {args.clip}")
     _check_plot(args, "train.png")
@@ -452,7 +521,7 @@ def _cmd_train(args):
 def _train_outputs(args, task, result):
     """The files (params.npz, losses.csv, train.json, train.png), the printed report and the
     JSON payload (filled in until the files are written) of a training run."""
-    from .experiments.training import save_model
+    from .experiments.persistence import save_model
 
     losses = result.losses
     meta = {"task": task.name, "T": task.T, "chance": task.chance, "eval_loss": result.eval_loss,
@@ -482,7 +551,7 @@ def _train_outputs(args, task, result):
 def _cmd_fixed_points(args):
     from .analysis import fixed_points
     from .experiments.tasks import make_task
-    from .experiments.training import load_model
+    from .experiments.persistence import load_model
 
     saved = load_model(args.params)
     net = saved.net
@@ -557,34 +626,46 @@ def _fixed_point_table(rows):
 # --- info ----------------------------------------------------------------------------------
 
 def _cuda_status():
-    """(usable, description); never raises, never fails when numba-cuda or a GPU is absent."""
+    """(usable, description, numrnn.gpu.info() or None); never raises, never fails when
+    numba-cuda or a GPU is absent."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            from numba import cuda
-        except Exception as exc:  # numba-cuda missing or broken
-            return False, f"numba.cuda not importable ({type(exc).__name__}: {exc})"
+            from . import gpu
+        except Exception as exc:  # numba-cuda missing or broken: the message says what to do
+            return False, f"numrnn.gpu not importable ({type(exc).__name__}: {exc})", None
         try:
-            if not cuda.is_available():
-                return False, "numba.cuda imports, but no CUDA device is usable"
-            dev = cuda.get_current_device()
-            name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
-            cc = ".".join(map(str, dev.compute_capability))
-            return True, f"{name} (compute capability {cc})"
-        except Exception as exc:
-            return False, f"numba.cuda imports, but the driver failed ({type(exc).__name__}: {exc})"
+            gpu.require()
+            device = gpu.info()
+        except gpu.CUDAUnavailableError as exc:
+            return False, str(exc), None
+        except Exception as exc:  # the driver failed while describing the device
+            return False, f"the CUDA driver failed ({type(exc).__name__}: {exc})", None
+    return True, (f"{device['device']} ({device['multiprocessors']} multiprocessors, "
+                  f"{device['shared_memory_per_block'] // 1024} KiB shared memory per block)"), \
+        device
+
+
+def _cells():
+    """Every registered cell: name, gates, states, options (defaults) and nonlinearity."""
+    from . import cells
+
+    out = []
+    for name in cells.names():
+        cell = cells.registered(name)
+        out.append({"name": name, "gates": list(cell.gates), "states": list(cell.states),
+                    "options": dict(cell.options), "nonlinearity": cell.nonlinearity,
+                    "doc": cell.doc})
+    return out
 
 
 def _info():
     import numba
     import scipy
 
-    from . import __version__, config
-    from .cpu import blas as cpu_blas
-    from .cpu import recurrence
-    from .cpu import threads as cpu_threads
+    from . import __version__, config, cpu
 
     versions = {"numrnn": __version__, "python": platform.python_version(),
                 "numpy": np.__version__, "scipy": scipy.__version__, "numba": numba.__version__}
@@ -594,29 +675,25 @@ def _info():
             versions[name] = getattr(mod, "__version__", "?")
         except Exception:
             versions[name] = None
-    threads = {"cpu_count": os.cpu_count(), "numrnn_threads": cpu_threads.num_threads(),
-               "numrnn_parallel_blocks": cpu_threads.num_blocks(),
-               "blas_thread_control": cpu_blas.can_limit_threads(),
-               "blas_threads": cpu_blas.num_threads(),
-               "numpy_blas_thread_control": cpu_blas.numpy_blas_controlled(),
+    # the engine's own dispatch rules, for a float32 Elman network with T = 200 steps
+    backend = cpu.describe(((1, 32), (32, 128), (32, 512)), steps=200, dtype=np.float32)
+    threads = {"cpu_count": os.cpu_count(), "numrnn_threads": backend["threads"],
+               "numrnn_parallel_blocks": backend["parallel_blocks"],
+               "blas_thread_control": backend["blas_thread_control"],
+               "blas_threads": backend["blas_threads"],
+               "numpy_blas_thread_control": backend["numpy_blas_thread_control"],
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}
-    usable, desc = _cuda_status()
+    usable, desc, device = _cuda_status()
     tunables = {k: getattr(config, k) for k in dir(config) if k.isupper()}
-    kernels = []
-    for B, N in ((1, 32), (32, 128), (32, 512)):
-        # the engine's own dispatch rules, for a float32 tanh network with T = 200 steps
-        pieces = cpu_threads.pieces(B, 200 * B * N * N)
-        mode = recurrence._mode(np.float32, B, N, N)
-        kernels.append({"batch": B, "hidden": N, "steps": 200, "device": "cpu",
-                        "recurrence": f"@njit kernel, batch split over {pieces} thread(s)",
-                        "recurrent_product": ("compiled loops", "BLAS gemm per step",
-                                                        "BLAS gemm per step, transposed")[mode]})
+    kernels = [{"batch": k["batch"], "hidden": k["hidden"], "steps": k["steps"], "device": "cpu",
+                "recurrence": f"@njit kernel, batch split over {k['pieces']} thread(s)",
+                "recurrent_product": k["recurrent_product"]} for k in backend["kernels"]]
     return {"versions": versions, "threads": threads,
-            "cuda": {"usable": usable, "detail": desc,
+            "cuda": {"usable": usable, "detail": desc, "device": device,
                      "kernels": "numrnn.gpu @cuda.jit kernels (device='cuda')" if usable
                      else "none: device='cuda' is unavailable, the CPU kernels run"},
-            "config": tunables, "cpu_kernels": kernels}
+            "config": tunables, "cpu_kernels": kernels, "cells": _cells()}
 
 
 def _cmd_info(args):
@@ -642,6 +719,13 @@ def _cmd_info(args):
     for r in info["cpu_kernels"]:
         print(f"  B={r['batch']:<3d} N={r['hidden']:<4d} {r['recurrence']}, "
               f"{r['recurrent_product']}")
+    print("\ncells (RNN(..., cell=NAME, cell_options={...}); numrnn train/study --cell NAME "
+          "--cell-option KEY=VALUE):")
+    for c in info["cells"]:
+        options = ", ".join(f"{k}={v:g}" for k, v in c["options"].items()) or "none"
+        phi = f"; default nonlinearity {c['nonlinearity']}" if c["nonlinearity"] else ""
+        print(f"  {c['name']:14s} gates {','.join(c['gates']):8s} states "
+              f"{','.join(c['states']):4s} options {options}{phi}")
     return 0
 
 

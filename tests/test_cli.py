@@ -13,6 +13,7 @@ import numrnn
 from numrnn.cli import main
 from numrnn.experiments import save_model
 from tests.problems import save_gru_model
+from tests.usercells import registry, user_cell  # noqa: F401 - a fixture
 
 TINY_STUDY = ["study", "-N", "4", "--gains", "1", "2", "--seeds", "1", "--steps", "30",
               "--transient", "5", "-k", "2", "--max-lag", "5", "--no-plot"]
@@ -85,6 +86,35 @@ def _no_work(monkeypatch):
     (["train", "--task", "charlm", "--T", "100000"],
      ["--T: expected at most 4350, the longest window this text allows", "the text has 4351",
       "got 100000"]),
+    # --cell-option KEY=VALUE: the key is one of the cell's options, the value a finite number
+    # the cell accepts, each key once, the leak given once
+    (["train", "--task", "adding", "--cell", "gru", "--cell-option", "dt=0.1"],
+     ["--cell-option: the gru cell has no option 'dt'; its options are none"]),
+    (["study", "--cell", "cornn", "--cell-option", "beta=1"],
+     ["--cell-option: the cornn cell has no option 'beta'; its options are dt, gamma, epsilon"]),
+    (["train", "--task", "adding", "--cell", "cornn", "--cell-option", "dt"],
+     ["--cell-option: expected KEY=VALUE, got 'dt'"]),
+    (["study", "--cell", "cornn", "--cell-option", "=0.1"],
+     ["--cell-option: expected KEY=VALUE, got '=0.1'"]),
+    (["train", "--task", "adding", "--cell", "cornn", "--cell-option", "dt=fast"],
+     ["--cell-option: dt: expected a number, got 'fast'"]),
+    (["study", "--cell", "cornn", "--cell-option", "dt=nan"],
+     ["--cell-option: dt: expected a finite number, got 'nan'"]),
+    (["train", "--task", "adding", "--cell", "cornn", "--cell-option", "dt=-0.1"],
+     ["--cell-option: dt: expected a time step > 0, got -0.1"]),
+    (["study", "--cell", "antisymmetric", "--cell-option", "epsilon=0"],
+     ["--cell-option: epsilon: expected a step size > 0"]),
+    (["train", "--task", "adding", "--cell", "tanh", "--cell-option", "alpha=2"],
+     ["--cell-option: alpha: expected a leak in (0, 1], got 2.0"]),
+    (["study", "--cell", "cornn", "--cell-option", "dt=0.1", "--cell-option", "dt=0.2"],
+     ["--cell-option: dt given twice (dt=0.1 and dt=0.2); give it once"]),
+    (["train", "--task", "adding", "--cell", "rate", "--alpha", "0.5", "--cell-option",
+      "alpha=0.2"], ["--alpha: given twice, as --alpha 0.5 and --cell-option alpha=0.2"]),
+    (["study", "--cell", "gru", "--alpha", "0.5"], ["--alpha: the gru cell has no leak"]),
+    (["train", "--task", "adding", "--cell", "transformer"],
+     ["--cell", "invalid choice", "'transformer'", "'cornn'"]),
+    # IndRNN's recurrent weight is a vector: a Gaussian matrix does not describe it
+    (["study", "--cell", "indrnn"], ["--init: the recurrent weight is a vector", "'identity'"]),
 ])
 def test_bad_arguments_exit_2_with_one_clear_line(capsys, monkeypatch, argv, words):
     _no_work(monkeypatch)
@@ -345,6 +375,43 @@ def test_info_reports_versions_threads_and_cuda(capsys):
     assert rc == 0 and "cuda:" in out and "usable" in out
 
 
+def test_info_lists_every_registered_cell(capsys, registry):
+    """The cells come from the registry (a cell registered now is listed), each with its gates,
+    states and options (defaults)."""
+    registry.register("leaky_user", user_cell("leaky_user"))
+    rc, out, _ = _run(capsys, "info", "--json")
+    assert rc == 0
+    listed = json.loads(out)["cells"]
+    assert [c["name"] for c in listed] == list(registry.names())
+    assert "leaky_user" in registry.names() and "cornn" in registry.names()
+    for c in listed:
+        cell = registry.registered(c["name"])
+        assert (c["gates"], c["states"], c["options"]) == (list(cell.gates), list(cell.states),
+                                                           cell.options)
+    rc, out, _ = _run(capsys, "info")
+    assert rc == 0
+    text = out[out.index("\ncells ("):]
+    assert "leaky_user" in text and "options beta=0.5" in text
+    assert "gates i,f,g,o" in text and "states h,c" in text
+    assert "options dt=0.042, gamma=2.7, epsilon=4.7" in text
+
+
+def test_info_reports_what_the_cpu_backend_describes(capsys):
+    """`numrnn info` asks numrnn.cpu.describe() (not the backend's private dispatch rules)."""
+    rc, out, _ = _run(capsys, "info", "--json")
+    info = json.loads(out)
+    backend = numrnn.cpu.describe(((1, 32), (32, 128), (32, 512)), steps=200,
+                                  dtype=np.float32)
+    assert info["threads"]["numrnn_threads"] == backend["threads"]
+    assert info["threads"]["numrnn_parallel_blocks"] == backend["parallel_blocks"]
+    assert [r["recurrent_product"] for r in info["cpu_kernels"]] == \
+        [k["recurrent_product"] for k in backend["kernels"]]
+    assert [r["recurrence"] for r in info["cpu_kernels"]] == \
+        [f"@njit kernel, batch split over {k['pieces']} thread(s)" for k in backend["kernels"]]
+    assert backend["blas_min_work"] == numrnn.config.BLAS_MIN_WORK
+    assert info["cuda"]["usable"] == (info["cuda"]["device"] is not None)
+
+
 def test_import_numrnn_pulls_in_neither_matplotlib_nor_dask_nor_cuda():
     code = ("import sys, numrnn, numrnn.experiments, numrnn.cli; "
             "bad = [m for m in ('matplotlib', 'dask', 'distributed', 'numba.cuda') "
@@ -379,6 +446,48 @@ def test_train_writes_parameters_losses_and_figure(capsys, tmp_path, task, extra
     assert saved.meta["task"] == task and saved.readout is not None
     if task == "charlm":
         assert "sample:" in out and len(meta["sample"]) > 100
+
+
+def test_train_with_cell_options_saves_them(capsys, tmp_path):
+    """--cell-option reaches the network (its repr, the JSON) and params.npz keeps it."""
+    from numrnn.experiments import load_model
+
+    rc, out, err = _run(capsys, "train", "--task", "adding", "--T", "8", "-N", "4", "--steps",
+                        "3", "--batch-size", "4", "--cell", "cornn", "--cell-option", "dt=0.1",
+                        "--cell-option", "gamma=3", "--no-plot", "-q", "--out", str(tmp_path))
+    assert rc == 0, err
+    assert "cell='cornn', cell_options={'dt': 0.1, 'gamma': 3.0}" in out
+    saved = load_model(tmp_path / "params.npz")
+    assert saved.net.cell_options == {"dt": 0.1, "gamma": 3.0, "epsilon": 4.7}
+    meta = _strict_json(tmp_path / "train.json")
+    assert meta["parameters"]["cell_option"] == ["dt=0.1", "gamma=3"]
+    assert "cell_options={'dt': 0.1, 'gamma': 3.0}" in meta["network"]
+
+
+def test_a_registered_user_cell_is_a_choice_of_train_and_study(capsys, monkeypatch, registry):
+    """--cell and --cell-option read the registry: a cell registered before main() runs is a
+    choice, and its options are checked against its definition."""
+    _no_work(monkeypatch)
+    registry.register("leaky_user", user_cell("leaky_user"))
+    for command in (["train", "--task", "adding"], ["study"]):
+        rc, _, err = _run(capsys, *command, "--cell", "leaky_user", "--cell-option", "gamma=1")
+        line = _one_error_line(err, f"numrnn {command[0]}")
+        assert rc == 2 and ("--cell-option: the leaky_user cell has no option 'gamma'; its "
+                            "options are beta") in line
+
+
+def test_study_passes_cell_options_to_the_study(capsys, monkeypatch, tmp_path):
+    seen = []
+
+    def run_study(config, **kw):
+        seen.append(config)
+        raise RuntimeError("stop here")
+    monkeypatch.setattr("numrnn.experiments.study.run_study", run_study)
+    rc, _, err = _run(capsys, *TINY_STUDY, "--cell", "cornn", "--cell-option", "dt=0.1",
+                      "--cell-option", "epsilon=2", "--out", str(tmp_path))
+    assert rc == 2 and "stop here" in err
+    assert seen[0].cell == "cornn" and seen[0].cell_options == {"dt": 0.1, "epsilon": 2.0}
+    assert seen[0].as_dict()["cell_options"] == {"dt": 0.1, "epsilon": 2.0}
 
 
 def test_train_no_plot_and_quiet(capsys, tmp_path):

@@ -22,17 +22,18 @@ def _assert_equal_reference(net, x, h0, d_out, d_h, truncate=None, layout=None):
     cell = net.cell
     kw = reference_kwargs(net)
     to_net = layout or {"x": lambda a: a, "state": lambda a: a}
-    x_r, (hh, cc), (dh, dc) = x, as_pair(h0), as_pair(d_h)
+    (hh, cc), (dh, dc) = as_pair(h0), as_pair(d_h)
     params = net.state_dict()
-    out_r, h_r, c_r = ref.ref_forward(cell, params, x_r, hh, cc, **kw)
-    g_r = ref.ref_vjp(cell, params, x_r, d_out, hh, cc, dh, dc, truncate=truncate, **kw)
+    out_r, h_r, c_r = ref.ref_forward(cell, params, x, hh, cc, **kw)
+    g_r = ref.ref_vjp(cell, params, x, d_out, hh, cc, dh, dc, truncate=truncate, **kw)
 
-    def pair(a, b):
-        return a if b is None else (a, b)
+    tx, ts = to_net["x"], to_net["state"]
 
-    ts, tx = to_net["state"], to_net["x"]
-    out, h_n, g = net.forward_vjp(tx(x_r), tx(d_out), pair(ts(hh), cc if cc is None else ts(cc)),
-                                  pair(ts(dh), dc if dc is None else ts(dc)), truncate=truncate)
+    def state(a, b):  # the net's state argument: one array, or a pair
+        return ts(a) if b is None else (ts(a), ts(b))
+
+    out, h_n, g = net.forward_vjp(tx(x), tx(d_out), state(hh, cc), state(dh, dc),
+                                  truncate=truncate)
     assert_close(out, tx(out_r), what="output")
     h_n, c_n = as_pair(h_n)
     assert_close(h_n, ts(h_r), what="h_n")
@@ -75,6 +76,7 @@ def test_batch_first_and_unbatched_equal_reference(rng, cell, phi):
     _assert_equal_reference(bf, x, h0, d_out, d_h, truncate=2,
                             layout={"x": lambda a: a.transpose(1, 0, 2).copy(),
                                     "state": lambda a: a})
+
     def first(s):  # sequence 0 alone, still (T, 1, F) / (L*D, 1, N) for the reference
         return tuple(a[:, :1] for a in s) if isinstance(s, tuple) else s[:, :1]
 
@@ -106,7 +108,7 @@ def test_threaded_and_blas_variants_equal_reference(rng, monkeypatch, cell, dtyp
     monkeypatch.setattr(config, "PARALLEL_BLOCKS", 3)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
     monkeypatch.setattr(config, "TRANSPOSED_GEMM_FLOAT32", transposed)
-    assert recurrence._mode(np.dtype(dtype), 3, 4, 4) == (2 if transposed else 1)
+    assert recurrence.product_mode(np.dtype(dtype), 3, 4, 4) == (2 if transposed else 1)
     net, x, h0, d_out, d_h = make_problem(rng, cell, num_layers=2, bidirectional=True, T=5, B=3,
                                           dtype=dtype)
     kw = reference_kwargs(net)

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
+import numrnn
 from numrnn.cli import main
 from numrnn.experiments import (StudyConfig, check_scheduler, meanfield_lyapunov, meanfield_q_star,
                                 run_study, study_point)
 from numrnn.experiments import meanfield as mf
 from numrnn.experiments import study
 from tests.tolerance import assert_close
+from tests.usercells import registry, user_cell  # noqa: F401 - a fixture
 
 SMALL = dict(hidden_size=16, gains=(0.5, 1.5, 3.0), seeds=(0, 1), steps=120, transient=30,
              n_exponents=3, max_lag=10)
@@ -33,6 +35,21 @@ SMALL = dict(hidden_size=16, gains=(0.5, 1.5, 3.0), seeds=(0, 1), steps=120, tra
     # PyTorch's default initialisation takes no gain: a sweep would repeat one network
     (dict(init="default"), ValueError, ["init: 'default'", "takes no gain", "identical rows"]),
     (dict(init="xavier"), ValueError, ["init", "'xavier'", "'spectral_radius'"]),
+    # the cell's options: names and values its definition accepts, the leak given once
+    (dict(cell_options=[("alpha", 0.5)]), TypeError, ["cell_options: expected a dict"]),
+    (dict(cell="gru", cell_options={"dt": 0.1}), ValueError,
+     ["cell_options", "'gru' cell has no option(s) ['dt']"]),
+    (dict(cell="cornn", cell_options={"dt": -0.1}), ValueError,
+     ["cell_options['dt']", "time step > 0"]),
+    (dict(cell="cornn", cell_options={"dt": "fast"}), TypeError,
+     ["cell_options['dt']", "expected a number"]),
+    (dict(alpha=0.5, cell_options={"alpha": 0.5}), ValueError, ["alpha: given twice"]),
+    (dict(cell_options={"alpha": 1.5}), ValueError, ["alpha", "(0, 1]", "1.5"]),
+    # a two-state cell has 2N exponents; IndRNN's recurrent weight is a vector, which a Gaussian
+    # matrix does not describe (found before any point runs)
+    (dict(cell="cornn", hidden_size=4, n_exponents=9), ValueError,
+     ["n_exponents", "state size 8"]),
+    (dict(cell="indrnn", init="gaussian"), ValueError, ["init", "vector", "'identity'"]),
 ])
 def test_study_config_rejects_bad_values(kw, exc, words):
     with pytest.raises(exc) as info:
@@ -92,6 +109,36 @@ def test_a_point_with_a_bad_seed_names_the_seed(seed):
         study_point(point)
 
 
+def test_study_config_takes_every_registered_cell_and_its_options(registry):
+    """The cells are the registry's, a cell registered now included; the options reach the
+    points and the networks."""
+    registry.register("leaky_user", user_cell("leaky_user"))
+    for name in registry.names():
+        cell = registry.registered(name)
+        options = {k: v / 2 if v else 0.5 for k, v in cell.options.items()}
+        config = StudyConfig(cell=name, init="identity", cell_options=options,
+                             **dict(SMALL, n_exponents=cell.state_count * SMALL["hidden_size"]))
+        assert config.cell_options == options
+        assert config.as_dict()["cell_options"] == options
+        point = config.points()[0]
+        assert point["cell_options"] == options and point["cell"] == name
+        net = study._build_network(point)
+        assert net.definition is cell and net.cell_options == dict(cell.options, **options)
+
+
+def test_meanfield_applies_to_the_tanh_cell_without_leak_and_gaussian_weights():
+    """The theory's networks: h_t = tanh(W h_{t-1} + b), W_ij ~ N(0, g^2/N) (Poole et al.
+    2016); a leak, another nonlinearity or another ensemble is outside it."""
+    assert StudyConfig().has_meanfield()
+    assert not StudyConfig(alpha=0.5).has_meanfield()
+    assert not StudyConfig(cell_options={"alpha": 0.5}).has_meanfield()
+    assert not StudyConfig(init="orthogonal").has_meanfield()
+    assert not StudyConfig(cell="relu").has_meanfield()
+    # the rate network's phi is tanh too, but of the rate equation h' = -h + W tanh(h)
+    assert [n for n in study.STUDY_CELLS
+            if mf.meanfield_applies(numrnn.cells.registered(n), {}, "gaussian")] == ["tanh"]
+
+
 # --- mean-field theory --------------------------------------------------------------------
 
 
@@ -139,6 +186,23 @@ def test_meanfield_transition_moves_right_with_bias_noise():
 @pytest.fixture(scope="module")
 def serial_result():
     return run_study(StudyConfig(**SMALL))
+
+
+@pytest.mark.parametrize("name", study.STUDY_CELLS)
+def test_study_runs_every_registered_cell(name):
+    """Lyapunov exponents and gradient decay of every cell, two gains (identity initialisation:
+    every cell's recurrent weight takes it); for the one- and two-state cells alike the rows
+    are finite and the network's cell options reach the exponents."""
+    cell = numrnn.cells.registered(name)
+    options = {k: v / 2 if v else 0.5 for k, v in cell.options.items()}
+    config = StudyConfig(cell=name, hidden_size=5, gains=(0.5, 2.0), seeds=(0,), steps=40,
+                         transient=5, n_exponents=2 * cell.state_count, max_lag=5,
+                         init="identity", cell_options=options)
+    result = run_study(config)
+    for key in ("lyapunov_max", "grad_decay_rate"):
+        assert np.isfinite(result.column(key)).all(), (key, result.rows)
+    assert all(len(r["exponents"]) == 2 * cell.state_count for r in result.rows)
+    assert np.isnan(result.column("meanfield_lyapunov")).all()
 
 
 def test_study_rows_are_finite_and_ordered(serial_result):

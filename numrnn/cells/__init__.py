@@ -9,9 +9,10 @@ registered by name; a user's own cell is passed as ``RNN(..., cell=my_cell)`` or
 from . import functions
 from .functions import NONLINEARITIES, sigmoid, sigmoid_grad
 from .protocol import Cell, CellCheckError, check_cell, signature
-from .registry import names, register, registered, resolve, with_torch_twin
+from .registry import (choices, names, register, registered, resolve, unregister,
+                       with_torch_twin)
 from . import builtin, literature  # noqa: E402,F401 - registers the cells
 
-__all__ = ["Cell", "CellCheckError", "check_cell", "signature", "register", "resolve", "names",
-           "registered", "with_torch_twin",
+__all__ = ["Cell", "CellCheckError", "check_cell", "signature", "register", "unregister", "resolve",
+           "names", "choices", "registered", "with_torch_twin",
            "functions", "sigmoid", "sigmoid_grad", "NONLINEARITIES"]

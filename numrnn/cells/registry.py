@@ -1,7 +1,8 @@
 """Cells by name: what ``RNN(cell="...")``, ``RNN.from_config`` and the command line look up."""
 from .protocol import Cell
 
-__all__ = ["register", "resolve", "names", "registered", "with_torch_twin"]
+__all__ = ["register", "unregister", "resolve", "names", "choices", "registered",
+           "with_torch_twin"]
 
 #: name -> (factory(nonlinearity) -> Cell, allowed nonlinearities, default, fixed)
 _REGISTRY = {}
@@ -72,6 +73,24 @@ def with_torch_twin(mode):
         if cell is not None and cell.torch == mode:
             return name
     return None
+
+
+def choices(name):
+    """(nonlinearities, default) of the registered cell ``name``: the values
+    ``RNN(..., nonlinearity=...)`` accepts for it (an empty tuple: none) and the default."""
+    if name not in _REGISTRY:
+        raise ValueError(f"name: expected one of {names()}, got {name!r}")
+    _, options, default, _ = _REGISTRY[name]
+    return options, default
+
+
+def unregister(name):
+    """Remove a cell registered with :func:`register` (networks built with it keep working)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"name: expected one of {names()}, got {name!r}")
+    del _REGISTRY[name]
+    for key in [k for k in _MADE if k[0] == name]:
+        del _MADE[key]
 
 
 def names():

@@ -462,8 +462,9 @@ def options_array(cell, options, dtype):
     return np.array([options[k] for k in cell.options], dtype=dtype)
 
 
-def _mode(dtype, batch, n_in, n_out):
-    """How the recurrent product of a step runs (see :func:`_recurrent_projection`)."""
+def product_mode(dtype, batch, n_in, n_out):
+    """How the recurrent product of a step runs: 0 compiled loops, 1 BLAS gemm, 2 BLAS gemm on
+    the transposes (see :func:`_make_projection`)."""
     if batch * n_in * n_out < config.BLAS_MIN_WORK:
         return 0
     return 2 if dtype == np.float32 and config.TRANSPOSED_GEMM_FLOAT32 else 1
@@ -508,7 +509,7 @@ def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse):
     bad.fill(-1)
     RN = w_hh.shape[1]
     args = (opts, dtype.type(1), xp, np.ascontiguousarray(w_hh.T), np.ascontiguousarray(w_hh),
-            b_hh, h0, c0, bool(reverse), _mode(dtype, B, RN, GN), out_h, out_c, aux, bad)
+            b_hh, h0, c0, bool(reverse), product_mode(dtype, B, RN, GN), out_h, out_c, aux, bad)
     threads.run(lambda b0, b1: k.forward(*args, b0, b1), B, threads.pieces(B, T * B * RN * GN))
     return out_h, out_c, aux, bad
 
@@ -543,7 +544,7 @@ def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, rev
     bad.fill(-1)
     args = (opts, dtype.type(1), np.ascontiguousarray(w_hh), np.ascontiguousarray(w_hh.T), h0,
             c0, out_h, out_c, aux, d_out, dh_n, dc_n, bool(reverse), int(truncate or 0),
-            _mode(dtype, B, GN, RN), dxp, dhp, dh0, dc0, norm, bad)
+            product_mode(dtype, B, GN, RN), dxp, dhp, dh0, dc0, norm, bad)
     threads.run(lambda b0, b1: k.backward(*args, b0, b1), B, threads.pieces(B, T * B * RN * GN))
     return dxp, dhp, dh0, dc0, norm, bad
 

@@ -4,7 +4,7 @@ from scipy.optimize import brentq
 
 from .. import _validation as _v
 
-__all__ = ["meanfield_q_star", "meanfield_lyapunov"]
+__all__ = ["meanfield_q_star", "meanfield_lyapunov", "meanfield_applies"]
 
 def _gauss_mean(f, q):
     """E[f(sqrt(q) z)] for z ~ N(0, 1), to about 1e-15 relative.
@@ -117,3 +117,33 @@ def meanfield_lyapunov(gain, sigma_b=0.0):
     q = meanfield_q_star(g, sigma_b)
     chi = g * g * _gauss_mean(_sech4, q)
     return 0.5 * float(np.log(chi))
+
+
+def meanfield_applies(cell, cell_options, init):
+    """True when the theory of :func:`meanfield_lyapunov` describes a network: its cell steps
+    h_t = tanh(W h_{t-1} + U x_t + b) (the math of ``torch.nn.RNN`` with tanh, which the cell's
+    definition declares as ``torch="RNN_TANH"``) without a leak, and W_hh has Gaussian entries.
+
+    Parameters
+    ----------
+    cell : numrnn.Cell
+        The network's cell definition (``net.definition``).
+    cell_options : dict
+        Its options (``net.cell_options``); a leak "alpha" other than 1 puts it outside the theory.
+    init : str
+        The initialiser of W_hh; only "gaussian" is the theory's ensemble.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import numrnn
+    >>> from numrnn.experiments.meanfield import meanfield_applies
+    >>> net = numrnn.RNN(1, 8, init="gaussian", gain=1.5, seed=0)
+    >>> meanfield_applies(net.definition, net.cell_options, net.init)
+    True
+    """
+    return (cell is not None and cell.torch == "RNN_TANH"
+            and cell_options.get("alpha", 1.0) == 1.0 and init == "gaussian")

@@ -48,7 +48,7 @@ def plot_study(result, path=None):
     ax1.plot(g, result.column("lyapunov_max"), "o", ms=4, alpha=0.6, label="measured (each seed)")
     ax1.plot(g, result.column("grad_decay_rate"), "x", ms=5, alpha=0.6,
              label="gradient-norm decay rate")
-    if cfg.cell == "tanh" and cfg.alpha == 1.0 and cfg.init == "gaussian":
+    if cfg.has_meanfield():
         fine = np.linspace(min(cfg.gains), max(cfg.gains), 200)
         ax1.plot(fine, meanfield_lyapunov(fine, cfg.sigma_b), "k-", lw=1.5, label="mean field")
     ax1.axhline(0.0, color="grey", lw=0.8)

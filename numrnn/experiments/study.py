@@ -12,13 +12,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _validation as _v
-from .meanfield import meanfield_lyapunov
+from .. import cells
+from .meanfield import meanfield_applies, meanfield_lyapunov
 from .progress import ProgressBar
 
 __all__ = ["StudyConfig", "StudyResult", "study_point", "run_study", "check_scheduler",
            "STUDY_CELLS", "STUDY_INITS"]
 
-STUDY_CELLS = ("tanh", "relu", "linear", "rate", "lstm", "gru")
+#: The cells registered when numrnn was imported (built-in and literature cells).  A study runs on
+#: any registered cell: these, and those registered later (``numrnn.cells.names()``).
+STUDY_CELLS = cells.names()
 #: The initialisers a gain sweep can use: each scales W_hh by the gain.  "default" (PyTorch's
 #: uniform initialisation) takes no gain, so every gain would give the same network.
 STUDY_INITS = ("gaussian", "orthogonal", "spectral_radius", "identity")
@@ -31,7 +34,7 @@ class StudyConfig:
     Parameters
     ----------
     cell : str
-        One of ``STUDY_CELLS``.
+        A registered cell (``numrnn.cells.names()``), with its default nonlinearity.
     hidden_size : int
         N.
     gains : tuple of float
@@ -39,7 +42,7 @@ class StudyConfig:
     seeds : tuple of int
         One network per (gain, seed).
     alpha : float
-        Leak of the Elman and rate cells.
+        Leak of the cells that have one (those with the option "alpha"); 1.0 for the others.
     sigma_b : float
         Standard deviation of the biases (b_ih ~ N(0, sigma_b^2), b_hh = 0).
     init : str
@@ -61,6 +64,9 @@ class StudyConfig:
         Also compute every singular value of the Jacobian products d s_T / d s_{T-tau} over the
         last ``max_lag`` steps (:func:`numrnn.gradient_propagation`), and their norm's decay
         rate.  Costs O(max_lag N^3) per point, so it is off by default.
+    cell_options : dict
+        The cell's hyperparameters (:attr:`numrnn.Cell.options`) that differ from its defaults,
+        e.g. ``{"dt": 0.1}`` for coRNN.
     """
 
     cell: str = "tanh"
@@ -77,10 +83,13 @@ class StudyConfig:
     n_exponents: int = 10
     max_lag: int = 50
     singular_values: bool = False
+    cell_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if not isinstance(self.cell, str) or self.cell not in STUDY_CELLS:
-            raise ValueError(f"cell: expected one of {STUDY_CELLS}, got {self.cell!r}")
+        definition = self.definition()
+        if definition is None:
+            raise ValueError(f"cell: expected one of the registered cells {cells.names()}, got "
+                             f"{self.cell!r}")
         _v.check_int("hidden_size", self.hidden_size, 1)
         gains = tuple(float(_v.check_real("gains", g, 0.0, low_open=True)) for g in self.gains)
         if not gains:
@@ -91,6 +100,9 @@ class StudyConfig:
             raise ValueError("seeds: expected at least one seed, got none")
         object.__setattr__(self, "seeds", seeds)
         _v.check_real("alpha", self.alpha, 0.0, 1.0, low_open=True)
+        if not isinstance(self.cell_options, dict):
+            raise TypeError(f"cell_options: expected a dict, got "
+                            f"{type(self.cell_options).__name__}")
         _v.check_real("sigma_b", self.sigma_b, 0.0)
         if self.init == "default":
             raise ValueError(f"init: 'default' (PyTorch's U(-1/sqrt(N), 1/sqrt(N))) takes no "
@@ -106,7 +118,7 @@ class StudyConfig:
         _v.check_int("transient", self.transient, 0)
         if self.n_exponents is not None:
             _v.check_int("n_exponents", self.n_exponents, 1)
-            n_state = self.hidden_size * (2 if self.cell == "lstm" else 1)
+            n_state = self.hidden_size * definition.state_count
             if self.n_exponents > n_state:
                 raise ValueError(f"n_exponents: expected at most the state size {n_state}, got "
                                  f"{self.n_exponents}")
@@ -116,17 +128,43 @@ class StudyConfig:
         if not isinstance(self.singular_values, (bool, np.bool_)):
             raise TypeError(f"singular_values: expected True or False, got "
                             f"{self.singular_values!r}")
-        if self.cell in ("lstm", "gru") and self.alpha != 1.0:
-            raise ValueError(f"alpha: the {self.cell} cell has no leak; expected 1.0, got "
-                             f"{self.alpha}")
+        # what RNN refuses (a leak for a cell without one, an option the cell does not have or
+        # accept, an init that does not describe its recurrent weight) is found now, not at the
+        # first point, which builds such a network too (so this costs one point's initialisation)
+        from ..network import RNN
+
+        net = RNN(1, self.hidden_size, cell=self.cell, alpha=self.alpha,
+                  cell_options=self.cell_options or None, dtype=np.dtype(self.dtype),
+                  init=self.init, gain=1.0, seed=0)
+        object.__setattr__(self, "cell_options",
+                           {k: net.cell_options[k] for k in self.cell_options})
+
+    def definition(self):
+        """The :class:`numrnn.Cell` registered as ``cell`` (None if there is none)."""
+        return cells.registered(self.cell) if isinstance(self.cell, str) else None
+
+    def network_options(self):
+        """The options the networks' cell gets: ``cell_options`` and the leak ``alpha`` (for a
+        cell that has one)."""
+        options = dict(self.cell_options)
+        if self.alpha != 1.0:
+            options["alpha"] = self.alpha
+        return options
+
+    def has_meanfield(self):
+        """True when :func:`meanfield_lyapunov` predicts the largest exponent of these networks
+        (see :func:`numrnn.experiments.meanfield.meanfield_applies`)."""
+        return meanfield_applies(self.definition(), self.network_options(), self.init)
 
     def points(self):
         """The sweep's points as plain dicts (gain-major, then seed), ready for :func:`study_point`."""
-        base = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("gains", "seeds")}
-        return [dict(base, gain=g, seed=s) for g in self.gains for s in self.seeds]
+        base = {k: getattr(self, k) for k in self.__dataclass_fields__
+                if k not in ("gains", "seeds", "cell_options")}
+        return [dict(base, gain=g, seed=s, cell_options=dict(self.cell_options))
+                for g in self.gains for s in self.seeds]
 
     def as_dict(self):
-        return {k: (list(v) if isinstance(v, tuple) else v)
+        return {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v)
                 for k, v in ((k, getattr(self, k)) for k in self.__dataclass_fields__)}
 
 
@@ -139,7 +177,8 @@ def _build_network(p):
         kw["device"] = p["device"]
     rng = _v.check_seed([p["seed"], 1], "seed")
     try:
-        net = RNN(1, p["hidden_size"], cell=p["cell"], alpha=p["alpha"], dtype=np.dtype(p["dtype"]),
+        net = RNN(1, p["hidden_size"], cell=p["cell"], alpha=p["alpha"],
+                  cell_options=p.get("cell_options") or None, dtype=np.dtype(p["dtype"]),
                   init=p["init"], gain=p["gain"], seed=_v.check_seed([p["seed"], 0], "seed"),
                   **kw)
     except TypeError as exc:
@@ -179,11 +218,11 @@ def _bptt_decay_rate(net, x, h0, max_lag, seed):
     if cut > 0:
         _, h0 = net.forward(x[:cut], h0)
         x = x[cut:]
-    lstm = isinstance(h0, tuple)
-    hb = _batch_of(h0[0] if lstm else h0, B)
+    pair = isinstance(h0, tuple)  # a cell with two states: the cotangent enters the first
+    hb = _batch_of(h0[0] if pair else h0, B)
     v = rng.standard_normal(hb.shape).astype(net.dtype)
     v /= np.linalg.norm(v, axis=2, keepdims=True)
-    if lstm:
+    if pair:
         hb, v = (hb, _batch_of(h0[1], B)), (v, np.zeros_like(v))
     out_shape = (x.shape[0], B, net.hidden_size * net.num_directions)
     grads = net.vjp(_batch_of(x, B), np.zeros(out_shape, net.dtype), hb, d_h_n=v)
@@ -221,7 +260,7 @@ def study_point(p):
     rng = _v.check_seed([p["seed"], 2], "seed")
     n_state = net.num_layers * net.hidden_size
     h0 = rng.standard_normal((1, n_state)).astype(dtype)
-    if p["cell"] == "lstm":
+    if net.state_count == 2:  # the second state (LSTM's c, coRNN's z) starts at zero
         h0 = (h0, np.zeros_like(h0))
     total = p["transient"] + p["steps"]
     x = np.zeros((total, 1), dtype)
@@ -246,7 +285,7 @@ def study_point(p):
     else:
         row.update(jacobian_decay_rate=float("nan"), jacobian_max_singular_value=float("nan"))
     mf = (meanfield_lyapunov(p["gain"], p["sigma_b"])
-          if p["cell"] == "tanh" and p["alpha"] == 1.0 and p["init"] == "gaussian" else np.nan)
+          if meanfield_applies(net.definition, net.cell_options, p["init"]) else np.nan)
     row.update(meanfield_lyapunov=float(mf), exponents=exps.tolist(),
                seconds=time.perf_counter() - start)
     return row
