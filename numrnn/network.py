@@ -9,9 +9,8 @@ from collections.abc import MutableMapping
 
 import numpy as np
 
-from . import _memory
 from . import _validation as _v
-from . import cells, cpu, errors
+from . import cells, driver
 from .init import INITS, init_parameters
 
 __all__ = ["RNN", "ParameterDict"]
@@ -262,7 +261,8 @@ class RNN:
         self.device = self._check_device(device)
         return self
 
-    def _suffix(self, layer, direction):
+    def suffix(self, layer, direction):
+        """The parameter-name suffix of a layer and direction: '_l1', '_l0_reverse'."""
         return f"_l{layer}" + ("_reverse" if direction else "")
 
     def _shapes(self):
@@ -279,7 +279,7 @@ class RNN:
         for layer in range(self.num_layers):
             n_in = self.input_size if layer == 0 else D * N
             for d in range(D):
-                sfx = self._suffix(layer, d)
+                sfx = self.suffix(layer, d)
                 shapes["weight_ih" + sfx] = (G * N, n_in)
                 shapes["weight_hh" + sfx] = w_hh
                 if self.bias:
@@ -341,12 +341,13 @@ class RNN:
         shapes = self._shapes()
         sizes = [math.prod(shape) for shape in shapes.values()]
         flat = np.empty(sum(sizes), self.dtype)
-        self._flat, self._params = flat, self._views(flat)
+        self._flat, self._params = flat, self.parameter_views(flat)
         for name, view in self._params.items():
             np.copyto(view, values[name])
 
-    def _views(self, flat):
-        """name -> view of ``flat``, in PyTorch's order."""
+    def parameter_views(self, flat):
+        """name -> view of ``flat`` (any array of :meth:`parameter_count` entries, on either
+        backend), shaped as the parameters, in PyTorch's order: where gradients are written."""
         views, start = {}, 0
         for name, shape in self._shapes().items():
             size = math.prod(shape)
@@ -402,7 +403,11 @@ class RNN:
             raise ValueError(f"{label}: expected finite values, got {bad} NaN/inf entr"
                              f"{'y' if bad == 1 else 'ies'} (written into the array in place)")
 
-    def _validated_parameters(self, snapshot=False):
+    def parameter_count(self):
+        """The number of parameter entries (the length of the one buffer they live in)."""
+        return self._flat.size
+
+    def checked_parameters(self, snapshot=False):
         """The parameter dict checked as it is now, before any kernel reads it.
 
         ``snapshot``: copies, so that later in-place edits cannot reach a computation that has
@@ -424,7 +429,7 @@ class RNN:
             for name, shape in shapes.items():
                 self._check_parameter(name, self._params[name], shape)
         if snapshot:
-            return self._views(self._flat.copy())
+            return self.parameter_views(self._flat.copy())
         return dict(self._params)
 
     def layer_params(self, layer, direction, params=None):
@@ -433,8 +438,8 @@ class RNN:
         (``weight_hh`` itself unless the cell maps it, as IndRNN's diagonal and the
         antisymmetric cell's W - W^T - gamma I do); b_ih is None and b_hh zeros without
         biases."""
-        sfx = self._suffix(layer, direction)
-        p = self._validated_parameters() if params is None else params
+        sfx = self.suffix(layer, direction)
+        p = self.checked_parameters() if params is None else params
         N = self.hidden_size
         m = self.definition.recurrent_matrix(p["weight_hh" + sfx], N, self.cell_options)
         if self.bias:
@@ -502,196 +507,11 @@ class RNN:
             kw["nonlinearity"] = mode[4:].lower()
         module = getattr(torch.nn, mode.partition("_")[0])(self.input_size, self.hidden_size,
                                                             **kw)
-        params = self._validated_parameters()
+        params = self.checked_parameters()
         with torch.no_grad():
             for name, param in module.named_parameters():
                 param.copy_(torch.from_numpy(params[name]))
         return module
-
-    # --- input handling -------------------------------------------------------------------
-
-    def _check_input(self, x):
-        """Validate x; return (x as (T, B, I) C-contiguous, unbatched flag)."""
-        I = self.input_size
-        x = _v.check_float_array("x", x, self.dtype,
-                                 [(None, I), (None, None, I)])
-        unbatched = x.ndim == 2
-        if unbatched:
-            x = x[:, None, :]
-        elif self.batch_first:
-            x = np.ascontiguousarray(x.transpose(1, 0, 2))
-        if x.shape[0] < 1 or x.shape[1] < 1:
-            raise ValueError(f"x: expected at least one time step and one sequence, got shape "
-                             f"{x.shape if not unbatched else x[:, 0].shape}")
-        return x, unbatched
-
-    def _check_state(self, name, s, batch, unbatched):
-        LD, N = self.num_layers * self.num_directions, self.hidden_size
-        if s is None:
-            return np.zeros((LD, batch, N), self.dtype)
-        shape = (LD, N) if unbatched else (LD, batch, N)
-        s = _v.check_float_array(name, s, self.dtype, [shape])
-        return s[:, None, :] if unbatched else s
-
-    def _split_state(self, h0, batch, unbatched):
-        if self.state_count == 2:
-            if h0 is None:
-                h0 = (None, None)
-            if not isinstance(h0, (tuple, list)) or len(h0) != 2:
-                a, b = self.definition.states
-                raise TypeError(f"h0: the {self.cell} cell's state is a pair ({a}0, {b}0), got "
-                                f"{type(h0).__name__}")
-            return (self._check_state("h0", h0[0], batch, unbatched),
-                    self._check_state("c0", h0[1], batch, unbatched))
-        if isinstance(h0, (tuple, list)) and not isinstance(h0, np.ndarray):
-            raise TypeError(f"h0: the {self.cell} cell's state is one array, got a "
-                            f"{type(h0).__name__}")
-        h = self._check_state("h0", h0, batch, unbatched)
-        return h, np.zeros_like(h)
-
-    def _to_user_layout(self, out, unbatched):
-        if unbatched:
-            return out[:, 0]
-        if self.batch_first:
-            return np.ascontiguousarray(out.transpose(1, 0, 2))
-        return out
-
-    # --- forward and backward -------------------------------------------------------------
-
-    def _bytes_needed(self, T, B, backward):
-        """Peak bytes a forward pass (``backward``: keeping the tape, then BPTT) allocates."""
-        N, D, L = self.hidden_size, self.num_directions, self.num_layers
-        GN = self.gate_count * N
-        cell = self.definition
-        record = N * (cell.state_count + cell.aux_count)  # out_h, out_c, aux per step
-        concat = D * N if D == 2 else 0  # a bidirectional layer's output is a concatenated copy
-        widest_in = max(self.input_size, D * N)
-        if backward:  # every layer's records stay, then the sweep's cotangents
-            kept = L * (D * record + concat)
-            extra = (GN * (2 if cell.separate else 1) + cell.read_count * N + N
-                     + 2 * widest_in + 1)
-        else:  # one layer's records, its input and the projection in flight
-            kept = D * record + concat + D * N
-            extra = GN
-        return T * B * (kept + extra) * self.dtype.itemsize
-
-    def _check_memory(self, what, T, B, backward):
-        need = self._bytes_needed(T, B, backward)
-        if need < _memory.CHECK_FROM:
-            return
-        _memory.check(what, need, f"T={T} steps, B={B} sequences, {self._describe()}",
-                      _memory.steps_that_fit(T, need, "run the sequence in shorter pieces (each "
-                                                      "continues from the previous h_n)"))
-
-    def _describe(self):
-        """'N=64 units (lstm, 2 layers, float32)': what a memory error names."""
-        layers = f"{self.num_layers} layer{'s' if self.num_layers > 1 else ''}"
-        return (f"N={self.hidden_size} units ({self.cell}, {layers}"
-                f"{', bidirectional' if self.bidirectional else ''}, {self.dtype})")
-
-    def _forward_pass(self, x, h0, c0, params=None):
-        """x (T, B, I), h0/c0 (L*D, B, N). Returns output (T, B, D*N), h_n, c_n, tape.
-
-        ``params``: checked parameters (:meth:`_validated_parameters`; default: checked now).
-        """
-        if params is None:
-            params = self._validated_parameters()
-        # numrnn's own threads do the parallel work (cpu.threads); NaN/inf born inside are
-        # reported by numrnn itself (numrnn.errors), not as NumPy's RuntimeWarnings
-        with cpu.single_threaded(), np.errstate(all="ignore"):
-            return self._forward_layers(x, h0, c0, params)
-
-    def _forward_layers(self, x, h0, c0, params):
-        T, B, _ = x.shape
-        N, D = self.hidden_size, self.num_directions
-        h_n = np.empty((self.num_layers * D, B, N), self.dtype)
-        c_n = np.empty_like(h_n)
-        layer_in = x
-        tape = []
-        reported = False
-        opts = self.options_array()
-        for layer in range(self.num_layers):
-            outs, records = [], []
-            flat_in = layer_in.reshape(T * B, -1)
-            for d in range(D):
-                k = layer * D + d
-                w_ih, w_hh, b_ih, b_hh = self.layer_params(layer, d, params)
-                xp = cpu.matmul(flat_in, w_ih.T)
-                if b_ih is not None:
-                    if self.definition.separate:  # the cell sees W_ih x + b_ih on its own
-                        xp += b_ih
-                    else:  # only xp + hp enters the cell: add b_ih with b_hh, once per step
-                        b_hh = b_hh + b_ih
-                xp = xp.reshape(T, B, -1)
-                out_h, out_c, aux, bad = cpu.forward(self.definition, opts, xp, w_hh, b_hh,
-                                                     h0[k], c0[k], d == 1)
-                reported = reported or errors.check_state(bad, layer, d == 1)
-                last = 0 if d == 1 else T - 1
-                h_n[k] = out_h[last]
-                c_n[k] = out_c[last] if self.state_count == 2 else 0.0
-                outs.append(out_h)
-                records.append((out_h, out_c, aux))
-            tape.append((layer_in, records))
-            layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-        return layer_in, h_n, c_n, tape
-
-    def _backward_pass(self, tape, h0, c0, d_out, d_h_n, d_c_n, truncate, params):
-        """BPTT through every layer with the parameters the forward pass ran with; returns
-        (grads, time-major input gradient, d_h0, d_c0, state_grad_norm (T, B) float64)."""
-        with cpu.single_threaded(), np.errstate(all="ignore"):
-            return self._backward_layers(tape, h0, c0, d_out, d_h_n, d_c_n, truncate, params)
-
-    def _backward_layers(self, tape, h0, c0, d_out, d_h_n, d_c_n, truncate, params):
-        N, D, G = self.hidden_size, self.num_directions, self.gate_count
-        T, B = d_out.shape[:2]
-        # every parameter's gradient, and those of h0 and c0, in one buffer (laid out as the
-        # parameters): one reduction checks them all for NaN/inf at the end
-        n_params = self._flat.size
-        buffer = np.empty(n_params + 2 * h0.size, self.dtype)
-        grads = self._views(buffer[:n_params])
-        d_h0 = buffer[n_params:n_params + h0.size].reshape(h0.shape)
-        d_c0 = buffer[n_params + h0.size:].reshape(c0.shape)
-        norms = None
-        reported = False
-        cell, opts = self.definition, self.options_array()
-        for layer in reversed(range(self.num_layers)):
-            layer_in, records = tape[layer]
-            flat_in = layer_in.reshape(T * B, -1)
-            d_in = None
-            for d in range(D):
-                k = layer * D + d
-                sfx = self._suffix(layer, d)
-                w_ih, w_hh, b_ih, _ = self.layer_params(layer, d, params)
-                out_h, out_c, aux = records[d]
-                d_dir = np.ascontiguousarray(d_out[:, :, d * N:(d + 1) * N])
-                dxp, dhp, d_h0[k], d_c0[k], norm, bad = cpu.backward(
-                    cell, opts, w_hh, h0[k], c0[k], out_h, out_c, aux, d_dir, d_h_n[k],
-                    d_c_n[k], d == 1, truncate)
-                reported = reported or errors.check_gradient(bad, layer, d == 1, T, self.dtype)
-                if layer == self.num_layers - 1:  # the last layer's dL/dh_t, both directions
-                    norms = norm if norms is None else np.hypot(norms, norm)
-                dxp2 = dxp.reshape(T * B, G * N)
-                dhp2 = dhp.reshape(T * B, G * N)
-                cpu.matmul_tn(dxp2, flat_in, out=grads["weight_ih" + sfx])
-                d_w = grads["weight_hh" + sfx]
-                d_m = cpu.recurrent_weight_grad(cell, opts, dhp, h0[k], c0[k], out_h, out_c,
-                                                d == 1, out=d_w if cell.matrix is None else None)
-                cell.weight_hh_grad(d_m, N, self.cell_options, out=d_w)
-                if self.bias:
-                    np.add.reduce(dxp2, axis=0, out=grads["bias_ih" + sfx])
-                    # the two cotangents are one array for summed projections: sum it once
-                    if dhp is dxp:
-                        np.copyto(grads["bias_hh" + sfx], grads["bias_ih" + sfx])
-                    else:
-                        np.add.reduce(dhp2, axis=0, out=grads["bias_hh" + sfx])
-                d_proj = cpu.matmul(dxp2, w_ih)
-                d_in = d_proj if d_in is None else d_in + d_proj
-            d_out = d_in.reshape(T, B, -1)
-        if not reported:  # dL/dh stayed finite: a sum over T*B terms may still overflow
-            errors.check_sums(list(grads.items()) + [("input", d_out), ("h0", d_h0),
-                                                     ("c0", d_c0)], T * B, self.dtype,
-                              together=(buffer, d_out))
-        return grads, d_out, d_h0, d_c0, norms
 
     def forward(self, x, h0=None):
         """Run the network over a sequence.
@@ -728,22 +548,7 @@ class RNN:
         every step, and BLAS may round a row differently in products of different sizes (it
         agrees to rounding, a few ulps).
         """
-        if self.device == "cuda":
-            from .gpu import passes
-
-            return passes.forward(self, x, h0)
-        x, unbatched = self._check_input(x)
-        h0, c0 = self._split_state(h0, x.shape[1], unbatched)
-        params = self._validated_parameters()
-        self._check_memory("forward", x.shape[0], x.shape[1], backward=False)
-        out, h_n, c_n, _ = self._forward_pass(x, h0, c0, params)
-        return self._pack(out, h_n, c_n, unbatched)
-
-    def _pack(self, out, h_n, c_n, unbatched):
-        out = self._to_user_layout(out, unbatched)
-        if unbatched:
-            h_n, c_n = h_n[:, 0], c_n[:, 0]
-        return out, ((h_n, c_n) if self.state_count == 2 else h_n)
+        return driver.forward(self, x, h0)
 
     def forward_vjp(self, x, d_output, h0=None, d_h_n=None, truncate=None):
         """Forward pass and vector-Jacobian product in one call.
@@ -751,10 +556,6 @@ class RNN:
         Returns ``(output, h_n, grads)`` where ``output, h_n`` are exactly what :meth:`forward`
         returns and ``grads`` is what :meth:`vjp` returns.
         """
-        if self.device == "cuda":
-            from .gpu import passes
-
-            return passes.forward_vjp(self, x, d_output, h0, d_h_n, truncate)
         out, h_n, pullback = self.forward_pullback(x, h0)
         return out, h_n, pullback(d_output, d_h_n, truncate)
 
@@ -784,63 +585,7 @@ class RNN:
         >>> sorted(grads)[:2]
         ['bias_hh_l0', 'bias_ih_l0']
         """
-        if self.device == "cuda":
-            from .gpu import passes
-
-            out, h_n = passes.forward(self, x, h0)
-
-            def pullback_gpu(d_output, d_h_n=None, truncate=None):
-                # the GPU passes keep no tape between calls: the forward pass is recomputed
-                return passes.forward_vjp(self, x, d_output, h0, d_h_n, truncate)[2]
-
-            return out, h_n, pullback_gpu
-        x, unbatched = self._check_input(x)
-        T, B = x.shape[:2]
-        h0, c0 = self._split_state(h0, B, unbatched)
-        params = self._validated_parameters(snapshot=True)
-        self._check_memory("forward_vjp: the BPTT tape", T, B, backward=True)
-        out, h_n, c_n, tape = self._forward_pass(x, h0, c0, params)
-        D, N, LD = self.num_directions, self.hidden_size, self.num_layers * self.num_directions
-        out_shape = (T, D * N) if unbatched else ((B, T, D * N) if self.batch_first
-                                                  else (T, B, D * N))
-
-        def pullback(d_output, d_h_n=None, truncate=None):
-            d_out = _v.check_float_array("d_output", d_output, self.dtype, [out_shape])
-            if unbatched:
-                d_out = d_out[:, None, :]
-            elif self.batch_first:
-                d_out = np.ascontiguousarray(d_out.transpose(1, 0, 2))
-            d_h, d_c = self._check_state_cotangent(d_h_n, B, unbatched, LD, N)
-            if truncate is not None:
-                truncate = _v.check_int("truncate", truncate, 1)
-            grads, d_x, d_h0, d_c0, norms = self._backward_pass(tape, h0, c0, d_out, d_h, d_c,
-                                                                truncate, params)
-            grads["input"] = self._to_user_layout(d_x, unbatched)
-            grads["h0"] = d_h0[:, 0] if unbatched else d_h0
-            if self.state_count == 2:  # the second state's (LSTM's c0, coRNN's z0)
-                grads["c0"] = d_c0[:, 0] if unbatched else d_c0
-            grads["state_grad_norm"] = norms[:, 0] if unbatched else norms
-            return grads
-
-        out, h_n = self._pack(out, h_n, c_n, unbatched)
-        return out, h_n, pullback
-
-    def _check_state_cotangent(self, d_h_n, batch, unbatched, LD, N):
-        zeros = np.zeros((LD, batch, N), self.dtype)
-        if d_h_n is None:
-            return zeros, zeros
-        if self.state_count == 2:
-            if not isinstance(d_h_n, (tuple, list)) or len(d_h_n) != 2:
-                a, b = self.definition.states
-                raise TypeError(f"d_h_n: the {self.cell} cell's final state is a pair ({a}_n, "
-                                f"{b}_n); expected a pair of cotangents, got "
-                                f"{type(d_h_n).__name__}")
-            dh, dc = d_h_n
-        else:
-            dh, dc = d_h_n, None
-        dh = zeros if dh is None else self._check_state("d_h_n", dh, batch, unbatched)
-        dc = zeros if dc is None else self._check_state("d_c_n", dc, batch, unbatched)
-        return dh, dc
+        return driver.forward_pullback(self, x, h0)
 
     def vjp(self, x, d_output, h0=None, d_h_n=None, truncate=None):
         """Vector-Jacobian product by backpropagation through time.

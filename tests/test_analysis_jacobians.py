@@ -6,8 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import numrnn
+from numrnn import driver
 from numrnn.analysis import pack_state, state_size, step_jvp, step_vjp, unpack_state
-from numrnn.analysis.jacobians import _Linearisation
+from numrnn.analysis.linearisation import Linearisation
 
 from .problems import overflowing_net
 from .tolerance import assert_close, rel_error
@@ -52,9 +53,9 @@ def step_map(net, x, t, s):
 
 def trajectory(net, x, h0=None):
     """(s_{-1}, s_0, ..., s_{T-1}) via the linearisation's record, shape (T+1, B, S)."""
-    x_tm, _ = net._check_input(x)
-    h, c = net._split_state(h0, x_tm.shape[1], False)
-    lin = _Linearisation(net, x_tm, h, c)
+    x_tm, _ = driver.check_input(net, x)
+    h, c = driver.split_state(net, h0, x_tm.shape[1], False)
+    lin = Linearisation(net, x_tm, h, c)
     return np.concatenate([lin.initial_state()[None], lin.states()])
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import numrnn
+from numrnn import driver
 from numrnn import _memory, config
 
 
@@ -22,9 +23,9 @@ def test_a_tape_larger_than_memory_raises_before_allocating(monkeypatch):
         assert words in msg, (words, msg)
     t_max = int(msg.split("at most T=")[1].split()[0])
     assert 20000 < t_max < 40000
-    need = net._bytes_needed(40000, 32, backward=True)
+    need = driver.bytes_needed(net, 40000, 32, backward=True)
     assert need > 24 * 2**30
-    assert net._bytes_needed(t_max, 32, backward=True) <= 24 * 2**30
+    assert driver.bytes_needed(net, t_max, 32, backward=True) <= 24 * 2**30
 
 
 def test_the_real_limit_applies_without_patching():
@@ -33,7 +34,7 @@ def test_the_real_limit_applies_without_patching():
     if avail is None:
         pytest.skip("the available memory cannot be read here")
     net = numrnn.RNN(1, 256, cell="lstm", seed=0)
-    T = int(2 * avail // net._bytes_needed(1, 32, backward=True)) + 1
+    T = int(2 * avail // driver.bytes_needed(net, 1, 32, backward=True)) + 1
     with pytest.raises(MemoryError, match=f"T={T} steps"):
         net.forward_pullback(np.zeros((T, 32, 1)))
 

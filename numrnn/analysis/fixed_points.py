@@ -6,8 +6,7 @@ import scipy.linalg
 import scipy.optimize
 
 from .. import _validation as _v
-from .jacobians import _check_net, _Linearisation, state_size, unpack_state
-from .lyapunov import _rng
+from .linearisation import Linearisation, check_net, generator, state_size, unpack_state
 
 __all__ = ["FixedPointsResult", "fixed_points"]
 
@@ -96,7 +95,7 @@ class _StepMap:
         state = unpack_state(self.net, s)
         h, c = state if isinstance(state, tuple) else (state, np.zeros_like(state))
         x = np.ascontiguousarray(np.broadcast_to(self.x, (1, M, self.x.size)))
-        return _Linearisation(self.net, x, np.ascontiguousarray(h), np.ascontiguousarray(c),
+        return Linearisation(self.net, x, np.ascontiguousarray(h), np.ascontiguousarray(c),
                               coefficients=coefficients, caller="fixed_points")
 
     def value(self, s):
@@ -197,7 +196,7 @@ def fixed_points(net, x_const=None, *, n_initial=64, seed=None, tol=None, initia
     >>> int(res.stable.sum()), res.points.shape[1]      # four attractors of tanh(2 h) = h
     (4, 2)
     """
-    _check_net(net, "a fixed point of the step map")
+    check_net(net, "a fixed point of the step map")
     S = state_size(net)
     if x_const is None:
         x_const = np.zeros(net.input_size, net.dtype)
@@ -209,7 +208,7 @@ def fixed_points(net, x_const=None, *, n_initial=64, seed=None, tol=None, initia
         tol = 1e-10 if net.dtype == np.float64 else 1e-5
     tol = _v.check_real("tol", tol, 0.0, low_open=True)
     unique_tol = _v.check_real("unique_tol", unique_tol, 0.0, low_open=True)
-    rng = _rng(seed)
+    rng = generator(seed)
     step = _StepMap(net, x_const)
     if initial_states is None:
         cand = _sample_candidates(net, step, n_initial, trajectory_steps, rng)

@@ -4,10 +4,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from .. import errors
+from .. import driver, errors
 from ..cpu import jacobians as _k
-from .jacobians import _check_net, _Linearisation, state_size
-from .lyapunov import _check_schedule, _fmt_list, _frames, _local_sums, _rng
+from .linearisation import (Linearisation, check_net, check_schedule, fmt_list, frames,
+                            generator, local_sums, state_size)
 
 __all__ = ["GradientPropagationResult", "gradient_propagation"]
 
@@ -79,7 +79,7 @@ class GradientPropagationResult:
         last = last if last.ndim == 1 else last[0]
         return (f"GradientPropagationResult(decay rate = {dr:.6g} per step, lambda_max = "
                 f"{lm:.6g} per step{batch}; lags {span}, S = {S}, T = {self.n_steps})\n"
-                f"  ln sigma at tau = {lags[-1]}: {_fmt_list(last)}")
+                f"  ln sigma at tau = {lags[-1]}: {fmt_list(last)}")
 
 
 def _graded_singular_values(log_d, u, max_sweeps=60):
@@ -208,15 +208,15 @@ def gradient_propagation(net, x, h0=None, *, lags=None, transient=None, seed=Non
     >>> round(res.decay_rate, 6)          # ln 0.9 per step
     -0.105361
     """
-    _check_net(net, "gradient propagation")
-    x_tm, unbatched = net._check_input(x)
-    h, c = net._split_state(h0, x_tm.shape[1], unbatched)
+    check_net(net, "gradient propagation")
+    x_tm, unbatched = driver.check_input(net, x)
+    h, c = driver.split_state(net, h0, x_tm.shape[1], unbatched)
     T, B, S = x_tm.shape[0], x_tm.shape[1], state_size(net)
     lags = _check_lags(lags, T)
-    _, transient, _, _ = _check_schedule(T, 1, S, transient, 1, None)
-    rng = _rng(seed)
+    _, transient, _, _ = check_schedule(T, 1, S, transient, 1, None)
+    rng = generator(seed)
     n_lags = lags.size
-    lin = _Linearisation(net, x_tm, h, c, caller="gradient_propagation",
+    lin = Linearisation(net, x_tm, h, c, caller="gradient_propagation",
                          extra_bytes=(n_lags * B * S * (S + 3) + 4 * B * S * S) * 8,
                          extra_label=f"the graded factors of {n_lags} lags, (lags, B, S, S) = "
                                      f"({n_lags}, {B}, {S}, {S})",
@@ -225,7 +225,7 @@ def gradient_propagation(net, x, h0=None, *, lags=None, transient=None, seed=Non
                                             "at a time may fit")
     slots = np.full(T, -1, np.int64)
     slots[lags - 1] = np.arange(n_lags)
-    q = np.ascontiguousarray(_frames(rng, B, S, S, lin.dtype).reshape(B, lin.LD, lin.P, lin.N,
+    q = np.ascontiguousarray(frames(rng, B, S, S, lin.dtype).reshape(B, lin.LD, lin.P, lin.N,
                                                                           S))
     log_d = np.empty((n_lags, B, S))
     u = np.empty((n_lags, B, S, S))
@@ -249,7 +249,7 @@ def gradient_propagation(net, x, h0=None, *, lags=None, transient=None, seed=Non
         sv = np.exp(log_sv)
     log_norms = log_sv[..., 0]
     decay = _decay_rates(lags, log_norms)
-    sums, lengths = _local_sums(lin, 1, transient, 1, rng, caller="gradient_propagation")
+    sums, lengths = local_sums(lin, 1, transient, 1, rng, caller="gradient_propagation")
     lam = sums[:, :, 0].sum(axis=0) / lengths.sum()
     if unbatched:
         log_sv, sv, log_norms = log_sv[:, 0], sv[:, 0], log_norms[:, 0]

@@ -1,23 +1,16 @@
 r"""Lyapunov spectra by Benettin's QR method, along network trajectories or for given matrices."""
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import _validation as _v
-from .. import errors
+from .. import driver
 from ..cpu import jacobians as _k
-from .jacobians import _check_net, _Linearisation, state_size
+from .linearisation import (Linearisation, check_net, check_schedule, check_status, fmt_list,
+                            frames, generator, local_sums, schedule, state_size)
 
 __all__ = ["LyapunovResult", "lyapunov_spectrum", "lyapunov_from_jacobians"]
-
-
-def _fmt_list(values, head=5, tail=2):
-    vals = [f"{v:.6g}" for v in values]
-    if len(vals) > head + tail + 1:
-        vals = vals[:head] + ["..."] + vals[-tail:]
-    return "[" + ", ".join(vals) + "]"
 
 
 @dataclass(frozen=True, repr=False)
@@ -151,59 +144,10 @@ class LyapunovResult:
                 f"k = {k} of S = {self.state_size}, D_KY = {self.kaplan_yorke_dimension:.4g}, "
                 f"h_KS = {self.ks_entropy:.4g}; {self.n_steps} steps after a transient of "
                 f"{self.transient}, orthonormalised every {self.ons_interval})\n"
-                f"  exponents: {_fmt_list(lam)}\n  stderr:    {_fmt_list(se)}")
+                f"  exponents: {fmt_list(lam)}\n  stderr:    {fmt_list(se)}")
 
 
 # --- shared pieces ----------------------------------------------------------------------------
-
-
-def _rng(seed):
-    """A numpy Generator from ``seed`` (see :func:`numrnn._validation.check_seed`)."""
-    return _v.check_seed(seed)
-
-
-def _schedule(T, transient, m):
-    """When to orthonormalise (qr_at), which block each QR records into (-1: transient), and
-    the block lengths."""
-    qr_at = np.zeros(T, np.bool_)
-    record_at = np.full(T, -1, np.int64)
-    lengths = []
-    count = 0
-    for t in range(T):
-        count += 1
-        if count == m or t == T - 1 or t == transient - 1:
-            qr_at[t] = True
-            if t >= transient:
-                record_at[t] = len(lengths)
-                lengths.append(count)
-            count = 0
-    return qr_at, record_at, np.array(lengths, np.int64)
-
-
-def _frames(rng, B, S, k, dtype):
-    """B random orthonormal (S, k) frames (QR of Gaussian matrices)."""
-    q = np.empty((B, S, k))
-    for b in range(B):
-        q[b] = np.linalg.qr(rng.standard_normal((S, k)))[0]
-    return q.astype(dtype)
-
-
-def _check_schedule(T, k, S, transient, ons_interval, n_segments):
-    if k is None:
-        k = S
-    k = _v.check_int("k", k, 1)
-    if k > S:
-        raise ValueError(f"k: expected at most S = {S} exponents (the state size), got {k}")
-    if transient is None:
-        transient = T // 10
-    transient = _v.check_int("transient", transient, 0)
-    if transient >= T:
-        raise ValueError(f"transient: expected fewer steps than the trajectory's T = {T}, got "
-                         f"{transient}")
-    m = _v.check_int("ons_interval", ons_interval, 1)
-    if n_segments is not None:
-        n_segments = _v.check_int("n_segments", n_segments, 1)
-    return k, transient, m, n_segments
 
 
 def _summarise(sums, lengths, transient, m, n_segments, S, unbatched):
@@ -226,93 +170,6 @@ def _summarise(sums, lengths, transient, m, n_segments, S, unbatched):
     return LyapunovResult(exponents=exponents, stderr=stderr, local=local[:, 0] if unbatched
                           else local, block_lengths=lengths, n_steps=n_steps, transient=transient,
                           ons_interval=m, n_segments=n_segments, state_size=S)
-
-
-def _local_sums(lin, k, transient, m, rng, caller="lyapunov_spectrum"):
-    """Benettin's loop on a linearised trajectory; returns (sums (n_blocks, B, k), lengths).
-
-    Raises ValueError when ``m`` (ons_interval) is too long, and reports a frame lost to inf or
-    NaN (numrnn.errors), naming ``caller``."""
-    qr_at, record_at, lengths = _schedule(lin.T, transient, m)
-    q = _frames(rng, lin.B, lin.S, k, lin.dtype)
-    qb = np.ascontiguousarray(q.reshape(lin.B, lin.LD, lin.P, lin.N, k))
-    sums = np.zeros((lengths.size, lin.B, k))
-    status = _k.lyapunov(lin.kernel_args(), qb, qr_at, record_at, sums, m > 1)
-    _check_status(status, m, caller, lin.dtype)
-    return sums, lengths
-
-
-def _suggest(n, gap, top, bottom, dtype):
-    """An ons_interval (>= 1, below the refused block's length n) from the growth rates per step
-    measured on the refused block: the largest gap lambda_1 - lambda_i, lambda_1 and lambda_k.
-
-    Each limit keeps a margin of a factor 2 in the logarithm: the columns stay apart by an angle
-    of about eps^(1/4) (the check is sqrt(eps)), and the frame within the square root of the
-    largest and of the smallest number the check allows."""
-    info = np.finfo(dtype)
-    _, log_tiny = _k.qr_limits(dtype)
-    limits = [n - 1.0]
-    if not (np.isfinite(gap) and np.isfinite(top) and np.isfinite(bottom)):
-        return 1
-    if gap > 0.0:
-        limits.append(-0.25 * math.log(float(info.eps)) / gap)
-    if top > 0.0:
-        limits.append(0.5 * math.log(float(info.max)) / top)
-    if bottom < 0.0:
-        limits.append(0.5 * log_tiny / bottom)
-    return max(1, int(math.floor(min(limits))))
-
-
-def _ons_message(row, b, m, dtype):
-    """ValueError text for an ons_interval that the QR loop caught as too long; ``row`` is the
-    kernel's status of sequence b (kind, t, n, measure, column, gap, lambda_1, lambda_k)."""
-    kind, t, n, measure, col = int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(row[4])
-    gap, top, bottom = (float(v) for v in row[5:8])
-    sugg = _suggest(n, gap, top, bottom, dtype)
-    ortho_tol, _ = _k.qr_limits(dtype)
-    head = (f"ons_interval: {m} steps between orthonormalisations is too long here: at step "
-            f"t={t} of sequence b={b}, {n} steps after the last orthonormalisation, ")
-    if kind == _k.FAIL_OVERFLOW:
-        what = "the propagated frame J_t ... J_1 Q overflowed to inf or NaN"
-    elif kind == _k.FAIL_UNDERFLOW:
-        frame = "the propagated frame" if col < 0 else f"column {col + 1} of the propagated frame"
-        if np.isfinite(measure):
-            what = (f"{frame} shrank to {math.exp(measure):.3g}, where its smallest parts would "
-                    "lose digits to subnormal numbers")
-        else:
-            what = (f"{frame} became exactly 0 (underflow, or an exactly singular step that "
-                    "killed part of the frame)")
-    else:
-        what = (f"column {col + 1} of the propagated frame J_t ... J_1 Q lay within an angle of "
-                f"sin = {measure:.3g} of the span of the columns before it, below sqrt(eps) = "
-                f"{ortho_tol:.2g}: the QR would return exponent {col + 1}'s ln|R_ii| mostly as "
-                "rounding error")
-    if np.isfinite(gap) and np.isfinite(top):
-        apart = f" and its directions separated by up to {gap:.3g} per step" if gap > 0 else ""
-        rates = (f" (replayed with a QR after every step, that block grew by lambda_1 = "
-                 f"{top:.3g} per step{apart})")
-    else:
-        rates = (" (replayed with a QR after every step, that block has an exactly singular "
-                 "step: only ons_interval=1 measures it, and the exponents it kills are -inf)")
-    advice = "Use ons_interval=1." if sugg == 1 else f"Use ons_interval={sugg} or less."
-    return f"{head}{what}{rates}. {advice}"
-
-
-def _check_status(status, m, caller, dtype):
-    """Raise ValueError for an ons_interval the QR loop found too long; report (numrnn.errors)
-    a frame lost to inf or NaN."""
-    failed = np.flatnonzero(status[:, 0] != _k.FAIL_NONE)
-    for b in failed:
-        if int(status[b, 0]) != _k.FAIL_NONFINITE:  # the kernel stopped there
-            raise ValueError(_ons_message(status[b], int(b), m, dtype))
-    if failed.size:
-        b = int(failed[0])
-        t = int(status[b, 1])
-        errors.report(
-            f"{caller}: the tangent frame became NaN or inf at step t={t} of sequence b={b}, "
-            f"one step after an orthonormalisation, from a finite trajectory: the step "
-            f"Jacobian's product with the frame overflowed {np.dtype(dtype)} (the exponents of "
-            "that sequence are NaN)")
 
 
 # --- public -----------------------------------------------------------------------------------
@@ -417,8 +274,8 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
     >>> res.exponents.shape, bool(res.exponents[0] > 0)
     ((3,), True)
     """
-    _check_net(net, "the Lyapunov spectrum")
-    rng = _rng(seed)
+    check_net(net, "the Lyapunov spectrum")
+    rng = generator(seed)
     if x is None:
         if n_steps is None:
             raise ValueError("n_steps: expected the number of steps of the autonomous run (x is "
@@ -426,16 +283,16 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
         x, h0 = _autonomous_input(net, n_steps, h0, rng)
     elif n_steps is not None:
         raise ValueError(f"n_steps: x fixes the number of steps; expected None, got {n_steps!r}")
-    x_tm, unbatched = net._check_input(x)
-    h, c = net._split_state(h0, x_tm.shape[1], unbatched)
+    x_tm, unbatched = driver.check_input(net, x)
+    h, c = driver.split_state(net, h0, x_tm.shape[1], unbatched)
     T = x_tm.shape[0]
-    k, transient, m, n_segments = _check_schedule(T, k, state_size(net), transient,
+    k, transient, m, n_segments = check_schedule(T, k, state_size(net), transient,
                                                   ons_interval, n_segments)
     B, S = x_tm.shape[1], state_size(net)
-    lin = _Linearisation(net, x_tm, h, c, caller="lyapunov_spectrum",
+    lin = Linearisation(net, x_tm, h, c, caller="lyapunov_spectrum",
                          extra_bytes=(2 * B * S * k + 2 * (T // m + 3) * B * k) * 8,
                          extra_label=f"the frames of k={k} tangent vectors")
-    sums, lengths = _local_sums(lin, k, transient, m, rng)
+    sums, lengths = local_sums(lin, k, transient, m, rng)
     return _summarise(sums, lengths, transient, m, n_segments, lin.S, unbatched)
 
 
@@ -498,11 +355,11 @@ def lyapunov_from_jacobians(J, *, k=None, transient=None, ons_interval=1, seed=N
     unbatched = J.ndim == 3
     Jb = np.ascontiguousarray(J[:, None] if unbatched else J)
     T, B, S = Jb.shape[:3]
-    k, transient, m, n_segments = _check_schedule(T, k, S, transient, ons_interval, n_segments)
-    rng = _rng(seed)
-    qr_at, record_at, lengths = _schedule(T, transient, m)
-    q = np.ascontiguousarray(_frames(rng, B, S, k, J.dtype).reshape(B, S, 1, 1, k))
+    k, transient, m, n_segments = check_schedule(T, k, S, transient, ons_interval, n_segments)
+    rng = generator(seed)
+    qr_at, record_at, lengths = schedule(T, transient, m)
+    q = np.ascontiguousarray(frames(rng, B, S, k, J.dtype).reshape(B, S, 1, 1, k))
     sums = np.zeros((lengths.size, B, k))
     status = _k.lyapunov_dense(Jb, q, qr_at, record_at, sums, m > 1)
-    _check_status(status, m, "lyapunov_from_jacobians", J.dtype)
+    check_status(status, m, "lyapunov_from_jacobians", J.dtype)
     return _summarise(sums, lengths, transient, m, n_segments, S, unbatched)

@@ -13,6 +13,6 @@ from .registry import (choices, names, register, registered, resolve, unregister
                        with_torch_twin)
 from . import builtin, literature  # noqa: E402,F401 - registers the cells
 
-__all__ = ["Cell", "CellCheckError", "check_cell", "signature", "register", "unregister", "resolve",
+__all__ = ["builtin", "literature", "Cell", "CellCheckError", "check_cell", "signature", "register", "unregister", "resolve",
            "names", "choices", "registered", "with_torch_twin",
            "functions", "sigmoid", "sigmoid_grad", "NONLINEARITIES"]

@@ -373,7 +373,7 @@ def check_cell(cell, *, trials=20, seed=0, eps=1e-6, rtol=1e-5, atol=1e-7, optio
         raise TypeError(f"cell: expected a numrnn.Cell, got {type(cell).__name__}")
     opts = list(cell.resolve_options(options).values())
     rng = random.Random(seed)
-    P, A, n_pre = cell.state_count, cell.aux_count, cell.pre_count
+    P, n_pre = cell.state_count, cell.pre_count
     n_in = n_pre + P
     worst = 0.0
 

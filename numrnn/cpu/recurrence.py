@@ -192,6 +192,13 @@ def _matmul(a, b, out, use_blas):
 # coRNN does) and ``TWO_STATES`` are compile-time constants of each cell's kernels.
 
 
+#: The names each cell's kernels bind (in the globals :func:`_for_cell` gives them): the
+#: generic kernels below are never compiled with these values.
+DIRECT = TWO_STATES = None
+row_forward = row_backward = read_row = read_pullback_row = row_coefficients = None
+recurrent_projection = recurrent_pullback = gradient_norm = None
+
+
 def _make_projection(fingerprint):
     def _recurrent_projection(p0, p1, b0, w_hh_t, w_hh, b_hh, mode, opts, one, rec, rec_t,
                               hp_t, hp):

@@ -1,0 +1,133 @@
+"""The CPU backend's side of the layer loop (:mod:`numrnn.driver`).
+
+:mod:`numrnn.gpu.backend` has the same functions with the same signatures; the driver calls one
+or the other and never asks which.  Arrays here are NumPy arrays; the recurrence runs in the
+compiled kernels of :mod:`numrnn.cpu.recurrence` on numrnn's own threads.
+"""
+import contextlib
+
+import numpy as np
+
+from .. import _memory
+from .. import _validation as _v
+from . import blas, recurrence, threads
+
+name = "cpu"
+
+
+class Session:
+    """One call's arguments and results: host arrays in, host arrays out."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def take(self, label, a, shapes):
+        """Validate an argument (shape, dtype, finiteness); the array the kernels read."""
+        return _v.check_float_array(label, a, self.dtype, shapes)
+
+    def give(self, a):
+        """A result, as the caller receives it."""
+        return a
+
+
+def session(dtype, x):
+    """The :class:`Session` of a call whose input is ``x``."""
+    return Session(dtype)
+
+
+@contextlib.contextmanager
+def running():
+    """Around a pass: numrnn's own threads do the parallel work (the BLAS is held to one), and
+    NaN/inf born inside are reported by numrnn (:mod:`numrnn.errors`), not as NumPy warnings."""
+    with blas.single_threaded(), np.errstate(all="ignore"):
+        yield
+
+
+def upload(a):
+    """A host array where the kernels read it (here: as it is)."""
+    return a
+
+
+def to_host(a):
+    return a
+
+
+def store(dst, host):
+    """Write the host array ``host`` into ``dst``."""
+    np.copyto(dst, host)
+
+
+def empty(shape, dtype):
+    return np.empty(shape, dtype)
+
+
+def zeros(shape, dtype):
+    return np.zeros(shape, dtype)
+
+
+def copy(dst, src):
+    dst[...] = src
+
+
+def swap01(a):
+    """(T, B, F) <-> (B, T, F), C-contiguous."""
+    return np.ascontiguousarray(a.transpose(1, 0, 2))
+
+
+def part(a, d, n, parts):
+    """Columns [d*n, (d+1)*n) of a (T, B, parts*n) array, C-contiguous (the kernels read rows)."""
+    return a if parts == 1 else np.ascontiguousarray(a[:, :, d * n:(d + 1) * n])
+
+
+def project(flat_in, w_ih, bias):
+    """The input projection of every step, flat_in (T*B, I) @ w_ih.T (+ bias): one product."""
+    xp = threads.matmul(flat_in, w_ih.T)
+    if bias is not None:
+        xp += bias
+    return xp
+
+
+def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, into=None, d=0):
+    """:func:`numrnn.cpu.recurrence.forward`; with ``into`` (T, B, D*N) the states are also
+    written to its columns of direction ``d`` (a bidirectional layer's output)."""
+    out_h, out_c, aux, bad = recurrence.forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse)
+    if into is not None:
+        n = out_h.shape[2]
+        into[:, :, d * n:(d + 1) * n] = out_h
+    return out_h, out_c, aux, bad
+
+
+backward = recurrence.backward
+recurrent_weight_grad = recurrence.recurrent_weight_grad
+
+
+def matmul_tn(a, b, out):
+    """out = a.T @ b (the weight gradients: one product after the sweep)."""
+    return threads.matmul_tn(a, b, out=out)
+
+
+def matmul(a, b, out=None, accumulate=False):
+    """a @ b; into ``out`` if given (``accumulate``: out += a @ b)."""
+    product = threads.matmul(a, b)
+    if out is None:
+        return product
+    if accumulate:
+        out += product
+    else:
+        np.copyto(out, product)
+    return out
+
+
+def colsum(a, out):
+    np.add.reduce(a, axis=0, out=out)
+    return out
+
+
+def hypot(a, b):
+    """a = hypot(a, b) elementwise (two directions' gradient norms together)."""
+    return np.hypot(a, b, out=a)
+
+
+def check_memory(what, nbytes, detail, fits):
+    """MemoryError with the sizes, before allocating, when ``nbytes`` do not fit."""
+    _memory.check(what, nbytes, detail, fits)
