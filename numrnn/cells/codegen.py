@@ -7,7 +7,8 @@ generated functions are compiled with the cell's twins (:mod:`numrnn.cells.twins
 ``step``, ``vjp``, ``jvp``, ``read_map`` and ``read_map_grad``.
 """
 
-__all__ = ["Source", "step_lines", "vjp_lines", "jvp_lines", "options_lines"]
+__all__ = ["Source", "step_lines", "vjp_lines", "jvp_lines", "options_lines", "read_expr",
+           "read_grad_expr", "compile_functions"]
 
 
 class Source:
@@ -82,7 +83,14 @@ def read_grad_expr(cell, state_expr):
     return f"read_map_grad({state_expr}, {', '.join(_opt_args(cell))})"
 
 
-def compile_functions(src, namespace, filename):
-    """exec ``src`` (a :class:`Source`) into ``namespace``; returns the namespace."""
+def compile_functions(src, cell, twins, filename):
+    """exec ``src`` (a :class:`Source`) with the cell's functions, as ``twins``
+    (:class:`numrnn.cells.twins.Twins`) makes them for a backend, bound to the names the
+    generated code calls (``step``, ``vjp``, ``jvp``, ``read_map``, ``read_map_grad``); returns
+    the namespace holding the generated functions."""
+    namespace = {"step": twins(cell.step), "vjp": twins(cell.vjp), "jvp": twins(cell.jvp)}
+    if cell.read_map is not None:
+        namespace["read_map"] = twins(cell.read_map)
+        namespace["read_map_grad"] = twins(cell.read_map_grad)
     exec(compile(src.text(), filename, "exec"), namespace)
     return namespace

@@ -132,11 +132,8 @@ def _row_functions(cell):
         grad = codegen.read_grad_expr(cell, f"p{p}[j]")
         src(f"rgrad[{q}, j] = {grad or 'one'}")
     src.dedent().dedent()
-    namespace = {"step": twins(cell.step), "vjp": twins(cell.vjp), "jvp": twins(cell.jvp)}
-    if cell.read_map is not None:
-        namespace["read_map"] = twins(cell.read_map)
-        namespace["read_map_grad"] = twins(cell.read_map_grad)
-    codegen.compile_functions(src, namespace, f"<numrnn cpu rows of cell {cell.name!r}>")
+    namespace = codegen.compile_functions(src, cell, twins,
+                                          f"<numrnn cpu rows of cell {cell.name!r}>")
     return {name: register_jitable(inline="always")(namespace[name])
             for name in ("row_forward", "row_backward", "read_row", "read_pullback_row",
                          "row_coefficients")}
