@@ -11,8 +11,9 @@ from .analysis import (FixedPointsResult, GradientPropagationResult, LyapunovRes
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "ParameterDict", "Cell", "CellCheckError", "check_cell", "cells", "NonFiniteError", "NonFiniteWarning", "nonfinite", "config",
-           "gradcheck", "GradcheckResult", "GradcheckError", "__version__",
-           "jacobians", "lyapunov_spectrum", "lyapunov_from_jacobians", "LyapunovResult",
-           "gradient_propagation", "GradientPropagationResult", "eigenvalues", "spectral_radius",
-           "singular_values", "effective_spectral_radius", "fixed_points", "FixedPointsResult"]
+__all__ = ["RNN", "ParameterDict", "Cell", "CellCheckError", "check_cell", "cells",
+           "NonFiniteError", "NonFiniteWarning", "nonfinite", "config", "gradcheck",
+           "GradcheckResult", "GradcheckError", "__version__", "jacobians", "lyapunov_spectrum",
+           "lyapunov_from_jacobians", "LyapunovResult", "gradient_propagation",
+           "GradientPropagationResult", "eigenvalues", "spectral_radius", "singular_values",
+           "effective_spectral_radius", "fixed_points", "FixedPointsResult"]

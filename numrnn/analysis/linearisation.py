@@ -230,7 +230,8 @@ class Linearisation:
         net, T, B, N, LD = self.net, self.T, self.B, self.N, self.LD
         GN, P, R = self.G * N, self.P, self.cell.read_count
         per_step = P * GN * (2 if self.cell.separate else 1) + P * P * N + R * N
-        need = driver.bytes_needed(net, T, B, backward=True) + LD * T * B * per_step * 8 + extra_bytes
+        need = (driver.bytes_needed(net, T, B, backward=True) + LD * T * B * per_step * 8
+                + extra_bytes)
         what = "the float64 tangent-map coefficients"
         if net.dtype != np.float64:
             # the re-run: T*B sequences of one step, their previous states and the input

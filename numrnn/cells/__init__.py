@@ -1,4 +1,4 @@
-"""Recurrent cells: the protocol every cell follows, the built-in cells and five from the literature.
+"""Recurrent cells: the protocol every cell follows, the built-in cells, five from the literature.
 
 A cell is one :class:`Cell` definition (:mod:`numrnn.cells.protocol`); the kernels of both
 backends, the layer loop and the analysis read everything they need from it.  Built-in cells
@@ -13,6 +13,6 @@ from .registry import (choices, names, register, registered, resolve, unregister
                        with_torch_twin)
 from . import builtin, literature  # noqa: E402,F401 - registers the cells
 
-__all__ = ["builtin", "literature", "Cell", "CellCheckError", "check_cell", "signature", "register", "unregister", "resolve",
-           "names", "choices", "registered", "with_torch_twin",
-           "functions", "sigmoid", "sigmoid_grad", "NONLINEARITIES"]
+__all__ = ["builtin", "literature", "Cell", "CellCheckError", "check_cell", "signature",
+           "register", "unregister", "resolve", "names", "choices", "registered",
+           "with_torch_twin", "functions", "sigmoid", "sigmoid_grad", "NONLINEARITIES"]
