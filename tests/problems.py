@@ -1,17 +1,79 @@
-"""Small random problems shared by the engine tests."""
+"""The cells the engine tests run (one list, read from numrnn's registry) and small random
+problems shared by the engine tests."""
 import numpy as np
 
 import numrnn
 
-CELLS = ("tanh", "relu", "linear", "rate", "lstm", "gru")
+
+def _cell_cases():
+    """(cell, nonlinearity) for every registered cell and every nonlinearity it offers (its
+    default first); nonlinearity None for the cells that offer no choice."""
+    cases = []
+    for name in numrnn.cells.names():
+        offered, default = numrnn.cells.choices(name)
+        if not offered:
+            cases.append((name, None))
+            continue
+        cases += [(name, default)] + [(name, phi) for phi in offered if phi != default]
+    return tuple(cases)
+
+
+#: Every registered cell, in registration order.
+CELLS = numrnn.cells.names()
+#: Every registered cell with every nonlinearity it offers: what the engine tests run.
+CELL_CASES = _cell_cases()
+#: pytest ids of CELL_CASES ("rate-relu", "gru", ...).
+CELL_IDS = tuple(cell if phi is None else f"{cell}-{phi}" for cell, phi in CELL_CASES)
+#: Cells whose math is a torch.nn module's ("RNN_TANH", "LSTM", ...).
+TORCH_CELLS = tuple(name for name in CELLS if numrnn.cells.registered(name).torch is not None)
+#: Options the engine tests give the cells that have some: larger steps than the defaults, so
+#: that the cell's update is not dominated by the identity (h' = h + 0.01 phi(...) with the
+#: antisymmetric cell's defaults) and a wrong derivative shows up at a tolerance of 1e-12.
+TEST_OPTIONS = {"antisymmetric": {"epsilon": 0.3, "gamma": 0.2},
+                "cornn": {"dt": 0.3, "gamma": 1.5, "epsilon": 0.8}}
+
+
+def definition(cell, nonlinearity=None):
+    """The numrnn.Cell registered as ``cell`` (with ``nonlinearity``)."""
+    return numrnn.cells.resolve(cell, nonlinearity)[0]
+
+
+def has_leak(cell):
+    """Whether the cell has a leak alpha (RNN(..., alpha=...))."""
+    return "alpha" in definition(cell).options
+
+
+def paired(cell):
+    """Whether the cell's state is a pair (LSTM's (h, c), coRNN's (y, z))."""
+    return definition(cell).state_count == 2
+
+
+def as_pair(state):
+    """(first, second) of a state or state cotangent; second None for one-state cells."""
+    return (state[0], state[1]) if isinstance(state, tuple) else (state, None)
+
+
+def reference_kwargs(net):
+    """The keyword arguments of tests/reference.py's ref_forward/ref_vjp for ``net``."""
+    options = {k: v for k, v in net.cell_options.items() if k != "alpha"}
+    return dict(hidden_size=net.hidden_size, num_layers=net.num_layers,
+                bidirectional=net.bidirectional, alpha=net.alpha,
+                nonlinearity=net.nonlinearity, cell_options=options or None)
 
 
 def make_problem(rng, cell, *, num_layers=1, bidirectional=False, bias=True, alpha=1.0,
-                 nonlinearity=None, T=5, B=2, I=3, N=4, dtype=np.float64, batch_first=False):
-    """A network with U(-0.6, 0.6) parameters and random x, h0 (c0), d_output, d_h_n (d_c_n)."""
+                 nonlinearity=None, cell_options=None, T=5, B=2, I=3, N=4, dtype=np.float64,
+                 batch_first=False):
+    """A network with U(-0.6, 0.6) parameters and random x, h0 (c0), d_output, d_h_n (d_c_n).
+
+    ``cell_options`` None gives the cell TEST_OPTIONS (its defaults if it has none there).
+    """
+    if cell_options is None:
+        cell_options = TEST_OPTIONS.get(cell if isinstance(cell, str) else None)
     net = numrnn.RNN(I, N, cell=cell, num_layers=num_layers, bias=bias,
                      bidirectional=bidirectional, alpha=alpha, nonlinearity=nonlinearity,
-                     dtype=dtype, batch_first=batch_first, seed=rng.integers(2**31))
+                     cell_options=cell_options, dtype=dtype, batch_first=batch_first,
+                     seed=rng.integers(2**31))
     net.load_state_dict({k: rng.uniform(-0.6, 0.6, v.shape).astype(dtype)
                          for k, v in net.state_dict().items()})
     D = net.num_directions
@@ -20,7 +82,7 @@ def make_problem(rng, cell, *, num_layers=1, bidirectional=False, bias=True, alp
     d_out = rng.standard_normal((B, T, D * N) if batch_first else (T, B, D * N)).astype(dtype)
     h0 = (0.5 * rng.standard_normal((LD, B, N))).astype(dtype)
     d_h = rng.standard_normal((LD, B, N)).astype(dtype)
-    if cell == "lstm":
+    if net.state_count == 2:
         c0 = (0.5 * rng.standard_normal((LD, B, N))).astype(dtype)
         d_c = rng.standard_normal((LD, B, N)).astype(dtype)
         return net, x, (h0, c0), d_out, (d_h, d_c)
@@ -28,7 +90,7 @@ def make_problem(rng, cell, *, num_layers=1, bidirectional=False, bias=True, alp
 
 
 def loss(net, x, h0, d_out, d_h_n):
-    """L = sum(output * d_output) + sum(h_n * d_h_n) (both parts of an LSTM state)."""
+    """L = sum(output * d_output) + sum(h_n * d_h_n) (both parts of a paired state)."""
     out, h_n = net.forward(x, h0)
     value = np.sum(out * d_out)
     if isinstance(h_n, tuple):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import numrnn
-from tests.problems import make_problem
+from numrnn import driver
+from tests.problems import CELL_CASES, CELL_IDS, has_leak, make_problem
 
 # --- gradcheck itself: bad input, and that it can fail ------------------------------------------
 
@@ -85,7 +86,7 @@ def _detached_loss(net, x, h0, d_out, d_h, truncate, entry):
     T = x.shape[0]
     starts = list(range(0, T, truncate))
     D = net.num_directions
-    lstm = net.cell == "lstm"
+    lstm = net.state_count == 2  # a paired state (LSTM's (h, c), coRNN's (y, z))
     total = 0.0
     h_final = None
     for c, s in enumerate(starts):
@@ -115,9 +116,9 @@ def _detached_loss(net, x, h0, d_out, d_h, truncate, entry):
 
 def _chunk_entries(net, x, h0, truncate):
     """States entering every chunk in the full (unperturbed) run, from the forward tape."""
-    lstm = net.cell == "lstm"
+    lstm = net.state_count == 2  # a paired state (LSTM's (h, c), coRNN's (y, z))
     hh, cc = (h0 if lstm else (h0, np.zeros_like(h0)))
-    _, _, _, tape = net._forward_pass(x, hh, cc)
+    tape = driver.forward_pass(net, None, x, hh, cc)[3].records
     T = x.shape[0]
     D = net.num_directions
     entries = []
@@ -137,7 +138,7 @@ def _chunk_entries(net, x, h0, truncate):
 
 
 def _check(net, x, h0, d_out, d_h, truncate):
-    lstm = net.cell == "lstm"
+    lstm = net.state_count == 2  # a paired state (LSTM's (h, c), coRNN's (y, z))
     names = list(net.state_dict())
     entries = _chunk_entries(net, x, h0, truncate or x.shape[0])
 
@@ -171,13 +172,11 @@ CONFIGS = [  # (num_layers, bidirectional, bias, leak)
 ]
 
 
-@pytest.mark.parametrize("cell, phi", [("tanh", None), ("relu", None), ("linear", None),
-                                       ("rate", "tanh"), ("rate", "relu"), ("lstm", None),
-                                       ("gru", None)])
+@pytest.mark.parametrize("cell, phi", CELL_CASES, ids=CELL_IDS)
 @pytest.mark.parametrize("layers, bidir, bias, leak", CONFIGS)
 @pytest.mark.parametrize("truncate", [None, 1, 3])
 def test_bptt_matches_finite_differences(rng, cell, phi, layers, bidir, bias, leak, truncate):
-    alpha = 0.55 if leak and cell not in ("lstm", "gru") else 1.0
+    alpha = 0.55 if leak and has_leak(cell) else 1.0
     net, x, h0, d_out, d_h = make_problem(rng, cell, num_layers=layers, bidirectional=bidir,
                                           bias=bias, alpha=alpha, nonlinearity=phi, T=7, B=2,
                                           I=2, N=3)

@@ -1,10 +1,16 @@
 """numrnn.RNN: bad input first, then the API's shapes, conventions and parameter handling."""
+import re
+
 import numpy as np
 import pytest
 
 import numrnn
-from tests.problems import CELLS, make_problem
+from tests import reference as ref
+from tests.problems import CELL_CASES, CELL_IDS, CELLS, make_problem
 from tests.tolerance import assert_close
+
+#: the cells of numrnn.cells.literature
+LITERATURE = ("mgu", "ugrnn", "indrnn", "antisymmetric", "cornn")
 
 # --- bad input ---------------------------------------------------------------------------------
 
@@ -33,6 +39,45 @@ from tests.tolerance import assert_close
     (dict(cell="rate", nonlinearity="sigmoid"), ValueError, ["nonlinearity", "'sigmoid'"]),
     (dict(cell="tanh", nonlinearity="relu"), ValueError, ["nonlinearity", "'relu'"]),
     (dict(bidirectional="yes"), TypeError, ["bidirectional", "'yes'"]),
+    # the cells of the literature: leak, nonlinearity and cell_options
+    (dict(cell="mgu", alpha=0.5), ValueError, ["alpha", "mgu cell has no leak", "0.5"]),
+    (dict(cell="cornn", alpha=0.9), ValueError, ["alpha", "cornn cell has no leak"]),
+    (dict(cell="antisymmetric", alpha=0.5), ValueError, ["alpha", "antisymmetric"]),
+    (dict(cell="cornn", cell_options={"alpha": 0.5}), ValueError,
+     ["cell_options", "'cornn'", "no option(s) ['alpha']", "'dt'"]),
+    (dict(cell="indrnn", nonlinearity="linear"), ValueError,
+     ["nonlinearity", "indrnn", "'relu' or 'tanh'", "'linear'"]),
+    (dict(cell="antisymmetric", nonlinearity="sigmoid"), ValueError,
+     ["nonlinearity", "'sigmoid'"]),
+    (dict(cell="mgu", nonlinearity="tanh"), ValueError,
+     ["nonlinearity", "'mgu' cell fixes its own nonlinearity", "'tanh'"]),
+    (dict(cell="cornn", cell_options={"tau": 1.0}), ValueError,
+     ["cell_options", "'cornn'", "'tau'", "'dt'", "'gamma'", "'epsilon'"]),
+    (dict(cell="mgu", cell_options={"dt": 0.1}), ValueError,
+     ["cell_options", "'mgu'", "'dt'", "none"]),
+    (dict(cell="ugrnn", cell_options={"epsilon": 0.1}), ValueError, ["cell_options", "'ugrnn'"]),
+    (dict(cell="cornn", cell_options={"dt": 0.0}), ValueError, ["'dt'", "> 0", "0.0"]),
+    (dict(cell="cornn", cell_options={"dt": -0.1}), ValueError, ["'dt'", "> 0", "-0.1"]),
+    (dict(cell="antisymmetric", cell_options={"epsilon": 0.0}), ValueError,
+     ["'epsilon'", "> 0", "0.0"]),
+    (dict(cell="antisymmetric", cell_options={"epsilon": -1.0}), ValueError, ["'epsilon'"]),
+    (dict(cell="antisymmetric", cell_options={"gamma": -0.1}), ValueError,
+     ["'gamma'", ">= 0", "-0.1"]),
+    (dict(cell="cornn", cell_options={"dt": "0.1"}), TypeError,
+     ["cell_options['dt']", "number", "'0.1'"]),
+    (dict(cell="cornn", cell_options={"gamma": None}), TypeError, ["cell_options['gamma']"]),
+    (dict(cell="cornn", cell_options={"epsilon": True}), TypeError,
+     ["cell_options['epsilon']", "True"]),
+    (dict(cell="antisymmetric", cell_options={"gamma": np.array([0.1])}), TypeError,
+     ["cell_options['gamma']"]),
+    (dict(cell="cornn", cell_options={"dt": float("nan")}), ValueError,
+     ["cell_options['dt']", "finite"]),
+    (dict(cell="antisymmetric", cell_options={"epsilon": float("inf")}), ValueError,
+     ["cell_options['epsilon']", "finite"]),
+    (dict(cell="cornn", cell_options=[("dt", 0.1)]), TypeError, ["cell_options", "dict", "list"]),
+    (dict(cell="tanh", alpha=0.5, cell_options={"alpha": 0.5}), ValueError,
+     ["alpha", "given twice"]),
+    (dict(cell="rate", cell_options={"alpha": 1.5}), ValueError, ["alpha", "1.5"]),
 ])
 def test_constructor_rejects_bad_arguments(kwargs, exc, words):
     args = dict(input_size=3, hidden_size=4)
@@ -138,7 +183,7 @@ def _run_all(net):
     yield lambda: net.forward(x)
     yield lambda: net.vjp(x, np.zeros((3, 2, net.hidden_size), net.dtype))
     yield lambda: net.forward_pullback(x)
-    yield lambda: net.to_torch() if net.cell in ("tanh", "relu", "lstm", "gru") else net.forward(x)
+    yield lambda: net.to_torch() if net.definition.torch else net.forward(x)
     yield lambda: numrnn.jacobians(net, x)
     yield lambda: numrnn.lyapunov_spectrum(net, n_steps=5, k=1, seed=0)
 
@@ -222,10 +267,11 @@ def test_pullback_uses_a_copy_of_the_parameters_its_forward_pass_ran_with(rng):
 # --- shapes, names and conventions -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_parameter_names_and_shapes_follow_pytorch(cell):
-    G = {"lstm": 4, "gru": 3}.get(cell, 1)
-    net = numrnn.RNN(3, 5, cell=cell, num_layers=2, bidirectional=True, seed=0)
+@pytest.mark.parametrize("cell, phi", CELL_CASES, ids=CELL_IDS)
+def test_parameter_names_and_shapes_follow_pytorch(cell, phi):
+    """PyTorch's names and order; the shapes tests/reference.py gives (its own rules)."""
+    net = numrnn.RNN(3, 5, cell=cell, nonlinearity=phi, num_layers=2, bidirectional=True,
+                     seed=0)
     sd = net.state_dict()
     names = []
     for layer in range(2):
@@ -233,19 +279,99 @@ def test_parameter_names_and_shapes_follow_pytorch(cell):
             names += [f"{p}_l{layer}{sfx}" for p in ("weight_ih", "weight_hh", "bias_ih",
                                                      "bias_hh")]
     assert list(sd) == names
-    assert sd["weight_ih_l0"].shape == (G * 5, 3)
-    assert sd["weight_ih_l1_reverse"].shape == (G * 5, 10)
-    assert sd["weight_hh_l1"].shape == (G * 5, 5)
-    assert sd["bias_hh_l0_reverse"].shape == (G * 5,)
-    nobias = numrnn.RNN(3, 5, cell=cell, bias=False, seed=0).state_dict()
+    assert {k: v.shape for k, v in sd.items()} == ref.param_shapes(cell, 3, 5, 2, True)
+    assert all(v.dtype == np.float64 and np.all(np.isfinite(v)) for v in sd.values())
+    nobias = numrnn.RNN(3, 5, cell=cell, nonlinearity=phi, bias=False, seed=0).state_dict()
     assert list(nobias) == ["weight_ih_l0", "weight_hh_l0"]
 
 
-@pytest.mark.parametrize("cell", ["tanh", "lstm"])
-def test_batch_first_and_unbatched_layouts(rng, cell):
-    net, x, h0, d_out, d_h = make_problem(rng, cell, num_layers=2, bidirectional=True, T=6, B=3)
+@pytest.mark.parametrize("cell, gates, weight_hh", [
+    ("mgu", 2, (10, 5)), ("ugrnn", 2, (10, 5)), ("indrnn", 1, (5,)),
+    ("antisymmetric", 1, (5, 5)), ("cornn", 1, (5, 10)),
+])
+def test_parameter_shapes_of_the_literature_cells(cell, gates, weight_hh):
+    """N = 5: MGU (f, n) and UGRNN (c, g) stack two gates; IndRNN's recurrent weight is the
+    vector u; the antisymmetric cell's W is unconstrained (N, N); coRNN's is [W | W_z]."""
+    net = numrnn.RNN(3, 5, cell=cell, seed=0)
+    sd = net.state_dict()
+    assert net.gate_count == gates
+    assert sd["weight_ih_l0"].shape == (gates * 5, 3)
+    assert sd["weight_hh_l0"].shape == weight_hh
+    assert sd["bias_ih_l0"].shape == sd["bias_hh_l0"].shape == (gates * 5,)
+    assert net.state_count == (2 if cell == "cornn" else 1)
+    assert net.alpha == 1.0
+
+
+@pytest.mark.parametrize("cell, wrong", [("indrnn", (5, 5)), ("indrnn", (1, 5)),
+                                         ("cornn", (5, 5)), ("cornn", (10, 5)),
+                                         ("mgu", (5, 5)), ("antisymmetric", (5,))])
+def test_state_dict_round_trip_and_wrong_recurrent_shapes(rng, cell, wrong):
+    net = numrnn.RNN(3, 5, cell=cell, num_layers=2, seed=0)
+    sd = {k: rng.uniform(-0.5, 0.5, v.shape) for k, v in net.state_dict().items()}
+    net.load_state_dict(sd)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, sd[k])
+    want = ref.param_shapes(cell, 3, 5)["weight_hh_l0"]
+    with pytest.raises(ValueError, match=f"weight_hh_l1.*{re.escape(str(want))}.*"
+                                         f"{re.escape(str(wrong))}"):
+        net.load_state_dict(dict(sd, weight_hh_l1=np.zeros(wrong)))
+    with pytest.raises(ValueError, match="parameters\\['weight_hh_l0'\\]"):
+        net.parameters["weight_hh_l0"] = np.zeros(wrong)
+    for k, v in net.state_dict().items():  # nothing was written
+        np.testing.assert_array_equal(v, sd[k])
+
+
+# --- cell options ------------------------------------------------------------------------------
+
+
+def test_cell_options_defaults_are_the_papers():
+    assert numrnn.RNN(2, 3, cell="cornn").cell_options == {"dt": 0.042, "gamma": 2.7,
+                                                           "epsilon": 4.7}
+    for phi in ("tanh", "relu", "linear"):
+        net = numrnn.RNN(2, 3, cell="antisymmetric", nonlinearity=phi)
+        assert net.cell_options == {"epsilon": 0.01, "gamma": 0.01}
+    for cell in ("mgu", "ugrnn", "indrnn", "lstm", "gru"):
+        assert numrnn.RNN(2, 3, cell=cell).cell_options == {}
+    assert numrnn.RNN(2, 3, cell="tanh", alpha=0.3).cell_options == {"alpha": 0.3}
+
+
+@pytest.mark.parametrize("cell, options", [
+    ("cornn", {"dt": 0.1}), ("cornn", {"gamma": 1.0}), ("cornn", {"epsilon": 1.0}),
+    ("cornn", {"dt": 1, "gamma": 0, "epsilon": 0}),  # integers; zero gamma and epsilon
+    ("antisymmetric", {"epsilon": 0.5}), ("antisymmetric", {"gamma": 0}),
+    ("antisymmetric", {"gamma": np.float32(0.25)}),
+])
+def test_cell_options_are_used_kept_and_rebuilt(rng, cell, options):
+    """Given options change the results (and explicit defaults do not), are reported as floats
+    in cell_options, config() and repr, and come back through from_config."""
+    net = numrnn.RNN(3, 4, cell=cell, num_layers=2, bidirectional=True, cell_options=options,
+                     seed=0)
+    default = numrnn.RNN(3, 4, cell=cell, num_layers=2, bidirectional=True, seed=0)
+    explicit = numrnn.RNN(3, 4, cell=cell, num_layers=2, bidirectional=True, seed=0,
+                          cell_options=dict(default.cell_options))
+    for k, v in options.items():
+        assert net.cell_options[k] == float(v) and type(net.cell_options[k]) is float
+    assert net.config()["cell_options"] == net.cell_options
+    assert f"cell_options={ {k: float(v) for k, v in options.items()}!r}" in repr(net)
+    x = rng.standard_normal((6, 2, 3))
+    h0 = (0.5 * rng.standard_normal((4, 2, 4)),) * (2 if cell == "cornn" else 1)
+    h0 = h0 if cell == "cornn" else h0[0]
+    out = net.forward(x, h0)[0]
+    out_default = default.forward(x, h0)[0]
+    np.testing.assert_array_equal(explicit.forward(x, h0)[0], out_default)
+    assert np.max(np.abs(out - out_default)) > 1e-6
+    again = numrnn.RNN.from_config(net.config())
+    again.load_state_dict(net.state_dict())
+    assert again.cell_options == net.cell_options
+    np.testing.assert_array_equal(again.forward(x, h0)[0], out)
+
+
+@pytest.mark.parametrize("cell, phi", CELL_CASES, ids=CELL_IDS)
+def test_batch_first_and_unbatched_layouts(rng, cell, phi):
+    net, x, h0, d_out, d_h = make_problem(rng, cell, nonlinearity=phi, num_layers=2,
+                                          bidirectional=True, T=6, B=3)
     out, h_n = net.forward(x, h0)
-    bf = numrnn.RNN(3, 4, cell=cell, num_layers=2, bidirectional=True, batch_first=True)
+    bf = numrnn.RNN.from_config(dict(net.config(), batch_first=True))
     bf.load_state_dict(net.state_dict())
     out_bf, h_bf = bf.forward(x.transpose(1, 0, 2).copy(), h0)
     np.testing.assert_array_equal(out_bf, out.transpose(1, 0, 2))
@@ -255,7 +381,7 @@ def test_batch_first_and_unbatched_layouts(rng, cell):
     assert_close(g_bf["weight_hh_l1"], g["weight_hh_l1"])
     assert g_bf["state_grad_norm"].shape == (6, 3)
     # unbatched input: (T, I) and states (L*D, N)
-    first = (lambda s: (s[0][:, 0], s[1][:, 0])) if cell == "lstm" else (lambda s: s[:, 0])
+    first = (lambda s: (s[0][:, 0], s[1][:, 0])) if net.state_count == 2 else (lambda s: s[:, 0])
     out_u, h_u = net.forward(x[:, 0], first(h0))
     assert out_u.shape == (6, 8)
     assert_close(out_u, out[:, 0])
@@ -293,10 +419,26 @@ def test_forward_vjp_value_equals_forward(rng):
     np.testing.assert_array_equal(h_n, h_n2)
 
 
-def test_vjp_keys(rng):
-    net, x, h0, d_out, d_h = make_problem(rng, "lstm", num_layers=2, bias=False)
+@pytest.mark.parametrize("cell", CELLS)
+def test_vjp_keys(rng, cell):
+    """"c0" (the second state's gradient: LSTM's c0, coRNN's z0) for the paired cells only."""
+    net, x, h0, d_out, d_h = make_problem(rng, cell, num_layers=2, bias=False)
     grads = net.vjp(x, d_out, h0, d_h)
-    assert list(grads) == list(net.state_dict()) + ["input", "h0", "c0", "state_grad_norm"]
+    second = ["c0"] if cell in ref.PAIRED else []
+    assert list(grads) == list(net.state_dict()) + ["input", "h0"] + second + ["state_grad_norm"]
+    assert all(grads[k].shape == v.shape for k, v in net.state_dict().items())
+
+
+def test_cornn_state_is_a_pair_like_lstm():
+    net = numrnn.RNN(3, 4, cell="cornn", seed=0)
+    with pytest.raises(TypeError, match=r"h0: the cornn cell's state is a pair \(y0, z0\)"):
+        net.forward(np.zeros((6, 5, 3)), np.zeros((1, 5, 4)))
+    with pytest.raises(TypeError, match=r"d_h_n: the cornn cell's final state is a pair"):
+        net.vjp(np.zeros((6, 5, 3)), np.zeros((6, 5, 4)), d_h_n=np.zeros((1, 5, 4)))
+    out, (y_n, z_n) = net.forward(np.ones((6, 5, 3)), (None, np.ones((1, 5, 4))))
+    np.testing.assert_array_equal(y_n[0], out[-1])
+    with pytest.raises(TypeError, match="h0: the mgu cell's state is one array"):
+        numrnn.RNN(3, 4, cell="mgu").forward(np.zeros((2, 1, 3)), (None, None))
 
 
 # --- initialisation ----------------------------------------------------------------------------
@@ -320,6 +462,43 @@ def test_recurrent_inits():
     assert not np.any(net.state_dict()["bias_ih_l0"])
     w = numrnn.RNN(2, N, init="spectral_radius", gain=0.9, seed=1).state_dict()["weight_hh_l0"]
     assert abs(np.max(np.abs(np.linalg.eigvals(w))) - 0.9) < 1e-12
+
+
+@pytest.mark.parametrize("init", ["gaussian", "orthogonal", "identity", "spectral_radius"])
+@pytest.mark.parametrize("cell", LITERATURE)
+def test_recurrent_inits_of_the_literature_cells(rng, cell, init):
+    """Each N x N block of weight_hh (coRNN: W and W_z side by side; MGU, UGRNN: the gates
+    stacked) is drawn by the scheme; IndRNN's vector u can only be "identity" (u = gain)."""
+    N, g = 6, 0.7
+    if cell == "indrnn" and init != "identity":
+        with pytest.raises(ValueError, match=f"init: .*vector of shape \\(6,\\).*'{init}'"):
+            numrnn.RNN(2, N, cell=cell, init=init, gain=g, seed=1)
+        return
+    net = numrnn.RNN(2, N, cell=cell, num_layers=2, init=init, gain=g, seed=1)
+    shapes = {k: v.shape for k, v in numrnn.RNN(2, N, cell=cell, num_layers=2).state_dict().items()}
+    sd = net.state_dict()
+    assert {k: v.shape for k, v in sd.items()} == shapes
+    w = sd["weight_hh_l1"]
+    if w.ndim == 1:
+        np.testing.assert_array_equal(w, np.full(N, g))
+        blocks = []
+    else:
+        blocks = [w[i:i + N, j:j + N] for i in range(0, w.shape[0], N)
+                  for j in range(0, w.shape[1], N)]
+    for b in blocks:
+        if init == "identity":
+            np.testing.assert_array_equal(b, g * np.eye(N))
+        elif init == "orthogonal":
+            assert_close(b @ b.T, g**2 * np.eye(N))
+        elif init == "spectral_radius":
+            assert abs(np.max(np.abs(np.linalg.eigvals(b))) - g) < 1e-12
+    if init != "identity" and len(blocks) > 1:
+        assert not np.array_equal(blocks[0], blocks[1])  # independent draws
+    if init == "identity":
+        assert not any(np.any(v) for k, v in sd.items() if k.startswith("bias"))
+    x = rng.standard_normal((5, 2, 2))
+    out, _, grads = net.forward_vjp(x, np.ones((5, 2, N)))
+    assert np.all(np.isfinite(out)) and all(np.all(np.isfinite(v)) for v in grads.values())
 
 
 def test_same_seed_same_bits_different_seed_different_bits():

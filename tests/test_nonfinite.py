@@ -31,8 +31,8 @@ def test_a_bad_configured_policy_is_named(monkeypatch):
 
 
 def _diverging(cell="linear", **kw):
-    """h_t = 1000 h_{t-1} + x_t (input weights 1, so that a relu unit grows too): overflows
-    float64 after about 103 steps."""
+    """h_t = 1000 h_{t-1} + x_t (input weights 1, so that a relu unit grows too; IndRNN's
+    u = 1000): overflows float64 after about 103 steps."""
     net = numrnn.RNN(1, 4, cell=cell, init="identity", gain=1e3, bias=False, seed=0, **kw)
     for name in net.parameters:
         if name.startswith("weight_ih"):
@@ -44,7 +44,8 @@ def _diverging_linear():
     return _diverging("linear")
 
 
-@pytest.mark.parametrize("cell, phi", [("linear", None), ("relu", None), ("rate", "relu")])
+@pytest.mark.parametrize("cell, phi", [("linear", None), ("relu", None), ("rate", "relu"),
+                                      ("indrnn", "relu")])
 def test_a_diverging_state_raises_naming_layer_step_and_sequence(cell, phi):
     net = _diverging(cell, nonlinearity=phi, num_layers=2)
     x = np.ones((300, 3, 1))

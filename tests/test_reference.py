@@ -1,5 +1,7 @@
 """Checks of the pure-NumPy reference (tests/reference.py) itself.
 
+* the reference covers every cell numrnn registers (tests/problems.py's list),
+  with the same nonlinearities, options, states and parameter shapes,
 * ref_vjp against central finite differences of ref_loss (every cell, layers,
   directions, bias on/off, alpha < 1),
 * truncated BPTT against finite differences of a "detached" loss whose
@@ -15,7 +17,13 @@ import zlib
 import numpy as np
 import pytest
 
+import numrnn
+
+from . import reference as ref
+from .problems import CELL_CASES, CELL_IDS, CELLS, TEST_OPTIONS, TORCH_CELLS, definition
 from .reference import (
+    LEAKY,
+    PAIRED,
     init_params,
     param_names,
     ref_forward,
@@ -45,10 +53,10 @@ def make_case(seed, cell, *, T, B, I, N, L, bidirectional, bias, with_h_n_grad=T
     params = init_params(rng, cell, I, N, L, bidirectional, bias, scale=0.5)
     x = rng.standard_normal((T, B, I))
     h0 = rng.uniform(-0.8, 0.8, (L * D, B, N))
-    c0 = rng.uniform(-0.8, 0.8, (L * D, B, N)) if cell == "lstm" else None
+    c0 = rng.uniform(-0.8, 0.8, (L * D, B, N)) if cell in PAIRED else None
     d_out = rng.standard_normal((T, B, D * N))
     d_h_n = rng.standard_normal((L * D, B, N)) if with_h_n_grad else None
-    d_c_n = rng.standard_normal((L * D, B, N)) if (cell == "lstm" and with_h_n_grad) else None
+    d_c_n = rng.standard_normal((L * D, B, N)) if (cell in PAIRED and with_h_n_grad) else None
     return params, x, h0, c0, d_out, d_h_n, d_c_n
 
 
@@ -100,20 +108,83 @@ def check_vjp_against_fd(cell, params, x, h0, c0, d_out, d_h_n, d_c_n, kw,
     return analytic
 
 
-CELL_CASES = [
-    ("tanh", {}),
-    ("relu", {}),
-    ("linear", {}),
-    ("rate", {"nonlinearity": "tanh"}),
-    ("rate", {"nonlinearity": "relu"}),
-    ("lstm", {}),
-    ("gru", {}),
-]
-CELL_IDS = ["tanh", "relu", "linear", "rate-tanh", "rate-relu", "lstm", "gru"]
+def extra_of(cell, phi):
+    """the reference's keyword arguments of a case: nonlinearity and TEST_OPTIONS."""
+    return dict(nonlinearity=phi, cell_options=TEST_OPTIONS.get(cell))
 
 
 def leaky(cell):
-    return cell in ("tanh", "relu", "linear", "rate")
+    return cell in LEAKY
+
+
+# every registered cell with each nonlinearity, as (cell, reference keyword arguments)
+CASES = [(cell, extra_of(cell, phi)) for cell, phi in CELL_CASES]
+LEAKY_CASES = [case for case in zip(CASES, CELL_IDS) if leaky(case[0][0])]
+# one case per cell (its default nonlinearity), directions alternating, for the long checks
+ONE_PER_CELL = [(cell, i % 2 == 1) for i, cell in enumerate(CELLS)]
+
+
+# ----------------------------------------------------------------------------
+# 0. the reference covers every registered cell
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell, phi", CELL_CASES, ids=CELL_IDS)
+def test_reference_covers_every_registered_cell(cell, phi):
+    """Every (cell, nonlinearity) numrnn registers is one the reference implements, with the
+    same gates, parameter shapes, states, leak, nonlinearities and options (defaults)."""
+    assert cell in ref.CELLS, f"tests/reference.py does not implement the registered cell {cell!r}"
+    made = definition(cell, phi)
+    assert ref.GATES[cell] == made.gate_count
+    assert (cell in PAIRED) == (made.state_count == 2)
+    assert leaky(cell) == ("alpha" in made.options)
+    if phi is not None:
+        assert phi in ref.NONLINEARITIES[cell]
+        assert numrnn.cells.choices(cell) == (ref.NONLINEARITIES[cell],
+                                              ref.NONLINEARITIES[cell][0])
+    else:
+        assert cell not in ref.NONLINEARITIES
+    assert ref.OPTIONS.get(cell, {}) == {k: v for k, v in made.options.items() if k != "alpha"}
+    net = numrnn.RNN(3, 5, cell=cell, nonlinearity=phi, num_layers=2, bidirectional=True,
+                     seed=0)
+    assert {k: v.shape for k, v in net.state_dict().items()} == \
+        ref.param_shapes(cell, 3, 5, num_layers=2, bidirectional=True)
+
+
+def test_reference_cell_list_has_no_unregistered_cell():
+    assert set(ref.CELLS) == set(CELLS) == set(ref.GATES)
+
+
+@pytest.mark.parametrize("cell, kw, exc, words", [
+    ("elman", {}, ValueError, ["unknown cell", "'elman'"]),
+    ("lstm", dict(alpha=0.5), ValueError, ["alpha", "lstm"]),
+    ("cornn", dict(alpha=0.5), ValueError, ["alpha", "cornn"]),
+    ("tanh", dict(alpha=0.0), ValueError, ["alpha"]),
+    ("rate", dict(nonlinearity="linear"), ValueError, ["nonlinearity", "'linear'"]),
+    ("indrnn", dict(nonlinearity="linear"), ValueError, ["nonlinearity", "'linear'"]),
+    ("mgu", dict(nonlinearity="tanh"), ValueError, ["takes no nonlinearity"]),
+    ("tanh", dict(nonlinearity="relu"), ValueError, ["takes no nonlinearity"]),
+    ("mgu", dict(cell_options={"dt": 0.1}), ValueError, ["no option", "dt"]),
+    ("cornn", dict(cell_options={"tau": 0.1}), ValueError, ["no option", "tau"]),
+    ("cornn", dict(cell_options={"dt": 0.0}), ValueError, ["dt > 0"]),
+    ("cornn", dict(cell_options={"dt": "0.1"}), TypeError, ["'dt'", "number"]),
+    ("cornn", dict(cell_options={"gamma": float("nan")}), ValueError, ["'gamma'", "finite"]),
+    ("antisymmetric", dict(cell_options={"epsilon": 0.0}), ValueError, ["epsilon > 0"]),
+    ("antisymmetric", dict(cell_options={"gamma": -0.1}), ValueError, ["gamma >= 0"]),
+])
+def test_reference_rejects_bad_arguments(cell, kw, exc, words):
+    params = init_params(np.random.default_rng(0), "tanh", 2, 3)
+    with pytest.raises(exc) as info:
+        ref_forward(cell, params, np.zeros((2, 1, 2)), hidden_size=3, **kw)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+@pytest.mark.parametrize("cell, shape", [("indrnn", (4, 4)), ("cornn", (4, 4)), ("mgu", (4, 4))])
+def test_reference_rejects_a_weight_hh_of_another_cell(cell, shape):
+    params = init_params(np.random.default_rng(0), cell, 2, 4)
+    params["weight_hh_l0"] = np.zeros(shape)
+    with pytest.raises(ValueError, match="weight_hh_l0 has shape"):
+        ref_forward(cell, params, np.zeros((2, 1, 2)), hidden_size=4)
 
 
 # ----------------------------------------------------------------------------
@@ -123,7 +194,7 @@ def leaky(cell):
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
-@pytest.mark.parametrize("cell,extra", CELL_CASES, ids=CELL_IDS)
+@pytest.mark.parametrize("cell,extra", CASES, ids=CELL_IDS)
 def test_vjp_matches_finite_differences(cell, extra, num_layers, bidirectional, bias):
     N = 3
     params, x, h0, c0, d_out, d_h_n, d_c_n = make_case(
@@ -134,7 +205,8 @@ def test_vjp_matches_finite_differences(cell, extra, num_layers, bidirectional, 
     check_vjp_against_fd(cell, params, x, h0, c0, d_out, d_h_n, d_c_n, kw)
 
 
-@pytest.mark.parametrize("cell,extra", CELL_CASES[:5], ids=CELL_IDS[:5])
+@pytest.mark.parametrize("cell,extra", [c for c, _ in LEAKY_CASES],
+                         ids=[i for _, i in LEAKY_CASES])
 def test_vjp_alpha_one(cell, extra):
     """alpha = 1 for the leaky cells (the main grid uses alpha < 1)."""
     N, L = 3, 2
@@ -145,7 +217,7 @@ def test_vjp_alpha_one(cell, extra):
     check_vjp_against_fd(cell, params, x, h0, c0, d_out, d_h_n, d_c_n, kw)
 
 
-@pytest.mark.parametrize("cell,extra", CELL_CASES, ids=CELL_IDS)
+@pytest.mark.parametrize("cell,extra", CASES, ids=CELL_IDS)
 def test_missing_states_mean_zeros(cell, extra):
     """h0/c0 None == zeros; d_h_n/d_c_n None == zero cotangents (no finite differences here:
     a zero h0 sits on the relu kink of the rate cell, where relu'(0) = 0 is used)."""
@@ -156,7 +228,7 @@ def test_missing_states_mean_zeros(cell, extra):
     kw = dict(hidden_size=N, num_layers=L, bidirectional=True,
               alpha=0.6 if leaky(cell) else 1.0, **extra)
     zeros = np.zeros((2 * L, B, N))
-    c_zeros = zeros if cell == "lstm" else None
+    c_zeros = zeros if cell in PAIRED else None
     fwd_default = ref_forward(cell, params, x, **kw)
     fwd_zeros = ref_forward(cell, params, x, zeros, c_zeros, **kw)
     for a, b in zip(fwd_default, fwd_zeros):
@@ -188,6 +260,41 @@ def test_forward_shapes_and_defaults():
         ref_forward("lstm", params, x, hidden_size=N, num_layers=L, bidirectional=True, alpha=0.5)
     with pytest.raises(ValueError):
         ref_forward("lstm", params, x, hidden_size=N, num_layers=1, bidirectional=True)
+    # coRNN's state is a pair (y, z) like LSTM's; IndRNN's weight_hh is a vector
+    rng = np.random.default_rng(3)
+    p_co = init_params(rng, "cornn", I, N, L, bidirectional=True)
+    assert p_co["weight_hh_l1_reverse"].shape == (N, 2 * N)
+    out_c, y_n, z_n = ref_forward("cornn", p_co, x, h0, c0, hidden_size=N, num_layers=L,
+                                  bidirectional=True)
+    assert out_c.shape == (T, B, 2 * N) and y_n.shape == z_n.shape == (2 * L, B, N)
+    assert_close(y_n[2], out_c[-1, :, :N], rtol=0.0, what="y_n fwd")
+    g_co = ref_vjp("cornn", p_co, x, np.ones_like(out_c), h0, c0, hidden_size=N, num_layers=L,
+                   bidirectional=True)
+    assert g_co["c0"].shape == c0.shape and g_co["weight_hh_l0"].shape == (N, 2 * N)
+    p_ind = init_params(rng, "indrnn", I, N)
+    assert p_ind["weight_hh_l0"].shape == (N,)
+    g_ind = ref_vjp("indrnn", p_ind, x, np.ones((T, B, N)), hidden_size=N)
+    assert g_ind["weight_hh_l0"].shape == (N,) and "c0" not in g_ind
+
+
+def test_options_change_the_result_and_defaults_are_the_documented_ones():
+    """cell_options reach the step; None gives OPTIONS (the papers' defaults)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 2, 2))
+    for cell, changed in [("cornn", {"dt": 0.1}), ("cornn", {"gamma": 1.0}),
+                          ("cornn", {"epsilon": 1.0}), ("antisymmetric", {"epsilon": 0.1}),
+                          ("antisymmetric", {"gamma": 0.5})]:
+        params = init_params(rng, cell, 2, 3)
+        h0 = rng.uniform(-0.8, 0.8, (1, 2, 3))
+        c0 = h0.copy() if cell in PAIRED else None
+        default = ref_forward(cell, params, x, h0, c0, hidden_size=3)[0]
+        explicit = ref_forward(cell, params, x, h0, c0, hidden_size=3,
+                               cell_options=ref.OPTIONS[cell])[0]
+        other = ref_forward(cell, params, x, h0, c0, hidden_size=3, cell_options=changed)[0]
+        assert_close(explicit, default, rtol=0.0, what=f"{cell} defaults")
+        assert np.max(np.abs(other - default)) > 1e-6, (cell, changed)
+    assert ref.OPTIONS == {"antisymmetric": {"epsilon": 0.01, "gamma": 0.01},
+                           "cornn": {"dt": 0.042, "gamma": 2.7, "epsilon": 4.7}}
 
 
 # ----------------------------------------------------------------------------
@@ -229,15 +336,14 @@ def detached_state_in_factory(cell, params, x, h0, c0, kw, k):
 
 
 @pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("cell,bidirectional", [("tanh", False), ("lstm", False),
-                                                ("gru", True), ("rate", True)])
+@pytest.mark.parametrize("cell,bidirectional", ONE_PER_CELL)
 def test_truncated_vjp_matches_detached_finite_differences(cell, bidirectional, k):
     N, L = 3, 2
     params, x, h0, c0, d_out, d_h_n, d_c_n = make_case(
         seed_of("trunc", cell, bidirectional, k), cell, T=7, B=2, I=2, N=N, L=L,
         bidirectional=bidirectional, bias=True)
     kw = dict(hidden_size=N, num_layers=L, bidirectional=bidirectional,
-              alpha=0.7 if leaky(cell) else 1.0)
+              alpha=0.7 if leaky(cell) else 1.0, cell_options=TEST_OPTIONS.get(cell))
     factory = detached_state_in_factory(cell, params, x, h0, c0, kw, k)
     truncated = check_vjp_against_fd(cell, params, x, h0, c0, d_out, d_h_n, d_c_n, kw,
                                      truncate=k, state_in_factory=factory)
@@ -247,12 +353,13 @@ def test_truncated_vjp_matches_detached_finite_differences(cell, bidirectional, 
     assert diff > 1e-6
 
 
-@pytest.mark.parametrize("cell", ["tanh", "lstm", "gru", "rate"])
-def test_truncate_at_least_T_equals_full(cell):
+@pytest.mark.parametrize("cell,extra", CASES, ids=CELL_IDS)
+def test_truncate_at_least_T_equals_full(cell, extra):
     N, L, T = 3, 2, 5
     params, x, h0, c0, d_out, d_h_n, d_c_n = make_case(
-        seed_of("truncT", cell), cell, T=T, B=2, I=2, N=N, L=L, bidirectional=True, bias=True)
-    kw = dict(hidden_size=N, num_layers=L, bidirectional=True)
+        seed_of("truncT", cell, extra), cell, T=T, B=2, I=2, N=N, L=L, bidirectional=True,
+        bias=True)
+    kw = dict(hidden_size=N, num_layers=L, bidirectional=True, **extra)
     full = ref_vjp(cell, params, x, d_out, h0, c0, d_h_n, d_c_n, **kw)
     for k in (T, T + 3):
         tr = ref_vjp(cell, params, x, d_out, h0, c0, d_h_n, d_c_n, truncate=k, **kw)
@@ -270,7 +377,7 @@ def test_truncate_at_least_T_equals_full(cell):
 @pytest.mark.parametrize("truncate", [None, 2], ids=["full", "trunc2"])
 @pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("cell", ["tanh", "lstm", "gru", "rate"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_state_grad_norm_matches_finite_differences(cell, bidirectional, num_layers, truncate):
     """dL/dh_t of the last layer by perturbing the state produced at step t and continuing.
 
@@ -282,7 +389,7 @@ def test_state_grad_norm_matches_finite_differences(cell, bidirectional, num_lay
         seed_of("sgn", cell, bidirectional, num_layers, truncate), cell, T=T, B=B, I=2, N=N,
         L=L, bidirectional=bidirectional, bias=True)
     kw = dict(hidden_size=N, num_layers=L, bidirectional=bidirectional,
-              alpha=0.8 if leaky(cell) else 1.0)
+              alpha=0.8 if leaky(cell) else 1.0, cell_options=TEST_OPTIONS.get(cell))
     state_in = None
     if truncate is not None:
         state_in = detached_state_in_factory(cell, params, x, h0, c0, kw, truncate)()
@@ -313,14 +420,14 @@ def test_state_grad_norm_matches_finite_differences(cell, bidirectional, num_lay
 # ----------------------------------------------------------------------------
 
 def torch_module(cell, I, N, L, bidirectional, bias, params):
+    """the torch.nn module numrnn names as the cell's twin ("RNN_TANH", "LSTM", ...)."""
     torch = pytest.importorskip("torch")
     common = dict(num_layers=L, bias=bias, bidirectional=bidirectional, dtype=torch.float64)
-    if cell in ("tanh", "relu"):
-        mod = torch.nn.RNN(I, N, nonlinearity=cell, **common)
-    elif cell == "lstm":
-        mod = torch.nn.LSTM(I, N, **common)
+    mode = definition(cell).torch
+    if mode.startswith("RNN_"):
+        mod = torch.nn.RNN(I, N, nonlinearity=mode[4:].lower(), **common)
     else:
-        mod = torch.nn.GRU(I, N, **common)
+        mod = getattr(torch.nn, mode)(I, N, **common)
     names = [n for n, _ in mod.named_parameters()]
     assert names == param_names(L, bidirectional, bias)
     with torch.no_grad():
@@ -361,7 +468,7 @@ def torch_loss_and_grads(torch, mod, cell, x, h0, c0, d_out, d_h_n, d_c_n, chunk
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("cell", ["tanh", "relu", "lstm", "gru"])
+@pytest.mark.parametrize("cell", TORCH_CELLS)
 def test_torch_parity(cell, bias):
     torch = pytest.importorskip("torch")
     N, L, I, T, B = 4, 2, 3, 6, 3
@@ -388,7 +495,7 @@ def test_torch_parity(cell, bias):
 
 
 @pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
+@pytest.mark.parametrize("cell", TORCH_CELLS)
 def test_torch_truncated_parity(cell, k):
     """truncate=k equals torch run chunk by chunk with the state .detach()ed (unidirectional)."""
     torch = pytest.importorskip("torch")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import numrnn
-from tests.problems import make_problem
+from tests.problems import TORCH_CELLS, make_problem
 from tests.tolerance import assert_close
 
 torch = pytest.importorskip("torch")
@@ -28,7 +28,7 @@ def _torch_grads(module, x, h0, d_out, d_h, lstm):
     return out.detach().numpy(), h_n, grads
 
 
-@pytest.mark.parametrize("cell", ["tanh", "relu", "lstm", "gru"])
+@pytest.mark.parametrize("cell", TORCH_CELLS)
 @pytest.mark.parametrize("layers, bidir, batch_first, bias", [
     (1, False, False, True),
     (2, True, False, True),
@@ -57,6 +57,10 @@ def test_outputs_and_gradients_equal_pytorch(rng, cell, layers, bidir, batch_fir
         assert_close(a, b, rtol=RTOL, what="h_n")
     for k, v in g_t.items():
         assert_close(g[k], v, rtol=RTOL, what=k)
+
+
+def test_the_torch_twins_are_the_cells_pytorch_has():
+    assert set(TORCH_CELLS) == {"tanh", "relu", "lstm", "gru"}
 
 
 def test_from_torch_keeps_float32_and_rejects_unsupported():

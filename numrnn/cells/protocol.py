@@ -312,18 +312,35 @@ def _hash_function(h, fn, seen):
     seen.add(id(fn))
     code = fn.__code__
     _hash_code(h, code)
+    h.update(_value_repr(fn.__defaults__))
+    h.update(_value_repr(fn.__kwdefaults__))
     for cell in fn.__closure__ or ():
         value = cell.cell_contents
         if isinstance(value, types.FunctionType):
             _hash_function(h, value, seen)
         else:
-            h.update(repr(value).encode())
+            h.update(_value_repr(value))
     for name in _global_names(code):
         value = fn.__globals__.get(name)
         if isinstance(value, types.FunctionType):
             _hash_function(h, value, seen)
-        elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            h.update(repr((name, value)).encode())
+        else:
+            h.update(name.encode() + _value_repr(value))
+
+
+def _value_repr(value):
+    """Bytes that change when a constant a cell's code reads changes (numbers, strings, tuples,
+    arrays...); modules and other objects whose contents are code, by name."""
+    if isinstance(value, (bool, int, float, complex, str, bytes, type(None), np.generic)):
+        return repr((type(value).__name__, value)).encode()
+    if isinstance(value, (tuple, list, frozenset)):
+        return b"(" + b",".join(_value_repr(v) for v in value) + b")"
+    if isinstance(value, dict):
+        return b"{" + b",".join(_value_repr(k) + b":" + _value_repr(v)
+                                for k, v in value.items()) + b"}"
+    if isinstance(value, np.ndarray):
+        return repr((value.dtype.str, value.shape)).encode() + value.tobytes()
+    return repr(type(value)).encode() + getattr(value, "__name__", "").encode()
 
 
 def _hash_code(h, code):

@@ -174,6 +174,9 @@ overload(tanh)(_by_precision(_tanh64, _tanh32))
 def cpu_math():
     """A module that stands in for :mod:`math` in the CPU twins of the cell functions."""
     module = pytypes.ModuleType("numrnn_cpu_math")
+    for name in dir(math):  # every other function is math's own
+        if not name.startswith("_"):
+            setattr(module, name, getattr(math, name))
     module.exp = exp
     module.expm1 = expm1
     module.tanh = tanh

@@ -424,11 +424,16 @@ def _make_coefficients(fingerprint):
 
 def _for_cell(make, cell, namespace):
     """The kernel ``make`` returns, with the cell's globals, compiled (and cached) with Numba."""
-    generic = make(cell.fingerprint())
+    fingerprint = cell.fingerprint()
+    generic = make(fingerprint)
     glob = dict(globals())
     glob.update(namespace)
-    fn = types.FunctionType(generic.__code__, glob, generic.__name__, None, generic.__closure__)
-    fn.__qualname__ = generic.__qualname__
+    # a name of its own: Numba names compiled code by qualified name and a per-process counter,
+    # so two cells' kernels compiled in different processes could share a symbol, and a process
+    # loading both from the cache would run the first for the second
+    name = f"{generic.__name__}_{fingerprint}"
+    fn = types.FunctionType(generic.__code__, glob, name, None, generic.__closure__)
+    fn.__qualname__ = f"{generic.__qualname__}_{fingerprint}"
     return njit(**_JIT)(fn)
 
 
