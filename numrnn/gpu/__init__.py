@@ -20,7 +20,8 @@ def info():
     """The device and the paths of the last recurrence launches, as a dict.
 
     ``"forward"``/``"backward"`` hold :class:`numrnn.gpu.launch.Plan` tuples: ``path`` is
-    "block", "persistent" or "stepwise", ``weights_on_chip`` whether W_hh sat in shared memory.
+    "block", "persistent" or "stepwise", ``weights_on_chip`` whether the recurrent matrix sat in
+    shared memory.
     """
     from ._cuda import device_properties
 

@@ -47,8 +47,12 @@ def _make_gemm(dtype, scalar):
         kfull = a.shape[0] if ta else a.shape[1]
         kbeg = cuda.blockIdx.z * kslice
         kdim = min(kfull, kbeg + kslice)
-        a_s = cuda.shared.array((TK, tm), dtype)
-        b_s = cuda.shared.array((TK, tm), dtype)
+        # the two (TK, tm) tiles, row-major, in dynamic shared memory (2 * TK * tm elements,
+        # :func:`matmul`'s launch): the simulator allocates a static shared array when a thread
+        # first reaches its line, unlocked, so two threads may each get their own copy
+        smem = cuda.shared.array(0, dtype)
+        a_s = smem[0:TK * tm]
+        b_s = smem[TK * tm:2 * TK * tm]
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         tid = ty * TD + tx
@@ -85,7 +89,7 @@ def _make_gemm(dtype, scalar):
                 v = zero
                 if i < m and k < kdim:
                     v = a[k, i] if ta else a[i, k]
-                a_s[kk, ii] = v
+                a_s[kk * tm + ii] = v
                 if tb:  # b is (P, K)
                     jj = e // TK
                     kk = e - jj * TK
@@ -97,17 +101,19 @@ def _make_gemm(dtype, scalar):
                 v = zero
                 if j < p and k < kdim:
                     v = b[j, k] if tb else b[k, j]
-                b_s[kk, jj] = v
+                b_s[kk * tm + jj] = v
             cuda.syncthreads()
             for kk in range(TK):
-                x0 = a_s[kk, ty]
-                x1 = a_s[kk, ty + TD]
-                x2 = a_s[kk, ty + 2 * TD]
-                x3 = a_s[kk, ty + 3 * TD]
-                y0 = b_s[kk, tx]
-                y1 = b_s[kk, tx + TD]
-                y2 = b_s[kk, tx + 2 * TD]
-                y3 = b_s[kk, tx + 3 * TD]
+                ka = kk * tm + ty
+                kb = kk * tm + tx
+                x0 = a_s[ka]
+                x1 = a_s[ka + TD]
+                x2 = a_s[ka + 2 * TD]
+                x3 = a_s[ka + 3 * TD]
+                y0 = b_s[kb]
+                y1 = b_s[kb + TD]
+                y2 = b_s[kb + 2 * TD]
+                y3 = b_s[kb + 3 * TD]
                 c00 += x0 * y0
                 c01 += x0 * y1
                 c02 += x0 * y2
@@ -185,13 +191,15 @@ def matmul(a, b, ta=False, tb=False, out=None, accumulate=False, bias=None):
     has_bias = bias is not None
     if bias is None:
         bias = _cuda.empty((1,), dtype)
+    smem = 2 * TK * tm * dtype.itemsize
     if splits == 1:
-        _gemms[dtype][(gp, gm, 1), (TD, TD)](a, b, out.reshape(1, m, p), bool(ta), bool(tb),
-                                             bool(accumulate), bias, has_bias, kslice)
+        _gemms[dtype][(gp, gm, 1), (TD, TD), 0, smem](a, b, out.reshape(1, m, p), bool(ta),
+                                                      bool(tb), bool(accumulate), bias, has_bias,
+                                                      kslice)
         return out
     part = _cuda.empty((splits, m, p), dtype)
-    _gemms[dtype][(gp, gm, splits), (TD, TD)](a, b, part, bool(ta), bool(tb), False, bias,
-                                              False, kslice)
+    _gemms[dtype][(gp, gm, splits), (TD, TD), 0, smem](a, b, part, bool(ta), bool(tb), False,
+                                                       bias, False, kslice)
     n = m * p
     _sum_slices[max(1, -(-n // 128)), 128](part.reshape(splits, n), out.reshape(n),
                                            bool(accumulate), bias, has_bias, p)

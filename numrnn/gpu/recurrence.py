@@ -1,34 +1,150 @@
 """The sequential part of an RNN layer on the GPU: forward recurrence and the BPTT sweep.
 
 The GPU twin of :mod:`numrnn.cpu.recurrence`: same inputs, same outputs, same cell math (the
-``register_jitable`` functions of :mod:`numrnn.cells`), so a CPU/GPU disagreement is a launch bug.
-Everything that is not sequential (the input projection of all steps, the weight gradients) is a
-tiled matrix product in :mod:`numrnn.gpu.matmul`.
+cell's own functions, compiled into the kernels as GPU twins), so a CPU/GPU disagreement is a
+launch bug.  Everything that is not sequential (the input projection of all steps, the weight
+gradients) is a tiled matrix product in :mod:`numrnn.gpu.matmul`.
+
+Kernels are made per cell definition (:class:`numrnn.Cell`): the generic kernels below call
+``load_x``, ``unit_forward``, ``read_value``, ``unit_backward`` and ``pullback_load``, the work of
+one (unit, batch row) written for the cell by :func:`_unit_functions` from the cell's functions
+(:mod:`numrnn.cells.codegen`), and are compiled once per cell, dtype and variant (below).
 
 Work split (see :mod:`numrnn.gpu.launch` for the three paths): a block owns units [u0, u1) of batch
-rows [b0, b1).  Per step it loads a tile of recurrent inputs (a few batch rows, all N units) into
-shared memory; one warp computes, for one unit and four batch rows, the dot products with the
-unit's G rows of W_hh (forward) or its column of W_hh (BPTT), the lanes splitting the reduction
-and a warp sum combining them in a fixed order (deterministic: no atomics anywhere); lanes 0-3 then
-apply the cell's step or its vector-Jacobian product to their batch row.  The forward needs one
-grid-wide sync per step (after the new states are written); BPTT one (after the cotangents of the
-projections are written: the next state cotangent needs all of them).
+rows [b0, b1).  Per step it loads a tile of recurrent inputs (a few batch rows, all R*N entries of
+r = the read states, through the cell's read map) into shared memory; one warp computes, for one
+unit and four batch rows, the dot products with the unit's G rows of M (forward) or, in BPTT, with
+one of its R columns, the lanes splitting the reduction and a warp sum combining them in a fixed
+order (deterministic: no atomics anywhere).  Lanes 0-3 keep the G recurrent projections of their
+batch row in the warp's scratch and then apply the cell's step (forward); in BPTT they add the
+pulled-back cotangent to the state the column reads.  The forward needs one grid-wide sync per
+step (after the new states are written); BPTT one (after the cotangents of the projections are
+written: the next state cotangent needs all of them).
 
-Tiers: ``_make_*`` build the ``@cuda.jit`` kernels (one source, specialised per dtype, per
-synchronisation (grid or block) and per warp-sum variant); ``forward``/``backward`` allocate,
-plan the launch and report the path they ran in :data:`last_paths`.
+Tiers: ``_make_*`` build the ``@cuda.jit`` kernels (one source, specialised per cell, dtype,
+synchronisation (grid or block) and warp-sum variant); ``forward``/``backward`` allocate, plan
+the launch and report the path they ran in :data:`last_paths`.
 """
 import numba
 import numpy as np
+from numba.extending import register_jitable
 
-from .. import cells, config, norms
+from .. import config, norms
+from ..cells import codegen
+from ..cells.twins import Twins
 from . import _cuda, launch
 from ._cuda import cuda
 
 _FASTMATH = config.FASTMATH
 
+#: The GPU twins of cell functions: the real ``math`` (CUDA's functions); NVVM inlines them.
+twins = Twins(None, inline="never")
+
 #: The plans of the most recent forward and backward launches: {"forward": Plan, "backward": Plan}.
 last_paths = {}
+
+
+# --- the work of one (unit, batch row), generated from the cell's definition -------------------
+#
+# States: p0, p1 entering the step (p1 only for two-state cells); the carried cotangents of BPTT
+# live in ``carry`` (2, B, N) (row p: state p; row 1 is carried, untouched, by one-state cells, as
+# the CPU kernel does) and the direct parts of the read states' cotangents, before the pullback
+# through M is added, in ``direct`` (2, B, N).
+
+
+def _unit_functions(cell):
+    """Generate and compile the per-unit functions of ``cell``: a dict of jitable functions."""
+    G, P, A = cell.gate_count, cell.state_count, cell.aux_count
+    BR = launch.BR
+    init = ("h0", "c0")
+    outs = ("out_h", "out_c")
+    src = codegen.Source()
+    # the G input projections of one unit, loaded before the dot products (their latency hides)
+    src("def load_x(xp, t, b, u, N):").indent()
+    src("return (" + ", ".join(f"xp[t, b, {g} * N + u]" for g in range(G)) + ",)").dedent()
+    # forward: hs[hoff + BR*g] holds (M r)_g + b_hh for this unit and batch row
+    src("def unit_forward(xv, hs, hoff, p0, p1, opts, one, out_h, out_c, aux, t, b, u, N):")
+    src.indent()
+    codegen.options_lines(src, cell)
+    if cell.separate:
+        pre = [f"xv[{g}]" for g in range(G)] + [f"hs[hoff + {BR * g}]" for g in range(G)]
+    else:
+        pre = [f"xv[{g}] + hs[hoff + {BR * g}]" for g in range(G)]
+    codegen.step_lines(src, cell, pre, [f"p{p}" for p in range(P)],
+                       [f"s{p}" for p in range(P)], [f"a{k}" for k in range(A)])
+    for p in range(P):
+        src(f"{outs[p]}[t, b, u] = s{p}")
+    for k in range(A):
+        src(f"aux[t, b, {k} * N + u] = a{k}")
+    src.dedent()
+    # entry k of the recurrent input r (R*N,) of batch row b entering the step
+    src("def read_value(k, b, first, tp, h0, c0, out_h, out_c, N, opts, one):").indent()
+    if cell.read_map is not None:
+        codegen.options_lines(src, cell)
+    last = cell.read_count - 1
+    for q, p in enumerate(cell.read_index):
+        if q < last:
+            src(f"if k < {q + 1} * N:").indent()
+        src(f"kk = k - {q} * N")
+        src(f"s = {init[p]}[b, kk] if first else {outs[p]}[tp, b, kk]")
+        src(f"return {codegen.read_expr(cell, 's')}")
+        if q < last:
+            src.dedent()
+    src.dedent()
+    # BPTT, phase 1: the cell's vjp for one unit and batch row
+    src("def unit_backward(t, b, u, N, first, tp, h0, c0, out_h, out_c, aux, d_out, carry, "
+        "direct, dh_all, dxp, dhp, opts, one):").indent()
+    codegen.options_lines(src, cell)
+    src("if first:").indent()
+    for p in range(P):
+        src(f"p{p} = {init[p]}[b, u]")
+    src.dedent()("else:").indent()
+    for p in range(P):
+        src(f"p{p} = {outs[p]}[tp, b, u]")
+    src.dedent()
+    src("d0 = carry[0, b, u] + d_out[t, b, u]")
+    src("dh_all[t, b, u] = d0")
+    for p in range(1, P):
+        src(f"d{p} = carry[{p}, b, u]")
+    if cell.separate:
+        d_pre = [f"dx{g}" for g in range(G)] + [f"dh{g}" for g in range(G)]
+    else:
+        d_pre = [f"dz{g}" for g in range(G)]
+    codegen.vjp_lines(src, cell, [f"d{p}" for p in range(P)], [f"p{p}" for p in range(P)],
+                      [f"{outs[p]}[t, b, u]" for p in range(P)],
+                      [f"aux[t, b, {k} * N + u]" for k in range(A)], d_pre,
+                      [f"e{p}" for p in range(P)])
+    for g in range(G):
+        if cell.separate:
+            src(f"dxp[t, b, {g} * N + u] = dx{g}")
+            src(f"dhp[t, b, {g} * N + u] = dh{g}")
+        else:
+            src(f"dhp[t, b, {g} * N + u] = dz{g}")
+    for p in range(P):  # a read state gets the pullback through M added in phase 2
+        src(f"{'direct' if p in cell.read_index else 'carry'}[{p}, b, u] = e{p}")
+    src.dedent()
+    # BPTT, phase 2: for read q of one unit, (the state it reads, the direct part of that
+    # state's cotangent, dr_q/ds); the kernel stores direct + (M^T dhp)_q * dr_q/ds
+    src("def pullback_load(q, b, u, first, tp, h0, c0, out_h, out_c, direct, opts, one):")
+    src.indent()
+    if cell.read_map is not None:
+        codegen.options_lines(src, cell)
+    for q, p in enumerate(cell.read_index):
+        if q < last:
+            src(f"if q == {q}:").indent()
+        grad = "one"
+        if cell.read_map is not None:
+            src(f"s = {init[p]}[b, u] if first else {outs[p]}[tp, b, u]")
+            grad = codegen.read_grad_expr(cell, "s")
+        src(f"return {p}, direct[{p}, b, u], {grad}")
+        if q < last:
+            src.dedent()
+    src.dedent()
+    namespace = codegen.compile_functions(src, cell, twins,
+                                          f"<numrnn gpu units of cell {cell.name!r}>")
+    return {name: register_jitable(inline="never")(namespace[name])
+            for name in ("load_x", "unit_forward", "read_value", "unit_backward",
+                         "pullback_load")}
 
 
 # --- warp sums: shuffles on a GPU, shared memory in the simulator ------------------------------
@@ -85,25 +201,34 @@ def _block_sync():
 # --- forward -------------------------------------------------------------------------------
 
 
-def _make_forward(dtype, step_sync, sum4, SHUFFLE):
+def _make_forward(units_fns, two_states, dtype, step_sync, sum4, SHUFFLE):
+    load_x = units_fns["load_x"]
+    unit_forward = units_fns["unit_forward"]
+    read_value = units_fns["read_value"]
+    TWO_STATES = two_states
+    BR = launch.BR
+
     @cuda.jit(fastmath=_FASTMATH)
-    def forward_kernel(kind, act, consts, xp, w_flat, b_hh, h0, c0, reverse, s_begin, s_end,
-                       n_ug, units, bpb, tile, w_on_chip, out_h, out_c, aux):
+    def forward_kernel(opts, one, xp, w_flat, b_hh, h0, c0, reverse, s_begin, s_end, n_ug,
+                       units, bpb, tile, w_on_chip, out_h, out_c, aux):
         """Steps [s_begin, s_end) of the forward recurrence of one layer and direction.
 
-        xp (T, B, G*N) input projection with b_ih; w_flat (G*N*N,) W_hh row-major; b_hh (G*N,);
-        h0, c0 (B, N); consts = [a, 1 - a, 1, 0].  Writes out_h (T, B, N) (may be a strided view),
-        out_c (T, B, N) (LSTM) and aux (T, B, AUX_WIDTH*N).
+        xp (T, B, G*N) input projection with b_ih; w_flat (G*N*R*N,) M row-major; b_hh (G*N,);
+        h0, c0 (B, N) (c0: the second state, any (B, N) array for one-state cells); ``opts``
+        the cell's options, ``one`` = 1 in the dtype.  Writes out_h (T, B, N) (may be a strided
+        view), out_c (T, B, N) (two-state cells) and aux (T, B, A*N).
+
+        Shared memory: the block's rows of M (G*units rows of R*N, when on chip), the tile of
+        recurrent inputs (tile rows of R*N), the warp sums' buffer (simulator) and per warp
+        BR*G scratch values (the recurrent projections of its four batch rows).
         """
         T = out_h.shape[0]
         B = out_h.shape[1]
         N = out_h.shape[2]
-        G = b_hh.shape[0] // N
-        a = consts[0]
-        oma = consts[1]
-        one = consts[2]
-        zero = consts[3]
-        lstm = kind == cells.KIND_LSTM
+        GN = b_hh.shape[0]
+        G = GN // N
+        RN = w_flat.shape[0] // GN
+        zero = one - one
         tid = cuda.threadIdx.x
         nthr = cuda.blockDim.x
         lane = tid & 31
@@ -117,40 +242,37 @@ def _make_forward(dtype, step_sync, sum4, SHUFFLE):
         b0 = bg * bpb
         b1 = min(B, b0 + bpb)
         dyn = cuda.shared.array(0, dtype)
-        w_elems = G * units * N if w_on_chip else 0
+        w_elems = G * units * RN if w_on_chip else 0
         w_s = dyn[0:w_elems]
-        r_s = dyn[w_elems:w_elems + tile * N]
-        red_elems = 0 if SHUFFLE else nw * 128
-        red = dyn[w_elems + tile * N:w_elems + tile * N + red_elems]
-        scratch = dyn[w_elems + tile * N + red_elems:]
-        wo = warp * 48
-        xs = scratch[wo:wo + 16]
-        hs = scratch[wo + 16:wo + 32]
-        axs = scratch[wo + 32:wo + 48]
-        aw = 1 if kind == cells.KIND_ELMAN else (0 if kind == cells.KIND_RATE else 4)
+        r_s = dyn[w_elems:w_elems + tile * RN]
+        red_off = w_elems + tile * RN
+        red_elems = 0 if SHUFFLE else nw * BR * 32
+        red = dyn[red_off:red_off + red_elems]
+        scratch = dyn[red_off + red_elems:]
+        wo = warp * BR * G
         if w_on_chip:
-            for e in range(tid, G * units * N, nthr):
-                row = e // N
-                k = e - row * N
+            for e in range(tid, G * units * RN, nthr):
+                row = e // RN
+                k = e - row * RN
                 g = row // units
                 uu = row - g * units
                 if uu < nu:
-                    w_s[e] = w_flat[(g * N + u0 + uu) * N + k]
+                    w_s[e] = w_flat[(g * N + u0 + uu) * RN + k]
             cuda.syncthreads()
-        nq = tile // 4
+        nq = tile // BR
         n_iter = (units * nq + nw - 1) // nw
         for s in range(s_begin, s_end):
             t = T - 1 - s if reverse else s
             tp = t + 1 if reverse else t - 1
+            first = s == 0
             for bt0 in range(b0, b1, tile):
-                for e in range(tid, tile * N, nthr):
-                    bb = e // N
-                    k = e - bb * N
+                for e in range(tid, tile * RN, nthr):
+                    bb = e // RN
+                    k = e - bb * RN
                     b = bt0 + bb
                     v = zero
                     if b < b1:
-                        hv = h0[b, k] if s == 0 else out_h[tp, b, k]
-                        v = cells.recurrent_input(kind, act, hv, zero)
+                        v = read_value(k, b, first, tp, h0, c0, out_h, out_c, N, opts, one)
                     r_s[e] = v
                 cuda.syncthreads()
                 for it in range(n_iter):
@@ -162,76 +284,49 @@ def _make_forward(dtype, step_sync, sum4, SHUFFLE):
                         uu = 0
                         qd = 0
                     u = u0 + uu
-                    roff = qd * 4 * N
-                    b = bt0 + qd * 4 + lane
-                    mine = valid and lane < 4 and b < b1
+                    roff = qd * BR * RN
+                    b = bt0 + qd * BR + lane
+                    mine = valid and lane < BR and b < b1
                     # issue this item's loads now: they complete during the dot products
-                    x0 = zero
-                    x1 = zero
-                    x2 = zero
-                    x3 = zero
-                    bh0 = zero
-                    bh1 = zero
-                    bh2 = zero
-                    bh3 = zero
-                    h_prev = zero
-                    c_prev = zero
+                    xv = load_x(xp, t, b if mine else b0, u, N)
+                    p0 = zero
+                    p1 = zero
                     if mine:
-                        x0 = xp[t, b, u]
-                        bh0 = b_hh[u]
-                        if G > 1:
-                            x1 = xp[t, b, N + u]
-                            x2 = xp[t, b, 2 * N + u]
-                            bh1 = b_hh[N + u]
-                            bh2 = b_hh[2 * N + u]
-                        if G > 3:
-                            x3 = xp[t, b, 3 * N + u]
-                            bh3 = b_hh[3 * N + u]
-                        if s == 0:
-                            h_prev = h0[b, u]
-                            c_prev = c0[b, u]
+                        if first:
+                            p0 = h0[b, u]
+                            p1 = c0[b, u]
                         else:
-                            h_prev = out_h[tp, b, u]
-                            if lstm:
-                                c_prev = out_c[tp, b, u]
+                            p0 = out_h[tp, b, u]
+                            if TWO_STATES:
+                                p1 = out_c[tp, b, u]
                     for g in range(G):
+                        bh = b_hh[g * N + u] if mine else zero
                         a0 = zero
                         a1 = zero
                         a2 = zero
                         a3 = zero
                         if w_on_chip:
-                            woff = (g * units + uu) * N
-                            for k in range(lane, N, 32):
+                            woff = (g * units + uu) * RN
+                            for k in range(lane, RN, 32):
                                 w = w_s[woff + k]
                                 a0 += w * r_s[roff + k]
-                                a1 += w * r_s[roff + N + k]
-                                a2 += w * r_s[roff + 2 * N + k]
-                                a3 += w * r_s[roff + 3 * N + k]
+                                a1 += w * r_s[roff + RN + k]
+                                a2 += w * r_s[roff + 2 * RN + k]
+                                a3 += w * r_s[roff + 3 * RN + k]
                         else:
-                            woff = (g * N + u) * N
-                            for k in range(lane, N, 32):
+                            woff = (g * N + u) * RN
+                            for k in range(lane, RN, 32):
                                 w = w_flat[woff + k]
                                 a0 += w * r_s[roff + k]
-                                a1 += w * r_s[roff + N + k]
-                                a2 += w * r_s[roff + 2 * N + k]
-                                a3 += w * r_s[roff + 3 * N + k]
-                        v = sum4(a0, a1, a2, a3, lane, red, warp * 128)
+                                a1 += w * r_s[roff + RN + k]
+                                a2 += w * r_s[roff + 2 * RN + k]
+                                a3 += w * r_s[roff + 3 * RN + k]
+                        v = sum4(a0, a1, a2, a3, lane, red, warp * BR * 32)
                         if mine:
-                            bh = bh0 if g == 0 else (bh1 if g == 1 else (bh2 if g == 2 else bh3))
-                            hs[g * 4 + lane] = v + bh
+                            scratch[wo + g * BR + lane] = v + bh
                     if mine:
-                        xs[lane] = x0
-                        xs[4 + lane] = x1
-                        xs[8 + lane] = x2
-                        xs[12 + lane] = x3
-                        # per-warp rows of 4 batch lanes: unit j = lane, "n" = 4
-                        h, c = cells.unit_forward(kind, act, a, oma, one, zero, xs, hs, lane, 4,
-                                                  h_prev, c_prev, axs)
-                        out_h[t, b, u] = h
-                        if lstm:
-                            out_c[t, b, u] = c
-                        for g in range(aw):
-                            aux[t, b, g * N + u] = axs[g * 4 + lane]
+                        unit_forward(xv, scratch, wo + lane, p0, p1, opts, one, out_h, out_c,
+                                     aux, t, b, u, N)
                 cuda.syncthreads()
             step_sync()
     return forward_kernel
@@ -240,27 +335,34 @@ def _make_forward(dtype, step_sync, sum4, SHUFFLE):
 # --- backward (BPTT) -----------------------------------------------------------------------
 
 
-def _make_backward(dtype, step_sync, sum4, SHUFFLE):
+def _make_backward(units_fns, dtype, step_sync, sum4, SHUFFLE):
+    unit_backward = units_fns["unit_backward"]
+    pullback_load = units_fns["pullback_load"]
+    BR = launch.BR
+
     @cuda.jit(fastmath=_FASTMATH)
-    def backward_kernel(kind, act, consts, wt_flat, h0, c0, out_h, out_c, aux, d_out, dh_n,
-                        dc_n, reverse, truncate, s_begin, s_end, phases, n_ug, units, bpb, tile,
-                        w_on_chip, dxp, dhp, dh0, dc0, dh_all, carry, carry_d, carry_c):
+    def backward_kernel(opts, one, wt_flat, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n,
+                        reverse, truncate, s_begin, s_end, phases, n_ug, units, bpb, tile,
+                        w_on_chip, dxp, dhp, dh0, dc0, dh_all, carry, direct):
         """Steps [s_begin, s_end) of BPTT through one layer and direction.
 
-        wt_flat (N*G*N,): W_hh transposed, row-major.  Phase 1 of a step applies each unit's
-        vector-Jacobian product (writes dhp, dxp for GRU, dh_all = dL/dh_t); phase 2, after the
-        step's sync, adds W_hh^T dhp to the carried state cotangent (``phases`` selects them, for
-        the stepwise path).  carry, carry_d (direct part), carry_c (B, N) are scratch.
+        wt_flat (R*N*G*N,): M transposed, row-major.  Phase 1 of a step applies each unit's
+        vector-Jacobian product (writes dhp, dxp for cells that see the projections apart,
+        dh_all = dL/dh_t, and the states' direct cotangents); phase 2, after the step's sync,
+        adds the pullback of dhp through M and the read map to the read states' cotangents
+        (``phases`` selects them, for the stepwise path).  carry, direct (2, B, N) are scratch:
+        the carried state cotangents and the direct parts of the read states'.
+
+        Shared memory: the block's columns of M (R*units rows of G*N, when on chip), the tile of
+        projection cotangents (tile rows of G*N) and the warp sums' buffer (simulator).
         """
         T = out_h.shape[0]
         B = out_h.shape[1]
         N = out_h.shape[2]
         GN = dhp.shape[2]
-        a = consts[0]
-        oma = consts[1]
-        one = consts[2]
-        zero = consts[3]
-        lstm = kind == cells.KIND_LSTM
+        RN = wt_flat.shape[0] // GN
+        R = RN // N
+        zero = one - one
         tid = cuda.threadIdx.x
         nthr = cuda.blockDim.x
         lane = tid & 31
@@ -275,23 +377,29 @@ def _make_backward(dtype, step_sync, sum4, SHUFFLE):
         b1 = min(B, b0 + bpb)
         nb = b1 - b0
         dyn = cuda.shared.array(0, dtype)
-        w_elems = units * GN if w_on_chip else 0
+        w_elems = R * units * GN if w_on_chip else 0
         w_s = dyn[0:w_elems]
         v_s = dyn[w_elems:w_elems + tile * GN]
-        red = dyn[w_elems + tile * GN:w_elems + tile * GN + (0 if SHUFFLE else nw * 128)]
+        red = dyn[w_elems + tile * GN:w_elems + tile * GN + (0 if SHUFFLE else nw * BR * 32)]
         if w_on_chip:
-            for e in range(tid, nu * GN, nthr):
-                w_s[e] = wt_flat[u0 * GN + e]
+            for e in range(tid, R * units * GN, nthr):
+                row = e // GN
+                i = e - row * GN
+                q = row // units
+                uu = row - q * units
+                if uu < nu:
+                    w_s[e] = wt_flat[(q * N + u0 + uu) * GN + i]
         if s_begin == 0 and (phases & 1):
             for e in range(tid, nb * nu, nthr):
                 bl = e // nu
                 u = u0 + e - bl * nu
                 b = b0 + bl
-                carry[b, u] = dh_n[b, u]
-                carry_c[b, u] = dc_n[b, u]
+                carry[0, b, u] = dh_n[b, u]
+                carry[1, b, u] = dc_n[b, u]
         cuda.syncthreads()
-        nq = tile // 4
-        n_iter = (units * nq + nw - 1) // nw
+        nq = tile // BR
+        cols = R * units
+        n_iter = (cols * nq + nw - 1) // nw
         for s in range(s_begin, s_end):
             t = s if reverse else T - 1 - s
             first = t == (T - 1 if reverse else 0)
@@ -301,20 +409,8 @@ def _make_backward(dtype, step_sync, sum4, SHUFFLE):
                     bl = e // nu
                     u = u0 + e - bl * nu
                     b = b0 + bl
-                    if first:
-                        h_prev = h0[b, u]
-                        c_prev = c0[b, u]
-                    else:
-                        h_prev = out_h[tp, b, u]
-                        c_prev = out_c[tp, b, u] if lstm else zero
-                    c_t = out_c[t, b, u] if lstm else zero
-                    dh = carry[b, u] + d_out[t, b, u]
-                    dh_all[t, b, u] = dh
-                    dhd, dcp = cells.unit_backward(kind, act, a, oma, one, zero, dh, carry_c[b, u],
-                                                   u, N, h_prev, c_prev, c_t, aux[t, b], dxp[t, b],
-                                                   dhp[t, b])
-                    carry_d[b, u] = dhd
-                    carry_c[b, u] = dcp
+                    unit_backward(t, b, u, N, first, tp, h0, c0, out_h, out_c, aux, d_out, carry,
+                                  direct, dh_all, dxp, dhp, opts, one)
             step_sync()
             if phases & 2:
                 cut = False
@@ -325,8 +421,8 @@ def _make_backward(dtype, step_sync, sum4, SHUFFLE):
                         bl = e // nu
                         u = u0 + e - bl * nu
                         b = b0 + bl
-                        carry[b, u] = zero
-                        carry_c[b, u] = zero
+                        carry[0, b, u] = zero
+                        carry[1, b, u] = zero
                 else:
                     for bt0 in range(b0, b1, tile):
                         for e in range(tid, tile * GN, nthr):
@@ -337,55 +433,91 @@ def _make_backward(dtype, step_sync, sum4, SHUFFLE):
                         cuda.syncthreads()
                         for it in range(n_iter):
                             item = warp + it * nw
-                            uu = item % units
-                            qd = item // units
+                            cu = item % cols
+                            qd = item // cols
+                            q = cu // units
+                            uu = cu - q * units
                             valid = uu < nu and qd < nq
                             if not valid:
+                                q = 0
                                 uu = 0
                                 qd = 0
                             u = u0 + uu
-                            voff = qd * 4 * GN
-                            b = bt0 + qd * 4 + lane
-                            mine = valid and lane < 4 and b < b1
-                            cd = zero
-                            h_prev = zero
-                            if mine:  # loads issued before the dot product
-                                cd = carry_d[b, u]
-                                h_prev = h0[b, u] if first else out_h[tp, b, u]
+                            voff = qd * BR * GN
+                            b = bt0 + qd * BR + lane
+                            mine = valid and lane < BR and b < b1
+                            # loads issued before the dot product
+                            p, dd, gg = pullback_load(q, b if mine else b0, u, first, tp, h0, c0,
+                                                      out_h, out_c, direct, opts, one)
                             a0 = zero
                             a1 = zero
                             a2 = zero
                             a3 = zero
                             if w_on_chip:
-                                woff = uu * GN
-                                for q in range(lane, GN, 32):
-                                    w = w_s[woff + q]
-                                    a0 += w * v_s[voff + q]
-                                    a1 += w * v_s[voff + GN + q]
-                                    a2 += w * v_s[voff + 2 * GN + q]
-                                    a3 += w * v_s[voff + 3 * GN + q]
+                                woff = (q * units + uu) * GN
+                                for i in range(lane, GN, 32):
+                                    w = w_s[woff + i]
+                                    a0 += w * v_s[voff + i]
+                                    a1 += w * v_s[voff + GN + i]
+                                    a2 += w * v_s[voff + 2 * GN + i]
+                                    a3 += w * v_s[voff + 3 * GN + i]
                             else:
-                                woff = u * GN
-                                for q in range(lane, GN, 32):
-                                    w = wt_flat[woff + q]
-                                    a0 += w * v_s[voff + q]
-                                    a1 += w * v_s[voff + GN + q]
-                                    a2 += w * v_s[voff + 2 * GN + q]
-                                    a3 += w * v_s[voff + 3 * GN + q]
-                            v = sum4(a0, a1, a2, a3, lane, red, warp * 128)
+                                woff = (q * N + u) * GN
+                                for i in range(lane, GN, 32):
+                                    w = wt_flat[woff + i]
+                                    a0 += w * v_s[voff + i]
+                                    a1 += w * v_s[voff + GN + i]
+                                    a2 += w * v_s[voff + 2 * GN + i]
+                                    a3 += w * v_s[voff + 3 * GN + i]
+                            v = sum4(a0, a1, a2, a3, lane, red, warp * BR * 32)
                             if mine:
-                                val = cd + v * cells.recurrent_input_grad(
-                                    kind, act, h_prev, one, zero)
-                                carry[b, u] = val
-                                if first:
-                                    dh0[b, u] = val
-                                    dc0[b, u] = carry_c[b, u]
+                                carry[p, b, u] = dd + v * gg
                         cuda.syncthreads()
+                if first:  # every state's cotangent of this block's units is final
+                    for e in range(tid, nb * nu, nthr):
+                        bl = e // nu
+                        u = u0 + e - bl * nu
+                        b = b0 + bl
+                        dh0[b, u] = carry[0, b, u]
+                        dc0[b, u] = carry[1, b, u]
             cuda.syncthreads()
     return backward_kernel
 
 
+# --- the recurrent inputs, for the weight gradient of M --------------------------------------
+
+
+def _make_reads(units_fns):
+    read_value = units_fns["read_value"]
+
+    @cuda.jit(fastmath=_FASTMATH)
+    def reads_kernel(opts, one, h0, c0, out_h, out_c, reverse, out):
+        """out[t] = r_t (T, B, R*N): the recurrent input read from the states entering step t."""
+        i = cuda.grid(1)
+        T = out.shape[0]
+        B = out.shape[1]
+        RN = out.shape[2]
+        N = out_h.shape[2]
+        if i < T * B * RN:
+            t = i // (B * RN)
+            rem = i - t * B * RN
+            b = rem // RN
+            k = rem - b * RN
+            first = t == (T - 1 if reverse else 0)
+            tp = t + 1 if reverse else t - 1
+            out[t, b, k] = read_value(k, b, first, tp, h0, c0, out_h, out_c, N, opts, one)
+    return reads_kernel
+
+
 # --- small elementwise kernels ---------------------------------------------------------------
+
+
+def _grid1(n):
+    """(blocks, threads) of a one-thread-per-element launch over n elements: up to 128 threads
+    a block, fewer (whole warps) for small n (the simulator runs every thread as a Python
+    thread)."""
+    threads = min(128, 32 * max(1, -(-n // 32)))
+    return max(1, -(-n // threads)), threads
 
 
 @cuda.jit(fastmath=_FASTMATH)
@@ -421,8 +553,7 @@ def first_nonfinite(a, reverse):
     holds a NaN or inf, or -1: an int64 numpy array of shape (B,) (the CPU kernels' ``bad``)."""
     T, B, _ = a.shape
     flags = _cuda.empty((T, B), np.int8)
-    threads = 128
-    _nonfinite_rows_kernel[-(-T * B // threads), threads](a, flags)
+    _nonfinite_rows_kernel[_grid1(T * B)](a, flags)
     return first_hits(flags.copy_to_host().astype(bool), reverse)
 
 
@@ -437,38 +568,49 @@ def first_hits(hit, reverse):
     return bad
 
 
-@cuda.jit(fastmath=_FASTMATH)
-def _recurrent_inputs_kernel(kind, act, consts, h0, out_h, reverse, out):
-    """out[t] = r_t (h_{t-1}, or phi(h_{t-1}) for the rate network)."""
-    i = cuda.grid(1)
-    T, B, N = out.shape
-    if i < T * B * N:
-        t = i // (B * N)
-        rem = i - t * B * N
-        b = rem // N
-        k = rem - b * N
-        first = t == (T - 1 if reverse else 0)
-        if first:
-            h = h0[b, k]
-        else:
-            h = out_h[t + 1, b, k] if reverse else out_h[t - 1, b, k]
-        out[t, b, k] = cells.recurrent_input(kind, act, h, consts[3])
-
-
 # --- kernel cache and compilation ------------------------------------------------------------
 
-_kernels = {}
+
+class CellKernels:
+    """The GPU kernels of one cell definition (made by :func:`kernels`), compiled per dtype and
+    variant on first use."""
+
+    def __init__(self, cell):
+        self.cell = cell
+        self.units = _unit_functions(cell)
+        self._made = {}
+
+    def get(self, stage, dtype, coop=False):
+        """The ``@cuda.jit`` dispatcher of ``stage`` ("forward", "backward" or "reads") for
+        ``dtype``, with a grid (``coop``) or block sync per step."""
+        shuffle = bool(launch.WARP_SHUFFLE) and not _cuda.SIMULATOR
+        key = (stage, np.dtype(dtype), bool(coop), shuffle)
+        made = self._made.get(key)
+        if made is None:
+            if stage == "reads":
+                made = _make_reads(self.units)
+            else:
+                sync = _grid_sync if coop else _block_sync
+                nb_dtype = numba.from_dtype(np.dtype(dtype))
+                if stage == "forward":
+                    made = _make_forward(self.units, self.cell.state_count == 2, nb_dtype, sync,
+                                         _make_sum4(shuffle), shuffle)
+                else:
+                    made = _make_backward(self.units, nb_dtype, sync, _make_sum4(shuffle),
+                                          shuffle)
+            self._made[key] = made
+        return made
 
 
-def _kernel(stage, dtype, coop):
-    shuffle = bool(launch.WARP_SHUFFLE) and not _cuda.SIMULATOR
-    key = (stage, np.dtype(dtype), coop, shuffle)
-    if key not in _kernels:
-        sync = _grid_sync if coop else _block_sync
-        make = _make_forward if stage == "forward" else _make_backward
-        _kernels[key] = make(numba.from_dtype(np.dtype(dtype)), sync, _make_sum4(shuffle),
-                              shuffle)
-    return _kernels[key]
+_KERNELS = {}
+
+
+def kernels(cell):
+    """The :class:`CellKernels` of ``cell`` (made once per definition and process)."""
+    made = _KERNELS.get(id(cell))
+    if made is None or made.cell is not cell:
+        made = _KERNELS[id(cell)] = CellKernels(cell)
+    return made
 
 
 def _compiled(disp, args):
@@ -490,9 +632,9 @@ def _compiled(disp, args):
     return kern
 
 
-def _plan_and_kernel(stage, dtype, N, G, B, args_for_types):
+def _plan_and_kernel(k, stage, dtype, N, G, R, B, args_for_types):
     """Choose the plan (compiling the cooperative kernel only if it is asked about)."""
-    coop_disp = _kernel(stage, dtype, True)
+    coop_disp = k.get(stage, dtype, True)
     cache = {}
 
     def max_coop(smem, threads):
@@ -505,21 +647,10 @@ def _plan_and_kernel(stage, dtype, N, G, B, args_for_types):
         except Exception:
             return 0
 
-    p = launch.plan(stage, N, G, B, np.dtype(dtype).itemsize, max_coop)
-    disp = coop_disp if p.path == "persistent" else _kernel(stage, dtype, False)
+    p = launch.plan(stage, N, G, B, np.dtype(dtype).itemsize, max_coop, reads=R)
+    disp = coop_disp if p.path == "persistent" else k.get(stage, dtype, False)
     _compiled(disp, args_for_types)
     return p, disp
-
-
-_consts_cache = {}
-
-
-def _consts(alpha, dtype):
-    """[a, 1 - a, 1, 0] on the device, kept (a host-to-device copy would wait for the GPU)."""
-    key = (float(alpha), np.dtype(dtype))
-    if key not in _consts_cache:
-        _consts_cache[key] = _cuda.to_device(np.array([alpha, 1.0 - alpha, 1.0, 0.0], dtype))
-    return _consts_cache[key]
 
 
 def _launch(disp, p, args):
@@ -529,44 +660,51 @@ def _launch(disp, p, args):
 # --- drivers -------------------------------------------------------------------------------
 
 
-def forward(kind, act, alpha, xp, w_hh, b_hh, h0, c0, reverse, out_h=None):
+def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, out_h=None):
     """Run one layer and direction forward on the GPU (device arrays in and out).
 
     Parameters
     ----------
-    kind, act : int
-        Cell family and nonlinearity codes from :mod:`numrnn.cells`.
-    alpha : float
+    cell : numrnn.Cell
+    opts : device array, shape (len(cell.options),)
+        The cell's options in declaration order, in the dtype of ``xp``
+        (:meth:`numrnn.RNN.options_array`, uploaded).
     xp : device array, shape (T, B, G*N)
-        Input projection with b_ih.
-    w_hh : device array, shape (G*N, N), C order
+        Input projection W_ih x_t + b_ih of every step.
+    w_hh : device array, shape (G*N, R*N), C order
+        The recurrent matrix M (``cell.recurrent_matrix`` of ``weight_hh``).
     b_hh : device array, shape (G*N,)
     h0, c0 : device arrays, shape (B, N)
+        Initial states (c0: the second state; any (B, N) array for one-state cells).
     reverse : bool
     out_h : device array, shape (T, B, N), optional
         Where to write the states (may be a strided view of a (T, B, D*N) array).
 
     Returns
     -------
-    out_h, out_c, aux : device arrays, shapes as in :func:`numrnn.cpu.forward`
+    out_h : device array, shape (T, B, N)
+    out_c : device array, shape (T, B, N) for two-state cells, else (1, B, N) (unused)
+    aux : device array, shape (T, B, A*N)
     """
     T, B, GN = xp.shape
-    N = w_hh.shape[1]
+    N = h0.shape[1]
     G = GN // N
+    RN = w_hh.shape[1]
     dtype = np.dtype(xp.dtype)
+    k = kernels(cell)
     if out_h is None:
         out_h = _cuda.empty((T, B, N), dtype)
-    out_c = _cuda.empty((T if kind == cells.KIND_LSTM else 1, B, N), dtype)
-    aux = _cuda.empty((T, B, cells.AUX_WIDTH[kind] * N), dtype)
-    w_flat = w_hh.reshape(GN * N)
-    consts = _consts(alpha, dtype)
+    out_c = _cuda.empty((T if cell.state_count == 2 else 1, B, N), dtype)
+    aux = _cuda.empty((T, B, cell.aux_count * N), dtype)
+    w_flat = w_hh.reshape(GN * RN)
+    one = dtype.type(1)
 
     def args(p, s0, s1, w_on_chip):
-        return (kind, act, consts, xp, w_flat, b_hh, h0, c0, bool(reverse), s0, s1, p.n_ug,
-                p.units, p.batch_per_block, p.batch_tile, w_on_chip, out_h, out_c, aux)
+        return (opts, one, xp, w_flat, b_hh, h0, c0, bool(reverse), s0, s1, p.n_ug, p.units,
+                p.batch_per_block, p.batch_tile, w_on_chip, out_h, out_c, aux)
 
     probe = launch.Plan("persistent", True, 1, 1, 1, 1, 4, 32, 0, 1)
-    p, disp = _plan_and_kernel("forward", dtype, N, G, B, args(probe, 0, T, True))
+    p, disp = _plan_and_kernel(k, "forward", dtype, N, G, RN // N, B, args(probe, 0, T, True))
     last_paths["forward"] = p
     if p.path == "stepwise":
         for s in range(T):
@@ -576,39 +714,40 @@ def forward(kind, act, alpha, xp, w_hh, b_hh, h0, c0, reverse, out_h=None):
     return out_h, out_c, aux
 
 
-def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, reverse,
-             truncate):
+def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, reverse, truncate):
     """BPTT through one layer and direction on the GPU (device arrays in and out).
 
-    Same arguments as :func:`numrnn.cpu.backward`; returns (dxp, dhp, dh0, dc0, norm), norm
-    (T, B) float64 on the device (the CPU's ``bad`` comes from :func:`first_nonfinite` of the
-    norm's host copy in :mod:`numrnn.gpu.passes`).  ``d_out`` may be a strided view.
+    Same arguments as :func:`numrnn.cpu.backward` (``opts`` and ``w_hh`` = M on the device);
+    returns (dxp, dhp, dh0, dc0, norm), norm (T, B) float64 on the device (the CPU's ``bad``
+    comes from :func:`first_hits` of the norm's host copy in :mod:`numrnn.gpu.backend`); dxp is
+    dhp itself for cells with summed projections.  ``d_out`` may be a strided view.
     """
     T, B, N = out_h.shape
-    GN = w_hh.shape[0]
+    GN, RN = w_hh.shape
     G = GN // N
     dtype = np.dtype(out_h.dtype)
+    k = kernels(cell)
     dhp = _cuda.empty((T, B, GN), dtype)
-    dxp = _cuda.empty((T, B, GN), dtype) if kind == cells.KIND_GRU else dhp
+    dxp = _cuda.empty((T, B, GN), dtype) if cell.separate else dhp
     dh0 = _cuda.empty((B, N), dtype)
     dc0 = _cuda.empty((B, N), dtype)
     dh_all = _cuda.empty((T, B, N), dtype)
-    carry = _cuda.empty((B, N), dtype)
-    carry_d = _cuda.empty((B, N), dtype)
-    carry_c = _cuda.empty((B, N), dtype)
+    carry = _cuda.empty((2, B, N), dtype)
+    direct = _cuda.empty((2, B, N), dtype)
     norm = _cuda.empty((T, B), np.float64)
     from .matmul import transpose2d
-    wt_flat = transpose2d(w_hh).reshape(GN * N)
-    consts = _consts(alpha, dtype)
+    wt_flat = transpose2d(w_hh).reshape(RN * GN)
+    one = dtype.type(1)
     trunc = int(truncate or 0)
 
     def args(p, s0, s1, phases, w_on_chip):
-        return (kind, act, consts, wt_flat, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n,
-                bool(reverse), trunc, s0, s1, phases, p.n_ug, p.units, p.batch_per_block,
-                p.batch_tile, w_on_chip, dxp, dhp, dh0, dc0, dh_all, carry, carry_d, carry_c)
+        return (opts, one, wt_flat, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, bool(reverse),
+                trunc, s0, s1, phases, p.n_ug, p.units, p.batch_per_block, p.batch_tile,
+                w_on_chip, dxp, dhp, dh0, dc0, dh_all, carry, direct)
 
     probe = launch.Plan("persistent", True, 1, 1, 1, 1, 4, 32, 0, 1)
-    p, disp = _plan_and_kernel("backward", dtype, N, G, B, args(probe, 0, T, 3, True))
+    p, disp = _plan_and_kernel(k, "backward", dtype, N, G, RN // N, B,
+                               args(probe, 0, T, 3, True))
     last_paths["backward"] = p
     if p.path == "stepwise":
         for s in range(T):
@@ -616,17 +755,17 @@ def backward(kind, act, alpha, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_
             _launch(disp, p, args(p, s, s + 1, 2, False))
     else:
         _launch(disp, p, args(p, 0, T, 3, p.weights_on_chip))
-    threads = 128
-    _norm_kernel[-(-T * B // threads), threads](dh_all, _cuda.to_device(np.zeros(N, dtype)),
-                                                norm)
+    _norm_kernel[_grid1(T * B)](dh_all, _cuda.to_device(np.zeros(N, dtype)), norm)
     return dxp, dhp, dh0, dc0, norm
 
 
-def recurrent_inputs(kind, act, h0, out_h, reverse):
-    """The recurrent input r_t of every step, shape (T, B, N), on the device."""
+def recurrent_inputs(cell, opts, h0, c0, out_h, out_c, reverse):
+    """The recurrent input r_t of every step, shape (T, B, R*N), on the device (for the weight
+    gradient of M)."""
     T, B, N = out_h.shape
-    out = _cuda.empty((T, B, N), out_h.dtype)
-    threads = 128
-    _recurrent_inputs_kernel[-(-T * B * N // threads), threads](
-        kind, act, _consts(1.0, out_h.dtype), h0, out_h, bool(reverse), out)
+    RN = cell.read_count * N
+    dtype = np.dtype(out_h.dtype)
+    out = _cuda.empty((T, B, RN), dtype)
+    kern = kernels(cell).get("reads", dtype)
+    kern[_grid1(T * B * RN)](opts, dtype.type(1), h0, c0, out_h, out_c, bool(reverse), out)
     return out
