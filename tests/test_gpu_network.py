@@ -3,7 +3,6 @@
     NUMBA_ENABLE_CUDASIM=1 python -m pytest -q -p no:cacheprovider tests/test_gpu_*.py
 """
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -21,15 +20,7 @@ from tests.problems import make_problem  # noqa: E402
 from tests.tolerance import assert_close  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_thread_switches():
-    """The simulator runs each GPU thread as a Python thread, and its block manager polls them
-    holding the GIL: at Python's default switch interval (5 ms) one ``syncthreads`` costs
-    milliseconds.  Switching every 0.1 ms runs these tests 4-7x faster (2-core machine)."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(before)
+pytestmark = pytest.mark.usefixtures("simulator_thread_switches")
 
 
 # --- invalid input first -------------------------------------------------------------------

@@ -13,7 +13,6 @@ the simulator needs, and equals the CPU engine to 1e-12 in float64.
 """
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -31,15 +30,7 @@ from tests.problems import CELL_CASES, CELL_IDS, definition, make_problem  # noq
 from tests.tolerance import assert_close  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_thread_switches():
-    """The simulator runs each GPU thread as a Python thread, and its block manager polls them
-    holding the GIL: at Python's default switch interval (5 ms) one ``syncthreads`` costs
-    milliseconds.  Switching every 0.1 ms runs these tests 4-7x faster (2-core machine)."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(before)
+pytestmark = pytest.mark.usefixtures("simulator_thread_switches")
 
 #: name -> launch tunables; each forces one path of the recurrence kernels.
 PATHS = {
