@@ -37,3 +37,16 @@ def test_the_readme_gru_runs_the_whole_analysis_and_is_the_builtin_gru():
     for name in want:
         assert_close(got[name], want[name], rtol=1e-13, what=name)
     assert_close(numrnn.jacobians(net, x[:5]), numrnn.jacobians(ref, x[:5]), rtol=1e-13)
+    prop = numrnn.gradient_propagation(net, x[:20], lags=np.array([1, 5, 20]), seed=0)
+    assert_close(prop.log_singular_values,
+                 numrnn.gradient_propagation(ref, x[:20], lags=np.array([1, 5, 20]),
+                                             seed=0).log_singular_values, rtol=1e-11)
+    # the input gradient of the user cell's full BPTT against central differences
+    xs = x[:6, :2]
+    w = np.random.default_rng(2).standard_normal((6, 2, 16))
+
+    def loss(xx):
+        out_x, _ = net.forward(xx)
+        return float(np.sum(out_x * w)), [net.vjp(xx, w)["input"]]
+
+    assert numrnn.gradcheck(loss, [xs]).passed
