@@ -260,6 +260,16 @@ def test_every_path_gives_the_same_bits_twice(rng, path):
             assert first.tobytes() == second.tobytes(), name
 
 
+def test_same_inputs_same_bits_through_the_network(rng):
+    """The whole vjp (products, split sums, column sums included) gives identical bits twice."""
+    net, x, h0, d_out, d_h = make_problem(rng, "lstm", T=4, B=3, num_layers=2)
+    net.to("cuda")
+    r1 = net.forward_vjp(x, d_out, h0, d_h)[2]
+    r2 = net.forward_vjp(x, d_out, h0, d_h)[2]
+    for k in r1:
+        assert np.array_equal(r1[k], r2[k]), k
+
+
 # --- the drivers, against the CPU kernels ----------------------------------------------------
 
 
