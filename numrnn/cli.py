@@ -153,12 +153,15 @@ def _build_parser():
     st = sub.add_parser(
         "study", help="gradient-stability study over a gain sweep (the main job)",
         description="For each gain g and seed: a random network (W_hh entries N(0, g^2/N) by "
-                    "default), its largest Lyapunov exponents along an autonomous trajectory "
-                    "(Benettin's QR method), Kaplan-Yorke dimension, the per-step decay rate of "
-                    "gradient norms |dh_T/dh_{T-tau}| over lags tau, and the discrete-time "
-                    "mean-field prediction of the largest exponent (tanh, no leak: Poole et al. "
-                    "2016). Exponents are per step; negative means perturbations and gradients "
-                    "vanish, positive means chaos and exploding gradients. Prints a table and "
+                    "default), its full Lyapunov spectrum along an autonomous trajectory "
+                    "(Benettin's QR method; -k for the first k only), the Kaplan-Yorke "
+                    "dimension D_KY and Kolmogorov-Sinai entropy bound h_KS (sum of the "
+                    "positive exponents) per unit, the per-step decay rate of gradient norms "
+                    "|dh_T/dh_{T-tau}| over lags tau, and the discrete-time mean-field "
+                    "prediction of the largest exponent (tanh, no leak: Poole et al. 2016). "
+                    "Exponents are per step; negative means perturbations and gradients "
+                    "vanish, positive means chaos and exploding gradients. Prints a table (mean "
+                    "over seeds +- its standard error, n/a where a value does not apply) and "
                     "writes study.csv, study.json and study.png to --out (JSON has no NaN: a "
                     "value that is NaN or infinite, e.g. a Kaplan-Yorke dimension beyond the "
                     "exponents computed, is null).",
@@ -187,10 +190,11 @@ def _build_parser():
     st.add_argument("--transient", type=_nonneg_int, default=d.transient,
                     help="steps discarded before measuring")
     spec = st.add_mutually_exclusive_group()
-    spec.add_argument("-k", "--n-exponents", type=_positive_int, default=d.n_exponents,
-                      help="number of Lyapunov exponents")
+    spec.add_argument("-k", "--n-exponents", type=_positive_int, default=argparse.SUPPRESS,
+                      help="compute the first K Lyapunov exponents only (faster; D_KY is then "
+                           "known only where it is below K) (default: all, the full spectrum)")
     spec.add_argument("--full-spectrum", action="store_true",
-                      help="compute all N exponents (slower)")
+                      help="compute all exponents: the default, kept for old scripts")
     st.add_argument("--max-lag", type=_positive_int, default=d.max_lag,
                     help="largest lag of the gradient-norm decay fit")
     st.add_argument("--singular-values", action="store_true",
@@ -451,20 +455,25 @@ def _cmd_study(args):
                          seeds=tuple(range(args.seeds)), alpha=args.alpha, sigma_b=args.sigma_b,
                          init=args.init, dtype=args.dtype, device=args.device, steps=args.steps,
                          transient=args.transient,
-                         n_exponents=None if args.full_spectrum else args.n_exponents,
+                         n_exponents=getattr(args, "n_exponents", None),
                          max_lag=args.max_lag, singular_values=args.singular_values,
                          cell_options=_cell_options(args))
     check_scheduler(args.scheduler)
     _check_plot(args, "study.png")
     out = _out_dir(args.out)
     print(f"numrnn study: {len(config.points())} points ({config.cell}, N={config.hidden_size}, "
-          f"{len(gains)} gains x {args.seeds} seeds), {config.steps} steps after "
-          f"{config.transient} transient; results in {out}/", flush=True)
+          f"{len(gains)} gains x {args.seeds} seeds), "
+          f"{'all' if config.n_exponents is None else f'k = {config.n_exponents}'} "
+          f"exponents, {config.steps} steps after {config.transient} transient; results in "
+          f"{out}/", flush=True)
     result = run_study(config, scheduler=args.scheduler, timeout=args.scheduler_timeout,
                        progress=not args.quiet)
     columns = ["gain", "seed", "lyapunov_max", "lyapunov_max_stderr", "meanfield_lyapunov",
                "grad_decay_rate", "jacobian_decay_rate", "jacobian_max_singular_value",
-               "kaplan_yorke_dimension", "ks_entropy", "seconds"]
+               "kaplan_yorke_dimension", "kaplan_yorke_dimension_stderr",
+               "kaplan_yorke_dimension_per_unit", "kaplan_yorke_dimension_per_unit_stderr",
+               "ks_entropy", "ks_entropy_stderr", "ks_entropy_per_unit",
+               "ks_entropy_per_unit_stderr", "units", "seconds"]
     payload = _header(args)
     payload.update(parameters=config.as_dict(), scheduler=result.scheduler,
                    seconds=result.seconds, summary=result.summary(), rows=result.rows)

@@ -18,6 +18,7 @@ import numpy as np
 from . import _memory
 from . import _validation as _v
 from . import errors
+from . import noise as _noise
 
 __all__ = ["backend_of", "check_input", "split_state", "forward_pass", "backward_pass",
            "forward", "forward_pullback", "bytes_needed", "describe", "Tape"]
@@ -117,8 +118,9 @@ def _user_layout(net, backend, out, unbatched):
 # --- memory ------------------------------------------------------------------------------------
 
 
-def bytes_needed(net, T, B, backward):
-    """Peak bytes a forward pass (``backward``: keeping the tape, then BPTT) allocates."""
+def bytes_needed(net, T, B, backward, noise=False):
+    """Peak bytes a forward pass (``backward``: keeping the tape, then BPTT) allocates (with
+    ``noise``: and one layer's noise, drawn in float64)."""
     N, D, L = net.hidden_size, net.num_directions, net.num_layers
     cell = net.definition
     GN = net.gate_count * N
@@ -131,7 +133,8 @@ def bytes_needed(net, T, B, backward):
     else:  # one layer's records, its input and the projection in flight
         kept = D * record + concat + D * N
         extra = GN
-    return T * B * (kept + extra) * net.dtype.itemsize
+    noise_bytes = T * B * GN * (8 + net.dtype.itemsize) if noise else 0
+    return T * B * (kept + extra) * net.dtype.itemsize + noise_bytes
 
 
 def describe(net):
@@ -141,8 +144,8 @@ def describe(net):
             f"{', bidirectional' if net.bidirectional else ''}, {net.dtype})")
 
 
-def _check_memory(net, backend, what, T, B, backward):
-    need = bytes_needed(net, T, B, backward)
+def _check_memory(net, backend, what, T, B, backward, noise=None):
+    need = bytes_needed(net, T, B, backward, noise is not None)
     if need < _memory.CHECK_FROM:
         return
     backend.check_memory(what, need, f"T={T} steps, B={B} sequences, {describe(net)}",
@@ -176,20 +179,20 @@ class Tape:
         self.layers, self.opts, self.h0, self.c0, self.records = layers, opts, h0, c0, records
 
 
-def forward_pass(net, backend, x, h0, c0, params=None):
+def forward_pass(net, backend, x, h0, c0, params=None, noise=None):
     """x (T, B, I), h0/c0 (L*D, B, N) on the backend (None: the CPU's); ``params`` checked
-    parameters (default ``net.checked_parameters()``).  Returns (output (T, B, D*N), h_n, c_n,
-    tape)."""
+    parameters (default ``net.checked_parameters()``); ``noise`` a :class:`numrnn.noise.Noise`
+    added to every input projection.  Returns (output (T, B, D*N), h_n, c_n, tape)."""
     backend = backend or _cpu()
     params = net.checked_parameters() if params is None else params
     layers = _layers(net, backend, params)
     opts = backend.upload(net.options_array())
     with backend.running():
-        out, h_n, c_n, records = _forward_layers(net, backend, layers, opts, x, h0, c0)
+        out, h_n, c_n, records = _forward_layers(net, backend, layers, opts, x, h0, c0, noise)
     return out, h_n, c_n, Tape(layers, opts, h0, c0, records)
 
 
-def _forward_layers(net, backend, layers, opts, x, h0, c0):
+def _forward_layers(net, backend, layers, opts, x, h0, c0, noise):
     T, B, _ = x.shape
     N, D, cell = net.hidden_size, net.num_directions, net.definition
     h_n = backend.empty((net.num_layers * D, B, N), net.dtype)
@@ -204,7 +207,10 @@ def _forward_layers(net, backend, layers, opts, x, h0, c0):
         for d in range(D):
             k = layer * D + d
             w_ih, m, b_x, b_r = layers[k]
-            xp = backend.project(flat_in, w_ih, b_x).reshape(T, B, -1)
+            xp = backend.project(flat_in, w_ih, b_x)
+            if noise is not None:  # the pre-activation's noise enters with the input
+                backend.add_into(xp, backend.upload(noise.layer(k, T, B, net.dtype)))
+            xp = xp.reshape(T, B, -1)
             out_h, out_c, aux, bad = backend.forward(cell, opts, xp, m, b_r, h0[k], c0[k],
                                                      d == 1, out, d)
             reported = reported or errors.check_state(bad, layer, d == 1)
@@ -301,19 +307,20 @@ def _pack(net, session, backend, out, h_n, c_n, unbatched):
     return out, ((h_n, session.give(c_n)) if net.state_count == 2 else h_n)
 
 
-def forward(net, x, h0=None):
+def forward(net, x, h0=None, noise_std=0.0, seed=None):
     """``RNN.forward`` (see there) on the network's backend."""
     backend = backend_of(net)
     session = backend.session(net.dtype, x)
     x, unbatched = check_input(net, x, backend, session)
     h0, c0 = split_state(net, h0, x.shape[1], unbatched, backend, session)
+    noise = _noise.make(net, noise_std, seed, seed_required=True)
     params = net.checked_parameters()
-    _check_memory(net, backend, "forward", x.shape[0], x.shape[1], backward=False)
-    out, h_n, c_n, _ = forward_pass(net, backend, x, h0, c0, params)
+    _check_memory(net, backend, "forward", x.shape[0], x.shape[1], backward=False, noise=noise)
+    out, h_n, c_n, _ = forward_pass(net, backend, x, h0, c0, params, noise)
     return _pack(net, session, backend, out, h_n, c_n, unbatched)
 
 
-def forward_pullback(net, x, h0=None):
+def forward_pullback(net, x, h0=None, noise_std=0.0, seed=None):
     """``RNN.forward_pullback`` (see there): one forward pass keeping its tape on the backend,
     and the pullback that runs BPTT on it."""
     backend = backend_of(net)
@@ -321,9 +328,10 @@ def forward_pullback(net, x, h0=None):
     x, unbatched = check_input(net, x, backend, session)
     T, B = x.shape[:2]
     h0, c0 = split_state(net, h0, B, unbatched, backend, session)
+    noise = _noise.make(net, noise_std, seed, seed_required=True)
     params = net.checked_parameters(snapshot=True)
-    _check_memory(net, backend, "forward_vjp: the BPTT tape", T, B, backward=True)
-    out, h_n, c_n, tape = forward_pass(net, backend, x, h0, c0, params)
+    _check_memory(net, backend, "forward_vjp: the BPTT tape", T, B, backward=True, noise=noise)
+    out, h_n, c_n, tape = forward_pass(net, backend, x, h0, c0, params, noise)
     D, N = net.num_directions, net.hidden_size
     out_shape = (T, D * N) if unbatched else ((B, T, D * N) if net.batch_first
                                               else (T, B, D * N))

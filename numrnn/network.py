@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _validation as _v
 from . import cells, driver
-from .init import INITS, init_parameters
+from .init import BIAS_INITS, INITS, ZERO_DIAGONAL_INITS, init_parameters
 
 __all__ = ["RNN", "ParameterDict"]
 
@@ -101,16 +101,34 @@ class RNN:
     dtype : numpy.float32 or numpy.float64, default float64
         Dtype of the parameters and of every computation; inputs must have it too.
     init : {"default", "gaussian", "orthogonal", "identity", "spectral_radius"}
-        "default": PyTorch's U(-1/sqrt(N), 1/sqrt(N)) for every parameter.  The others set each
+        "default": PyTorch's U(-1/sqrt(N), 1/sqrt(N)) for every weight and, unless
+        ``bias_init`` says otherwise, every bias.  The others set each
         N x N block of ``weight_hh``: "gaussian" N(0, gain^2/N) entries (the random network of the
         chaos literature), "orthogonal" gain times a Haar orthogonal matrix, "identity" gain times
         the identity with zero biases (Le et al. 2015), "spectral_radius" a Gaussian matrix
-        rescaled to spectral radius ``gain``.
+        rescaled to spectral radius ``gain``.  ``weight_ih`` keeps PyTorch's default.
     gain : float, optional
         The scale of the chosen ``init`` (default 1.0).  "default" takes no gain: passing one
         with it is an error, since it would be ignored.
-    seed : int, sequence of int, numpy.random.SeedSequence or numpy.random.Generator, optional
-        Same seed, same bits.
+    zero_diagonal : bool, default False
+        Set the diagonal of each N x N block of ``weight_hh`` to 0 (no self-coupling J_ii, as in
+        Sompolinsky et al. 1988).  For init "gaussian" after drawing (the other entries keep
+        variance gain^2/N); for "spectral_radius" before rescaling (the radius stays ``gain``).
+        Refused for the other inits: "default" and "identity" would not be what they say, and an
+        orthogonal matrix would no longer be orthogonal; refused too for a recurrent weight that
+        is a vector (IndRNN's u is the diagonal itself).
+    bias_init : {"uniform", "zeros"}, optional
+        The biases: "uniform" PyTorch's U(-1/sqrt(N), 1/sqrt(N)), "zeros" zeros (the textbook
+        chaotic network: ``init="gaussian", bias_init="zeros"``).  None (default): the init's
+        own, zeros for "identity" and uniform for the others.  With ``bias=False`` there are no
+        biases, and giving one is an error.
+    seed : None, int, sequence of int, numpy.random.SeedSequence or numpy.random.Generator
+        Same seed, same bits.  Each parameter is drawn from its own stream of the seed, keyed by
+        its name, so ``weight_hh_l0`` does not depend on ``input_size``, ``num_layers``,
+        ``bidirectional`` or ``bias`` (nor ``weight_ih_l0`` on the last three).  None draws
+        fresh entropy; a SeedSequence is used as is (not spawned from, so it gives the same
+        network again); a Generator is advanced by 128 bits, which seed the network (so
+        successive networks of one generator differ).  See :mod:`numrnn.init`.
     device : {"cpu", "cuda"}, default "cpu"
         Where :meth:`forward` and :meth:`vjp` run.  "cuda" runs the ``@cuda.jit`` kernels of
         :mod:`numrnn.gpu` (needs numba-cuda and a GPU, or the CUDA simulator); numpy arrays in
@@ -148,12 +166,19 @@ class RNN:
     >>> grads = net.vjp(x, np.ones_like(out))
     >>> grads["weight_hh_l0"].shape, grads["state_grad_norm"].shape
     ((24, 8), (20, 4))
+
+    The textbook chaotic network, autonomous and driven: one seed, one W_hh.
+
+    >>> kw = dict(init="gaussian", gain=2.0, zero_diagonal=True, bias_init="zeros", seed=0)
+    >>> autonomous, driven = numrnn.RNN(1, 50, **kw), numrnn.RNN(4, 50, **kw)
+    >>> np.array_equal(autonomous.parameters["weight_hh_l0"], driven.parameters["weight_hh_l0"])
+    True
     """
 
     def __init__(self, input_size, hidden_size, *, cell="tanh", num_layers=1, bias=True,
                  bidirectional=False, batch_first=False, alpha=1.0, nonlinearity=None,
-                 cell_options=None, dtype=np.float64, init="default", gain=None, seed=None,
-                 device="cpu"):
+                 cell_options=None, dtype=np.float64, init="default", gain=None,
+                 zero_diagonal=False, bias_init=None, seed=None, device="cpu"):
         self.device = self._check_device(device)
         self.input_size = _v.check_int("input_size", input_size, 1)
         self.hidden_size = _v.check_int("hidden_size", hidden_size, 1)
@@ -194,9 +219,43 @@ class RNN:
             self.gain = None
         else:
             self.gain = _v.check_real("gain", 1.0 if gain is None else gain, 0.0)
-        rng = _v.check_seed(seed)
-        self._install(init_parameters(rng, self._shapes(), self.hidden_size, init,
-                                      1.0 if self.gain is None else self.gain, self.dtype))
+        self.zero_diagonal = self._check_zero_diagonal(zero_diagonal)
+        self.bias_init = self._check_bias_init(bias_init)
+        self._install(init_parameters(seed, self._shapes(), self.hidden_size, init,
+                                      1.0 if self.gain is None else self.gain, self.dtype,
+                                      self.zero_diagonal, self.bias_init))
+
+    def _check_zero_diagonal(self, zero_diagonal):
+        if not isinstance(zero_diagonal, (bool, np.bool_)):
+            raise TypeError(f"zero_diagonal: expected True or False, got {zero_diagonal!r}")
+        if not zero_diagonal:
+            return False
+        if self.init not in ZERO_DIAGONAL_INITS:
+            why = {"default": "PyTorch's default would no longer be PyTorch's",
+                   "identity": "the identity's diagonal is all it has",
+                   "orthogonal": "the matrix would no longer be orthogonal"}[self.init]
+            raise ValueError(f"zero_diagonal: only init='gaussian' or 'spectral_radius' draws a "
+                             f"random diagonal to set to zero; with init={self.init!r} {why}")
+        shape = self.definition.weight_hh_shape(self.hidden_size)
+        if len(shape) == 1:
+            raise ValueError(f"zero_diagonal: the {self.cell} cell's recurrent weight is a vector "
+                             f"of shape {shape} (one self-coupling per unit, the diagonal "
+                             "itself); zeroing it would remove the recurrence")
+        if self.init == "spectral_radius" and self.hidden_size == 1:
+            raise ValueError("zero_diagonal: a 1 x 1 block with zero diagonal is 0, which no "
+                             "rescaling brings to the spectral radius gain (hidden_size=1)")
+        return True
+
+    def _check_bias_init(self, bias_init):
+        if bias_init is None:
+            return None
+        if not isinstance(bias_init, str) or bias_init not in BIAS_INITS:
+            raise ValueError(f"bias_init: expected None or one of {BIAS_INITS}, got "
+                             f"{bias_init!r}")
+        if not self.bias:
+            raise ValueError(f"bias_init: bias=False leaves the network without biases, so "
+                             f"bias_init={bias_init!r} would be ignored; leave it unset")
+        return bias_init
 
     # --- configuration --------------------------------------------------------------------
 
@@ -204,6 +263,14 @@ class RNN:
     def alpha(self):
         """The leak a of cells that have one (their option "alpha"), 1.0 for every other."""
         return self.cell_options.get("alpha", 1.0)
+
+    @property
+    def time_step(self):
+        """The length of one step in the cell's own time unit (its option
+        :attr:`numrnn.Cell.time_step`: alpha = dt/tau for the leaky and rate cells, dt for
+        coRNN, epsilon for the antisymmetric RNN), or None for a cell whose step is the unit."""
+        name = self.definition.time_step
+        return None if name is None else self.cell_options[name]
 
     @property
     def state_count(self):
@@ -298,6 +365,10 @@ class RNN:
             f", alpha={self.alpha}" if self.alpha != 1.0 else "",
             f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity else "",
             f", cell_options={changed!r}" if changed else "",
+            f", init={self.init!r}" if getattr(self, "init", "default") != "default" else "",
+            f", gain={self.gain}" if getattr(self, "gain", None) not in (None, 1.0) else "",
+            ", zero_diagonal=True" if getattr(self, "zero_diagonal", False) else "",
+            f", bias_init={self.bias_init!r}" if getattr(self, "bias_init", None) else "",
             ", device='cuda'" if getattr(self, "device", "cpu") == "cuda" else "",
         ])
         return (f"RNN({self.input_size}, {self.hidden_size}, cell={self.cell!r}{extra}, "
@@ -513,7 +584,7 @@ class RNN:
                 param.copy_(torch.from_numpy(params[name]))
         return module
 
-    def forward(self, x, h0=None):
+    def forward(self, x, h0=None, *, noise_std=0.0, seed=None):
         """Run the network over a sequence.
 
         Parameters
@@ -523,6 +594,13 @@ class RNN:
         h0 : ndarray, shape (L*D, B, N) or (L*D, N) unbatched, optional
             Initial state (zeros by default).  For LSTM a pair (h0, c0) of such arrays, either of
             which may be None.
+        noise_std : float >= 0, default 0
+            Additive Gaussian noise in the dynamics: every step adds N(0, noise_std^2 / dt)
+            numbers to the pre-activation of every gate (dt = :attr:`time_step`, 1 for cells
+            without one: the Euler-Maruyama scaling, see :mod:`numrnn.noise`).
+        seed : int, sequence of int, numpy.random.SeedSequence or numpy.random.Generator
+            The noise realisation; required with noise.  The same seed gives the same noise in
+            :meth:`forward`, :meth:`vjp` and every analysis.
 
         Returns
         -------
@@ -548,23 +626,27 @@ class RNN:
         every step, and BLAS may round a row differently in products of different sizes (it
         agrees to rounding, a few ulps).
         """
-        return driver.forward(self, x, h0)
+        return driver.forward(self, x, h0, noise_std, seed)
 
-    def forward_vjp(self, x, d_output, h0=None, d_h_n=None, truncate=None):
+    def forward_vjp(self, x, d_output, h0=None, d_h_n=None, truncate=None, *, noise_std=0.0,
+                    seed=None):
         """Forward pass and vector-Jacobian product in one call.
 
         Returns ``(output, h_n, grads)`` where ``output, h_n`` are exactly what :meth:`forward`
-        returns and ``grads`` is what :meth:`vjp` returns.
+        returns and ``grads`` is what :meth:`vjp` returns (with the same noise, if any).
         """
-        out, h_n, pullback = self.forward_pullback(x, h0)
+        out, h_n, pullback = self.forward_pullback(x, h0, noise_std=noise_std, seed=seed)
         return out, h_n, pullback(d_output, d_h_n, truncate)
 
-    def forward_pullback(self, x, h0=None):
+    def forward_pullback(self, x, h0=None, *, noise_std=0.0, seed=None):
         """Forward pass that keeps what BPTT needs, and returns the vector-Jacobian product.
 
         For losses whose cotangent depends on the output (training): one forward pass, then
         ``pullback(d_output, d_h_n=None, truncate=None)`` returns the same dict as :meth:`vjp`,
         without running the forward pass again.
+
+        ``noise_std`` and ``seed``: noise in the dynamics, as in :meth:`forward`; the pullback
+        differentiates that noisy trajectory (the noise is a fixed input).
 
         Returns
         -------
@@ -585,9 +667,10 @@ class RNN:
         >>> sorted(grads)[:2]
         ['bias_hh_l0', 'bias_ih_l0']
         """
-        return driver.forward_pullback(self, x, h0)
+        return driver.forward_pullback(self, x, h0, noise_std, seed)
 
-    def vjp(self, x, d_output, h0=None, d_h_n=None, truncate=None):
+    def vjp(self, x, d_output, h0=None, d_h_n=None, truncate=None, *, noise_std=0.0,
+            seed=None):
         """Vector-Jacobian product by backpropagation through time.
 
         Computes the gradient of ``L = sum(output * d_output) + sum(h_n * d_h_n)`` (for LSTM the
@@ -608,6 +691,9 @@ class RNN:
             when a PyTorch user detaches it every k steps).  The initial state still receives
             gradient: a forward direction's ``h0`` from the first chunk, a reverse direction's
             from the chunk holding t = T-1 (where it enters).  None: full BPTT.
+        noise_std, seed
+            Noise in the dynamics, as in :meth:`forward`: the gradient of the noisy trajectory
+            with that realisation held fixed.
 
         Returns
         -------
@@ -639,5 +725,6 @@ class RNN:
         Williams, R. J. and Peng, J. (1990). An efficient gradient-based algorithm for on-line
         training of recurrent network trajectories. Neural Computation 2(4).
         """
-        return self.forward_vjp(x, d_output, h0, d_h_n, truncate)[2]
+        return self.forward_vjp(x, d_output, h0, d_h_n, truncate, noise_std=noise_std,
+                                seed=seed)[2]
 

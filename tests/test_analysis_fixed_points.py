@@ -19,8 +19,9 @@ def step(net, x_const, s, n=1):
 
 
 def bistable_tanh(rng):
-    """h = tanh(W h + b) with W = 1.6 I + small coupling: several attractors and saddles."""
-    net = numrnn.RNN(1, 3, cell="tanh", seed=0)
+    """h = tanh(W h + b) with W = 1.6 I + small coupling: several attractors and saddles (how
+    many depends on the biases b, the seed's: seed 5's leave 5 attractors and 3 saddles)."""
+    net = numrnn.RNN(1, 3, cell="tanh", seed=5)
     net.parameters["weight_hh_l0"][:] = 1.6 * np.eye(3) + 0.2 * rng.standard_normal((3, 3))
     return net
 
@@ -141,8 +142,9 @@ def test_result_object(rng):
 def test_float32_network(rng):
     """A float32 network: its fixed points satisfy F(s) = s to the float32 default tol (1e-5) by
     the engine's own float32 forward, and the eigenvalues are those of its float64 Jacobian at
-    the point (numrnn.jacobians, float64 for either dtype: rtol 1e-10 as in the gated cells)."""
-    net32 = numrnn.RNN(1, 3, cell="tanh", seed=0, dtype=np.float32)
+    the point (numrnn.jacobians, float64 for either dtype: rtol 1e-10 as in the gated cells).
+    The biases of seed 5, as in bistable_tanh, leave more than one fixed point."""
+    net32 = numrnn.RNN(1, 3, cell="tanh", seed=5, dtype=np.float32)
     net32.parameters["weight_hh_l0"][:] = (1.6 * np.eye(3)
                                            + 0.2 * rng.standard_normal((3, 3))).astype(np.float32)
     res = fixed_points(net32, n_initial=32, seed=0)

@@ -490,6 +490,28 @@ def test_study_passes_cell_options_to_the_study(capsys, monkeypatch, tmp_path):
     assert seen[0].as_dict()["cell_options"] == {"dt": 0.1, "epsilon": 2.0}
 
 
+def test_study_computes_the_full_spectrum_unless_k_is_given(capsys, monkeypatch, tmp_path):
+    """Issue 15: the full spectrum is the default (the help says so); --full-spectrum is the
+    same, kept for old scripts; -k K asks for the first K exponents only."""
+    seen = []
+
+    def run_study(config, **kw):
+        seen.append(config.n_exponents)
+        raise RuntimeError("stop here")
+    monkeypatch.setattr("numrnn.experiments.study.run_study", run_study)
+    k = TINY_STUDY.index("-k")
+    base = TINY_STUDY[:k] + TINY_STUDY[k + 2:] + ["--out", str(tmp_path)]
+    for extra in ([], ["--full-spectrum"], ["-k", "3"]):
+        rc, out, err = _run(capsys, *base, *extra)
+        assert rc == 2 and "stop here" in err
+        assert out.startswith("numrnn study: 2 points")
+        assert ("k = 3 exponents" if extra[:1] == ["-k"] else "all exponents") in out
+    assert seen == [None, None, 3]
+    res = subprocess.run([sys.executable, "-m", "numrnn", "study", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert "default: all, the full spectrum" in " ".join(res.stdout.split())
+
+
 def test_train_no_plot_and_quiet(capsys, tmp_path):
     rc, out, err = _run(capsys, "train", "--task", "flipflop", "--T", "10", "-N", "4",
                         "--steps", "3", "--optimizer", "sgd", "--truncate", "4", "--no-plot",
@@ -549,12 +571,14 @@ def test_flipflop_trains_and_has_eight_stable_fixed_points(capsys, tmp_path):
 def test_diverging_training_saves_the_last_finite_state_and_says_where(capsys, tmp_path):
     """SGD with lr = 1e10 and no clipping overflows at the second step: one error line naming
     the step (it named the engine's argument `d_output` and saved nothing), status 2, and
-    params.npz (the finite parameters after step 0), losses.csv and train.json are written."""
+    params.npz (the finite parameters after step 0), losses.csv and train.json are written.
+    (Seed 2: with some networks the gradient stays finite for a few more steps.)"""
     from numrnn.experiments import load_model
 
     rc, out, err = _run(capsys, "train", "--task", "adding", "--cell", "relu", "--lr", "1e10",
                         "--clip", "0", "--optimizer", "sgd", "-N", "4", "--T", "10", "--steps",
-                        "20", "--batch-size", "4", "--no-plot", "-q", "--out", str(tmp_path))
+                        "20", "--batch-size", "4", "--seed", "2", "--no-plot", "-q", "--out",
+                        str(tmp_path))
     assert rc == 2
     line = _one_error_line(err, "numrnn train")
     assert "training diverged at step 1 of 20" in line and "d_output" not in line

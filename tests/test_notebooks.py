@@ -9,7 +9,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 def test_notebooks_are_present():
     names = {p.name for p in NOTEBOOKS}
     assert {"01_quickstart.ipynb", "02_transition_to_chaos.ipynb",
-            "03_vanishing_exploding_gradients.ipynb", "04_flipflop_fixed_points.ipynb"} <= names
+            "03_vanishing_exploding_gradients.ipynb", "04_flipflop_fixed_points.ipynb",
+            "05_covariant_lyapunov_vectors.ipynb"} <= names
 
 
 @pytest.mark.slow

@@ -50,3 +50,18 @@ def test_the_readme_gru_runs_the_whole_analysis_and_is_the_builtin_gru():
         return float(np.sum(out_x * w)), [net.vjp(xx, w)["input"]]
 
     assert numrnn.gradcheck(loss, [xs]).passed
+
+
+def test_the_readme_quick_start_runs_as_written():
+    """The Quick start block, executed as a user copies it; its commented shapes hold."""
+    text = README.read_text()
+    section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    ns = {}
+    exec(compile(section.split("```python", 1)[1].split("```", 1)[0], str(README), "exec"), ns)
+    assert ns["output"].shape == (100, 8, 64) and ns["h_n"].shape == (2, 8, 64)
+    assert ns["grads"]["weight_hh_l1"].shape == (256, 64)
+    assert ns["res"].exponents[0] > 0 and ns["full"].exponents.shape == (200,)
+    assert np.isfinite(ns["full"].kaplan_yorke_dimension_per_unit_stderr)
+    assert ns["noisy"].exponents[0] < ns["res"].exponents[0]  # noise suppresses chaos
+    assert ns["clv"].vectors.shape == (800, 1, 200, 60) and ns["clv"].angles.shape == (800, 1)
+    assert 0.0 < ns["clv"].angles.min() <= np.pi / 2  # 60 exceeds the unstable dimension

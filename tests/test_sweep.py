@@ -15,8 +15,11 @@ from numrnn.experiments import study
 from tests.tolerance import assert_close
 from tests.usercells import registry, user_cell  # noqa: F401 - a fixture
 
-SMALL = dict(hidden_size=16, gains=(0.5, 1.5, 3.0), seeds=(0, 1), steps=120, transient=30,
+# N = 16 is small: at g = 3 about half of such networks settle on a fixed point or a cycle
+# within 120 steps (finite size), so the seeds are two whose networks are chaotic at g = 3
+SMALL = dict(hidden_size=16, gains=(0.5, 1.5, 3.0), seeds=(8, 1), steps=120, transient=30,
              n_exponents=3, max_lag=10)
+FULL = dict(SMALL, n_exponents=None)  # the full spectrum, the default
 
 # --- invalid input first ------------------------------------------------------------------
 
@@ -188,6 +191,18 @@ def serial_result():
     return run_study(StudyConfig(**SMALL))
 
 
+@pytest.fixture(scope="module")
+def full_result():
+    return run_study(StudyConfig(**FULL))
+
+
+def test_the_default_study_is_the_full_spectrum_of_200_units():
+    """Issue 15: `numrnn study` measures D_KY/N for every gain, which needs every exponent."""
+    config = StudyConfig()
+    assert config.n_exponents is None and config.hidden_size == 200
+    assert config.state_size() == 200 and StudyConfig(cell="lstm").state_size() == 400
+
+
 @pytest.mark.parametrize("name", study.STUDY_CELLS)
 def test_study_runs_every_registered_cell(name):
     """Lyapunov exponents and gradient decay of every cell, two gains (identity initialisation:
@@ -234,14 +249,121 @@ def test_study_is_reproducible(serial_result):
     assert again.rows[0]["lyapunov_max"] == serial_result.rows[-1]["lyapunov_max"]
 
 
+def test_full_spectrum_gives_dimension_and_entropy_per_unit_with_errors(full_result):
+    """Issue 15: with every exponent, D_KY is determined at every gain; the rows hold D_KY and
+    h_KS (the sum of the positive exponents, Pesin's bound), their values per unit (/ N) and
+    batch-means errors; 0 exactly in the ordered phase (g = 0.5: every exponent < 0)."""
+    n = FULL["hidden_size"]
+    for r in full_result.rows:
+        assert len(r["exponents"]) == n and r["units"] == n
+        for name in ("kaplan_yorke_dimension", "ks_entropy"):
+            assert np.isfinite(r[name]) and r[name + "_per_unit"] == r[name] / n
+            assert r[name + "_stderr"] >= 0
+            assert r[name + "_per_unit_stderr"] == r[name + "_stderr"] / n
+        lam = np.array(r["exponents"])
+        assert_close(r["ks_entropy"], lam[lam > 0].sum(), rtol=1e-12)
+    ordered, chaotic = full_result.rows[:2], full_result.rows[-2:]
+    for r in ordered:
+        assert r["kaplan_yorke_dimension"] == r["ks_entropy"] == 0.0
+        assert r["kaplan_yorke_dimension_stderr"] == r["ks_entropy_stderr"] == 0.0
+    for r in chaotic:
+        assert 1 < r["kaplan_yorke_dimension"] < n and r["ks_entropy"] > 0
+
+
+def test_summary_error_is_the_standard_error_of_the_seed_mean(full_result):
+    """The table's +- is sd over seeds / sqrt(n_seeds) (see StudyResult), for every column."""
+    for e, pair in zip(full_result.summary(), np.split(np.array(full_result.rows), 3)):
+        assert e["n_seeds"] == 2
+        for key in ("lyapunov_max", "grad_decay_rate", "kaplan_yorke_dimension_per_unit",
+                    "ks_entropy_per_unit"):
+            vals = np.array([r[key] for r in pair])
+            assert e[key] == vals.mean() and e[key + "_sd"] == vals.std(ddof=1)
+            assert e[key + "_stderr"] == vals.std(ddof=1) / np.sqrt(2)
+        assert np.isnan(e["kaplan_yorke_dimension_lower_bound"])
+        assert not e["ks_entropy_is_lower_bound"]
+    table = full_result.table().splitlines()
+    assert table[0].startswith("mean over 2 seeds +- its standard error (sd over seeds / "
+                               "sqrt(2)); per step; D_KY and h_KS per unit (N = 16)")
+    for word in ("lambda_max", "mean-field", "grad decay", "D_KY/N", "h_KS/N"):
+        assert word in table[1]
+    # the mean field applies, everything is finite and determined: no marks, no footnotes
+    assert len(table) == 3 + 3 and "n/a" not in "".join(table) and ">" not in "".join(table)
+
+
+def _row(gain, seed, lam=-0.5, grad=-0.5, ky=0.0, ks=0.0, exponents=(-0.5, -0.6, -0.7)):
+    """A hand-made row of a study of N = 16 units with k = 3 exponents."""
+    row = dict(gain=gain, seed=seed, lyapunov_max=lam, lyapunov_max_stderr=0.01,
+               meanfield_lyapunov=np.nan, grad_decay_rate=grad, exponents=list(exponents),
+               units=16)
+    for name, value in (("kaplan_yorke_dimension", ky), ("ks_entropy", ks)):
+        row.update({name: value, name + "_stderr": 0.16, name + "_per_unit": value / 16,
+                    name + "_per_unit_stderr": 0.01})
+    return row
+
+
+def test_table_says_na_and_lower_bound_where_a_value_does_not_apply():
+    """Issue 15: "n/a" where a value does not apply (the mean field outside its theory) or is
+    not finite (NaN, a rate of -inf); "> x" where a partial spectrum leaves D_KY undetermined
+    for a seed (D_KY > k there, so the mean with k in its place is a lower bound) and where
+    h_KS is a lower bound (lambda_k > 0); each mark is explained under the rows."""
+    config = StudyConfig(**dict(SMALL, cell="relu"))  # no mean field for relu
+    rows = [_row(0.5, 8), _row(0.5, 1),
+            _row(1.5, 8, lam=np.nan, grad=-np.inf), _row(1.5, 1, grad=-np.inf),
+            _row(3.0, 8, lam=0.3, ky=np.nan, ks=0.64, exponents=(0.3, 0.2, 0.14)),
+            _row(3.0, 1, lam=0.1, ky=2.5, ks=0.16, exponents=(0.1, 0.06, -0.1))]
+    result = study.StudyResult("test", config, rows, 0.0, "serial", "0")
+    summary = result.summary()
+    assert np.isnan(summary[2]["kaplan_yorke_dimension"])
+    assert summary[2]["kaplan_yorke_dimension_lower_bound"] == (3 + 2.5) / 2
+    assert summary[2]["kaplan_yorke_dimension_per_unit_lower_bound"] == (3 + 2.5) / 2 / 16
+    assert summary[2]["ks_entropy_is_lower_bound"] and not summary[0]["ks_entropy_is_lower_bound"]
+    table = result.table().splitlines()
+    assert [line.split() for line in table[3:6]] == [
+        ["0.500", "-0.5000", "+-0.0000", "n/a", "-0.5000", "+-0.0000", "0.0000", "+-0.0000",
+         "0.00000", "+-0.00000"],
+        ["1.500", "n/a", "n/a", "n/a", "0.0000", "+-0.0000", "0.00000", "+-0.00000"],
+        ["3.000", "+0.2000", "+-0.1000", "n/a", "-0.5000", "+-0.0000", ">", "0.1719", ">",
+         "0.02500"]]
+    notes = " ".join(table[6:])
+    for words in ("mean-field n/a: the theory covers the tanh cell", "n/a elsewhere: not finite",
+                  "> x: D_KY/N exceeds x", "k = 3 exponents", "> x: h_KS/N exceeds x"):
+        assert words in notes, (words, notes)
+    # one seed: the error is the point's own batch-means stderr, and grad decay has none
+    one = study.StudyResult("test", StudyConfig(**dict(SMALL, seeds=(8,))), rows[::2], 0.0,
+                            "serial", "0")
+    table = one.table().splitlines()
+    assert table[0].startswith("one seed, +- its batch-means standard error")
+    assert table[3].split()[:5] == ["0.500", "-0.5000", "+-0.0100", "n/a", "-0.5000"]
+    assert table[3].split()[5] == "+-n/a" and "grad decay has none" in " ".join(table[6:])
+
+
+def test_the_figure_shows_lambda_max_spectra_dimension_and_entropy(serial_result, full_result,
+                                                                    tmp_path):
+    """Four panels: lambda_max with the mean field, the spectrum against i/N (one curve per
+    gain), D_KY/N and h_KS/N against g; a partial spectrum's D_KY lower bounds are drawn too."""
+    pytest.importorskip("matplotlib", reason="the figure needs numrnn[plot]")
+    from numrnn.experiments.plotting import plot_study
+
+    n = SMALL["hidden_size"]
+    for name, res, k in (("partial", serial_result, 3), ("full", full_result, n)):
+        fig = plot_study(res, tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+        a, b, c, d = fig.axes[:4]
+        assert "mean field" in [t.get_text() for t in a.get_legend().get_texts()]
+        assert b.get_xlabel() == "i / N" and len(b.lines) == len(SMALL["gains"]) + 1
+        assert_close(b.lines[0].get_xdata()[-1], k / n)
+        assert c.get_ylabel() == "D_KY / N" and d.get_ylabel().startswith("h_KS / N")
+
+
 @pytest.mark.slow
-def test_dask_local_cluster_equals_serial(serial_result):
+def test_dask_local_cluster_equals_serial(full_result):
     """Issue 5: the same sweep as Dask tasks on a LocalCluster (2 worker processes) gives the
-    serial numbers exactly (every random number of a point is seeded by the point itself)."""
+    serial numbers exactly (every random number of a point is seeded by the point itself); the
+    full spectrum, the default since issue 15, with the columns derived from it."""
     pytest.importorskip("dask.distributed", reason="Dask sweeps need numrnn[dask]")
-    dist = run_study(StudyConfig(**SMALL), scheduler="local:2")
-    assert dist.scheduler.startswith("tcp://")
-    for a, b in zip(serial_result.rows, dist.rows):
+    dist = run_study(StudyConfig(**FULL), scheduler="local:2")
+    assert dist.scheduler.startswith("tcp://") and len(dist.rows) == len(full_result.rows)
+    for a, b in zip(full_result.rows, dist.rows):
         a = {k: v for k, v in a.items() if k != "seconds"}
         b = {k: v for k, v in b.items() if k != "seconds"}
         np.testing.assert_equal(a, b)  # exact, NaN == NaN
@@ -256,13 +378,17 @@ def _strict_json(path):
 def test_study_command_writes_table_csv_json_png(capsys, tmp_path):
     pytest.importorskip("matplotlib", reason="the figure needs numrnn[plot]")
     rc = main(["study", "-N", "12", "--gains", "0.5", "2.5", "--seeds", "2", "--steps", "80",
-               "--transient", "20", "-k", "2", "--max-lag", "8", "--singular-values",
+               "--transient", "20", "--max-lag", "8", "--singular-values",
                "--out", str(tmp_path)])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "lambda_max" in out and "mean-field" in out and "study [" in err
+    assert "D_KY/N" in out and "+- its standard error" in out
     lines = (tmp_path / "study.csv").read_text().splitlines()
     assert len(lines) == 5 and lines[0].startswith("gain,seed,lyapunov_max")
+    for column in ("kaplan_yorke_dimension_per_unit,kaplan_yorke_dimension_per_unit_stderr",
+                   "ks_entropy_per_unit,ks_entropy_per_unit_stderr", "units"):
+        assert column in lines[0]
     payload = _strict_json(tmp_path / "study.json")
     assert payload["numrnn_version"] and payload["parameters"]["hidden_size"] == 12
     assert payload["parameters"]["gains"] == [0.5, 2.5] and len(payload["rows"]) == 4
@@ -271,14 +397,19 @@ def test_study_command_writes_table_csv_json_png(capsys, tmp_path):
     assert all(np.isfinite(r["jacobian_decay_rate"]) for r in rows)
     # ordered at g = 0.5: the Jacobian products shrink, the largest singular value is < 1
     assert rows[0]["jacobian_decay_rate"] < 0 and rows[0]["jacobian_max_singular_value"] < 1
+    # the full spectrum (the default) determines D_KY: per unit, with its error, in the summary
+    assert all(len(r["exponents"]) == 12 for r in rows)
+    assert all(np.isfinite(e["kaplan_yorke_dimension_per_unit_stderr"])
+               for e in payload["summary"])
     assert (tmp_path / "study.png").stat().st_size > 1000
 
 
 def test_study_json_is_strict_json_with_null_for_what_was_not_measured(capsys, tmp_path):
     """Without --singular-values the Jacobian columns are NaN, and a Kaplan-Yorke dimension
     beyond the k exponents computed is NaN: JSON has no NaN, so they are null (study.json held
-    bare NaN tokens)."""
-    rc = main(["study", "-N", "4", "--gains", "0.5", "3", "--seeds", "1", "--steps", "40",
+    bare NaN tokens).  (N = 12: seed 0's network is chaotic at g = 3, which few networks of
+    4 units are.)"""
+    rc = main(["study", "-N", "12", "--gains", "0.5", "3", "--seeds", "1", "--steps", "40",
                "--transient", "5", "-k", "1", "--max-lag", "5", "--no-plot", "-q", "--out",
                str(tmp_path)])
     assert rc == 0, capsys.readouterr().err

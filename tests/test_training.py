@@ -204,8 +204,9 @@ def test_a_diverging_forward_pass_stops_training_with_the_initial_parameters():
 def test_a_diverging_update_keeps_the_last_finite_parameters():
     """SGD at lr = 1e10 without clipping: the first update is finite but huge, the second
     step's gradient overflows.  The partial result holds step 0's loss and the parameters
-    after step 0 (not the engine's complaint about its `d_output` argument)."""
-    net = numrnn.RNN(2, 4, cell="relu", seed=0)
+    after step 0 (not the engine's complaint about its `d_output` argument).  Seed 2: with
+    some networks the huge first update leaves the gradient finite for a few more steps."""
+    net = numrnn.RNN(2, 4, cell="relu", seed=2)
     after = {}
 
     def snapshot(step, loss):

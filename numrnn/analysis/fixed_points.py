@@ -47,6 +47,10 @@ class FixedPointsResult:
         Candidates that reached ``tol`` before de-duplication.
     tol : float
         Residual below which a candidate counts as a fixed point.
+    initial_states : str
+        Where the candidates came from: states along trajectories started from N(0, 1) states
+        drawn from ``seed`` (the default initial state of every autonomous analysis), or
+        "given".
     """
 
     points: np.ndarray
@@ -61,6 +65,7 @@ class FixedPointsResult:
     n_candidates: int
     n_converged: int
     tol: float
+    initial_states: str = ""
 
     def __repr__(self):
         M = self.points.shape[0]
@@ -72,7 +77,8 @@ class FixedPointsResult:
         lines = [f"FixedPointsResult({M} fixed point{'s' if M != 1 else ''}: {n_stable} stable, "
                  f"{M - n_stable} unstable; max residual {np.max(self.residuals):.2g} (tol "
                  f"{self.tol:g}); {self.n_converged} of {self.n_candidates} candidates "
-                 "converged)"]
+                 f"converged{'; candidates: ' + self.initial_states if self.initial_states else ''}"
+                 ")"]
         for m in range(min(M, 8)):
             lines.append(f"  [{m}] |lambda|_max = {np.abs(self.eigenvalues[m, 0]):.6g}, "
                          f"{self.n_unstable[m]} unstable, residual {self.residuals[m]:.2g}")
@@ -265,4 +271,6 @@ def fixed_points(net, x_const=None, *, n_initial=64, seed=None, tol=None, initia
         eigenvalues=lam[order], left_eigenvectors=left[order], right_eigenvectors=right[order],
         stable=np.all(mod < 1.0, axis=1)[order], n_unstable=n_unstable[order],
         time_constants=tau[order], x_const=x_const, n_candidates=M, n_converged=n_converged,
-        tol=tol)
+        tol=tol, initial_states=(f"states along {trajectory_steps}-step trajectories from N(0, 1) "
+                                 "states drawn from seed" if initial_states is None
+                                 else "given"))

@@ -4,10 +4,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from .. import driver, errors
+from .. import errors
 from ..cpu import jacobians as _k
-from .linearisation import (Linearisation, check_net, check_schedule, fmt_list, frames,
-                            generator, local_sums, state_size)
+from .linearisation import (Linearisation, check_schedule, fmt_list, frames, generator,
+                            local_sums, state_size, trajectory)
 
 __all__ = ["GradientPropagationResult", "gradient_propagation"]
 
@@ -44,6 +44,11 @@ class GradientPropagationResult:
         T.
     transient : int
         Steps discarded for ``lyapunov_max``.
+    initial_state : str
+        How the trajectory's initial state was chosen ("given", "zeros (x given)" or "N(0, 1)
+        drawn from seed (autonomous)").
+    noise : str
+        The noise in the dynamics ("none", or its std and seed).
 
     Notes
     -----
@@ -67,6 +72,8 @@ class GradientPropagationResult:
     lyapunov_max: object
     n_steps: int
     transient: int
+    initial_state: str = ""
+    noise: str = "none"
 
     def __repr__(self):
         lags = self.lags
@@ -78,7 +85,9 @@ class GradientPropagationResult:
         last = self.log_singular_values[-1]
         last = last if last.ndim == 1 else last[0]
         return (f"GradientPropagationResult(decay rate = {dr:.6g} per step, lambda_max = "
-                f"{lm:.6g} per step{batch}; lags {span}, S = {S}, T = {self.n_steps})\n"
+                f"{lm:.6g} per step{batch}; lags {span}, S = {S}, T = {self.n_steps}"
+                f"{'; h0: ' + self.initial_state if self.initial_state else ''}"
+                f"{'; noise: ' + self.noise if self.noise != 'none' else ''})\n"
                 f"  ln sigma at tau = {lags[-1]}: {fmt_list(last)}")
 
 
@@ -154,24 +163,32 @@ def _decay_rates(lags, log_norms):
     return decay
 
 
-def gradient_propagation(net, x, h0=None, *, lags=None, transient=None, seed=None):
+def gradient_propagation(net, x=None, h0=None, *, n_steps=None, lags=None, transient=None,
+                         seed=None, noise_std=0.0):
     r"""Singular values of d s_T / d s_{T-tau} at each lag tau: vanishing and exploding gradients.
 
     Parameters
     ----------
     net : numrnn.RNN
         Any cell; bidirectional only with one layer.
-    x : ndarray, shape (T, B, I), (B, T, I) if ``net.batch_first``, or (T, I)
-        Input driving the trajectory.
+    x : ndarray, shape (T, B, I), (B, T, I) if ``net.batch_first``, or (T, I), optional
+        Input driving the trajectory.  None: the autonomous network for ``n_steps``.
     h0 : ndarray or pair, optional
-        Initial state as in :meth:`numrnn.RNN.forward`.
+        Initial state as in :meth:`numrnn.RNN.forward`.  Default, as in every trajectory
+        analysis: zeros when x is given, a N(0, 1) state drawn from ``seed`` when x is None.
+    n_steps : int, optional
+        Length of the autonomous run; required when x is None, not allowed otherwise.
     lags : sequence of int, optional
         Lags tau in [1, T] (default: up to 50 evenly spaced from 1 to T).
     transient : int, optional
         Steps discarded by the Lyapunov estimate (default T // 10).
     seed : int, sequence of int, numpy.random.SeedSequence or numpy.random.Generator, optional
-        Draws the orthonormal frames of the QR loops (the results do not depend on it beyond
-        rounding, except through the finite-time Lyapunov estimate).
+        Draws the autonomous h0, the noise realisation and the orthonormal frames of the QR
+        loops (the results do not depend on the frames beyond rounding, except through the
+        finite-time Lyapunov estimate).
+    noise_std : float >= 0, default 0
+        Noise in the dynamics, as in :meth:`numrnn.RNN.forward` (the same realisation for the
+        same seed).
 
     Returns
     -------
@@ -208,13 +225,13 @@ def gradient_propagation(net, x, h0=None, *, lags=None, transient=None, seed=Non
     >>> round(res.decay_rate, 6)          # ln 0.9 per step
     -0.105361
     """
-    check_net(net, "gradient propagation")
-    x_tm, unbatched = driver.check_input(net, x)
-    h, c = driver.split_state(net, h0, x_tm.shape[1], unbatched)
+    rng = generator(seed)
+    traj = trajectory(net, x, h0, n_steps=n_steps, rng=rng, noise_std=noise_std, seed=seed,
+                      what="gradient propagation")
+    x_tm, unbatched, h, c = traj.x, traj.unbatched, traj.h, traj.c
     T, B, S = x_tm.shape[0], x_tm.shape[1], state_size(net)
     lags = _check_lags(lags, T)
     _, transient, _, _ = check_schedule(T, 1, S, transient, 1, None)
-    rng = generator(seed)
     n_lags = lags.size
     lin = Linearisation(net, x_tm, h, c, caller="gradient_propagation",
                          extra_bytes=(n_lags * B * S * (S + 3) + 4 * B * S * S) * 8,
@@ -222,7 +239,7 @@ def gradient_propagation(net, x, h0=None, *, lags=None, transient=None, seed=Non
                                      f"({n_lags}, {B}, {S}, {S})",
                          fits=lambda avail: "fewer lags (each holds B * S * S = "
                                             f"{B * S * S} float64 numbers) or fewer sequences "
-                                            "at a time may fit")
+                                            "at a time may fit", noise=traj.noise)
     slots = np.full(T, -1, np.int64)
     slots[lags - 1] = np.arange(n_lags)
     q = np.ascontiguousarray(frames(rng, B, S, S, lin.dtype).reshape(B, lin.LD, lin.P, lin.N,
@@ -256,4 +273,5 @@ def gradient_propagation(net, x, h0=None, *, lags=None, transient=None, seed=Non
         decay, lam = float(decay[0]), float(lam[0])
     return GradientPropagationResult(lags=lags, log_singular_values=log_sv, singular_values=sv,
                                      log_norms=log_norms, norms=sv[..., 0], decay_rate=decay,
-                                     lyapunov_max=lam, n_steps=T, transient=transient)
+                                     lyapunov_max=lam, n_steps=T, transient=transient,
+                                     initial_state=traj.start, noise=traj.noise_description)

@@ -42,17 +42,26 @@ from .linearisation import linearise, pack_state, report_nonfinite, state_size, 
 __all__ = ["jacobians", "step_jvp", "step_vjp", "state_size", "pack_state", "unpack_state"]
 
 
-def jacobians(net, x, h0=None):
+def jacobians(net, x=None, h0=None, *, n_steps=None, seed=None, noise_std=0.0):
     r"""Step Jacobians J_t = d s_t / d s_{t-1} along the trajectory driven by x.
 
     Parameters
     ----------
     net : numrnn.RNN
         Any cell; bidirectional only with ``num_layers=1`` (see the module docstring).
-    x : ndarray, shape (T, B, I), (B, T, I) if ``net.batch_first``, or (T, I)
-        Input, of the network's dtype.
+    x : ndarray, shape (T, B, I), (B, T, I) if ``net.batch_first``, or (T, I), optional
+        Input, of the network's dtype.  None: the autonomous network (zero input) for
+        ``n_steps``.
     h0 : ndarray or pair, optional
-        Initial state as in :meth:`numrnn.RNN.forward` (zeros by default).
+        Initial state as in :meth:`numrnn.RNN.forward`.  Default, as in every trajectory
+        analysis: zeros when x is given, a N(0, 1) state drawn from ``seed`` when x is None.
+    n_steps : int, optional
+        Length of the autonomous run; required when x is None, not allowed otherwise.
+    seed : int, sequence of int, numpy.random.SeedSequence or numpy.random.Generator, optional
+        Draws the autonomous h0 and the noise realisation.
+    noise_std : float >= 0, default 0
+        Noise in the dynamics, as in :meth:`numrnn.RNN.forward` (the same realisation for the
+        same seed); the Jacobians are those of that noisy trajectory.
 
     Returns
     -------
@@ -87,30 +96,35 @@ def jacobians(net, x, h0=None):
     (5, 4, 4)
     """
     lin, unbatched = linearise(net, x, h0, caller="jacobians", extra=lambda T, B, S: (
-        T * B * S * S * 8, f"the (T, B, S, S) = ({T}, {B}, {S}, {S}) step Jacobians"))
+        T * B * S * S * 8, f"the (T, B, S, S) = ({T}, {B}, {S}, {S}) step Jacobians"),
+        n_steps=n_steps, seed=seed, noise_std=noise_std)
     eye = np.eye(lin.S)[None, None]
     J = lin.apply(eye, transpose=False)
     report_nonfinite("jacobians", J, "the step Jacobian J_t")
     return J[:, 0] if unbatched else J
 
 
-def _tangent_products(net, x, vectors, h0, name, transpose):
+def _tangent_products(net, x, vectors, h0, name, transpose, seed, noise_std):
     caller = "step_vjp" if transpose else "step_jvp"
+    if x is None:
+        raise ValueError(f"x: {caller} needs the input of the trajectory (its T steps match "
+                         f"those of {name}); got None")
     lin, unbatched = linearise(net, x, h0, caller=caller, vectors=(name, vectors),
-                                extra=lambda T, B, S: (
-                                    3 * T * B * S * 8, f"the (T, B, S) = ({T}, {B}, {S}) products"))
+                               extra=lambda T, B, S: (
+                                   3 * T * B * S * 8, f"the (T, B, S) = ({T}, {B}, {S}) products"),
+                               seed=seed, noise_std=noise_std)
     out = lin.apply(lin.vectors[..., None], transpose)[..., 0]
     report_nonfinite(caller, out, "u_t^T J_t" if transpose else "J_t v_t")
     return out[:, 0] if unbatched else out
 
 
-def step_jvp(net, x, v, h0=None):
+def step_jvp(net, x, v, h0=None, *, seed=None, noise_std=0.0):
     r"""Jacobian-vector products J_t v_t of every step, without forming J_t.
 
     Parameters
     ----------
-    net, x, h0
-        As in :func:`jacobians`.
+    net, x, h0, seed, noise_std
+        As in :func:`jacobians` (x is required).
     v : ndarray, shape (T, B, S) or (T, S) for unbatched x
         One tangent vector of s_{t-1} per step and sequence, of the network's dtype.
 
@@ -130,16 +144,16 @@ def step_jvp(net, x, v, h0=None):
     ...             (numrnn.jacobians(net, x) @ v[..., None])[..., 0])
     True
     """
-    return _tangent_products(net, x, v, h0, "v", transpose=False)
+    return _tangent_products(net, x, v, h0, "v", False, seed, noise_std)
 
 
-def step_vjp(net, x, u, h0=None):
+def step_vjp(net, x, u, h0=None, *, seed=None, noise_std=0.0):
     r"""Vector-Jacobian products u_t^T J_t of every step (the backward pass of BPTT).
 
     Parameters
     ----------
-    net, x, h0
-        As in :func:`jacobians`.
+    net, x, h0, seed, noise_std
+        As in :func:`jacobians` (x is required).
     u : ndarray, shape (T, B, S) or (T, S) for unbatched x
         One cotangent of s_t per step and sequence, of the network's dtype.
 
@@ -158,4 +172,4 @@ def step_vjp(net, x, u, h0=None):
     >>> np.allclose(numrnn.analysis.step_vjp(net, x, u), np.einsum("ts,tsr->tr", u, J))
     True
     """
-    return _tangent_products(net, x, u, h0, "u", transpose=True)
+    return _tangent_products(net, x, u, h0, "u", True, seed, noise_std)

@@ -14,14 +14,15 @@ import numpy as np
 from .. import _memory
 from .. import _validation as _v
 from .. import cpu, driver, errors
+from .. import noise as _noise
 from ..cpu import backend as cpu_backend
 from ..cpu import blas
 from ..cpu import jacobians as _k
 from ..network import RNN
 
-__all__ = ["Linearisation", "linearise", "check_net", "state_size", "pack_state", "unpack_state",
+__all__ = ["Linearisation", "Trajectory", "trajectory", "linearise", "check_net", "state_size", "pack_state", "unpack_state",
            "float64_twin", "check_memory", "report_nonfinite", "fmt_list", "generator",
-           "schedule", "frames", "check_schedule", "local_sums", "check_status"]
+           "schedule", "frames", "check_jacobians", "check_schedule", "local_sums", "check_status"]
 
 
 def check_net(net, what="the step Jacobian"):
@@ -197,9 +198,10 @@ class Linearisation:
     """
 
     def __init__(self, net, x_tm, h0, c0, *, coefficients=True, caller="jacobians",
-                 extra_bytes=0, extra_label="", fits=None):
+                 extra_bytes=0, extra_label="", fits=None, noise=None):
         check_net(net)
         self.net = net
+        self.noise = noise
         self.T, self.B = x_tm.shape[:2]
         self.L, self.D, self.N, self.G = (net.num_layers, net.num_directions, net.hidden_size,
                                           net.gate_count)
@@ -218,7 +220,7 @@ class Linearisation:
         # synchronises (see numrnn.cpu.jacobians)
         with blas.single_threaded():
             self.output, self.h_n, self.c_n, tape = driver.forward_pass(
-                net, cpu_backend, x_tm, h0, c0, params)
+                net, cpu_backend, x_tm, h0, c0, params, noise)
             self.tape = tape.records
         self.w_hh_t = self.w_up_t = None
         if coefficients:
@@ -230,8 +232,8 @@ class Linearisation:
         net, T, B, N, LD = self.net, self.T, self.B, self.N, self.LD
         GN, P, R = self.G * N, self.P, self.cell.read_count
         per_step = P * GN * (2 if self.cell.separate else 1) + P * P * N + R * N
-        need = (driver.bytes_needed(net, T, B, backward=True) + LD * T * B * per_step * 8
-                + extra_bytes)
+        need = (driver.bytes_needed(net, T, B, backward=True, noise=self.noise is not None)
+                + LD * T * B * per_step * 8 + extra_bytes)
         what = "the float64 tangent-map coefficients"
         if net.dtype != np.float64:
             # the re-run: T*B sequences of one step, their previous states and the input
@@ -303,9 +305,10 @@ class Linearisation:
         self._h_prev = h_prev.reshape(LD, T * B, N)
         self._c_prev = c_prev.reshape(LD, T * B, N)
         # one step from each stored state: a NaN/inf there was reported by the forward pass above
+        noise = None if self.noise is None else self.noise.as_steps_of_one(T, B)
         with blas.single_threaded(), errors.nonfinite("ignore"):
             self._tape64 = driver.forward_pass(twin, cpu_backend, x64, self._h_prev,
-                                                 self._c_prev, p64)[3].records
+                                                 self._c_prev, p64, noise)[3].records
         return twin, p64
 
     def kernel_args(self):
@@ -361,16 +364,79 @@ def report_nonfinite(caller, out, what):
                       "with the weights overflowed float64")
 
 
+class Trajectory:
+    """The checked inputs of a trajectory analysis: ``x`` (T, B, I) time-major, ``unbatched``,
+    ``h``/``c`` (L*D, B, N), ``start`` (how the initial state was chosen, for the result's repr)
+    and ``noise`` (a :class:`numrnn.noise.Noise` or None)."""
+
+    def __init__(self, x, unbatched, h, c, start, noise):
+        self.x, self.unbatched, self.h, self.c, self.start = x, unbatched, h, c, start
+        self.noise = noise
+
+    @property
+    def noise_description(self):
+        return "none" if self.noise is None else repr(self.noise)
+
+
+def trajectory(net, x, h0, *, n_steps=None, rng=None, noise_std=0.0, seed=None,
+               what="the step Jacobian"):
+    r"""Validate the trajectory of an analysis call; the one rule for its initial state.
+
+    Every trajectory analysis (:func:`numrnn.jacobians`, :func:`numrnn.gradient_propagation`,
+    :func:`numrnn.lyapunov_spectrum`, :func:`numrnn.covariant_lyapunov_vectors`) starts the same
+    way: ``x`` given, h0 = zeros by default (the state :meth:`numrnn.RNN.forward` starts from);
+    ``x`` None, the autonomous network (zero input for ``n_steps``) from h0 ~ N(0, 1) drawn from
+    ``rng`` by default, since the origin of a bias-free network is a fixed point.  A given h0 is
+    used as is.  The result's repr says which.
+
+    ``noise_std`` and ``seed``: noise in the dynamics (:mod:`numrnn.noise`); the realisation
+    is a function of ``seed`` alone (the same as :meth:`numrnn.RNN.forward` with that seed).
+    """
+    check_net(net, what)
+    if x is None:
+        if n_steps is None:
+            raise ValueError("n_steps: expected the number of steps of the autonomous run (x is "
+                             "None), got None")
+        n_steps = _v.check_int("n_steps", n_steps, 1)
+        x, h0, start = _autonomous_input(net, n_steps, h0, rng)
+    else:
+        if n_steps is not None:
+            raise ValueError(f"n_steps: x fixes the number of steps; expected None, got "
+                             f"{n_steps!r}")
+        start = "given" if h0 is not None else "zeros (x given)"
+    x_tm, unbatched = driver.check_input(net, x)
+    h, c = driver.split_state(net, h0, x_tm.shape[1], unbatched)
+    noise = _noise.make(net, noise_std, seed)
+    return Trajectory(x_tm, unbatched, h, c, start, noise)
+
+
+def _autonomous_input(net, n_steps, h0, rng):
+    """Zero input of n_steps, h0 (N(0, 1) from rng when None) and how h0 was chosen."""
+    LD, N, I = net.num_layers * net.num_directions, net.hidden_size, net.input_size
+    pair = net.state_count == 2
+    if h0 is None:
+        h = rng.standard_normal((LD, N)).astype(net.dtype)
+        h0 = (h, rng.standard_normal((LD, N)).astype(net.dtype)) if pair else h
+        return np.zeros((n_steps, I), net.dtype), h0, "N(0, 1) drawn from seed (autonomous)"
+    first = h0[0] if pair and isinstance(h0, (tuple, list)) else h0
+    if first is not None and np.ndim(first) == 3:
+        B = np.shape(first)[1]
+        shape = (B, n_steps, I) if net.batch_first else (n_steps, B, I)
+        return np.zeros(shape, net.dtype), h0, "given"
+    return np.zeros((n_steps, I), net.dtype), h0, "given"
+
+
 def linearise(net, x, h0, what="the step Jacobian", caller="jacobians", extra=None,
-               vectors=None):
+               vectors=None, n_steps=None, seed=None, noise_std=0.0):
     """Validate (net, x, h0) and build the linearisation; returns (lin, unbatched).
 
     ``extra(T, B, S) -> (bytes, label)``: what the caller allocates on top (memory check).
     ``vectors``: (name, array) of per-step vectors (T, [B,] S) to validate before anything is
-    allocated; the checked (T, B, S) array is then ``lin.vectors``."""
-    check_net(net, what)
-    x_tm, unbatched = driver.check_input(net, x)
-    h, c = driver.split_state(net, h0, x_tm.shape[1], unbatched)
+    allocated; the checked (T, B, S) array is then ``lin.vectors``.  ``n_steps``, ``seed``,
+    ``noise_std``: as in :func:`trajectory` (``seed`` draws the autonomous h0 and the noise)."""
+    traj = trajectory(net, x, h0, n_steps=n_steps, rng=generator(seed), noise_std=noise_std,
+                      seed=seed, what=what)
+    x_tm, unbatched, h, c = traj.x, traj.unbatched, traj.h, traj.c
     T, B = x_tm.shape[:2]
     S = state_size(net)
     vec = None
@@ -380,8 +446,10 @@ def linearise(net, x, h0, what="the step Jacobian", caller="jacobians", extra=No
         if unbatched:
             vec = vec[:, None]
     nbytes, label = extra(T, B, S) if extra is not None else (0, "")
-    lin = Linearisation(net, x_tm, h, c, caller=caller, extra_bytes=nbytes, extra_label=label)
+    lin = Linearisation(net, x_tm, h, c, caller=caller, extra_bytes=nbytes, extra_label=label,
+                        noise=traj.noise)
     lin.vectors = vec
+    lin.trajectory = traj
     return lin, unbatched
 
 
@@ -421,6 +489,22 @@ def frames(rng, B, S, k, dtype):
     for b in range(B):
         q[b] = np.linalg.qr(rng.standard_normal((S, k)))[0]
     return q.astype(dtype)
+
+
+def check_jacobians(J):
+    """Validate given matrices J (T, S, S) or (T, B, S, S); returns them (T, B, S, S)
+    C-contiguous."""
+    if not isinstance(J, np.ndarray):
+        raise TypeError(f"J: expected a numpy array of shape (T, S, S) or (T, B, S, S), got "
+                        f"{type(J).__name__}")
+    if J.dtype not in _v.FLOAT_DTYPES:
+        raise TypeError(f"J: expected dtype float32 or float64, got {J.dtype}")
+    if J.ndim not in (3, 4) or J.shape[-1] != J.shape[-2] or J.shape[0] < 1 or J.shape[-1] < 1:
+        raise ValueError(f"J: expected shape (T, S, S) or (T, B, S, S) with T, S >= 1, got "
+                         f"{J.shape}")
+    if not np.all(np.isfinite(J)):
+        raise ValueError("J: expected finite values, got NaN or inf entries")
+    return np.ascontiguousarray(J[:, None] if J.ndim == 3 else J)
 
 
 def check_schedule(T, k, S, transient, ons_interval, n_segments):

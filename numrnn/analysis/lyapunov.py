@@ -5,10 +5,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _validation as _v
-from .. import driver
 from ..cpu import jacobians as _k
 from .linearisation import (Linearisation, check_net, check_schedule, check_status, fmt_list,
-                            frames, generator, local_sums, schedule, state_size)
+                            check_jacobians, frames, generator, local_sums, schedule, state_size,
+                            trajectory)
 
 __all__ = ["LyapunovResult", "lyapunov_spectrum", "lyapunov_from_jacobians"]
 
@@ -29,11 +29,16 @@ class LyapunovResult:
         cut into ``n_segments`` contiguous segments, and stderr is the standard deviation of the
         segment means over sqrt(number of segments) (NaN with fewer than two segments, and for
         an exponent of -inf).
-    local : ndarray, shape (n_blocks, k), or (n_blocks, B, k) for a batch
+    local : ndarray, shape (n_blocks, B, k)
         Finite-time exponents of each orthonormalisation block: ln|R_ii| / block length.
+        Always with the batch axis (B = 1 for an unbatched input or an autonomous run).
     block_lengths : ndarray of int, shape (n_blocks,)
         Steps in each block (``ons_interval``, shorter where a block meets the end of the
         transient or of the trajectory).
+    segment_exponents : ndarray, shape (n_segments * B, k)
+        The batch means: the exponents measured on each segment of each sequence (segment-major
+        within a sequence, sequences in order).  ``stderr`` and the stderr of every derived
+        quantity come from them.
     n_steps : int
         Measured steps per sequence (after the transient).
     transient : int
@@ -44,12 +49,30 @@ class LyapunovResult:
         Segments per sequence used for ``stderr``.
     state_size : int
         S, the dimension of the state (so ``k == state_size`` is the full spectrum).
+    units : int
+        The number of units the per-unit quantities divide by: L * D * N hidden units of a
+        network (N for one layer; an LSTM's S = 2N state dimensions are N units), S for
+        :func:`lyapunov_from_jacobians`.
+    time_step : float or None
+        The length of one step in the network's time unit (alpha = dt/tau for the leaky and
+        rate cells, dt for coRNN, epsilon for the antisymmetric RNN: the cell's
+        :attr:`numrnn.Cell.time_step`); None for a cell without one, or for given matrices.
     dt : float or None
-        None: exponents per step.  Otherwise the time step used by :meth:`per_time`.
+        None: exponents per step.  Otherwise the time step :meth:`per_time` divided by.
+    initial_state : str
+        Where the trajectory started: "given", "zeros" (the default when ``x`` is given) or
+        "N(0, 1) drawn from seed" (the default of an autonomous run), "" for given matrices.
+    noise : str
+        The noise the trajectory was driven with ("none", or its std and seed): the exponents
+        of a noisy trajectory are conditional on that realisation.
 
     Notes
     -----
-    ``kaplan_yorke_dimension`` and ``ks_entropy`` are derived from ``exponents``.
+    ``kaplan_yorke_dimension`` and ``ks_entropy`` are derived from ``exponents``; their
+    standard errors (``kaplan_yorke_dimension_stderr``, ``ks_entropy_stderr``) from the same
+    quantity computed on each batch mean (``segment_exponents``): the standard deviation of the
+    segment values over sqrt(number of segments), as for ``stderr``.  The ``*_per_unit`` forms
+    divide by ``units``.
 
     A step whose Jacobian maps the frame exactly onto fewer than i dimensions (a zero matrix, a
     relu network whose units are all off, an LSTM without recurrence on its h part, a tanh unit
@@ -67,12 +90,17 @@ class LyapunovResult:
     stderr: np.ndarray
     local: np.ndarray
     block_lengths: np.ndarray
+    segment_exponents: np.ndarray
     n_steps: int
     transient: int
     ons_interval: int
     n_segments: int
     state_size: int
+    units: int
+    time_step: float = None
     dt: float = None
+    initial_state: str = ""
+    noise: str = "none"
 
     @property
     def kaplan_yorke_dimension(self):
@@ -86,18 +114,7 @@ class LyapunovResult:
         References: Kaplan, J. L. and Yorke, J. A. (1979). Chaotic behavior of multidimensional
         difference equations. Lecture Notes in Mathematics 730.
         """
-        if np.isnan(self.exponents).any():
-            return float("nan")
-        lam = np.sort(self.exponents)[::-1]
-        with np.errstate(invalid="ignore"):
-            csum = np.cumsum(lam)
-        nonneg = np.flatnonzero(csum >= 0.0)
-        if nonneg.size == 0:
-            return 0.0
-        j = int(nonneg[-1]) + 1
-        if j == lam.size:
-            return float(j) if lam.size == self.state_size else float("nan")
-        return float(j + csum[j - 1] / abs(lam[j]))
+        return kaplan_yorke(self.exponents, self.state_size)
 
     @property
     def ks_entropy(self):
@@ -110,47 +127,117 @@ class LyapunovResult:
         Exponents of -inf add nothing; NaN if an exponent is NaN (a frame lost to inf or NaN
         under ``numrnn.nonfinite("warn")``).
         """
-        lam = self.exponents
-        if np.isnan(lam).any():
-            return float("nan")
-        return float(np.sum(lam[lam > 0.0]))
+        return ks_entropy(self.exponents)
 
-    def per_time(self, dt):
+    @property
+    def kaplan_yorke_dimension_stderr(self):
+        """Standard error of ``kaplan_yorke_dimension`` by batch means (NaN with fewer than two
+        segments, or where a segment's dimension is NaN)."""
+        return _segment_stderr([kaplan_yorke(lam, self.state_size)
+                                for lam in self.segment_exponents])
+
+    @property
+    def ks_entropy_stderr(self):
+        """Standard error of ``ks_entropy`` by batch means (same units as ``exponents``)."""
+        return _segment_stderr([ks_entropy(lam) for lam in self.segment_exponents])
+
+    @property
+    def kaplan_yorke_dimension_per_unit(self):
+        """``kaplan_yorke_dimension / units``: the attractor's dimension density (D_KY/N)."""
+        return self.kaplan_yorke_dimension / self.units
+
+    @property
+    def kaplan_yorke_dimension_per_unit_stderr(self):
+        return self.kaplan_yorke_dimension_stderr / self.units
+
+    @property
+    def ks_entropy_per_unit(self):
+        """``ks_entropy / units``: the entropy rate per unit (h_KS/N)."""
+        return self.ks_entropy / self.units
+
+    @property
+    def ks_entropy_per_unit_stderr(self):
+        return self.ks_entropy_stderr / self.units
+
+    def per_time(self, dt=None):
         """The same result per unit time: every exponent divided by the time step ``dt``.
-
-        For the rate network (``cell="rate"``), one step is dt = alpha * tau in units of the
-        time constant tau; pass ``dt`` in the time unit wanted.
 
         Parameters
         ----------
-        dt : float > 0
+        dt : float > 0, optional
+            The length of one step in the time unit wanted.  Default: ``time_step``, the
+            network's own (alpha = dt/tau for the rate and leaky cells, so the result is per
+            time constant tau).  Required where the cell has no time step.
 
         Returns
         -------
         LyapunovResult
         """
+        if dt is None:
+            if self.time_step is None:
+                raise ValueError("dt: this result's network has no time step of its own (its "
+                                 "cell has no leak or step-size option), so per_time needs the "
+                                 "length of one step; got None")
+            dt = self.time_step
         dt = _v.check_real("dt", dt, 0.0, low_open=True)
         if self.dt is not None:
             raise ValueError(f"dt: this result is already per unit time (dt={self.dt}); call "
                              "per_time on the per-step result")
         return dataclasses.replace(self, exponents=self.exponents / dt, stderr=self.stderr / dt,
-                                   local=self.local / dt, dt=dt)
+                                   local=self.local / dt,
+                                   segment_exponents=self.segment_exponents / dt, dt=dt)
 
     def __repr__(self):
         unit = "per step" if self.dt is None else f"per unit time (dt={self.dt:g})"
         lam, se = self.exponents, self.stderr
         k = lam.size
+        start = f"; h0: {self.initial_state}" if self.initial_state else ""
+        noise = f"; noise: {self.noise}" if self.noise != "none" else ""
         return (f"LyapunovResult(lambda_1 = {lam[0]:.6g} +- {se[0]:.2g} {unit}; "
-                f"k = {k} of S = {self.state_size}, D_KY = {self.kaplan_yorke_dimension:.4g}, "
-                f"h_KS = {self.ks_entropy:.4g}; {self.n_steps} steps after a transient of "
-                f"{self.transient}, orthonormalised every {self.ons_interval})\n"
+                f"k = {k} of S = {self.state_size}, "
+                f"D_KY = {self.kaplan_yorke_dimension:.4g} +- "
+                f"{self.kaplan_yorke_dimension_stderr:.2g}, "
+                f"h_KS = {self.ks_entropy:.4g} +- {self.ks_entropy_stderr:.2g}; {self.n_steps} "
+                f"steps after a transient of {self.transient}, orthonormalised every "
+                f"{self.ons_interval}{start}{noise})\n"
                 f"  exponents: {fmt_list(lam)}\n  stderr:    {fmt_list(se)}")
+
+
+def kaplan_yorke(exponents, S):
+    """Kaplan-Yorke dimension of a spectrum (see :attr:`LyapunovResult.kaplan_yorke_dimension`)."""
+    if np.isnan(exponents).any():
+        return float("nan")
+    lam = np.sort(exponents)[::-1]
+    with np.errstate(invalid="ignore"):
+        csum = np.cumsum(lam)
+    nonneg = np.flatnonzero(csum >= 0.0)
+    if nonneg.size == 0:
+        return 0.0
+    j = int(nonneg[-1]) + 1
+    if j == lam.size:
+        return float(j) if lam.size == S else float("nan")
+    return float(j + csum[j - 1] / abs(lam[j]))
+
+
+def ks_entropy(exponents):
+    """Sum of the positive exponents (NaN if one is NaN)."""
+    if np.isnan(exponents).any():
+        return float("nan")
+    return float(np.sum(exponents[exponents > 0.0]))
+
+
+def _segment_stderr(values):
+    values = np.asarray(values, np.float64)
+    if values.size < 2 or not np.all(np.isfinite(values)):
+        return float("nan")
+    return float(values.std(ddof=1) / np.sqrt(values.size))
 
 
 # --- shared pieces ----------------------------------------------------------------------------
 
 
-def _summarise(sums, lengths, transient, m, n_segments, S, unbatched):
+def summarise(sums, lengths, transient, m, n_segments, S, units=None, time_step=None,
+               initial_state="", noise="none"):
     """LyapunovResult from per-block sums of ln|R_ii|, shape (n_blocks, B, k)."""
     n_blocks, B, k = sums.shape
     n_steps = int(lengths.sum())
@@ -162,38 +249,23 @@ def _summarise(sums, lengths, transient, m, n_segments, S, unbatched):
         n_segments = min(n_segments, n_blocks)
         groups = np.array_split(np.arange(n_blocks), n_segments)
         means = np.stack([sums[g].sum(axis=0) / lengths[g].sum() for g in groups])  # (seg, B, k)
-        means = means.reshape(-1, k)
+        means = np.ascontiguousarray(means.transpose(1, 0, 2)).reshape(-1, k)  # sequence-major
         if means.shape[0] >= 2:
             stderr = means.std(axis=0, ddof=1) / np.sqrt(means.shape[0])
         else:
             stderr = np.full(k, np.nan)
-    return LyapunovResult(exponents=exponents, stderr=stderr, local=local[:, 0] if unbatched
-                          else local, block_lengths=lengths, n_steps=n_steps, transient=transient,
-                          ons_interval=m, n_segments=n_segments, state_size=S)
+    return LyapunovResult(exponents=exponents, stderr=stderr, local=local, block_lengths=lengths,
+                          segment_exponents=means, n_steps=n_steps, transient=transient,
+                          ons_interval=m, n_segments=n_segments, state_size=S,
+                          units=S if units is None else units, time_step=time_step,
+                          initial_state=initial_state, noise=noise)
 
 
 # --- public -----------------------------------------------------------------------------------
 
 
-def _autonomous_input(net, n_steps, h0, rng):
-    """Zero input of n_steps, and h0 (random N(0, 1) when None) for the autonomous network."""
-    n_steps = _v.check_int("n_steps", n_steps, 1)
-    LD, N, I = net.num_layers * net.num_directions, net.hidden_size, net.input_size
-    lstm = net.state_count == 2
-    if h0 is None:
-        h = rng.standard_normal((LD, N)).astype(net.dtype)
-        h0 = (h, rng.standard_normal((LD, N)).astype(net.dtype)) if lstm else h
-        return np.zeros((n_steps, I), net.dtype), h0
-    first = h0[0] if lstm and isinstance(h0, (tuple, list)) else h0
-    if first is not None and np.ndim(first) == 3:
-        B = np.shape(first)[1]
-        shape = (B, n_steps, I) if net.batch_first else (n_steps, B, I)
-        return np.zeros(shape, net.dtype), h0
-    return np.zeros((n_steps, I), net.dtype), h0
-
-
 def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=None,
-                      ons_interval=1, seed=None, n_segments=None):
+                      ons_interval=1, seed=None, n_segments=None, noise_std=0.0, units="step"):
     r"""Lyapunov spectrum of a network along the trajectory driven by x (or autonomously).
 
     Benettin's method: a frame of k orthonormal tangent vectors is advanced with the exact step
@@ -209,15 +281,17 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
     x : ndarray, shape (T, B, I), (B, T, I) if ``net.batch_first``, or (T, I), optional
         Input driving the network.  None: the autonomous network, zero input for ``n_steps``.
     h0 : ndarray or pair, optional
-        Initial state as in :meth:`numrnn.RNN.forward`.  Default: zeros when x is given; when
-        x is None, a N(0, 1) state drawn from ``seed`` (the origin is often a fixed point).
+        Initial state as in :meth:`numrnn.RNN.forward`.  Default, as in every trajectory
+        analysis (:func:`numrnn.analysis.linearisation.trajectory`): zeros when x is given;
+        when x is None, a N(0, 1) state drawn from ``seed`` (the origin is often a fixed
+        point).  The result's repr says which.
     n_steps : int, optional
         Length of the autonomous run; required when x is None, not allowed otherwise.
     k : int, optional
         Number of exponents, 1 <= k <= S (default S, the full spectrum).
-    transient : int, optional
+    transient : int or float, optional
         Initial steps discarded (the frame aligns with the Oseledets directions there);
-        default T // 10.
+        default T // 10 steps.  In time units with ``units="time"`` (rounded to whole steps).
     ons_interval : int, default 1
         Steps between orthonormalisations.  Larger is cheaper, but between two QRs the frame's
         columns align with the leading direction (their angles shrink like
@@ -228,6 +302,17 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
         Draws the initial orthonormal frame (and the autonomous h0, first).
     n_segments : int, optional
         Segments per sequence for the batch-means error (default sqrt(blocks), at most 32).
+    noise_std : float >= 0, default 0
+        Additive Gaussian noise in the dynamics (:meth:`numrnn.RNN.forward`, Euler-Maruyama
+        scaling by the cell's time step), its realisation drawn from ``seed`` (the same
+        realisation as ``net.forward(..., noise_std=noise_std, seed=seed)``).  The exponents
+        are then *conditional* exponents: those of the trajectory driven by that one noise
+        realisation (and by x), which is how chaos is measured in driven systems.  The same
+        holds for a given input x: its exponents are conditional on x.
+    units : {"step", "time"}, default "step"
+        "time": ``transient`` is in the network's time unit and the result is per unit time
+        (:meth:`LyapunovResult.per_time` with the network's :attr:`numrnn.RNN.time_step`,
+        alpha = dt/tau for the rate network); refused for a cell without a time step.
 
     Returns
     -------
@@ -275,25 +360,47 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
     ((3,), True)
     """
     check_net(net, "the Lyapunov spectrum")
+    time_step = _time_step(net, units)
     rng = generator(seed)
-    if x is None:
-        if n_steps is None:
-            raise ValueError("n_steps: expected the number of steps of the autonomous run (x is "
-                             "None), got None")
-        x, h0 = _autonomous_input(net, n_steps, h0, rng)
-    elif n_steps is not None:
-        raise ValueError(f"n_steps: x fixes the number of steps; expected None, got {n_steps!r}")
-    x_tm, unbatched = driver.check_input(net, x)
-    h, c = driver.split_state(net, h0, x_tm.shape[1], unbatched)
+    traj = trajectory(net, x, h0, n_steps=n_steps, rng=rng, noise_std=noise_std, seed=seed,
+                      what="the Lyapunov spectrum")
+    x_tm = traj.x
     T = x_tm.shape[0]
+    if units == "time" and transient is not None:
+        transient = _steps("transient", transient, time_step)
     k, transient, m, n_segments = check_schedule(T, k, state_size(net), transient,
                                                   ons_interval, n_segments)
     B, S = x_tm.shape[1], state_size(net)
-    lin = Linearisation(net, x_tm, h, c, caller="lyapunov_spectrum",
-                         extra_bytes=(2 * B * S * k + 2 * (T // m + 3) * B * k) * 8,
-                         extra_label=f"the frames of k={k} tangent vectors")
+    lin = Linearisation(net, x_tm, traj.h, traj.c, caller="lyapunov_spectrum",
+                        extra_bytes=(2 * B * S * k + 2 * (T // m + 3) * B * k) * 8,
+                        extra_label=f"the frames of k={k} tangent vectors", noise=traj.noise)
     sums, lengths = local_sums(lin, k, transient, m, rng)
-    return _summarise(sums, lengths, transient, m, n_segments, lin.S, unbatched)
+    res = summarise(sums, lengths, transient, m, n_segments, lin.S, units=units_of(net),
+                     time_step=net.time_step, initial_state=traj.start,
+                     noise=traj.noise_description)
+    return res.per_time() if units == "time" else res
+
+
+def units_of(net):
+    """The number of hidden units L * D * N that per-unit quantities divide by."""
+    return net.num_layers * net.num_directions * net.hidden_size
+
+
+def _time_step(net, units):
+    if units not in ("step", "time"):
+        raise ValueError(f"units: expected 'step' or 'time', got {units!r}")
+    if units == "time" and net.time_step is None:
+        raise ValueError(f"units: the {net.cell} cell has no time step (no leak or step-size "
+                         "option), so its steps are the unit of time; expected units='step', "
+                         "got 'time'")
+    return net.time_step
+
+
+def _steps(name, value, time_step):
+    """A duration in time units as a whole number of steps of length ``time_step``."""
+    value = _v.check_real(name, value, 0.0)
+    steps = int(round(value / time_step))
+    return steps
 
 
 def lyapunov_from_jacobians(J, *, k=None, transient=None, ons_interval=1, seed=None,
@@ -342,18 +449,7 @@ def lyapunov_from_jacobians(J, *, k=None, transient=None, ons_interval=1, seed=N
     >>> numrnn.lyapunov_from_jacobians(np.zeros((10, 2, 2)), k=1).exponents   # singular
     array([-inf])
     """
-    if not isinstance(J, np.ndarray):
-        raise TypeError(f"J: expected a numpy array of shape (T, S, S) or (T, B, S, S), got "
-                        f"{type(J).__name__}")
-    if J.dtype not in _v.FLOAT_DTYPES:
-        raise TypeError(f"J: expected dtype float32 or float64, got {J.dtype}")
-    if J.ndim not in (3, 4) or J.shape[-1] != J.shape[-2] or J.shape[0] < 1 or J.shape[-1] < 1:
-        raise ValueError(f"J: expected shape (T, S, S) or (T, B, S, S) with T, S >= 1, got "
-                         f"{J.shape}")
-    if not np.all(np.isfinite(J)):
-        raise ValueError("J: expected finite values, got NaN or inf entries")
-    unbatched = J.ndim == 3
-    Jb = np.ascontiguousarray(J[:, None] if unbatched else J)
+    Jb = check_jacobians(J)
     T, B, S = Jb.shape[:3]
     k, transient, m, n_segments = check_schedule(T, k, S, transient, ons_interval, n_segments)
     rng = generator(seed)
@@ -362,4 +458,4 @@ def lyapunov_from_jacobians(J, *, k=None, transient=None, ons_interval=1, seed=N
     sums = np.zeros((lengths.size, B, k))
     status = _k.lyapunov_dense(Jb, q, qr_at, record_at, sums, m > 1)
     check_status(status, m, "lyapunov_from_jacobians", J.dtype)
-    return _summarise(sums, lengths, transient, m, n_segments, S, unbatched)
+    return summarise(sums, lengths, transient, m, n_segments, S)

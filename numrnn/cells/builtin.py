@@ -43,7 +43,7 @@ def _elman(name, nonlinearity):
         return alpha * phi_grad(y, one) * dz + (one - alpha) * dh
 
     return Cell(name, gates=("z",), aux=("y",), step=step, vjp=vjp, jvp=jvp,
-                options={"alpha": 1.0}, check_options=_check_alpha,
+                options={"alpha": 1.0}, check_options=_check_alpha, time_step="alpha",
                 torch="RNN_" + name.upper() if name in ("tanh", "relu") else None,
                 doc=f"Elman cell, h = (1-a) h_prev + a {nonlinearity}(z)")
 
@@ -71,6 +71,7 @@ def _rate(nonlinearity):
 
     return Cell("rate", gates=("u",), step=step, vjp=vjp, jvp=jvp, read_map=(read, read_grad),
                 options={"alpha": 1.0}, check_options=_check_alpha, nonlinearity=nonlinearity,
+                time_step="alpha",
                 doc="continuous-time rate network (Sompolinsky, Crisanti and Sommers 1988), "
                     "Euler step a = dt/tau")
 

@@ -152,7 +152,7 @@ def _antisymmetric(nonlinearity):
     return Cell("antisymmetric", gates=("z",), aux=("y",), step=step, vjp=vjp, jvp=jvp,
                 matrix=(_antisymmetric_matrix, _antisymmetric_grad),
                 options={"epsilon": 0.01, "gamma": 0.01}, check_options=_check_antisymmetric,
-                nonlinearity=nonlinearity,
+                nonlinearity=nonlinearity, time_step="epsilon",
                 doc="antisymmetric RNN (Chang et al. 2019), M = W - W^T - gamma I")
 
 
@@ -183,6 +183,7 @@ def _check_cornn(options):
 CORNN = Cell("cornn", gates=("u",), states=("y", "z"), aux=("s",), reads=("y", "z"),
              step=_cornn_step, vjp=_cornn_vjp, jvp=_cornn_jvp,
              options={"dt": 0.042, "gamma": 2.7, "epsilon": 4.7}, check_options=_check_cornn,
+             time_step="dt",
              doc="coupled oscillatory RNN (Rusch and Mishra 2021), states (y, z), output y")
 
 register("mgu", MGU)

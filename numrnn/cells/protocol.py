@@ -79,6 +79,11 @@ class Cell:
         ``options dict -> None``, raising ValueError for values the cell does not accept.
     nonlinearity : str, optional
         The nonlinearity this definition was made with, for ``repr`` and ``RNN.config()``.
+    time_step : str, optional
+        The option that is the length of one step in the cell's own time unit, when the cell is
+        a discretised continuous-time system: "alpha" (= dt/tau) for the leaky and rate cells,
+        "dt" for coRNN.  The analysis reports exponents per unit time with it, and noise is
+        scaled by it (Euler-Maruyama).  None: the step is the unit of time.
     torch : str, optional
         The ``torch.nn`` module with the same math and layout ("RNN_TANH", "LSTM", ...).
     doc : str, optional
@@ -88,7 +93,7 @@ class Cell:
     def __init__(self, name, *, gates, step, vjp, jvp, states=("h",), aux=(),
                  projections="summed", reads=None, read_map=None, weight_hh_shape=None,
                  matrix=None, options=None, check_options=None, nonlinearity=None, torch=None,
-                 doc=""):
+                 doc="", time_step=None):
         if not isinstance(name, str) or not name:
             raise TypeError(f"name: expected a non-empty str, got {name!r}")
         self.name = name
@@ -137,6 +142,10 @@ class Cell:
         if check_options is not None and not callable(check_options):
             raise TypeError(f"check_options: expected a function, got {check_options!r}")
         self._check_options = check_options
+        if time_step is not None and time_step not in self.options:
+            raise ValueError(f"time_step: expected the name of one of the options "
+                             f"{tuple(self.options)}, got {time_step!r}")
+        self.time_step = time_step
         self.nonlinearity = nonlinearity
         self.torch = torch
         self.doc = doc

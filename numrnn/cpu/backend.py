@@ -87,6 +87,11 @@ def project(flat_in, w_ih, bias):
     return xp
 
 
+def add_into(dst, src):
+    """dst += src (arrays of one shape)."""
+    np.add(dst, src, out=dst)
+
+
 def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, into=None, d=0):
     """:func:`numrnn.cpu.recurrence.forward`; with ``into`` (T, B, D*N) the states are also
     written to its columns of direction ``d`` (a bidirectional layer's output)."""

@@ -330,6 +330,18 @@ def _record_rates(acc, n, ok, st):
 
 
 @register_jitable
+def _frame_workspace(q, w_hh):
+    """The scratch arrays of a QR loop that advances frames q (B, L*D, P, N, k) with
+    :func:`_advance`: (r, up, y, z, tmp, log_r, log_col)."""
+    N, K = q.shape[3], q.shape[4]
+    GN, RN = w_hh.shape[1], w_hh.shape[2]
+    dt = q.dtype
+    return (np.empty((RN, K), dt), np.zeros((N, K), dt), np.empty((GN, K), dt),
+            np.empty((GN, K), dt), np.empty(q.shape[1:], dt), np.empty(K, np.float64),
+            np.empty(K, np.float64))
+
+
+@register_jitable
 def _advance(jac, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, qb, flat, tmp, r, y, z, up):
     """The frame of sequence b through step t: by the given matrix jac[t, b] when jac holds
     matrices, else by the tangent map of a linearised trajectory (:func:`_apply_tangent`)."""
@@ -358,18 +370,9 @@ def _lyapunov_kernel(jac, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, di
     """
     B = q.shape[0]
     T = qr_at.shape[0]
-    N, K = q.shape[3], q.shape[4]
-    S = q.shape[1] * q.shape[2] * N
-    GN, RN = w_hh.shape[1], w_hh.shape[2]
-    dt = q.dtype
-    r = np.empty((RN, K), dt)
-    up = np.zeros((N, K), dt)
-    y = np.empty((GN, K), dt)
-    z = np.empty((GN, K), dt)
-    tmp = np.empty(q.shape[1:], dt)
-    start = np.empty((S, K), dt)
-    log_r = np.empty(K, np.float64)
-    log_col = np.empty(K, np.float64)
+    S, K = q.shape[1] * q.shape[2] * q.shape[3], q.shape[4]
+    r, up, y, z, tmp, log_r, log_col = _frame_workspace(q, w_hh)
+    start = np.empty((S, K), q.dtype)
     acc = np.zeros(K, np.float64)
     for b in range(B):
         qb = q[b]
@@ -548,13 +551,9 @@ def lyapunov_dense(jac, q, qr_at, record_at, local, strict):
     status array (B, 8)."""
     status = np.zeros((q.shape[0], 8))
     ortho_tol, log_tiny = qr_limits(q.dtype)
-    # the tangent-map arguments are unused: one-element stand-ins of their ranks
-    w3 = np.zeros((1, 1, 1), q.dtype)
-    c5, c6 = np.zeros((1,) * 5, q.dtype), np.zeros((1,) * 6, q.dtype)
-    reads = np.zeros(1, np.int64)
     with blas.single_threaded():
-        _lyapunov_kernel(jac, 1, reads, w3, w3, w3, w3, c5, c5, c6, c5, q, qr_at, record_at, local,
-                         bool(strict), ortho_tol, log_tiny, status)
+        _lyapunov_kernel(jac, *_no_tangent(q.dtype), q, qr_at, record_at, local, bool(strict),
+                         ortho_tol, log_tiny, status)
     return status
 
 
@@ -572,3 +571,231 @@ def first_nonfinite(a):
     where = np.empty(2, np.int64)
     _first_nonfinite_kernel(a.reshape(a.shape[0], a.shape[1], -1), where)
     return None if where[0] < 0 else (int(where[0]), int(where[1]))
+
+
+# --- covariant Lyapunov vectors (Ginelli et al. 2007) -------------------------------------------
+#
+# Forward: Benettin's loop with a QR after every step (_advance and _after_step, so the frames and
+# ln|R_ii| are _lyapunov_kernel's bits at ons_interval 1), keeping R_t (Y_t = J_t Q_{t-1} =
+# Q_t R_t) from step ``r_from`` on and the frames Q_t at the chosen times.  R_t is recovered as
+# Q_t^T Y_t from a copy of Y_t: upper triangular to rounding, its strictly lower part (of size
+# eps |Y_t|) dropped.  Backward: the CLVs' coefficients in the frames, V_t = Q_t C_t, obey
+# C_{t-1} = R_t^{-1} C_t (columns renormalised); from a random upper triangular C they converge
+# to the CLVs' at the rates of the spectral gaps.  The normalisation of column i is
+# 1 / |J_t v_i(t-1)|: its log is the CLV's one-step growth rate.
+
+
+@register_jitable
+def _solve_upper(rr, c):
+    """c <- R^{-1} c in place for upper triangular R and C (k, k), by rows (the inner loop runs
+    along a row of C); only the upper triangles are read.  False at a zero R_ii (left there)."""
+    K = c.shape[0]
+    for i in range(K - 1, -1, -1):
+        d = rr[i, i]
+        if d == 0.0:
+            return False
+        ci = c[i]
+        for l in range(i + 1, K):
+            a = rr[i, l]
+            if a != 0.0:
+                cl = c[l]
+                for j in range(l, K):
+                    ci[j] -= a * cl[j]
+        for j in range(i, K):
+            ci[j] /= d
+    return True
+
+
+@njit(**_JIT)
+def _clv_forward_kernel(jac, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, q,
+                        qr_at, record_at, r_from, r_store, q_slot, q_store, local, ortho_tol,
+                        log_tiny, status):
+    """The forward phase of Ginelli's method along every sequence.
+
+    jac, n_dir ... rgrad, q: as in :func:`_lyapunov_kernel` (q: the orthonormal initial frames,
+    overwritten); qr_at (T,) all True; record_at (T,): the step's row of ``local`` or -1.
+    Writes local (n_rows, B, k): ln|R_ii| of each recorded step; r_store (T - r_from, B, k, k):
+    R_t of every step t >= r_from (zero below the diagonal); q_store (n_times, B, S, k): Q_t at
+    the steps with q_slot[t] >= 0; status (B, 8): FAIL_NONFINITE and the step where a frame
+    became inf or NaN one step after its QR (that sequence stops, its remaining rows NaN).
+    """
+    B = q.shape[0]
+    T = qr_at.shape[0]
+    S, K = q.shape[1] * q.shape[2] * q.shape[3], q.shape[4]
+    r, up, y, z, tmp, log_r, log_col = _frame_workspace(q, w_hh)
+    kept = np.empty((S, K), q.dtype)
+    rt = np.empty((K, K), q.dtype)
+    for b in range(B):
+        qb = q[b]
+        flat = qb.reshape((S, K))
+        for t in range(T):
+            _advance(jac, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad,
+                     qb, flat, tmp, r, y, z, up)
+            keep = t >= r_from
+            if keep:
+                kept[:, :] = flat
+            code, _ = _after_step(flat, t, 1, True, False, ortho_tol, log_tiny, 0.0, log_r,
+                                  log_col, status[b])
+            if code != 0:
+                _lose_sequence(local, b, t, qr_at, record_at)
+                break
+            row = record_at[t]
+            if row >= 0:
+                for i in range(K):
+                    local[row, b, i] = log_r[i]
+            if keep:
+                np.dot(flat.T, kept, rt)
+                dst = r_store[t - r_from, b]
+                for i in range(K):
+                    for j in range(i):
+                        dst[i, j] = 0.0
+                    for j in range(i, K):
+                        dst[i, j] = rt[i, j]
+            slot = q_slot[t]
+            if slot >= 0:
+                q_store[slot, b] = flat
+
+
+@njit(**_JIT)
+def _clv_backward_kernel(r_store, r_from, t_first, c, q_slot, lost, vectors, growth, status):
+    """The backward phase of Ginelli's method: V_t = Q_t C_t at the chosen times.
+
+    r_store (T - r_from, B, k, k): R_t at row t - r_from; c (B, k, k): upper triangular C_{T-1}
+    with unit columns, overwritten; q_slot (T,): the slot of step t in ``vectors`` or -1 (the
+    first slot is step t_first >= r_from - 1); lost (B,): the step where the forward phase lost
+    sequence b, or -1 (its slots are NaN).  vectors (n_times, B, S, k): Q_t on entry, V_t on
+    return; growth (n_times, B, k): ln|J_{t+1} v_i(t)| (left as it is at t = T - 1).  status
+    (B, 2): 1 and the step t of a zero R_ii (an exactly singular step, past which C cannot be
+    carried back), 2 and t where C_{t-1} became inf or NaN, else 0 and -1; the earlier slots of
+    a failed sequence are NaN.
+    """
+    T = q_slot.shape[0]
+    B, K = c.shape[0], c.shape[1]
+    S = vectors.shape[2]
+    out = np.empty((S, K), vectors.dtype)
+    for b in range(B):
+        status[b, 0] = 0
+        status[b, 1] = -1
+        stop = t_first - 1
+        if lost[b] >= 0:
+            stop = T - 1
+        else:
+            cb = c[b]
+            for t in range(T - 1, t_first - 1, -1):
+                slot = q_slot[t]
+                if slot >= 0:
+                    np.dot(vectors[slot, b], cb, out)
+                    vectors[slot, b] = out
+                if t == t_first:
+                    break
+                if not _solve_upper(r_store[t - r_from, b], cb):
+                    status[b, 0] = 1
+                    status[b, 1] = t
+                    stop = t - 1
+                    break
+                prev = q_slot[t - 1]
+                for j in range(K):
+                    lc, m, acc = _column_log_norm(cb, j)
+                    if not (np.isfinite(lc) and acc > 0.0):
+                        # inf or NaN from an R_ii within rounding of 0 (a subnormal pivot)
+                        status[b, 0] = 2
+                        break
+                    norm = np.sqrt(acc)
+                    for i in range(j + 1):
+                        cb[i, j] = (cb[i, j] / m) / norm
+                    if prev >= 0:
+                        growth[prev, b, j] = -lc
+                if status[b, 0] != 0:
+                    status[b, 1] = t
+                    stop = t - 1
+                    break
+        for t in range(stop, t_first - 1, -1):
+            slot = q_slot[t]
+            if slot >= 0:
+                vectors[slot, b] = np.nan
+                growth[slot, b] = np.nan
+
+
+@njit(**_JIT)
+def _clv_angles_kernel(vectors, n_u, angles):
+    """angles[s, b] <- the smallest principal angle between span(v_1..v_nu) and
+    span(v_nu+1..v_k) of vectors[s, b] (S, k), as scipy.linalg.subspace_angles computes it:
+    orthonormal bases, the cosines from the singular values of their product, and below
+    45 degrees the sine from those of the smaller basis's residual (accurate for small angles).
+    NaN where the vectors are not finite."""
+    n_times, B, S, K = vectors.shape
+    p = n_u
+    a = np.empty((S, p), np.float64)
+    bb = np.empty((S, K - p), np.float64)
+    for s in range(n_times):
+        for b in range(B):
+            v = vectors[s, b]
+            if not np.isfinite(_frame_max(v)):
+                angles[s, b] = np.nan
+                continue
+            for i in range(S):
+                for j in range(p):
+                    a[i, j] = v[i, j]
+                for j in range(p, K):
+                    bb[i, j - p] = v[i, j]
+            # (Numba's qr returns views of its work arrays: copied, for BLAS-friendly products)
+            qa = np.ascontiguousarray(np.linalg.qr(a)[0])
+            qb = np.ascontiguousarray(np.linalg.qr(bb)[0])
+            if p >= K - p:
+                angles[s, b] = _smallest_angle(qa, qb)
+            else:
+                angles[s, b] = _smallest_angle(qb, qa)
+
+
+@register_jitable
+def _smallest_angle(big, small):
+    """The smallest principal angle between the spans of two orthonormal bases, ``small``
+    having no more columns than ``big`` (scipy.linalg.subspace_angles' formulas)."""
+    m = np.dot(big.T, small)
+    cos = min(np.linalg.svd(m, False)[1][0], 1.0)
+    if cos * cos < 0.5:
+        return np.arccos(cos)
+    sines = np.linalg.svd(small - np.dot(big, m), False)[1]
+    return np.arcsin(min(sines[sines.shape[0] - 1], 1.0))
+
+
+def _no_tangent(dtype):
+    """Stand-ins for the tangent-map arguments of a kernel run on given matrices (unused:
+    one-element arrays of their ranks)."""
+    w3 = np.zeros((1, 1, 1), dtype)
+    c5, c6 = np.zeros((1,) * 5, dtype), np.zeros((1,) * 6, dtype)
+    return (1, np.zeros(1, np.int64), w3, w3, w3, w3, c5, c5, c6, c5)
+
+
+def covariant_forward(jac, args, q, record_at, r_from, r_store, q_slot, q_store, local):
+    """The forward phase (see _clv_forward_kernel) on given matrices ``jac`` (T, B, S, S), q
+    (B, S, 1, 1, k), or with ``jac`` None along a linearised trajectory (``args``), q
+    (B, L*D, P, N, k); returns the status array (B, 8)."""
+    status = np.zeros((q.shape[0], 8))
+    ortho_tol, log_tiny = qr_limits(q.dtype)
+    if jac is None:
+        jac = np.empty((0, 0, 0, 0), q.dtype)
+    else:
+        args = _no_tangent(q.dtype)
+    qr_at = np.ones(record_at.shape[0], np.bool_)
+    with blas.single_threaded():
+        _clv_forward_kernel(jac, *args, q, qr_at, record_at, r_from, r_store, q_slot, q_store,
+                            local, ortho_tol, log_tiny, status)
+    return status
+
+
+def covariant_backward(r_store, r_from, t_first, c, q_slot, lost, vectors, growth):
+    """The backward phase (see _clv_backward_kernel); returns the status array (B, 2)."""
+    status = np.zeros((c.shape[0], 2), np.int64)
+    with blas.single_threaded():
+        _clv_backward_kernel(r_store, r_from, t_first, c, q_slot, lost, vectors, growth, status)
+    return status
+
+
+def subspace_angles(vectors, n_u):
+    """The smallest principal angle between the first n_u columns of vectors[s, b] (S, k) and
+    the others (see _clv_angles_kernel), shape (n_times, B); 0 < n_u < k."""
+    angles = np.empty(vectors.shape[:2])
+    with blas.single_threaded():
+        _clv_angles_kernel(vectors, int(n_u), angles)
+    return angles

@@ -27,7 +27,14 @@ def _figure(**kw):
 
 
 def plot_study(result, path=None):
-    """Largest Lyapunov exponent, mean-field curve and gradient decay rate against gain; spectra.
+    """The study's figure: four panels against the gain g.
+
+    (a) the largest Lyapunov exponent (each seed, and the mean over seeds with its error bar),
+    the mean-field curve where the theory applies, and the gradient-norm decay rate; (b) the
+    spectrum lambda_i against i/N, one curve per gain (mean over seeds, coloured by g); (c) the
+    Kaplan-Yorke dimension per unit D_KY/N and (d) the Kolmogorov-Sinai entropy bound per unit
+    h_KS/N, with error bars.  The error bars are those of :meth:`StudyResult.table`: the standard
+    error of the mean over seeds (the batch-means stderr of one seed).
 
     Parameters
     ----------
@@ -39,37 +46,72 @@ def plot_study(result, path=None):
     -------
     matplotlib.figure.Figure
     """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     from .meanfield import meanfield_lyapunov
 
     cfg = result.config
-    fig = _figure(figsize=(10, 4), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
+    summary = result.summary()
+    gains = np.array([e["gain"] for e in summary])
+    n = cfg.hidden_size
+    err = ("mean +- s.e. over seeds" if len(cfg.seeds) > 1
+           else "one seed +- batch-means s.e.")
+    fig = _figure(figsize=(11, 8), layout="constrained")
+    (ax1, ax2), (ax3, ax4) = fig.subplots(2, 2)
     g = result.column("gain")
-    ax1.plot(g, result.column("lyapunov_max"), "o", ms=4, alpha=0.6, label="measured (each seed)")
-    ax1.plot(g, result.column("grad_decay_rate"), "x", ms=5, alpha=0.6,
-             label="gradient-norm decay rate")
+
+    def mean_with_error(ax, key, **kw):
+        ax.errorbar(gains, [e[key] for e in summary], yerr=[e[key + "_stderr"] for e in summary],
+                    capsize=3, **kw)
+
+    ax1.plot(g, result.column("lyapunov_max"), "o", ms=3, alpha=0.3, color="tab:blue")
+    mean_with_error(ax1, "lyapunov_max", fmt="o-", ms=4, color="tab:blue",
+                    label=f"lambda_max ({err})")
+    mean_with_error(ax1, "grad_decay_rate", fmt="x--", ms=5, color="tab:orange",
+                    label="gradient-norm decay rate")
     if cfg.has_meanfield():
         fine = np.linspace(min(cfg.gains), max(cfg.gains), 200)
         ax1.plot(fine, meanfield_lyapunov(fine, cfg.sigma_b), "k-", lw=1.5, label="mean field")
     ax1.axhline(0.0, color="grey", lw=0.8)
     ax1.set_xlabel("gain g")
     ax1.set_ylabel("per step")
-    ax1.set_title(f"largest Lyapunov exponent ({cfg.cell}, N={cfg.hidden_size})")
+    ax1.set_title(f"(a) largest Lyapunov exponent ({cfg.cell}, N={n})")
     ax1.legend(fontsize=8)
-    from matplotlib import colormaps
 
     cmap = colormaps["viridis"]
-    gains = list(cfg.gains)
-    for j, gain in enumerate(gains):
+    norm = Normalize(gains.min(), gains.max() if gains.max() > gains.min() else gains.min() + 1)
+    for gain in cfg.gains:
         spectra = np.array([r["exponents"] for r in result.rows if r["gain"] == gain])
-        ax2.plot(np.arange(1, spectra.shape[1] + 1), spectra.mean(axis=0), "-",
-                 color=cmap(j / max(len(gains) - 1, 1)), label=f"g = {gain:g}")
+        i = np.arange(1, spectra.shape[1] + 1)
+        with np.errstate(invalid="ignore"):  # -inf exponents (a singular step) are not drawn
+            ax2.plot(i / n, spectra.mean(axis=0), "-", lw=1.2, color=cmap(norm(gain)))
     ax2.axhline(0.0, color="grey", lw=0.8)
-    ax2.set_xlabel("exponent index i")
+    ax2.set_xlabel("i / N")
     ax2.set_ylabel("lambda_i (per step, mean over seeds)")
-    ax2.set_title("Lyapunov spectrum" + ("" if cfg.n_exponents is None
-                                         else f" (first {cfg.n_exponents})"))
-    ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax2.set_title("(b) Lyapunov spectrum" + ("" if cfg.n_exponents is None
+                                             else f" (first {cfg.n_exponents})"))
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax2, label="gain g")
+
+    for ax, key, label, title in (
+            (ax3, "kaplan_yorke_dimension_per_unit", "D_KY / N",
+             "(c) Kaplan-Yorke dimension per unit"),
+            (ax4, "ks_entropy_per_unit", "h_KS / N (per step)",
+             "(d) Kolmogorov-Sinai entropy (Pesin bound) per unit")):
+        ax.plot(g, result.column(key), "o", ms=3, alpha=0.3, color="tab:green")
+        mean_with_error(ax, key, fmt="o-", ms=4, color="tab:green", label=err)
+        ax.set_xlabel("gain g")
+        ax.set_ylabel(label)
+        ax.set_title(title)
+    bounds = np.array([e["kaplan_yorke_dimension_per_unit_lower_bound"] for e in summary])
+    if np.isfinite(bounds).any():
+        ax3.plot(gains, bounds, "^", ms=6, color="tab:red",
+                 label=f"lower bound (k = {cfg.n_exponents} exponents)")
+    if any(e["ks_entropy_is_lower_bound"] for e in summary):
+        ax4.set_title(ax4.get_title() + f", lower bound (k = {cfg.n_exponents})")
+    ax3.legend(fontsize=8)
+    ax4.legend(fontsize=8)
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig

@@ -6,6 +6,7 @@ parameters, so the same function runs in a loop here or as a task on a Dask clus
 point comes from generators seeded by the point's own parameters.
 """
 import re
+import textwrap
 import time
 from dataclasses import dataclass, field
 
@@ -57,7 +58,9 @@ class StudyConfig:
     transient : int
         Steps discarded first.
     n_exponents : int or None
-        How many Lyapunov exponents (None: the full spectrum).
+        How many Lyapunov exponents: None (the default) for the full spectrum, whose
+        Kaplan-Yorke dimension is always determined; k < N for the first k only (cheaper, but
+        D_KY is then known only where it is below k).
     max_lag : int
         Largest lag of the gradient-norm decay fit.
     singular_values : bool
@@ -80,7 +83,7 @@ class StudyConfig:
     device: str = "cpu"
     steps: int = 500
     transient: int = 200
-    n_exponents: int = 10
+    n_exponents: int = None
     max_lag: int = 50
     singular_values: bool = False
     cell_options: dict = field(default_factory=dict)
@@ -150,6 +153,10 @@ class StudyConfig:
         if self.alpha != 1.0:
             options["alpha"] = self.alpha
         return options
+
+    def state_size(self):
+        """S, the number of Lyapunov exponents of the full spectrum (N per state of the cell)."""
+        return self.hidden_size * self.definition().state_count
 
     def has_meanfield(self):
         """True when :func:`meanfield_lyapunov` predicts the largest exponent of these networks
@@ -244,8 +251,12 @@ def study_point(p):
     dict
         The point's parameters ``gain`` and ``seed`` and the measured ``lyapunov_max``,
         ``lyapunov_max_stderr``, ``exponents`` (list), ``kaplan_yorke_dimension``, ``ks_entropy``
-        (from :func:`numrnn.lyapunov_spectrum`); ``grad_decay_rate`` (per step: the slope of the
-        log norm of BPTT gradients dL/dh_{T-tau} against the lag tau, from the engine's vjp);
+        and their ``*_per_unit`` forms (divided by ``units``, the N hidden units), each with its
+        ``*_stderr`` (batch means along the trajectory, from :func:`numrnn.lyapunov_spectrum`:
+        finite-time error of this one network, not the spread between networks; D_KY is NaN
+        where a partial spectrum cannot determine it); ``grad_decay_rate`` (per step: the slope
+        of the log norm of BPTT gradients dL/dh_{T-tau} against the lag tau, from the engine's
+        vjp);
         ``jacobian_decay_rate`` and ``jacobian_max_singular_value`` (the decay rate of the norm of
         the Jacobian products d s_T / d s_{T-tau} and their largest singular value at tau =
         max_lag, from :func:`numrnn.gradient_propagation`; NaN unless ``singular_values``);
@@ -269,9 +280,12 @@ def study_point(p):
     row = {"gain": float(p["gain"]), "seed": int(p["seed"])}
     exps = np.asarray(spec.exponents, dtype=np.float64)
     row.update(lyapunov_max=float(exps[0]), lyapunov_max_stderr=float(np.asarray(spec.stderr)[0]),
-               kaplan_yorke_dimension=float(spec.kaplan_yorke_dimension),
-               ks_entropy=float(spec.ks_entropy),
-               grad_decay_rate=_bptt_decay_rate(net, x, h0, p["max_lag"], p["seed"]))
+               units=int(spec.units))
+    for name in ("kaplan_yorke_dimension", "ks_entropy"):
+        for form in (name, name + "_per_unit"):
+            row[form] = float(getattr(spec, form))
+            row[form + "_stderr"] = float(getattr(spec, form + "_stderr"))
+    row.update(grad_decay_rate=_bptt_decay_rate(net, x, h0, p["max_lag"], p["seed"]))
     if p["singular_values"]:
         from ..analysis import gradient_propagation
 
@@ -307,6 +321,19 @@ class StudyResult:
         "serial" or the Dask scheduler's address.
     version : str
         numrnn.__version__ that computed it.
+
+    Notes
+    -----
+    Error bars of :meth:`summary` and :meth:`table`.  A gain's number is the mean over its seeds
+    (independent networks): an estimate of the average over the ensemble of networks at that
+    gain.  Its error bar is the standard error of that mean, the sd over seeds / sqrt(number of
+    seeds).  Each seed's value differs from the ensemble average by the network's own deviation
+    and by the finite-time error of its trajectory, so the sd over seeds counts both, each once;
+    the batch-means stderr of a point (``*_stderr`` in the rows) counts the second only and would
+    understate the error of an ensemble average (and adding it to the sd would count it twice).
+    Few seeds give an uncertain sd (3 seeds: 2 degrees of freedom, so a 95% interval is about
+    4.3 standard errors wide on each side).  With one seed, the table falls back to the point's
+    batch-means stderr and says so.
     """
 
     status: str
@@ -322,39 +349,146 @@ class StudyResult:
         return np.array([r[name] for r in self.rows])
 
     def summary(self):
-        """Per-gain means and standard deviations over seeds: a list of dicts."""
+        """Per gain, the mean over seeds of each quantity with its spread and its error.
+
+        Returns
+        -------
+        list of dict, one per gain
+            ``gain``, ``n_seeds``, and for each of ``lyapunov_max``, ``meanfield_lyapunov``,
+            ``grad_decay_rate``, ``kaplan_yorke_dimension``, ``ks_entropy`` and their
+            ``*_per_unit`` forms: the mean over seeds, ``*_sd`` (standard deviation over seeds,
+            NaN for one seed) and ``*_stderr``, the error of the mean that :meth:`table` prints
+            (see :class:`StudyResult`).  Where a partial spectrum cannot determine D_KY for some
+            seed, ``kaplan_yorke_dimension`` (and per unit) is NaN and
+            ``kaplan_yorke_dimension_lower_bound`` (and per unit) is the mean with k, the
+            number of exponents computed, in place of each undetermined value: a lower bound
+            (NaN otherwise).  ``ks_entropy_is_lower_bound`` is True where some seed's last
+            computed exponent is positive (the exponents not computed may add to it).
+        """
+        n_state = self.config.state_size()
         out = []
         for g in self.config.gains:
             rows = [r for r in self.rows if r["gain"] == g]
             entry = {"gain": g, "n_seeds": len(rows)}
-            for key in ("lyapunov_max", "kaplan_yorke_dimension", "grad_decay_rate",
-                        "meanfield_lyapunov"):
-                vals = np.array([r[key] for r in rows])
-                entry[key] = float(vals.mean())
-                entry[key + "_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            for key, point_stderr in _SUMMARY:
+                vals = np.array([r[key] for r in rows], dtype=np.float64)
+                entry.update(_mean_and_errors(key, vals, [r.get(point_stderr, np.nan)
+                                                          for r in rows] if point_stderr else None))
+            for key in ("kaplan_yorke_dimension", "kaplan_yorke_dimension_per_unit"):
+                bounds = [_ky_lower_bound(r, key.endswith("per_unit")) for r in rows]
+                undetermined = [b is not None for b in bounds]
+                entry[key + "_lower_bound"] = (
+                    float(np.mean([b if b is not None else r[key] for b, r in zip(bounds, rows)]))
+                    if any(undetermined) else float("nan"))
+            entry["ks_entropy_is_lower_bound"] = any(
+                len(r["exponents"]) < n_state and r["exponents"][-1] > 0.0 for r in rows)
             out.append(entry)
         return out
 
     def table(self):
-        """The summary as aligned text."""
-        head = (f"{'g':>6} {'lambda_max':>18} {'mean-field':>11} {'grad decay':>18} "
-                f"{'KY dim':>14}")
-        lines = [head, "-" * len(head)]
-        for e in self.summary():
-            lines.append(f"{e['gain']:6.3f} {e['lyapunov_max']:+9.4f} +-{e['lyapunov_max_sd']:6.4f}"
-                         f" {e['meanfield_lyapunov']:+11.4f}"
-                         f" {e['grad_decay_rate']:+9.4f} +-{e['grad_decay_rate_sd']:6.4f}"
-                         f" {self._ky(e)}")
-        return "\n".join(lines)
+        """The summary as aligned text: per gain, the mean over seeds +- its error.
 
-    def _ky(self, e):
-        if np.isnan(e["kaplan_yorke_dimension"]) and self.config.n_exponents:
-            # every partial sum of the k exponents computed is >= 0: D_KY exceeds k
-            return f"{'> ' + str(self.config.n_exponents):>14}"
-        return f"{e['kaplan_yorke_dimension']:7.2f} +-{e['kaplan_yorke_dimension_sd']:4.1f}"
+        The first line says what the error is (see :class:`StudyResult`); "n/a" marks a value that
+        does not apply (the mean field outside its theory) or is not finite; "> x" a lower
+        bound (D_KY/N beyond a partial spectrum, h_KS/N with positive exponents not computed).
+        Footnotes below the rows explain the marks that occur.
+        """
+        n = len(self.config.seeds)
+        units = self.config.hidden_size
+        what = (f"mean over {n} seeds +- its standard error (sd over seeds / sqrt({n}))" if n > 1
+                else "one seed, +- its batch-means standard error (finite time only)")
+        head = (f"{'g':>6} {'lambda_max':>17} {'mean-field':>11} {'grad decay':>17} "
+                f"{'D_KY/N':>16} {'h_KS/N':>18}")
+        lines = [f"{what}; per step; D_KY and h_KS per unit (N = {units})", head,
+                 "-" * len(head)]
+        marks = set()
+        for e in self.summary():
+            cells = [f"{e['gain']:6.3f}",
+                     _cell(e["lyapunov_max"], e["lyapunov_max_stderr"], 17, "+.4f", ".4f"),
+                     _cell(e["meanfield_lyapunov"], None, 11, "+.4f", ""),
+                     _cell(e["grad_decay_rate"], e["grad_decay_rate_stderr"], 17, "+.4f", ".4f")]
+            bound = e["kaplan_yorke_dimension_per_unit_lower_bound"]
+            if np.isfinite(bound):
+                cells.append(f"{'> ' + format(bound, '.4f'):>16}")
+                marks.add("ky")
+            else:
+                cells.append(_cell(e["kaplan_yorke_dimension_per_unit"],
+                                   e["kaplan_yorke_dimension_per_unit_stderr"], 16, ".4f", ".4f"))
+            if e["ks_entropy_is_lower_bound"] and np.isfinite(e["ks_entropy_per_unit"]):
+                cells.append(f"{'> ' + format(e['ks_entropy_per_unit'], '.5f'):>18}")
+                marks.add("ks")
+            else:
+                cells.append(_cell(e["ks_entropy_per_unit"], e["ks_entropy_per_unit_stderr"], 18,
+                                   ".5f", ".5f"))
+            if not np.isfinite(e["meanfield_lyapunov"]):
+                marks.add("mf")
+            if "n/a" in " ".join(cells[:2] + cells[3:]):
+                marks.add("n/a")
+            lines.append(" ".join(cells))
+        k, notes = self.config.n_exponents, []
+        if "mf" in marks:
+            notes.append("mean-field n/a: the theory covers the tanh cell without leak and with "
+                         "Gaussian W_hh (init gaussian) only")
+        if "n/a" in marks:
+            notes.append("n/a elsewhere: not finite (a trajectory lost to inf or NaN, gradients "
+                         "that became exactly 0), or no error bar (one seed: grad decay has none)")
+        if "ky" in marks:
+            notes.append(f"> x: D_KY/N exceeds x: every partial sum of the k = {k} exponents "
+                         f"computed is >= 0 (k/N = {k / units:.4f} counted for those seeds); "
+                         f"the full spectrum (no -k) determines it")
+        if "ks" in marks:
+            notes.append(f"> x: h_KS/N exceeds x: lambda_{k} > 0, so exponents beyond the k = {k} "
+                         f"computed add to it")
+        for note in notes:
+            lines.extend(textwrap.wrap(note, width=len(head), subsequent_indent="  "))
+        return "\n".join(lines)
 
     def __repr__(self):
         return f"StudyResult({self.status})"
+
+
+#: (quantity, the point's own batch-means stderr of it or None): what the summary averages
+_SUMMARY = (("lyapunov_max", "lyapunov_max_stderr"), ("meanfield_lyapunov", None),
+            ("grad_decay_rate", None),
+            ("kaplan_yorke_dimension", "kaplan_yorke_dimension_stderr"),
+            ("kaplan_yorke_dimension_per_unit", "kaplan_yorke_dimension_per_unit_stderr"),
+            ("ks_entropy", "ks_entropy_stderr"),
+            ("ks_entropy_per_unit", "ks_entropy_per_unit_stderr"))
+
+
+def _mean_and_errors(key, vals, point_stderr):
+    """{key: mean over seeds, key_sd: their sd, key_stderr: the error of the mean}: sd / sqrt(n)
+    for n >= 2 seeds, else the one point's batch-means stderr (NaN where it has none)."""
+    n = vals.size
+    with np.errstate(invalid="ignore"):  # the sd of rates of -inf (inf - inf): NaN, n/a
+        mean = float(vals.mean())
+        sd = float(vals.std(ddof=1)) if n > 1 else float("nan")
+    if n > 1:
+        stderr = sd / np.sqrt(n)
+    else:
+        stderr = float(point_stderr[0]) if point_stderr is not None else float("nan")
+    return {key: mean, key + "_sd": sd, key + "_stderr": stderr}
+
+
+def _ky_lower_bound(row, per_unit):
+    """k (k / units if ``per_unit``) where the row's D_KY is undetermined because every partial
+    sum of its k exponents is >= 0 (D_KY > k); None where it is determined, or NaN because an
+    exponent is."""
+    exps = np.asarray(row["exponents"], dtype=np.float64)
+    if not np.isnan(row["kaplan_yorke_dimension"]) or np.isnan(exps).any():
+        return None
+    return exps.size / row["units"] if per_unit else float(exps.size)
+
+
+def _cell(value, err, width, fmt, efmt):
+    """``value +-err`` right-aligned in ``width`` characters (``err`` None: the value alone);
+    n/a for a value that is not finite, +-n/a for an error that is not."""
+    if not np.isfinite(value):
+        return f"{'n/a':>{width}}"
+    text = format(value, fmt)
+    if err is not None:
+        text += " +-" + (format(err, efmt) if np.isfinite(err) else "n/a")
+    return f"{text:>{width}}"
 
 
 _ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*://\S+|[^\s:/]+:\d+")
@@ -448,7 +582,8 @@ def run_study(config=None, *, scheduler=None, timeout=10.0, progress=False, stre
     Parameters
     ----------
     config : StudyConfig, optional
-        Defaults: tanh, N = 200, g in 0.5 .. 3.0 (11 values), seeds 0, 1, 2.
+        Defaults: tanh, N = 200, g in 0.5 .. 3.0 (11 values), seeds 0, 1, 2, the full
+        spectrum along 500 steps after a transient of 200.
     scheduler : str or dask.distributed.Client, optional
         None runs the points in this process.  A scheduler address ("tcp://host:8786"), or
         "local[:N]" for a ``LocalCluster`` of N single-threaded worker processes, or a Client,

@@ -105,6 +105,20 @@ def copy(dst, src):
     kernel[max(1, -(-n // 128)), 128](src, dst)
 
 
+@cuda.jit
+def _add2_kernel(dst, src):
+    i = cuda.grid(1)
+    b, n = dst.shape
+    if i < b * n:
+        r = i // n
+        dst[r, i - r * n] += src[r, i - r * n]
+
+
+def add_into(dst, src):
+    """dst += src for 2-D device arrays of one shape."""
+    _add2_kernel[max(1, -(-dst.size // 128)), 128](dst, src)
+
+
 def swap01(a):
     return mm.swap01(a)
 
