@@ -10,6 +10,7 @@ from .analysis import (FixedPointsResult, GradientPropagationResult, LyapunovRes
                        effective_spectral_radius, eigenvalues, fixed_points, gradient_propagation,
                        jacobians, lyapunov_from_jacobians, lyapunov_spectrum, singular_values,
                        spectral_radius)
+from .ensemble import Ensemble
 
 __version__ = "0.1.0"
 
@@ -20,4 +21,4 @@ __all__ = ["RNN", "ParameterDict", "Cell", "CellCheckError", "check_cell", "cell
            "GradientPropagationResult", "eigenvalues", "spectral_radius", "singular_values",
            "effective_spectral_radius", "fixed_points", "FixedPointsResult",
            "covariant_lyapunov_vectors", "covariant_lyapunov_vectors_from_jacobians",
-           "CovariantLyapunovResult"]
+           "CovariantLyapunovResult", "Ensemble"]

@@ -15,7 +15,7 @@ the forward pass again.
 """
 import numpy as np
 
-from . import _memory
+from . import _memory, config
 from . import _validation as _v
 from . import errors
 from . import noise as _noise
@@ -173,68 +173,236 @@ def _layers(net, backend, params):
 
 class Tape:
     """What BPTT needs of a forward pass: every layer's input and records (states, aux), the
-    initial states, and the parameters and options the pass ran with (on the backend)."""
+    initial states, and the parameters and options the pass ran with (on the backend).
 
-    def __init__(self, layers, opts, h0, c0, records):
+    With checkpoints (``segment`` = k steps), ``records[layer]`` is (layer input, per direction
+    the states entering each segment) instead: the pullback runs each segment forward again.
+    ``noise``: the realisation the pass ran with (the pullback's re-runs draw it again)."""
+
+    def __init__(self, layers, opts, h0, c0, records, segment=None, noise=None):
         self.layers, self.opts, self.h0, self.c0, self.records = layers, opts, h0, c0, records
+        self.segment, self.noise = segment, noise
 
 
-def forward_pass(net, backend, x, h0, c0, params=None, noise=None):
+def step_block(net, backend, B):
+    """Steps per block of the products over time for B sequences (None: the whole sequence,
+    on a backend that does not block them): see ``numrnn.config.STEP_BLOCK_*``."""
+    if not backend.STEP_BLOCK:
+        return None
+    n, width = config.STEP_BLOCK_MIN, net.gate_count * net.hidden_size
+    while n < config.STEP_BLOCK_MAX and (n * B < config.STEP_BLOCK_ROWS
+                                         or n * B * width < config.STEP_BLOCK_WORK):
+        n *= 2
+    return n
+
+
+def step_blocks(n, t0, t1):
+    """The blocks of steps covering [t0, t1) on which the products over time run: aligned to
+    multiples of ``n`` (:func:`step_block`) in absolute time, so that a range aligned to them (a
+    checkpoint segment) is computed with exactly the products, and bits, of the whole."""
+    if n is None or t1 - t0 <= n and t0 % n == 0:
+        return [(t0, t1)]
+    edges = [t0] + list(range((t0 // n + 1) * n, t1, n)) + [t1]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def segments(T, k, reverse):
+    """The segments [t0, t1) of k steps covering [0, T) (aligned to multiples of k from t = 0),
+    in the order a direction's forward pass runs them (``reverse``: last first)."""
+    edges = list(range(0, T, k)) + [T]
+    spans = list(zip(edges[:-1], edges[1:]))
+    return spans[::-1] if reverse else spans
+
+
+def _project(net, backend, layer_in, k, t0, t1, w_ih, b_x, noise):
+    """The input projection (and noise) of steps [t0, t1) of layer-direction k, (t1-t0, B, GN),
+    one product per step block."""
+    B = layer_in.shape[1]
+    parts = []
+    for a, b in step_blocks(step_block(net, backend, B), t0, t1):
+        xp = backend.project(layer_in[a:b].reshape((b - a) * B, layer_in.shape[2]), w_ih, b_x)
+        if noise is not None:  # the pre-activation's noise enters with the input
+            backend.add_into(xp, backend.upload(noise.layer(k, b - a, B, net.dtype, t0=a)))
+        parts.append(xp)
+    if len(parts) == 1:
+        return parts[0].reshape(t1 - t0, B, -1)
+    out = backend.empty((t1 - t0, B, parts[0].shape[1]), net.dtype)
+    flat = out.reshape((t1 - t0) * B, -1)
+    row = 0
+    for xp in parts:
+        backend.copy(flat[row:row + xp.shape[0]], xp)
+        row += xp.shape[0]
+    return out
+
+
+def forward_pass(net, backend, x, h0, c0, params=None, noise=None, segment=None,
+                 keep_output=True):
     """x (T, B, I), h0/c0 (L*D, B, N) on the backend (None: the CPU's); ``params`` checked
     parameters (default ``net.checked_parameters()``); ``noise`` a :class:`numrnn.noise.Noise`
-    added to every input projection.  Returns (output (T, B, D*N), h_n, c_n, tape)."""
+    added to every input projection.  ``segment``: keep only the states entering every
+    ``segment`` steps (checkpoints) instead of every step's records; ``keep_output=False``
+    (with ``segment``) does not keep the last layer's output either (returned as None).
+    Returns (output (T, B, D*N), h_n, c_n, tape)."""
     backend = backend or _cpu()
     params = net.checked_parameters() if params is None else params
     layers = _layers(net, backend, params)
     opts = backend.upload(net.options_array())
     with backend.running():
-        out, h_n, c_n, records = _forward_layers(net, backend, layers, opts, x, h0, c0, noise)
-    return out, h_n, c_n, Tape(layers, opts, h0, c0, records)
+        out, h_n, c_n, records = _forward_layers(net, backend, layers, opts, x, h0, c0, noise,
+                                                 segment, keep_output)
+    return out, h_n, c_n, Tape(layers, opts, h0, c0, records, segment, noise)
 
 
-def _forward_layers(net, backend, layers, opts, x, h0, c0, noise):
+def _run_segment(net, backend, layers, opts, k, layer_in, t0, t1, h, c, noise, steps, into=None):
+    """Layer-direction k forward over [t0, t1) from the state (h, c) entering it."""
+    w_ih, m, b_x, b_r = layers[k]
+    d = k % net.num_directions
+    xp = _project(net, backend, layer_in, k, t0, t1, w_ih, b_x, noise)
+    return backend.forward(net.definition, opts, xp, m, b_r, h, c, d == 1, into, d, steps=steps)
+
+
+def _forward_layers(net, backend, layers, opts, x, h0, c0, noise, segment=None,
+                    keep_output=True):
     T, B, _ = x.shape
-    N, D, cell = net.hidden_size, net.num_directions, net.definition
+    N, D = net.hidden_size, net.num_directions
     h_n = backend.empty((net.num_layers * D, B, N), net.dtype)
     c_n = backend.zeros((net.num_layers * D, B, N), net.dtype)
     layer_in = x
     records = []
     reported = False
     for layer in range(net.num_layers):
-        flat_in = layer_in.reshape(T * B, layer_in.shape[2])
-        out = backend.empty((T, B, D * N), net.dtype) if D == 2 else None
+        last_layer = layer == net.num_layers - 1
+        keep = segment is None or keep_output or not last_layer
+        out = backend.empty((T, B, D * N), net.dtype) if (D == 2 or segment) and keep else None
         kept = []
         for d in range(D):
             k = layer * D + d
-            w_ih, m, b_x, b_r = layers[k]
-            xp = backend.project(flat_in, w_ih, b_x)
-            if noise is not None:  # the pre-activation's noise enters with the input
-                backend.add_into(xp, backend.upload(noise.layer(k, T, B, net.dtype)))
-            xp = xp.reshape(T, B, -1)
-            out_h, out_c, aux, bad = backend.forward(cell, opts, xp, m, b_r, h0[k], c0[k],
-                                                     d == 1, out, d)
-            reported = reported or errors.check_state(bad, layer, d == 1)
-            last = 0 if d == 1 else T - 1
-            backend.copy(h_n[k], out_h[last])
+            if segment is None:  # the whole sequence, every step's records kept
+                out_h, out_c, aux, bad = _run_segment(net, backend, layers, opts, k, layer_in,
+                                                      0, T, h0[k], c0[k], noise, T, out)
+                reported = reported or errors.check_state(bad, layer, d == 1)
+                last = 0 if d == 1 else T - 1
+                backend.copy(h_n[k], out_h[last])
+                if net.state_count == 2:
+                    backend.copy(c_n[k], out_c[last])
+                kept.append((out_h, out_c, aux))
+                continue
+            h, c = h0[k], c0[k]
+            starts = []
+            first_bad = None
+            for t0, t1 in segments(T, segment, d == 1):
+                starts.append((t0, h, c))
+                into = None if out is None else out[t0:t1]
+                out_h, _, _, bad = seg = _run_segment(net, backend, layers, opts, k, layer_in,
+                                                      t0, t1, h, c, noise, T, into)
+                first_bad = _merge_bad(backend, first_bad, bad, t0)
+                last = 0 if d == 1 else t1 - t0 - 1
+                h = backend.copy_new(out_h[last])
+                c = backend.copy_new(seg[1][last]) if net.state_count == 2 else c0[k]
+            reported = reported or errors.check_state(first_bad, layer, d == 1)
+            backend.copy(h_n[k], h)
             if net.state_count == 2:
-                backend.copy(c_n[k], out_c[last])
-            kept.append((out_h, out_c, aux))
+                backend.copy(c_n[k], c)
+            kept.append(starts)
         records.append((layer_in, kept))
-        layer_in = kept[0][0] if D == 1 else out
+        if segment is None:
+            layer_in = kept[0][0] if D == 1 else out
+        else:
+            layer_in = out
     return layer_in, h_n, c_n, records
 
 
-def backward_pass(net, backend, tape, d_out, d_h_n, d_c_n, truncate):
+def _merge_bad(backend, first, bad, t0):
+    """Per sequence, the first non-finite step over segments in running order (absolute t)."""
+    bad = backend.to_host(bad) if not isinstance(bad, np.ndarray) else bad
+    if bad is None:
+        return first
+    shifted = np.where(bad >= 0, bad + t0, -1)
+    if first is None:
+        return shifted
+    return np.where(first >= 0, first, shifted)
+
+
+def backward_pass(net, backend, tape, d_out, d_h_n, d_c_n, truncate, grad_steps=None):
     """BPTT through every layer with what the forward pass kept; returns (grads, time-major
-    input gradient, d_h0, d_c0, state_grad_norm (T, B) float64), on the backend."""
+    input gradient, d_h0, d_c0, state_grad_norm (T, B) float64, the last layer's dL/dh at
+    ``grad_steps`` (n, B, D*N) or None), on the backend.  ``d_out`` None: zero cotangent of
+    the outputs (a loss on the final state)."""
     with backend.running():
-        return _backward_layers(net, backend, tape, d_out, d_h_n, d_c_n, truncate)
+        return _backward_layers(net, backend, tape, d_out, d_h_n, d_c_n, truncate, grad_steps)
 
 
-def _backward_layers(net, backend, tape, d_out, d_h_n, d_c_n, truncate):
-    N, D, G, cell = net.hidden_size, net.num_directions, net.gate_count, net.definition
-    T, B = d_out.shape[:2]
+class _Grads:
+    """The weight gradients of one layer-direction, accumulated block by block in the sweep's
+    order (so that a checkpointed sweep, which meets the blocks segment by segment, adds them
+    in the same order as the full one)."""
+
+    def __init__(self, net, backend, grads, sfx, k, layers):
+        cell = net.definition
+        self.net, self.backend, self.cell = net, backend, cell
+        self.w_ih = grads["weight_ih" + sfx]
+        self.d_w = grads["weight_hh" + sfx]
+        self.m = self.d_w if cell.matrix is None else backend.empty(layers[k][1].shape,
+                                                                     net.dtype)
+        self.b_ih = grads.get("bias_ih" + sfx)
+        self.b_hh = grads.get("bias_hh" + sfx)
+        self.started = False
+
+    def _acc(self, fn, dst):
+        if not self.started:
+            fn(dst)
+        else:
+            tmp = self.backend.empty(dst.shape, self.net.dtype)
+            fn(tmp)
+            self.backend.add_into(dst.reshape(dst.shape[0], -1), tmp.reshape(dst.shape[0], -1))
+
+    def block(self, opts, dxp, dhp, layer_in, h, c, out_h, out_c, reverse):
+        """Add one block's terms: dxp, dhp (n, B, GN) of the block's steps, layer_in (n, B, I)
+        their input, out_h/out_c their states and (h, c) the state entering the block."""
+        be, cell = self.backend, self.cell
+        n, B = dxp.shape[:2]
+        dxp2 = dxp.reshape(n * B, -1)
+        dhp2 = dhp.reshape(n * B, -1)
+        self._acc(lambda o: be.matmul_tn(dxp2, layer_in.reshape(n * B, -1), o), self.w_ih)
+        self._acc(lambda o: be.recurrent_weight_grad(cell, opts, dhp, h, c, out_h, out_c,
+                                                     reverse, out=o), self.m)
+        if self.b_ih is not None:
+            self._acc(lambda o: be.colsum(dxp2, o), self.b_ih)
+            if cell.separate:
+                self._acc(lambda o: be.colsum(dhp2, o), self.b_hh)
+        self.started = True
+
+    def finish(self):
+        """Map the gradient of M to that of weight_hh (cells with a structured weight); b_hh's
+        is b_ih's where the cell sees the projections summed (one array, summed once)."""
+        if self.b_ih is not None and not self.cell.separate:
+            self.backend.copy(self.b_hh, self.b_ih)
+        if self.cell.matrix is not None:
+            host = np.empty(self.d_w.shape, self.net.dtype)
+            self.cell.weight_hh_grad(self.backend.to_host(self.m), self.net.hidden_size,
+                                     self.net.cell_options, out=host)
+            self.backend.store(self.d_w, host)
+
+
+def _sub_ranges(t0, t1, truncate, splits, reverse):
+    """[a, b) pieces of the segment [t0, t1), in the sweep's order, cut at truncation chunk
+    boundaries (multiples of ``truncate``: no gradient crosses them) and where the gradient is
+    asked for (``splits``: cut, not zeroed)."""
+    cuts = set()
+    if truncate:
+        cuts.update(range((t0 // truncate + 1) * truncate, t1, truncate))
+    cuts.update(s for s in splits if t0 < s < t1)
+    edges = [t0] + sorted(cuts) + [t1]
+    spans = list(zip(edges[:-1], edges[1:]))
+    return spans if reverse else spans[::-1]
+
+
+def _backward_layers(net, backend, tape, d_out, d_h_n, d_c_n, truncate, grad_steps):
+    N, D, cell = net.hidden_size, net.num_directions, net.definition
+    T, B = tape.records[0][0].shape[:2]
     h0, c0, opts = tape.h0, tape.c0, tape.opts
+    segment = tape.segment
+    P2 = net.state_count == 2
     # every parameter's gradient, and those of h0 and c0, in one buffer laid out as the
     # parameters: one reduction checks them all for NaN/inf at the end
     n_params = net.parameter_count()
@@ -242,46 +410,80 @@ def _backward_layers(net, backend, tape, d_out, d_h_n, d_c_n, truncate):
     grads = net.parameter_views(buffer[:n_params])
     d_h0 = buffer[n_params:n_params + h0.size].reshape(h0.shape)
     d_c0 = buffer[n_params + h0.size:].reshape(c0.shape)
-    norms = None
+    norms = backend.empty((T, B), np.float64)
+    steps = [] if grad_steps is None else list(grad_steps)
+    at = backend.zeros((len(steps), B, D * N), net.dtype) if steps else None
     reported = False
+    zeros = backend.zeros((B, N), net.dtype)
+    block = step_block(net, backend, B)
     for layer in reversed(range(net.num_layers)):
         layer_in, kept = tape.records[layer]
-        flat_in = layer_in.reshape(T * B, layer_in.shape[2])
-        d_in = None
+        top = layer == net.num_layers - 1
+        d_in = backend.empty(layer_in.shape, net.dtype)
         for d in range(D):
             k = layer * D + d
+            rev = d == 1
             sfx = net.suffix(layer, d)
             w_ih, m, _, _ = tape.layers[k]
-            out_h, out_c, aux = kept[d]
-            dxp, dhp, dh0, dc0, norm, bad = backend.backward(
-                cell, opts, m, h0[k], c0[k], out_h, out_c, aux, backend.part(d_out, d, N, D),
-                d_h_n[k], d_c_n[k], d == 1, truncate)
-            backend.copy(d_h0[k], dh0)
-            backend.copy(d_c0[k], dc0)
-            reported = reported or errors.check_gradient(bad, layer, d == 1, T, net.dtype)
-            if layer == net.num_layers - 1:  # the last layer's dL/dh_t, both directions
-                norms = norm if norms is None else backend.hypot(norms, norm)
-            dxp2 = dxp.reshape(T * B, G * N)
-            dhp2 = dhp.reshape(T * B, G * N)
-            backend.matmul_tn(dxp2, flat_in, grads["weight_ih" + sfx])
-            d_w = grads["weight_hh" + sfx]
-            if cell.matrix is None:
-                backend.recurrent_weight_grad(cell, opts, dhp, h0[k], c0[k], out_h, out_c,
-                                              d == 1, out=d_w)
-            else:  # weight_hh maps to M on the host: so does its gradient
-                d_m = backend.recurrent_weight_grad(cell, opts, dhp, h0[k], c0[k], out_h,
-                                                    out_c, d == 1)
-                host = np.empty(d_w.shape, net.dtype)
-                cell.weight_hh_grad(backend.to_host(d_m), N, net.cell_options, out=host)
-                backend.store(d_w, host)
-            if net.bias:
-                backend.colsum(dxp2, grads["bias_ih" + sfx])
-                if dhp is dxp:  # one array for summed projections: sum it once
-                    backend.copy(grads["bias_hh" + sfx], grads["bias_ih" + sfx])
+            acc = _Grads(net, backend, grads, sfx, k, tape.layers)
+            # the splits where the last layer's dL/dh_t is asked for: forward direction, the
+            # piece starting at t + 1 ends the sweep's carry at h_t; reverse, the one ending at t
+            splits = ([t + 1 for t in steps] if not rev else steps) if top else []
+            carry_h, carry_c = d_h_n[k], d_c_n[k]
+            first_bad = None
+            if segment is None:
+                spans = [(0, T)]
+            else:
+                spans = segments(T, segment, rev)[::-1]  # the sweep runs them backwards
+                starts = {t0: (h, c) for t0, h, c in kept[d]}
+            if top and steps:  # dL/dh at the step where the sweep starts: d_h_n + d_out there
+                _grad_at(backend, at, steps, T - 1 if not rev else 0, carry_h,
+                         None if d_out is None else backend.part(d_out, d, N, D), d, N)
+            for t0, t1 in spans:
+                if segment is None:
+                    out_h, out_c, aux = kept[d]
+                    h_in, c_in = h0[k], c0[k]
+                    pieces = _sub_ranges(0, T, truncate, splits, rev) if splits else None
                 else:
-                    backend.colsum(dhp2, grads["bias_hh" + sfx])
-            d_in = backend.matmul(dxp2, w_ih, d_in, d > 0)
-        d_out = d_in.reshape(T, B, -1)
+                    h_in, c_in = starts[t0]
+                    out_h, out_c, aux, _ = _run_segment(net, backend, tape.layers, opts, k,
+                                                        layer_in, t0, t1, h_in, c_in,
+                                                        tape.noise, T)
+                    pieces = _sub_ranges(t0, t1, truncate, splits, rev)
+                part = None if d_out is None else backend.part(d_out, d, N, D)
+                if pieces is None:  # the whole sequence in one kernel, truncation inside it
+                    dxp, dhp, dh, dc, norm, bad = backend.backward(
+                        cell, opts, m, h_in, c_in, out_h, out_c, aux,
+                        _cotangent(backend, part, t0, t1, B, N, net.dtype), carry_h, carry_c,
+                        rev, truncate, steps=T)
+                    first_bad = _merge_bad(backend, first_bad, bad, t0)
+                    if top:
+                        _put_norm(backend, norms, t0, norm, d > 0)
+                else:
+                    dxp, dhp, dh, dc, first_bad = _pieces_backward(
+                        net, backend, cell, opts, m, h_in, c_in, out_h, out_c, aux, part, t0,
+                        pieces, carry_h, carry_c, rev, truncate, T, first_bad, norms if top
+                        else None, at, steps, d, zeros)
+                carry_h, carry_c = dh, dc
+                # the weight gradients and the input's, block by block in the sweep's order
+                blocks = step_blocks(block, t0, t1)
+                for a, b in (blocks if rev else blocks[::-1]):
+                    la, lb = a - t0, b - t0
+                    if rev:
+                        hb = out_h[lb] if b < t1 else h_in
+                        cb = (out_c[lb] if b < t1 else c_in) if P2 else c_in
+                    else:
+                        hb = out_h[la - 1] if a > t0 else h_in
+                        cb = (out_c[la - 1] if a > t0 else c_in) if P2 else c_in
+                    acc.block(opts, dxp[la:lb], dhp[la:lb], layer_in[a:b], hb, cb, out_h[la:lb],
+                              out_c[la:lb] if P2 else out_c, rev)
+                    rows = d_in[a:b].reshape((b - a) * B, -1)
+                    backend.matmul(dxp[la:lb].reshape((b - a) * B, -1), w_ih, rows, d > 0)
+            acc.finish()
+            backend.copy(d_h0[k], carry_h)
+            backend.copy(d_c0[k], carry_c)
+            reported = reported or errors.check_gradient(first_bad, layer, rev, T, net.dtype)
+        d_out = d_in
     if not reported:  # dL/dh stayed finite: a sum over T*B terms may still overflow
         host = backend.to_host(buffer)
         host_grads = net.parameter_views(host[:n_params])
@@ -292,7 +494,74 @@ def _backward_layers(net, backend, tape, d_out, d_h_n, d_c_n, truncate):
                              ("c0", host[n_params + h0.size:].reshape(c0.shape))], T * B,
                           net.dtype,
                           together=(host, d_x))
-    return grads, d_out, d_h0, d_c0, norms
+    return grads, d_out, d_h0, d_c0, norms, at
+
+
+def _put_norm(backend, norms, t0, norm, combine):
+    """norms[t0:t0+n] = norm, or its hypot with what is there (the second direction)."""
+    view = norms[t0:t0 + norm.shape[0]]
+    if combine:
+        backend.hypot(view, norm)
+    else:
+        backend.copy(view, norm)
+
+
+def _grad_at(backend, at, steps, t, carry, part, d, N):
+    """Store dL/dh_t = carry + part[t] (``part``: direction d's output cotangent, or None) in
+    direction d's columns, where t is asked for."""
+    if t not in steps:
+        return
+    g = backend.copy_new(carry)
+    if part is not None:
+        backend.add_into(g, part[t])
+    backend.copy(at[steps.index(t)][:, d * N:(d + 1) * N], g)
+
+
+def _cotangent(backend, part, t0, t1, B, N, dtype):
+    """The outputs' cotangent over [t0, t1) (zeros when there is none)."""
+    if part is None:
+        return backend.zeros((t1 - t0, B, N), dtype)
+    return part[t0:t1]
+
+
+def _pieces_backward(net, backend, cell, opts, m, h_in, c_in, out_h, out_c, aux, part, t0,
+                     pieces, carry_h, carry_c, rev, truncate, T, first_bad, norms, at, steps, d,
+                     zeros):
+    """The backward sweep of one segment run piece by piece (:func:`_sub_ranges`): the carry is
+    zeroed where a truncation chunk starts, and read out where dL/dh_t is asked for.  Returns the
+    segment's (dxp, dhp, carry out) as one kernel over the segment would."""
+    n = out_h.shape[0]
+    B, N = h_in.shape
+    GN = m.shape[0]
+    P2 = net.state_count == 2
+    dhp_all = backend.empty((n, B, GN), net.dtype)
+    dxp_all = backend.empty((n, B, GN), net.dtype) if cell.separate else dhp_all
+    for a, b in pieces:
+        la, lb = a - t0, b - t0
+        if rev:
+            hb = out_h[lb] if lb < n else h_in
+            cb = (out_c[lb] if lb < n else c_in) if P2 else c_in
+        else:
+            hb = out_h[la - 1] if la > 0 else h_in
+            cb = (out_c[la - 1] if la > 0 else c_in) if P2 else c_in
+        dxp, dhp, dh, dc, norm, bad = backend.backward(
+            cell, opts, m, hb, cb, out_h[la:lb], out_c[la:lb] if P2 else out_c, aux[la:lb],
+            _cotangent(backend, part, a, b, B, N, net.dtype), carry_h, carry_c, rev, None,
+            steps=T)
+        first_bad = _merge_bad(backend, first_bad, bad, a)
+        backend.copy(dhp_all[la:lb].reshape((b - a) * B, -1), dhp.reshape((b - a) * B, -1))
+        if cell.separate:
+            backend.copy(dxp_all[la:lb].reshape((b - a) * B, -1), dxp.reshape((b - a) * B, -1))
+        if norms is not None:
+            _put_norm(backend, norms, a, norm, d > 0)
+        if at is not None:  # the state entering this piece: h_{a-1} (forward) or h_b (reverse)
+            _grad_at(backend, at, steps, b if rev else a - 1, dh, part, d, N)
+        boundary = b if rev else a
+        if truncate and boundary % truncate == 0 and 0 < boundary < T:
+            carry_h, carry_c = zeros, zeros
+        else:
+            carry_h, carry_c = dh, dc
+    return dxp_all, dhp_all, carry_h, carry_c, first_bad
 
 
 # --- the public calls ----------------------------------------------------------------------------
@@ -320,9 +589,105 @@ def forward(net, x, h0=None, noise_std=0.0, seed=None):
     return _pack(net, session, backend, out, h_n, c_n, unbatched)
 
 
-def forward_pullback(net, x, h0=None, noise_std=0.0, seed=None):
-    """``RNN.forward_pullback`` (see there): one forward pass keeping its tape on the backend,
-    and the pullback that runs BPTT on it."""
+def checkpointed_bytes(net, T, B, k, keep_output=True, noise=False):
+    """Peak bytes of a checkpointed forward pass and its BPTT, with segments of k steps: the
+    states entering every segment, one segment's records and cotangents (run again in the
+    sweep), the layers' outputs between layers (and the last layer's if kept), the inputs'
+    cotangents, and the gradient norms."""
+    N, D, L = net.hidden_size, net.num_directions, net.num_layers
+    item = net.dtype.itemsize
+    between = (L - 1 + (1 if keep_output else 0)) * T * B * D * N * item
+    # the input's cotangent, and between layers the one being made and the one above it
+    cotangents = T * B * (net.input_size + min(L - 1, 2) * D * N) * item + T * B * 8
+    return (-(-T // k)) * _checkpoint_bytes(net, B) + _segment_bytes(net, B, k, noise) \
+        + between + cotangents
+
+
+def _checkpoint_bytes(net, B):
+    """The states entering one segment, every layer and direction."""
+    return (net.num_layers * net.num_directions * B * net.state_count * net.hidden_size
+            * net.dtype.itemsize)
+
+
+def _segment_bytes(net, B, k, noise):
+    """One segment in flight: its projection, states and aux, their cotangents (and a copy
+    where the sweep runs in pieces), the outputs' cotangent and the blocks' products."""
+    N, cell, item = net.hidden_size, net.definition, net.dtype.itemsize
+    GN = net.gate_count * N
+    per_step = B * (GN * 6 + N * (cell.state_count + cell.aux_count + cell.read_count + 2))
+    return k * (per_step * item + (B * GN * (8 + item) if noise else 0))
+
+
+def plan_checkpoints(net, backend, T, B, checkpoint, memory_budget, noise=False,
+                     keep_output=True, caller="vjp"):
+    """The segment length of a pass (None: the full tape), checked against the memory.
+
+    ``checkpoint``: None (the full tape when it fits the memory available, else as "auto"),
+    an int k (a multiple of :func:`step_block`), or "auto" (the full tape when it fits
+    ``memory_budget``, else the k that needs the least memory, about sqrt(T) steps).  Raises
+    MemoryError with the sizes when nothing fits, before anything is allocated."""
+    block = step_block(net, backend, B) or 1
+    detail = f"T={T} steps, B={B} sequences, {describe(net)}"
+    if memory_budget is not None:
+        if checkpoint is not None and checkpoint != "auto":
+            raise ValueError(f"memory_budget: chooses the checkpoint interval, so it goes with "
+                             f"checkpoint='auto' (or None); checkpoint={checkpoint!r} fixes it "
+                             "and the budget would be ignored")
+        memory_budget = _v.check_int("memory_budget", memory_budget, 1)
+    if checkpoint is not None and checkpoint != "auto":
+        if isinstance(checkpoint, str) or not isinstance(checkpoint, (int, np.integer)) \
+                or isinstance(checkpoint, (bool, np.bool_)):
+            raise TypeError(f"checkpoint: expected None, 'auto' or a number of steps, got "
+                            f"{checkpoint!r}")
+    if checkpoint is not None and not backend.CHECKPOINTS:
+        raise ValueError(f"checkpoint: checkpointed BPTT runs on the CPU backend only, not on "
+                         f"device={net.device!r}; expected None, got {checkpoint!r}")
+    full = bytes_needed(net, T, B, backward=True, noise=noise)
+    if isinstance(checkpoint, (int, np.integer)):
+        k = _v.check_int("checkpoint", checkpoint, 1)
+        if k % block:
+            raise ValueError(f"checkpoint: expected a multiple of {block} steps (the blocks of "
+                             f"the products over time for B={B} sequences of G*N="
+                             f"{net.gate_count * net.hidden_size}, which a segment must not "
+                             f"split), got "
+                             f"{k}; {max(block, k // block * block)} or "
+                             f"{-(-k // block) * block} would do")
+        need = checkpointed_bytes(net, T, B, k, keep_output, noise)
+        backend.check_memory(f"{caller}: the checkpoints and one segment of {k} steps", need,
+                             detail, None)
+        return k
+    budget = memory_budget
+    if budget is None:
+        budget = _memory.available_bytes() if config.MEMORY_CHECK else None
+    if budget is None or full <= budget or not backend.CHECKPOINTS:
+        # the full tape: it fits (or checkpoints cannot run here, and the usual check says so)
+        _check_memory(net, backend, f"{caller}: the BPTT tape", T, B, backward=True,
+                      noise=noise or None)
+        return None
+    k = auto_interval(net, backend, T, B, noise)
+    need = checkpointed_bytes(net, T, B, k, keep_output, noise)
+    if need > budget:
+        raise MemoryError(
+            f"{caller}: even checkpointed BPTT (the state every {k} steps, one segment of {k} "
+            f"steps run again at a time) for {detail} needs {_memory.format_bytes(need)}, "
+            f"above the budget of {_memory.format_bytes(budget)} (the full tape would need "
+            f"{_memory.format_bytes(full)}); use fewer sequences at a time or a shorter run")
+    return k
+
+
+def auto_interval(net, backend, T, B, noise=False):
+    """The checkpoint interval that needs the least memory: T/k states against one segment of
+    k steps, k = sqrt(T * state / step) rounded to the backend's step blocks."""
+    block = step_block(net, backend, B) or 1
+    per_step = _segment_bytes(net, B, 1, noise)
+    k = int(round((T * _checkpoint_bytes(net, B) / per_step) ** 0.5 / block)) * block
+    return min(max(block, k), -(-T // block) * block)
+
+
+def forward_pullback(net, x, h0=None, noise_std=0.0, seed=None, checkpoint=None,
+                     memory_budget=None, keep_output=True):
+    """``RNN.forward_pullback`` (see there): one forward pass keeping its tape (or its
+    checkpoints) on the backend, and the pullback that runs BPTT on it."""
     backend = backend_of(net)
     session = backend.session(net.dtype, x)
     x, unbatched = check_input(net, x, backend, session)
@@ -330,23 +695,30 @@ def forward_pullback(net, x, h0=None, noise_std=0.0, seed=None):
     h0, c0 = split_state(net, h0, B, unbatched, backend, session)
     noise = _noise.make(net, noise_std, seed, seed_required=True)
     params = net.checked_parameters(snapshot=True)
-    _check_memory(net, backend, "forward_vjp: the BPTT tape", T, B, backward=True, noise=noise)
-    out, h_n, c_n, tape = forward_pass(net, backend, x, h0, c0, params, noise)
+    segment = plan_checkpoints(net, backend, T, B, checkpoint, memory_budget,
+                               noise is not None, keep_output,
+                               caller="forward_vjp" if keep_output else "vjp")
+    out, h_n, c_n, tape = forward_pass(net, backend, x, h0, c0, params, noise, segment,
+                                       keep_output or segment is None)
     D, N = net.num_directions, net.hidden_size
     out_shape = (T, D * N) if unbatched else ((B, T, D * N) if net.batch_first
                                               else (T, B, D * N))
 
-    def pullback(d_output, d_h_n=None, truncate=None):
-        d_out = session.take("d_output", d_output, [out_shape])
-        if unbatched:
-            d_out = d_out.reshape(T, 1, D * N)
-        elif net.batch_first:
-            d_out = backend.swap01(d_out)
+    def pullback(d_output, d_h_n=None, truncate=None, grad_steps=None):
+        if d_output is None:
+            d_out = None
+        else:
+            d_out = session.take("d_output", d_output, [out_shape])
+            if unbatched:
+                d_out = d_out.reshape(T, 1, D * N)
+            elif net.batch_first:
+                d_out = backend.swap01(d_out)
         d_h, d_c = _state_cotangent(net, backend, session, d_h_n, B, unbatched)
         if truncate is not None:
             truncate = _v.check_int("truncate", truncate, 1)
-        grads, d_x, d_h0, d_c0, norms = backward_pass(net, backend, tape, d_out, d_h, d_c,
-                                                      truncate)
+        steps = _check_grad_steps(grad_steps, T)
+        grads, d_x, d_h0, d_c0, norms, at = backward_pass(net, backend, tape, d_out, d_h, d_c,
+                                                          truncate, steps)
         LD = net.num_layers * D
         result = {name: session.give(g) for name, g in grads.items()}
         result["input"] = session.give(_user_layout(net, backend, d_x, unbatched))
@@ -354,7 +726,30 @@ def forward_pullback(net, x, h0=None, noise_std=0.0, seed=None):
         if net.state_count == 2:  # the second state's (LSTM's c0, coRNN's z0)
             result["c0"] = session.give(d_c0.reshape(LD, N) if unbatched else d_c0)
         result["state_grad_norm"] = session.give(norms.reshape(T) if unbatched else norms)
+        if steps is not None:
+            result["state_grad"] = session.give(at.reshape(len(steps), D * N) if unbatched
+                                                else at)
         return result
 
+    if out is None:  # not kept (vjp without the outputs): nothing to pack
+        h_n = _pack(net, session, backend, backend.zeros((1, B, D * N), net.dtype), h_n, c_n,
+                    unbatched)[1]
+        return None, h_n, pullback
     out, h_n = _pack(net, session, backend, out, h_n, c_n, unbatched)
     return out, h_n, pullback
+
+
+def _check_grad_steps(grad_steps, T):
+    """The time steps where dL/dh is asked for, as a list of distinct ints in [0, T)."""
+    if grad_steps is None:
+        return None
+    steps = np.asarray(grad_steps)
+    if steps.ndim != 1 or steps.size == 0 or not np.issubdtype(steps.dtype, np.integer):
+        raise ValueError(f"grad_steps: expected a non-empty 1-D sequence of time steps, got "
+                         f"{grad_steps!r}")
+    if steps.min() < 0 or steps.max() >= T:
+        raise ValueError(f"grad_steps: expected steps in [0, T) = [0, {T}), got "
+                         f"{steps.min()}..{steps.max()}")
+    if np.unique(steps).size != steps.size:
+        raise ValueError("grad_steps: expected distinct steps, got repeats")
+    return [int(t) for t in steps]

@@ -629,16 +629,20 @@ class RNN:
         return driver.forward(self, x, h0, noise_std, seed)
 
     def forward_vjp(self, x, d_output, h0=None, d_h_n=None, truncate=None, *, noise_std=0.0,
-                    seed=None):
+                    seed=None, checkpoint=None, memory_budget=None, grad_steps=None):
         """Forward pass and vector-Jacobian product in one call.
 
         Returns ``(output, h_n, grads)`` where ``output, h_n`` are exactly what :meth:`forward`
-        returns and ``grads`` is what :meth:`vjp` returns (with the same noise, if any).
+        returns and ``grads`` is what :meth:`vjp` returns (with the same noise, if any); the
+        keyword arguments are those of :meth:`vjp`.
         """
-        out, h_n, pullback = self.forward_pullback(x, h0, noise_std=noise_std, seed=seed)
-        return out, h_n, pullback(d_output, d_h_n, truncate)
+        out, h_n, pullback = self.forward_pullback(x, h0, noise_std=noise_std, seed=seed,
+                                                   checkpoint=checkpoint,
+                                                   memory_budget=memory_budget)
+        return out, h_n, pullback(d_output, d_h_n, truncate, grad_steps)
 
-    def forward_pullback(self, x, h0=None, *, noise_std=0.0, seed=None):
+    def forward_pullback(self, x, h0=None, *, noise_std=0.0, seed=None, checkpoint=None,
+                         memory_budget=None):
         """Forward pass that keeps what BPTT needs, and returns the vector-Jacobian product.
 
         For losses whose cotangent depends on the output (training): one forward pass, then
@@ -646,14 +650,15 @@ class RNN:
         without running the forward pass again.
 
         ``noise_std`` and ``seed``: noise in the dynamics, as in :meth:`forward`; the pullback
-        differentiates that noisy trajectory (the noise is a fixed input).
+        differentiates that noisy trajectory (the noise is a fixed input).  ``checkpoint`` and
+        ``memory_budget``: as in :meth:`vjp` (the pullback then runs each segment again).
 
         Returns
         -------
         output, h_n
             As :meth:`forward`.
         pullback : callable
-            ``pullback(d_output, d_h_n=None, truncate=None) -> dict``.  It uses the parameters the
+            ``pullback(d_output, d_h_n=None, truncate=None, grad_steps=None) -> dict``.  It uses the parameters the
             forward pass ran with (a copy: later changes to the network's parameters, in place
             or through :meth:`load_state_dict`, do not reach it).  May be called several times.
 
@@ -667,10 +672,10 @@ class RNN:
         >>> sorted(grads)[:2]
         ['bias_hh_l0', 'bias_ih_l0']
         """
-        return driver.forward_pullback(self, x, h0, noise_std, seed)
+        return driver.forward_pullback(self, x, h0, noise_std, seed, checkpoint, memory_budget)
 
     def vjp(self, x, d_output, h0=None, d_h_n=None, truncate=None, *, noise_std=0.0,
-            seed=None):
+            seed=None, checkpoint=None, memory_budget=None, grad_steps=None):
         """Vector-Jacobian product by backpropagation through time.
 
         Computes the gradient of ``L = sum(output * d_output) + sum(h_n * d_h_n)`` (for LSTM the
@@ -680,7 +685,9 @@ class RNN:
         Parameters
         ----------
         x : ndarray, shape as in :meth:`forward`
-        d_output : ndarray, shape of ``output``
+        d_output : ndarray, shape of ``output``, or None
+            None: no cotangent on the outputs (a loss on the final state alone, through
+            ``d_h_n``); the outputs are then never kept.
         h0 : ndarray or pair, optional
             As in :meth:`forward`.
         d_h_n : ndarray, shape of ``h_n``, optional (LSTM: a pair, either may be None)
@@ -694,6 +701,25 @@ class RNN:
         noise_std, seed
             Noise in the dynamics, as in :meth:`forward`: the gradient of the noisy trajectory
             with that realisation held fixed.
+        checkpoint : None, int or "auto"
+            Checkpointed BPTT (Griewank 1992; Gruslys et al. 2016) in bounded memory: the
+            forward pass keeps only the state every k steps (k a multiple of the blocks of the
+            products over time: 64 steps for large networks, up to 512 for small ones, see
+            ``numrnn.config.STEP_BLOCK_*``), and the backward sweep runs each segment of k steps
+            forward again before sweeping it.  The gradients are bitwise those of full BPTT
+            (every product over time runs on the same blocks either way); the cost is one more
+            forward pass; memory is about T/k states and one segment of k steps (plus the
+            outputs' and the inputs' cotangents, and the outputs between layers).  "auto": the
+            full tape when it fits ``memory_budget``, else the k that needs the least memory
+            (about sqrt(T) steps).  None (default): the full tape when it fits the memory
+            available, else as "auto".  CPU only.  Combines with ``truncate`` and noise.
+        memory_budget : int, optional
+            Bytes for ``checkpoint="auto"`` (default: the memory available).  MemoryError
+            (with the sizes) when even the checkpointed pass does not fit it.
+        grad_steps : sequence of int, optional
+            Time steps t at which to return dL/dh_t of the last layer (``"state_grad"``, shape
+            (len, B, D*N)): the gradient at chosen lags (t = T - 1 - lag) of a long run,
+            without keeping the rest.
 
         Returns
         -------
@@ -725,6 +751,7 @@ class RNN:
         Williams, R. J. and Peng, J. (1990). An efficient gradient-based algorithm for on-line
         training of recurrent network trajectories. Neural Computation 2(4).
         """
-        return self.forward_vjp(x, d_output, h0, d_h_n, truncate, noise_std=noise_std,
-                                seed=seed)[2]
+        out, h_n, pullback = driver.forward_pullback(self, x, h0, noise_std, seed, checkpoint,
+                                                     memory_budget, keep_output=False)
+        return pullback(d_output, d_h_n, truncate, grad_steps)
 

@@ -11,11 +11,12 @@ increment then carries a * sigma / sqrt(a) = sqrt(a) sigma: the Euler-Maruyama s
 depend on the step size as a -> 0.  For a cell without a time step the noise is sigma exactly.
 
 The realisation is a function of the seed alone: the numbers of (layer l, direction d,
-sequence b) come from their own stream, keyed by (l, d, b), and are drawn in time order.  So
-the noise of a sequence does not depend on the batch size, the number of layers or T (the first
-t steps are the same in a longer run), and ``forward``, ``vjp`` and every analysis given the
-same ``noise_std`` and ``seed`` see the same realisation: a gradient or a Lyapunov spectrum of a
-noisy trajectory is conditional on that realisation.
+sequence b) and of the block of ``BLOCK`` steps holding step t come from their own stream, keyed
+by (l, d, b, t // BLOCK), drawn in time order.  So the noise of a step does not depend on the
+batch size, the number of layers or T (the first t steps are the same in a longer run), any
+range of steps can be drawn alone (checkpointed BPTT redraws each segment), and ``forward``,
+``vjp`` and every analysis given the same ``noise_std`` and ``seed`` see the same realisation: a
+gradient or a Lyapunov spectrum of a noisy trajectory is conditional on that realisation.
 """
 import math
 import numbers
@@ -28,6 +29,8 @@ __all__ = ["Noise", "make"]
 
 #: Appended to an integer seed to key the noise streams apart from the other draws of a call.
 _NOISE_KEY = 0x6E6F6973
+#: Steps per noise stream (see the module docstring).
+BLOCK = 256
 
 
 def _seed_sequence(seed):
@@ -66,18 +69,24 @@ class Noise:
         self.description = description
         self.steps_of_one = None
 
-    def layer(self, k, T, B, dtype):
-        """The numbers added to the input projection of layer-direction ``k``: (T*B, G*N) in
-        ``dtype``, rounded to the network's dtype first (a float32 trajectory's noise, upcast)."""
+    def layer(self, k, T, B, dtype, t0=0):
+        """The numbers added to the input projection of layer-direction ``k`` at the T steps
+        t0 .. t0+T-1: (T*B, G*N) in ``dtype``, rounded to the network's dtype first (a float32
+        trajectory's noise, upcast)."""
         shape = self.steps_of_one
         if shape is not None:
             T, B = shape
         layer, d = divmod(k, self.directions)
         out = np.empty((T, B, self.gates))
-        for b in range(B):
-            child = np.random.SeedSequence(self.seq.entropy,
-                                           spawn_key=tuple(self.seq.spawn_key) + (layer, d, b))
-            out[:, b] = np.random.default_rng(child).standard_normal((T, self.gates))
+        key = tuple(self.seq.spawn_key) + (layer, d)
+        t1 = t0 + T
+        for blk in range(t0 // BLOCK, -(-t1 // BLOCK)):
+            start, stop = blk * BLOCK, (blk + 1) * BLOCK
+            lo, hi = max(start, t0), min(stop, t1)
+            for b in range(B):
+                child = np.random.SeedSequence(self.seq.entropy, spawn_key=key + (b, blk))
+                draw = np.random.default_rng(child).standard_normal((hi - start, self.gates))
+                out[lo - t0:hi - t0, b] = draw[lo - start:]
         out *= self.scale
         out = out.astype(self.dtype, copy=False).astype(dtype, copy=False)
         return out.reshape(T * B, self.gates)

@@ -11,20 +11,49 @@ from numrnn import driver
 from numrnn import _memory, config
 
 
-def test_a_tape_larger_than_memory_raises_before_allocating(monkeypatch):
+def test_a_tape_larger_than_memory_is_checkpointed_or_refused_before_allocating(monkeypatch):
+    """LSTM B=32 N=256 T=40000: the full tape (34 GiB) does not fit 24 GiB, so vjp plans a
+    checkpointed pass that does; with 100 MiB even that does not fit, and the call is refused
+    with the sizes before anything is allocated."""
     monkeypatch.setattr(_memory, "available_bytes", lambda: 24 * 2**30)
     net = numrnn.RNN(1, 256, cell="lstm", seed=0)
+    need = driver.bytes_needed(net, 40000, 32, backward=True)
+    assert need > 24 * 2**30
+    k = driver.plan_checkpoints(net, driver.backend_of(net), 40000, 32, None, None,
+                                keep_output=False)
+    assert k is not None and k % 64 == 0
+    assert driver.checkpointed_bytes(net, 40000, 32, k, keep_output=False) < 2**30
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 100 * 2**20)
     x = np.zeros((40000, 32, 1))
     with pytest.raises(MemoryError) as info:
-        net.vjp(x, np.zeros((40000, 32, 256)))
+        net.vjp(x, None, d_h_n=(np.zeros((1, 32, 256)), np.zeros((1, 32, 256))))
     msg = str(info.value)
-    for words in ("forward_vjp: the BPTT tape", "T=40000 steps", "B=32 sequences", "N=256 units",
-                  "lstm", "GiB", "24.0 GiB of memory are available", "at most T="):
+    for words in ("vjp: even checkpointed BPTT", "T=40000 steps", "B=32 sequences",
+                  "N=256 units", "lstm", "MiB", "the full tape would need"):
+        assert words in msg, (words, msg)
+    # an explicit interval is checked against the memory too
+    with pytest.raises(MemoryError, match="the checkpoints and one segment of 64 steps"):
+        net.vjp(x, None, checkpoint=64)
+
+
+def test_a_full_tape_that_does_not_fit_is_refused_on_a_backend_without_checkpoints(
+        monkeypatch):
+    """The GPU backend has no checkpointed pass: there the full tape is checked as before."""
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 24 * 2**30)
+    net = numrnn.RNN(1, 256, cell="lstm", seed=0)
+
+    class NoCheckpoints:
+        STEP_BLOCK = False
+        CHECKPOINTS = False
+        check_memory = staticmethod(_memory.check)
+    with pytest.raises(MemoryError) as info:
+        driver.plan_checkpoints(net, NoCheckpoints, 40000, 32, None, None, caller="forward_vjp")
+    msg = str(info.value)
+    for words in ("forward_vjp: the BPTT tape", "T=40000 steps", "24.0 GiB of memory are "
+                  "available", "at most T="):
         assert words in msg, (words, msg)
     t_max = int(msg.split("at most T=")[1].split()[0])
     assert 20000 < t_max < 40000
-    need = driver.bytes_needed(net, 40000, 32, backward=True)
-    assert need > 24 * 2**30
     assert driver.bytes_needed(net, t_max, 32, backward=True) <= 24 * 2**30
 
 
@@ -34,9 +63,12 @@ def test_the_real_limit_applies_without_patching():
     if avail is None:
         pytest.skip("the available memory cannot be read here")
     net = numrnn.RNN(1, 256, cell="lstm", seed=0)
-    T = int(2 * avail // driver.bytes_needed(net, 1, 32, backward=True)) + 1
+    # checkpointed, forward_pullback still keeps the outputs: about 64 KiB a step here
+    per_step = (driver.checkpointed_bytes(net, 2 * 10**6, 32, 64)
+                - driver.checkpointed_bytes(net, 10**6, 32, 64)) / 10**6
+    T = int(2 * avail // per_step) + 1
     with pytest.raises(MemoryError, match=f"T={T} steps"):
-        net.forward_pullback(np.zeros((T, 32, 1)))
+        net.forward_pullback(np.zeros((T, 32, 1)), checkpoint=64)
 
 
 def test_forward_alone_is_checked_too(monkeypatch):

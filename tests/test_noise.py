@@ -55,14 +55,15 @@ def _reference_elman(net, x, noise):
 
 
 def test_noise_is_the_documented_stream_added_to_the_pre_activation(rng):
-    """The numbers of sequence b are N(0, 1) draws of the stream keyed (layer, direction, b)
-    of SeedSequence([seed, key]), in time order, times noise_std (time step 1 here)."""
+    """The numbers of sequence b are N(0, 1) draws of the stream keyed (layer, direction, b,
+    block of 256 steps) of SeedSequence([seed, key]), in time order, times noise_std (time
+    step 1 here)."""
     net = _tanh_net()
     x = rng.standard_normal((30, 3, 2))
     out, _ = net.forward(x, noise_std=0.7, seed=11)
     noise = np.empty((30, 3, 6))
     for b in range(3):
-        seq = np.random.SeedSequence([11, noise_mod._NOISE_KEY], spawn_key=(0, 0, b))
+        seq = np.random.SeedSequence([11, noise_mod._NOISE_KEY], spawn_key=(0, 0, b, 0))
         noise[:, b] = 0.7 * np.random.default_rng(seq).standard_normal((30, 6))
     assert_close(out, _reference_elman(net, x, noise))
 
@@ -78,6 +79,11 @@ def test_same_seed_same_bits_and_the_realisation_does_not_depend_on_batch_or_len
     assert np.array_equal(first[:, 0], a[:, 0])
     prefix, _ = net.forward(x[:25], noise_std=0.5, seed=3)  # the first 25 steps
     assert np.array_equal(prefix, a[:25])
+    # any range of steps alone, across a block boundary
+    noise = noise_mod.make(net, 0.5, 3)
+    whole = noise.layer(0, 600, 2, np.float64)
+    part = noise.layer(0, 300, 2, np.float64, t0=200)
+    assert np.array_equal(part, whole.reshape(600, 2, 6)[200:500].reshape(600, 6))
     quiet, _ = net.forward(x, noise_std=0.0, seed=3)
     assert np.array_equal(quiet, net.forward(x)[0])
 
@@ -94,7 +100,7 @@ def test_euler_maruyama_scaling_of_the_rate_network():
                              "weight_ih_l0": np.zeros((2000, 1))})
         out, _ = net.forward(np.zeros((3000, 1)), noise_std=0.8, seed=5)
         z = np.random.default_rng(np.random.SeedSequence(
-            [5, noise_mod._NOISE_KEY], spawn_key=(0, 0, 0))).standard_normal((1, 2000))[0]
+            [5, noise_mod._NOISE_KEY], spawn_key=(0, 0, 0, 0))).standard_normal((1, 2000))[0]
         assert_close(out[0], np.sqrt(a) * 0.8 * z)
         var = out[1000:].var()
         # 2000 units x 2000 correlated steps: the sample variance is good to about 1%

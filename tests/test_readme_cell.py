@@ -65,3 +65,5 @@ def test_the_readme_quick_start_runs_as_written():
     assert ns["noisy"].exponents[0] < ns["res"].exponents[0]  # noise suppresses chaos
     assert ns["clv"].vectors.shape == (800, 1, 200, 60) and ns["clv"].angles.shape == (800, 1)
     assert 0.0 < ns["clv"].angles.min() <= np.pi / 2  # 60 exceeds the unstable dimension
+    assert ns["long"]["input"].shape == (100_000, 1) and np.isfinite(ns["long"]["h0"]).all()
+    assert len(ns["spectra"]) == 6 and ns["spectra"][5].exponents[0] > 0

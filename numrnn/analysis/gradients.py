@@ -169,8 +169,9 @@ def gradient_propagation(net, x=None, h0=None, *, n_steps=None, lags=None, trans
 
     Parameters
     ----------
-    net : numrnn.RNN
-        Any cell; bidirectional only with one layer.
+    net : numrnn.RNN or numrnn.Ensemble
+        Any cell; bidirectional only with one layer.  An ensemble gives a list, one result per
+        member (:meth:`numrnn.Ensemble.gradient_propagation`).
     x : ndarray, shape (T, B, I), (B, T, I) if ``net.batch_first``, or (T, I), optional
         Input driving the trajectory.  None: the autonomous network for ``n_steps``.
     h0 : ndarray or pair, optional
@@ -225,6 +226,9 @@ def gradient_propagation(net, x=None, h0=None, *, n_steps=None, lags=None, trans
     >>> round(res.decay_rate, 6)          # ln 0.9 per step
     -0.105361
     """
+    if getattr(net, "is_ensemble", False):  # numrnn.Ensemble: one result per member
+        return net.gradient_propagation(x, h0, n_steps=n_steps, lags=lags, transient=transient,
+                                        seed=seed, noise_std=noise_std)
     rng = generator(seed)
     traj = trajectory(net, x, h0, n_steps=n_steps, rng=rng, noise_std=noise_std, seed=seed,
                       what="gradient propagation")

@@ -47,8 +47,9 @@ def jacobians(net, x=None, h0=None, *, n_steps=None, seed=None, noise_std=0.0):
 
     Parameters
     ----------
-    net : numrnn.RNN
-        Any cell; bidirectional only with ``num_layers=1`` (see the module docstring).
+    net : numrnn.RNN or numrnn.Ensemble
+        Any cell; bidirectional only with ``num_layers=1`` (see the module docstring).  An
+        ensemble gives the members' Jacobians stacked, (M, ...).
     x : ndarray, shape (T, B, I), (B, T, I) if ``net.batch_first``, or (T, I), optional
         Input, of the network's dtype.  None: the autonomous network (zero input) for
         ``n_steps``.
@@ -95,6 +96,8 @@ def jacobians(net, x=None, h0=None, *, n_steps=None, seed=None, noise_std=0.0):
     >>> J.shape
     (5, 4, 4)
     """
+    if getattr(net, "is_ensemble", False):  # numrnn.Ensemble: (M, ...) in one call
+        return net.jacobians(x, h0, n_steps=n_steps, seed=seed, noise_std=noise_std)
     lin, unbatched = linearise(net, x, h0, caller="jacobians", extra=lambda T, B, S: (
         T * B * S * S * 8, f"the (T, B, S, S) = ({T}, {B}, {S}, {S}) step Jacobians"),
         n_steps=n_steps, seed=seed, noise_std=noise_std)

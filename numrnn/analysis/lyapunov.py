@@ -275,9 +275,10 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
 
     Parameters
     ----------
-    net : numrnn.RNN
+    net : numrnn.RNN or numrnn.Ensemble
         Any cell; bidirectional only with one layer (the spectrum is then the union of both
-        directions' spectra).
+        directions' spectra).  An ensemble gives a list, one result per member
+        (:meth:`numrnn.Ensemble.lyapunov_spectrum`).
     x : ndarray, shape (T, B, I), (B, T, I) if ``net.batch_first``, or (T, I), optional
         Input driving the network.  None: the autonomous network, zero input for ``n_steps``.
     h0 : ndarray or pair, optional
@@ -359,6 +360,10 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
     >>> res.exponents.shape, bool(res.exponents[0] > 0)
     ((3,), True)
     """
+    if getattr(net, "is_ensemble", False):  # numrnn.Ensemble: every member, in one call
+        return net.lyapunov_spectrum(x, h0, n_steps=n_steps, k=k, transient=transient,
+                                     ons_interval=ons_interval, seed=seed, n_segments=n_segments,
+                                     noise_std=noise_std, units=units)
     check_net(net, "the Lyapunov spectrum")
     time_step = _time_step(net, units)
     rng = generator(seed)

@@ -13,6 +13,13 @@ from .. import _validation as _v
 from . import blas, recurrence, threads
 
 name = "cpu"
+#: The products over time (the input projection, the weight gradients, the input's gradient)
+#: run on blocks of steps aligned in absolute time (numrnn.config.STEP_BLOCK_*), so that a
+#: checkpointed pass, whose segments are multiples of a block, runs exactly the products of the
+#: whole pass.
+STEP_BLOCK = True
+#: A checkpointed pass (``checkpoint=``) runs here.
+CHECKPOINTS = True
 
 
 class Session:
@@ -87,15 +94,21 @@ def project(flat_in, w_ih, bias):
     return xp
 
 
+def copy_new(a):
+    """A copy of ``a`` (C order)."""
+    return np.array(a, order="C")
+
+
 def add_into(dst, src):
     """dst += src (arrays of one shape)."""
     np.add(dst, src, out=dst)
 
 
-def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, into=None, d=0):
+def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, into=None, d=0, steps=None):
     """:func:`numrnn.cpu.recurrence.forward`; with ``into`` (T, B, D*N) the states are also
     written to its columns of direction ``d`` (a bidirectional layer's output)."""
-    out_h, out_c, aux, bad = recurrence.forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse)
+    out_h, out_c, aux, bad = recurrence.forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse,
+                                                steps)
     if into is not None:
         n = out_h.shape[2]
         into[:, :, d * n:(d + 1) * n] = out_h

@@ -13,6 +13,7 @@ the duration of a numrnn call and restored after.  If SciPy's library cannot be 
 BLAS build), ``can_limit_threads()`` is False and numrnn does not split work; if NumPy's cannot be
 found, ``numpy_blas_controlled()`` is False and every product goes through Numba's ``np.dot``.
 """
+import contextlib
 import ctypes
 import glob
 import os
@@ -97,6 +98,8 @@ class _SingleThreaded:
 
     def __enter__(self):
         global _depth, _before
+        if _helper.__dict__:  # working for the holder (see helping): it holds the BLAS at one
+            return self
         _lock.acquire()
         if _depth == 0:  # the outermost block of the thread holding the lock
             libs = _held_libraries()
@@ -108,6 +111,8 @@ class _SingleThreaded:
 
     def __exit__(self, *exc):
         global _depth
+        if _helper.__dict__:
+            return False
         _depth -= 1
         try:
             if _depth == 0:
@@ -124,6 +129,25 @@ _BLOCK = _SingleThreaded()
 
 def _held_libraries():
     return [lib for lib in _find().values() if lib is not None]
+
+
+_helper = threading.local()  # non-empty in a thread inside helping()
+
+
+@contextlib.contextmanager
+def helping():
+    """Run the block in a thread that works for a thread inside :func:`single_threaded` (the
+    members of a :class:`numrnn.Ensemble` on numrnn's pool threads): the block's own
+    ``single_threaded()`` blocks are no-ops, since the holder keeps every BLAS at one thread
+    until it has collected this work.  Without it the helpers would queue on the lock, one
+    member at a time.  Only for work the holder waits on, inside its block."""
+    nested = bool(_helper.__dict__)
+    _helper.on = True
+    try:
+        yield
+    finally:
+        if not nested:
+            del _helper.on
 
 
 def single_threaded():

@@ -479,7 +479,7 @@ def product_mode(dtype, batch, n_in, n_out):
     return 2 if dtype == np.float32 and config.TRANSPOSED_GEMM_FLOAT32 else 1
 
 
-def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse):
+def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, steps=None):
     """Run one layer and direction forward.
 
     Parameters
@@ -497,6 +497,10 @@ def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse):
     h0, c0 : ndarray, shape (B, N)
         Initial states (c0: the second state; any (B, N) array for one-state cells).
     reverse : bool
+    steps : int, optional
+        The length of the whole sequence that these T steps are part of (a checkpointed pass
+        runs it in segments): the batch split is chosen from it, so that a segment runs the
+        same row blocks, and gives the same bits, as the whole.  Default T.
 
     Returns
     -------
@@ -519,13 +523,15 @@ def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse):
     RN = w_hh.shape[1]
     args = (opts, dtype.type(1), xp, np.ascontiguousarray(w_hh.T), np.ascontiguousarray(w_hh),
             b_hh, h0, c0, bool(reverse), product_mode(dtype, B, RN, GN), out_h, out_c, aux, bad)
-    threads.run(lambda b0, b1: k.forward(*args, b0, b1), B, threads.pieces(B, T * B * RN * GN))
+    work = (steps or T) * B * RN * GN
+    threads.run(lambda b0, b1: k.forward(*args, b0, b1), B, threads.pieces(B, work))
     return out_h, out_c, aux, bad
 
 
 def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, reverse,
-             truncate):
-    """BPTT through one layer and direction (see :func:`_backward_kernel`).
+             truncate, steps=None):
+    """BPTT through one layer and direction (see :func:`_backward_kernel`); ``steps`` as in
+    :func:`forward`.
 
     Returns
     -------
@@ -554,7 +560,8 @@ def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, rev
     args = (opts, dtype.type(1), np.ascontiguousarray(w_hh), np.ascontiguousarray(w_hh.T), h0,
             c0, out_h, out_c, aux, d_out, dh_n, dc_n, bool(reverse), int(truncate or 0),
             product_mode(dtype, B, GN, RN), dxp, dhp, dh0, dc0, norm, bad)
-    threads.run(lambda b0, b1: k.backward(*args, b0, b1), B, threads.pieces(B, T * B * RN * GN))
+    work = (steps or T) * B * RN * GN
+    threads.run(lambda b0, b1: k.backward(*args, b0, b1), B, threads.pieces(B, work))
     return dxp, dhp, dh0, dc0, norm, bad
 
 

@@ -18,6 +18,7 @@ Fork.  A forked child (``os.fork``, ``multiprocessing``'s "fork" start method) i
 object but none of its threads; the pool is dropped in the child (``os.register_at_fork``) and
 rebuilt at its first use there.
 """
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -58,8 +59,14 @@ def _usable_cores():
     return _cores
 
 
+_serial = threading.local()  # non-empty in a thread inside serial()
+
+
 def num_threads():
-    """Threads numrnn uses for one call (``config.NUM_THREADS``, default: the usable cores)."""
+    """Threads numrnn uses for one call (``config.NUM_THREADS``, default: the usable cores;
+    1 inside :func:`serial`)."""
+    if _serial.__dict__:
+        return 1
     if config.NUM_THREADS:
         return max(1, int(config.NUM_THREADS))
     return _usable_cores()
@@ -73,6 +80,20 @@ def num_blocks():
     if config.PARALLEL_BLOCKS:
         return max(1, int(config.PARALLEL_BLOCKS))
     return _usable_cores()
+
+
+@contextlib.contextmanager
+def serial():
+    """Run the block's parallel work in the calling thread alone: the same blocks (so the same
+    bits), one after another.  For work that is itself one of several run in parallel (an
+    :class:`numrnn.Ensemble`'s members); a pool thread waiting on the pool could deadlock it."""
+    nested = bool(_serial.__dict__)
+    _serial.on = True
+    try:
+        yield
+    finally:
+        if not nested:
+            del _serial.on
 
 
 def _executor(n):

@@ -565,10 +565,32 @@ def _client(scheduler, timeout):
 
 
 def _point_rows(points, client):
-    """(index, row) of every point as it is done: in order here, or as Dask tasks finish."""
+    """(index, row) of every point as it is done: here, the points run side by side on
+    numrnn's threads as one ensemble (:func:`numrnn.ensemble.run_all`: each point's numbers are
+    those it gives alone); or as Dask tasks finish."""
     if client is None:
-        for i, p in enumerate(points):
-            yield i, study_point(p)
+        import queue
+        import threading
+
+        from ..ensemble import run_all
+
+        done = queue.Queue()
+        outcome = {}
+
+        def work():
+            outcome["failures"] = run_all(lambda i: study_point(points[i]), len(points),
+                                          parallel=True,
+                                          done=lambda i, row: done.put((i, row)))
+            done.put(None)
+
+        runner = threading.Thread(target=work, name="numrnn-study", daemon=True)
+        runner.start()
+        for item in iter(done.get, None):
+            yield item
+        runner.join()
+        for exc in outcome["failures"]:
+            if exc is not None:
+                raise exc
         return
     futures = client.map(study_point, points, pure=False)
     index = {f.key: i for i, f in enumerate(futures)}

@@ -33,7 +33,7 @@ def _first_nonfinite(named):
     return None
 
 
-def _loss_and_grads(net, readout, task, batch, truncate):
+def _loss_and_grads(net, readout, task, batch, truncate, checkpoint=None):
     """Loss of one batch and the gradients of every parameter (names prefixed net./readout.).
 
     Raises ``_Diverged`` when the output, the loss or the cotangent entering the network is
@@ -41,7 +41,7 @@ def _loss_and_grads(net, readout, task, batch, truncate):
     :class:`numrnn.NonFiniteError` when the engine meets one inside the network.
     """
     f, f_grad = LOSSES[task.loss]
-    out, _, pullback = net.forward_pullback(batch.x)
+    out, _, pullback = net.forward_pullback(batch.x, checkpoint=checkpoint)
     pred = readout.forward(out)
     loss = f(pred, batch.y, batch.mask)
     d_pred = f_grad(pred, batch.y, batch.mask)
@@ -58,14 +58,14 @@ def _loss_and_grads(net, readout, task, batch, truncate):
     return loss, grads
 
 
-def _train_step(net, readout, task, batch, truncate, clip, opt, params):
+def _train_step(net, readout, task, batch, truncate, clip, opt, params, checkpoint=None):
     """One optimiser step on ``batch``; returns (loss, gradient norm before clipping).
 
     Raises ``_Diverged`` with the parameters as they were before the step when a NaN or inf
     appears anywhere: in the forward pass, the loss, the gradients or the updated parameters.
     """
     try:
-        loss, grads = _loss_and_grads(net, readout, task, batch, truncate)
+        loss, grads = _loss_and_grads(net, readout, task, batch, truncate, checkpoint)
     except NonFiniteError as exc:
         raise _Diverged(str(exc)) from None
     norm = clip_grad_norm(grads, clip)
@@ -167,7 +167,7 @@ class TrainingDiverged(FloatingPointError):
 
 def train(net, task, *, steps=500, batch_size=32, optimizer="adam", lr=None, clip=1.0,
           truncate=None, readout=None, seed=None, eval_batch_size=256, progress=False,
-          callback=None, stop_below=None, stream=None):
+          callback=None, stop_below=None, stream=None, checkpoint=None):
     """Train ``net`` and a linear readout on ``task`` by BPTT (the engine's vjp).
 
     Parameters
@@ -186,6 +186,9 @@ def train(net, task, *, steps=500, batch_size=32, optimizer="adam", lr=None, cli
         Gradient-norm clipping threshold (Pascanu et al. 2013); None disables.
     truncate : int, optional
         Truncated BPTT chunk length (see :meth:`numrnn.RNN.vjp`).
+    checkpoint : None, int or "auto"
+        Checkpointed BPTT for long sequences (see :meth:`numrnn.RNN.vjp`): the same gradients,
+        bit for bit, in memory about sqrt(T) steps' worth of the tape.
     readout : LinearReadout, optional
         Created (seeded from ``seed``) when not given.
     seed : int, sequence of int, numpy.random.SeedSequence or numpy.random.Generator, optional
@@ -265,7 +268,7 @@ def train(net, task, *, steps=500, batch_size=32, optimizer="adam", lr=None, cli
         for i in range(steps):
             try:
                 loss, norms[i] = _train_step(net, readout, task, task.sample(batch_size, rng),
-                                             truncate, clip, opt, params)
+                                             truncate, clip, opt, params, checkpoint)
             except _Diverged as exc:
                 failure = str(exc)
                 break
@@ -288,7 +291,8 @@ def train(net, task, *, steps=500, batch_size=32, optimizer="adam", lr=None, cli
     losses, norms = losses[:done], norms[:done]
     config = dict(task=task.name, T=task.T, steps=steps, batch_size=batch_size,
                   optimizer=optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
-                  lr=getattr(opt, "lr", lr), clip=clip, truncate=truncate, stop_below=stop_below,
+                  lr=getattr(opt, "lr", lr), clip=clip, truncate=truncate, checkpoint=checkpoint,
+                  stop_below=stop_below,
                   steps_run=done)
     if failure is not None:
         kept = f"after step {done - 1}" if done else "the initial ones"

@@ -18,6 +18,10 @@ from . import _cuda, matmul as mm, recurrence as rec
 from ._cuda import cuda
 
 name = "cuda"
+#: The products over time run over the whole sequence at once (see numrnn.cpu.backend).
+STEP_BLOCK = False
+#: Checkpointed passes run on the CPU backend only.
+CHECKPOINTS = False
 
 
 class Session:
@@ -114,6 +118,16 @@ def _add2_kernel(dst, src):
         dst[r, i - r * n] += src[r, i - r * n]
 
 
+def copy_new(a):
+    """A C-contiguous device copy of ``a``."""
+    out = _cuda.empty(a.shape, a.dtype)
+    if a.ndim == 2:
+        copy(out, a)
+    else:
+        out.copy_to_device(a)
+    return out
+
+
 def add_into(dst, src):
     """dst += src for 2-D device arrays of one shape."""
     _add2_kernel[max(1, -(-dst.size // 128)), 128](dst, src)
@@ -133,7 +147,7 @@ def project(flat_in, w_ih, bias):
     return mm.matmul(flat_in, w_ih, tb=True, bias=bias)
 
 
-def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, into=None, d=0):
+def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, into=None, d=0, steps=None):
     """:func:`numrnn.gpu.recurrence.forward`, writing the states into direction ``d``'s columns
     of ``into`` (T, B, D*N) when given; with the first non-finite step of each sequence."""
     n = h0.shape[1]
@@ -143,7 +157,7 @@ def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, into=None, d=0):
 
 
 def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, reverse,
-             truncate):
+             truncate, steps=None):
     """:func:`numrnn.gpu.recurrence.backward`, with the first step (in the sweep's order) where
     dL/dh held a NaN or inf in each sequence."""
     dxp, dhp, dh0, dc0, norm = rec.backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out,
