@@ -384,6 +384,17 @@ class _Grads:
             self.backend.store(self.d_w, host)
 
 
+def _entering(out_h, out_c, la, lb, h_in, c_in, reverse, two_states):
+    """The state (h, c) entering the steps [la, lb) of a segment whose records are out_h/out_c
+    and whose entering state is (h_in, c_in): the one after step la - 1 (forward) or lb
+    (reverse), or the segment's own where that lies outside it."""
+    n = out_h.shape[0]
+    t = lb if reverse else la - 1
+    if not 0 <= t < n:
+        return h_in, c_in
+    return out_h[t], (out_c[t] if two_states else c_in)
+
+
 def _sub_ranges(t0, t1, truncate, splits, reverse):
     """[a, b) pieces of the segment [t0, t1), in the sweep's order, cut at truncation chunk
     boundaries (multiples of ``truncate``: no gradient crosses them) and where the gradient is
@@ -469,12 +480,7 @@ def _backward_layers(net, backend, tape, d_out, d_h_n, d_c_n, truncate, grad_ste
                 blocks = step_blocks(block, t0, t1)
                 for a, b in (blocks if rev else blocks[::-1]):
                     la, lb = a - t0, b - t0
-                    if rev:
-                        hb = out_h[lb] if b < t1 else h_in
-                        cb = (out_c[lb] if b < t1 else c_in) if P2 else c_in
-                    else:
-                        hb = out_h[la - 1] if a > t0 else h_in
-                        cb = (out_c[la - 1] if a > t0 else c_in) if P2 else c_in
+                    hb, cb = _entering(out_h, out_c, la, lb, h_in, c_in, rev, P2)
                     acc.block(opts, dxp[la:lb], dhp[la:lb], layer_in[a:b], hb, cb, out_h[la:lb],
                               out_c[la:lb] if P2 else out_c, rev)
                     rows = d_in[a:b].reshape((b - a) * B, -1)
@@ -538,12 +544,7 @@ def _pieces_backward(net, backend, cell, opts, m, h_in, c_in, out_h, out_c, aux,
     dxp_all = backend.empty((n, B, GN), net.dtype) if cell.separate else dhp_all
     for a, b in pieces:
         la, lb = a - t0, b - t0
-        if rev:
-            hb = out_h[lb] if lb < n else h_in
-            cb = (out_c[lb] if lb < n else c_in) if P2 else c_in
-        else:
-            hb = out_h[la - 1] if la > 0 else h_in
-            cb = (out_c[la - 1] if la > 0 else c_in) if P2 else c_in
+        hb, cb = _entering(out_h, out_c, la, lb, h_in, c_in, rev, P2)
         dxp, dhp, dh, dc, norm, bad = backend.backward(
             cell, opts, m, hb, cb, out_h[la:lb], out_c[la:lb] if P2 else out_c, aux[la:lb],
             _cotangent(backend, part, a, b, B, N, net.dtype), carry_h, carry_c, rev, None,
@@ -569,11 +570,15 @@ def _pieces_backward(net, backend, cell, opts, m, h_in, c_in, out_h, out_c, aux,
 
 def _pack(net, session, backend, out, h_n, c_n, unbatched):
     out = session.give(_user_layout(net, backend, out, unbatched))
+    return out, _pack_state(net, session, h_n, c_n, unbatched)
+
+
+def _pack_state(net, session, h_n, c_n, unbatched):
     if unbatched:
         LD, _, N = h_n.shape
         h_n, c_n = h_n.reshape(LD, N), c_n.reshape(LD, N)
     h_n = session.give(h_n)
-    return out, ((h_n, session.give(c_n)) if net.state_count == 2 else h_n)
+    return (h_n, session.give(c_n)) if net.state_count == 2 else h_n
 
 
 def forward(net, x, h0=None, noise_std=0.0, seed=None):
@@ -731,10 +736,8 @@ def forward_pullback(net, x, h0=None, noise_std=0.0, seed=None, checkpoint=None,
                                                 else at)
         return result
 
-    if out is None:  # not kept (vjp without the outputs): nothing to pack
-        h_n = _pack(net, session, backend, backend.zeros((1, B, D * N), net.dtype), h_n, c_n,
-                    unbatched)[1]
-        return None, h_n, pullback
+    if out is None:  # not kept (vjp without the outputs)
+        return None, _pack_state(net, session, h_n, c_n, unbatched), pullback
     out, h_n = _pack(net, session, backend, out, h_n, c_n, unbatched)
     return out, h_n, pullback
 

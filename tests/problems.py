@@ -114,3 +114,16 @@ def save_gru_model(path, input_size, hidden_size, output_size, meta):
     net = numrnn.RNN(input_size, hidden_size, cell="gru", seed=0)
     save_model(path, net, LinearReadout(hidden_size, output_size, seed=1), meta)
     return path
+
+
+def rejects_construction(kwargs, exc, words):
+    """numrnn.RNN(3, 4, **kwargs) (input_size, hidden_size overridable in kwargs) raises ``exc``
+    whose message holds every one of ``words``."""
+    import pytest
+
+    args = dict(input_size=3, hidden_size=4)
+    args.update(kwargs)
+    with pytest.raises(exc) as info:
+        numrnn.RNN(args.pop("input_size"), args.pop("hidden_size"), **args)
+    for word in words:
+        assert word in str(info.value)
