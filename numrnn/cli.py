@@ -685,7 +685,8 @@ def _info():
         except Exception:
             versions[name] = None
     # the engine's own dispatch rules, for a float32 Elman network with T = 200 steps
-    backend = cpu.describe(((1, 32), (32, 128), (32, 512)), steps=200, dtype=np.float32)
+    backend = cpu.describe(((1, 32), (1, 512), (32, 128), (32, 512)), steps=200,
+                           dtype=np.float32)
     threads = {"cpu_count": os.cpu_count(), "numrnn_threads": backend["threads"],
                "numrnn_parallel_blocks": backend["parallel_blocks"],
                "blas_thread_control": backend["blas_thread_control"],
@@ -696,7 +697,10 @@ def _info():
     usable, desc, device = _cuda_status()
     tunables = {k: getattr(config, k) for k in dir(config) if k.isupper()}
     kernels = [{"batch": k["batch"], "hidden": k["hidden"], "steps": k["steps"], "device": "cpu",
-                "recurrence": f"@njit kernel, batch split over {k['pieces']} thread(s)",
+                "recurrence": (f"@njit kernel, batch split over {k['pieces']} thread(s)"
+                               if k["split"] == "sequences" else
+                               f"@njit kernel, each step split into {k['pieces']} unit blocks "
+                               f"(a barrier per step)"),
                 "recurrent_product": k["recurrent_product"]} for k in backend["kernels"]]
     return {"versions": versions, "threads": threads,
             "cuda": {"usable": usable, "detail": desc, "device": device,

@@ -56,6 +56,11 @@ PARALLEL_BLOCKS = _env_int("NUMRNN_PARALLEL_BLOCKS", 0)
 #: (about 2e6: a millisecond of work, against tens of microseconds to hand it out).
 PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 2_000_000)
 
+#: Least multiply-adds per time step (B * N_in * N_out) for which one step of a batch smaller
+#: than the machine's block count is split over threads by units (a barrier per step); below
+#: it the batch is split by sequences.  See numrnn.cpu.recurrence.unit_blocks.
+SPLIT_MIN_STEP_WORK = _env_int("NUMRNN_SPLIT_MIN_STEP_WORK", 64 * 64 * 4)
+
 #: Steps per block of the products over time on the CPU (the input projection, the weight
 #: gradients, the input's gradient; a checkpoint interval is a multiple of it): the smallest
 #: power of two from STEP_BLOCK_MIN up to STEP_BLOCK_MAX whose block holds STEP_BLOCK_ROWS rows

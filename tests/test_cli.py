@@ -400,14 +400,16 @@ def test_info_reports_what_the_cpu_backend_describes(capsys):
     """`numrnn info` asks numrnn.cpu.describe() (not the backend's private dispatch rules)."""
     rc, out, _ = _run(capsys, "info", "--json")
     info = json.loads(out)
-    backend = numrnn.cpu.describe(((1, 32), (32, 128), (32, 512)), steps=200,
+    backend = numrnn.cpu.describe(((1, 32), (1, 512), (32, 128), (32, 512)), steps=200,
                                   dtype=np.float32)
     assert info["threads"]["numrnn_threads"] == backend["threads"]
     assert info["threads"]["numrnn_parallel_blocks"] == backend["parallel_blocks"]
     assert [r["recurrent_product"] for r in info["cpu_kernels"]] == \
         [k["recurrent_product"] for k in backend["kernels"]]
     assert [r["recurrence"] for r in info["cpu_kernels"]] == \
-        [f"@njit kernel, batch split over {k['pieces']} thread(s)" for k in backend["kernels"]]
+        [f"@njit kernel, batch split over {k['pieces']} thread(s)" if k["split"] == "sequences"
+         else f"@njit kernel, each step split into {k['pieces']} unit blocks (a barrier per step)"
+         for k in backend["kernels"]]
     assert backend["blas_min_work"] == numrnn.config.BLAS_MIN_WORK
     assert info["cuda"]["usable"] == (info["cuda"]["device"] is not None)
 

@@ -12,7 +12,7 @@ __all__ = ["forward", "backward", "coefficients", "recurrent_inputs", "recurrent
 _PRODUCTS = ("compiled loops", "BLAS gemm per step", "BLAS gemm per step, transposed")
 
 
-def describe(sizes=((1, 32), (32, 128), (32, 512)), *, steps=200, dtype=np.float32):
+def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtype=np.float32):
     """What this backend does on this machine: its threads, its thresholds, and which kernels
     run for a few sizes (the dispatch rules of :mod:`numrnn.config`, as they stand now).
 
@@ -34,9 +34,13 @@ def describe(sizes=((1, 32), (32, 128), (32, 512)), *, steps=200, dtype=np.float
         which the recurrent product is a BLAS gemm), ``transposed_gemm_float32``,
         ``blas_thread_control`` (whether numrnn can hold the BLAS to one thread),
         ``blas_threads``, ``numpy_blas_thread_control``, and ``kernels``: one dict per size with
-        ``batch``, ``hidden``, ``steps``, ``dtype``, ``pieces`` (blocks the batch is split into)
-        and ``recurrent_product`` ("compiled loops", "BLAS gemm per step" or "BLAS gemm per
-        step, transposed").
+        ``batch``, ``hidden``, ``steps``, ``dtype``, ``split`` ("sequences": the batch is cut
+        into ``pieces`` blocks of sequences, one per thread at most; "units": each step is cut
+        into ``pieces`` blocks of units of every sequence, the threads meeting at a barrier
+        after every step, for batches smaller than the machine's block count), ``pieces`` and
+        ``recurrent_product`` ("compiled loops", "BLAS gemm per step", "BLAS gemm per step,
+        transposed" or "BLAS per unit block").  ``split_min_step_work``: multiply-adds per step
+        from which a small batch's steps are split by units.
 
     Examples
     --------
@@ -44,6 +48,8 @@ def describe(sizes=((1, 32), (32, 128), (32, 512)), *, steps=200, dtype=np.float
     >>> d = numrnn.cpu.describe([(1, 8)])
     >>> d["kernels"][0]["recurrent_product"], d["kernels"][0]["pieces"]
     ('compiled loops', 1)
+    >>> d["kernels"][0]["split"]
+    'sequences'
     """
     from .. import config
     from . import blas, recurrence, threads
@@ -53,13 +59,20 @@ def describe(sizes=((1, 32), (32, 128), (32, 512)), *, steps=200, dtype=np.float
     for batch, hidden in sizes:
         # the rules forward() and backward() apply: the thread split of the whole call, and the
         # form of each step's recurrent product (n_in = n_out = N for one gate and one read)
+        edges = recurrence.unit_blocks(batch, hidden, hidden, hidden, steps)
+        if edges is not None:
+            kernels.append({"batch": int(batch), "hidden": int(hidden), "steps": int(steps),
+                            "dtype": str(dtype), "split": "units", "pieces": len(edges) - 1,
+                            "recurrent_product": "BLAS per unit block"})
+            continue
         kernels.append({"batch": int(batch), "hidden": int(hidden), "steps": int(steps),
-                        "dtype": str(dtype),
+                        "dtype": str(dtype), "split": "sequences",
                         "pieces": threads.pieces(batch, steps * batch * hidden * hidden),
                         "recurrent_product":
                             _PRODUCTS[recurrence.product_mode(dtype, batch, hidden, hidden)]})
     return {"threads": threads.num_threads(), "parallel_blocks": threads.num_blocks(),
             "parallel_min_work": config.PARALLEL_MIN_WORK, "blas_min_work": config.BLAS_MIN_WORK,
+            "split_min_step_work": config.SPLIT_MIN_STEP_WORK,
             "transposed_gemm_float32": config.TRANSPOSED_GEMM_FLOAT32,
             "blas_thread_control": blas.can_limit_threads(), "blas_threads": blas.num_threads(),
             "numpy_blas_thread_control": blas.numpy_blas_controlled(), "kernels": kernels}

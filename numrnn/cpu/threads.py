@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit
 
 from .. import config
-from . import blas
+from . import blas, sync
 
 _pool = None
 _pool_lock = threading.Lock()
@@ -37,9 +37,10 @@ _cores = None
 
 
 def _forget_pool_in_child():
-    global _pool, _pool_lock, _cores
+    global _pool, _pool_lock, _cores, _together_lock
     _pool = None  # its threads do not exist in the child; a submit there would wait forever
     _pool_lock = threading.Lock()
+    _together_lock = threading.Lock()
     _cores = None
 
 
@@ -145,6 +146,47 @@ def run(fn, n_items, n_blocks):
     finally:
         for f in futures:
             f.result()
+
+
+_together_lock = threading.Lock()
+
+
+@njit(cache=True, nogil=True)
+def _release(flags, n_threads):
+    sync.release_all(flags, n_threads)
+
+
+def together(fn, n_threads):
+    """Call ``fn(flags, i, n_threads)`` for i in range(n_threads), all running at once (the
+    first in the calling thread), for kernels that meet at a barrier
+    (:func:`numrnn.cpu.sync.arrive_and_wait` on ``flags``).
+
+    Every participant must run at the same time, or the others spin until it starts: the pool
+    is grown to ``n_threads - 1`` idle workers, and one such call runs at a time in the process
+    (two interleaved on a shared pool could each hold workers the other waits for).  A
+    participant that raises releases the barrier for good, so the others finish (their results
+    are then discarded: the exception propagates).
+    """
+    flags = np.zeros(max(n_threads, 1) * sync.STRIDE, np.int64)
+    if n_threads <= 1:
+        fn(flags, 0, 1)
+        return
+
+    def member(i):
+        try:
+            fn(flags, i, n_threads)
+        except BaseException:
+            _release(flags, n_threads)
+            raise
+
+    with _together_lock:
+        pool = _executor(n_threads - 1)
+        futures = [pool.submit(member, i) for i in range(1, n_threads)]
+        try:
+            member(0)
+        finally:
+            for f in futures:
+                f.result()
 
 
 @njit(cache=True, nogil=True)

@@ -1,0 +1,154 @@
+"""One step split over threads by units (batches smaller than the machine's block count).
+
+The split path (``numrnn.cpu.recurrence.unit_blocks``) must give what the batch-split path gives,
+to rounding (its products run on blocks of rows of W_hh), the same bits on any thread count, and
+report NaN/inf and gradient norms as the batch path does.  Sizes are forced small here with
+``config`` patches: three unit blocks of N = 50 units (edges 0, 16, 32, 50).
+"""
+import numpy as np
+import pytest
+
+import numrnn
+from numrnn import config
+from numrnn.cpu import recurrence, threads
+
+from .problems import CELL_CASES, CELL_IDS, as_pair, make_problem
+
+
+@pytest.fixture
+def split(monkeypatch):
+    """Force the split for every size: three blocks, no work thresholds."""
+    monkeypatch.setattr(config, "PARALLEL_BLOCKS", 3)
+    monkeypatch.setattr(config, "SPLIT_MIN_STEP_WORK", 1)
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
+    return monkeypatch
+
+
+def _both(monkeypatch, fn, threads_list=(1, 2, 3)):
+    """fn() on the batch path, then on the split path with each thread count."""
+    monkeypatch.setattr(config, "SPLIT_MIN_STEP_WORK", 10**18)
+    batch = fn()
+    monkeypatch.setattr(config, "SPLIT_MIN_STEP_WORK", 1)
+    runs = []
+    for n in threads_list:
+        monkeypatch.setattr(config, "NUM_THREADS", n)
+        runs.append(fn())
+    return batch, runs
+
+
+def _flat(result):
+    out, h_n, grads = result
+    h, c = as_pair(h_n)
+    parts = [out, h] + ([] if c is None else [c]) + [grads[k] for k in sorted(grads)]
+    return parts
+
+
+def _close(a, b, rtol):
+    for u, v in zip(a, b):
+        scale = max(np.max(np.abs(u)), 1e-300)
+        np.testing.assert_allclose(u, v, rtol=0, atol=rtol * scale)
+
+
+def test_the_split_is_taken_and_its_blocks_do_not_depend_on_threads(split):
+    for n in (1, 2, 8):
+        split.setattr(config, "NUM_THREADS", n)
+        np.testing.assert_array_equal(recurrence.unit_blocks(2, 50, 50, 150, 10),
+                                      [0, 16, 32, 50])
+    assert recurrence.unit_blocks(3, 50, 50, 150, 10) is None  # B = the block count: by sequences
+    assert recurrence.unit_blocks(1, 31, 31, 31, 10) is None  # fewer than two 16-unit blocks
+    split.setattr(config, "SPLIT_MIN_STEP_WORK", 10**6)
+    assert recurrence.unit_blocks(1, 50, 50, 150, 10) is None  # a step too small to pay
+
+
+@pytest.mark.parametrize("B", [1, 2])
+@pytest.mark.parametrize("cell,nonlinearity", CELL_CASES, ids=CELL_IDS)
+def test_every_cell_matches_the_batch_path_with_the_same_bits_on_any_thread_count(
+        split, cell, nonlinearity, B):
+    rng = np.random.default_rng(7)
+    net, x, h0, d_out, d_h = make_problem(rng, cell, nonlinearity=nonlinearity, T=9, B=B, I=5,
+                                          N=50)
+    batch, runs = _both(split, lambda: _flat(net.forward_vjp(x, d_out, h0, d_h)))
+    bits = [[a.tobytes() for a in r] for r in runs]
+    assert bits[0] == bits[1] == bits[2]
+    _close(batch, runs[0], 1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layers_directions_truncation_and_checkpoints(split, dtype):
+    split.setattr(config, "STEP_BLOCK_MIN", 16)
+    split.setattr(config, "STEP_BLOCK_MAX", 16)
+    rng = np.random.default_rng(3)
+    net, x, h0, d_out, d_h = make_problem(rng, "lstm", num_layers=2, bidirectional=True, T=70,
+                                          B=1, I=4, N=40, dtype=dtype)
+
+    def run():
+        return [net.vjp(x, d_out, h0, d_h, truncate=7),
+                net.vjp(x, d_out, h0, d_h, checkpoint=16),
+                net.vjp(x, d_out, h0, d_h)]
+
+    batch, runs = _both(split, run, (1, 2))
+    truncated, checkpointed, full = runs[0]
+    for k in full:
+        assert checkpointed[k].tobytes() == full[k].tobytes()  # checkpoints: the same bits
+        for r in runs[1:]:
+            assert r[0][k].tobytes() == truncated[k].tobytes()
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for b_run, s_run in zip(batch, runs[0]):
+        _close([b_run[k] for k in sorted(b_run)], [s_run[k] for k in sorted(s_run)], tol)
+
+
+def test_nonfinite_states_are_reported_at_the_same_step(split):
+    """An input of 1e308 at t = 5 makes the linear cell overflow soon after (sequence 1)."""
+    rng = np.random.default_rng(0)
+    net, x, h0, d_out, d_h = make_problem(rng, "linear", T=12, B=2, I=3, N=50)
+    x[5, 1, :] = 1e308
+    messages = []
+    for path in (10**18, 1):
+        split.setattr(config, "SPLIT_MIN_STEP_WORK", path)
+        with pytest.raises(numrnn.NonFiniteError) as info:
+            net.forward(x, h0)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert "of sequence b=1" in messages[1]
+
+
+def test_gradient_norms_match_the_batch_path_and_survive_overflow(split):
+    """The norms of dL/dh_t combine the blocks' parts: to rounding what one pass gives, and
+    finite where the squares overflow or underflow float64 (cotangents of 1e200, 1e-200)."""
+    rng = np.random.default_rng(1)
+    net, x, h0, d_out, _ = make_problem(rng, "tanh", T=20, B=1, I=3, N=50)
+    for scale in (1.0, 1e200, 1e-200):
+        d = d_out * scale
+        batch, runs = _both(split, lambda: net.vjp(x, d, h0)["state_grad_norm"], (1, 2))
+        assert np.all(np.isfinite(runs[0])) and np.all(runs[0] > 0)
+        np.testing.assert_allclose(runs[0], batch, rtol=1e-13)
+        assert runs[0].tobytes() == runs[1].tobytes()
+
+
+def test_a_failing_participant_does_not_hang_the_others():
+    flags_seen = []
+
+    def part(flags, me, n_threads):
+        flags_seen.append(me)
+        if me == 1:
+            raise RuntimeError("participant 1 failed")
+        recurrence_wait(flags, me, n_threads)
+
+    with pytest.raises(RuntimeError, match="participant 1"):
+        threads.together(part, 2)
+    assert sorted(flags_seen) == [0, 1]
+
+
+def recurrence_wait(flags, me, n_threads):
+    """Wait at the barrier for 10 phases (returns only if every participant arrives or the
+    barrier is released)."""
+    from numba import njit
+
+    from numrnn.cpu import sync
+
+    @njit(nogil=True)
+    def wait(flags, me, n):
+        for phase in range(1, 11):
+            sync.arrive_and_wait(flags, me, n, phase)
+
+    wait(flags, me, n_threads)
