@@ -662,7 +662,7 @@ def plan_checkpoints(net, backend, T, B, checkpoint, memory_budget, noise=False,
                              detail, None)
         return k
     budget = memory_budget
-    if budget is None:
+    if budget is None and full >= _memory.CHECK_FROM:  # below, reading /proc costs more
         budget = _memory.available_bytes() if config.MEMORY_CHECK else None
     if budget is None or full <= budget or not backend.CHECKPOINTS:
         # the full tape: it fits (or checkpoints cannot run here, and the usual check says so)

@@ -317,8 +317,7 @@ def _make_forward(fingerprint):
         N = h0.shape[1]
         nb = b1 - b0
         zero = one - one
-        GN = w_hh_t.shape[1]
-        RN = w_hh_t.shape[0]
+        GN, RN = w_hh.shape
         rec = np.empty((nb, RN), xp.dtype)
         hp = np.empty((nb, GN), xp.dtype)
         rec_t = np.empty((RN, nb), xp.dtype)
@@ -827,7 +826,7 @@ def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, steps=None):
     bad = np.empty(B, np.int64)
     bad.fill(-1)
     RN = w_hh.shape[1]
-    w_hh_t, w_hh = np.ascontiguousarray(w_hh.T), np.ascontiguousarray(w_hh)
+    w_hh = np.ascontiguousarray(w_hh)
     edges = unit_blocks(B, N, RN, GN, steps or T)
     if edges is not None:
         bad_blocks = np.full((len(edges) - 1, B), -1, np.int64)
@@ -843,8 +842,11 @@ def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, steps=None):
         threads.together(part, min(threads.num_threads(), len(edges) - 1))
         _first_step(bad_blocks, bool(reverse), T, bad)
         return out_h, out_c, aux, bad
-    args = (opts, dtype.type(1), xp, w_hh_t, w_hh, b_hh, h0, c0, bool(reverse),
-            product_mode(dtype, B, RN, GN), out_h, out_c, aux, bad)
+    mode = product_mode(dtype, B, RN, GN)
+    # Mᵀ only where the product reads it (modes 0 and 1; an empty stand-in otherwise)
+    w_hh_t = threads.transpose(w_hh) if mode != 2 else np.empty((RN, 0), dtype)
+    args = (opts, dtype.type(1), xp, w_hh_t, w_hh, b_hh, h0, c0, bool(reverse), mode, out_h,
+            out_c, aux, bad)
     work = (steps or T) * B * RN * GN
     threads.run(lambda b0, b1: k.forward(*args, b0, b1), B, threads.pieces(B, work))
     return out_h, out_c, aux, bad
@@ -879,8 +881,12 @@ def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, rev
     norm = np.empty((T, B), np.float64)
     bad = np.empty(B, np.int64)
     bad.fill(-1)
-    w_hh, w_hh_t = np.ascontiguousarray(w_hh), np.ascontiguousarray(w_hh.T)
+    w_hh = np.ascontiguousarray(w_hh)
     edges = unit_blocks(B, N, RN, GN, steps or T)
+    mode = product_mode(dtype, B, GN, RN)
+    # Mᵀ only where the pullback reads it (the split, mode 2; an empty stand-in otherwise)
+    w_hh_t = (threads.transpose(w_hh) if edges is not None or mode == 2
+              else np.empty((RN, 0), dtype))
     if edges is not None:
         n_blocks = len(edges) - 1
         squares = np.empty((T, B, n_blocks), np.float64)
@@ -900,7 +906,7 @@ def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, rev
         return dxp, dhp, dh0, dc0, norm, bad
     args = (opts, dtype.type(1), w_hh, w_hh_t, h0,
             c0, out_h, out_c, aux, d_out, dh_n, dc_n, bool(reverse), int(truncate or 0),
-            product_mode(dtype, B, GN, RN), dxp, dhp, dh0, dc0, norm, bad)
+            mode, dxp, dhp, dh0, dc0, norm, bad)
     work = (steps or T) * B * RN * GN
     threads.run(lambda b0, b1: k.backward(*args, b0, b1), B, threads.pieces(B, work))
     return dxp, dhp, dh0, dc0, norm, bad
