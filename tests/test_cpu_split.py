@@ -5,6 +5,8 @@ to rounding (its products run on blocks of rows of W_hh), the same bits on any t
 report NaN/inf and gradient norms as the batch path does.  Sizes are forced small here with
 ``config`` patches: three unit blocks of N = 50 units (edges 0, 16, 32, 50).
 """
+import time
+
 import numpy as np
 import pytest
 
@@ -125,7 +127,8 @@ def test_gradient_norms_match_the_batch_path_and_survive_overflow(split):
         assert runs[0].tobytes() == runs[1].tobytes()
 
 
-def test_a_failing_participant_does_not_hang_the_others():
+def test_a_failing_participant_does_not_hang_the_others(monkeypatch):
+    monkeypatch.setattr(threads, "_alone_until", 0.0)  # two threads, whatever ran before
     flags_seen = []
 
     def part(flags, me, n_threads):
@@ -152,3 +155,26 @@ def recurrence_wait(flags, me, n_threads):
             sync.arrive_and_wait(flags, me, n, phase)
 
     wait(flags, me, n_threads)
+
+
+def test_a_run_that_mostly_waited_sends_the_next_calls_to_one_thread(split, monkeypatch):
+    """On a loaded machine the split falls back to one thread for a while: the same bits."""
+    rng = np.random.default_rng(5)
+    net, x, h0, d_out, d_h = make_problem(rng, "lstm", T=30, B=1, I=3, N=50)
+    split.setattr(config, "NUM_THREADS", 2)
+    monkeypatch.setattr(threads, "_alone_until", 0.0)
+    before = net.vjp(x, d_out, h0, d_h)
+    monkeypatch.setattr(threads, "WAITED_SHARE", -1.0)  # any run counts as one that waited
+    net.forward(x, h0)
+    assert threads._alone_until > time.monotonic()
+    after = net.vjp(x, d_out, h0, d_h)  # on one thread
+    assert all(before[k].tobytes() == after[k].tobytes() for k in before)
+
+
+def test_waited_share_reads_the_threads_slots():
+    from numrnn.cpu import sync
+
+    flags = np.zeros(2 * sync.STRIDE, np.int64)
+    flags[1], flags[sync.STRIDE + 1] = 30, 10
+    assert threads.waited_share(flags, 2, 100) == 0.2
+    assert threads.waited_share(flags, 1, 100) == 0.0

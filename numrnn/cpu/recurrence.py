@@ -649,9 +649,29 @@ def _make_coefficients(fingerprint):
     return _coefficients_kernel
 
 
+_INLINED = None
+
+
+def _inlined_sources():
+    """A hash of the modules whose functions are compiled into the kernels: Numba's on-disk cache
+    checks only the file of the function it compiles (this one), so an edit of the barrier, the
+    norms or exp/tanh would otherwise be served the stale cached kernel."""
+    global _INLINED
+    if _INLINED is None:
+        import hashlib
+        import inspect
+
+        from ..cells import twins as twins_module
+        digest = hashlib.sha256()
+        for module in (sync, norms, elementary, codegen, twins_module):
+            digest.update(inspect.getsource(module).encode())
+        _INLINED = digest.hexdigest()[:8]
+    return _INLINED
+
+
 def _for_cell(make, cell, namespace):
     """The kernel ``make`` returns, with the cell's globals, compiled (and cached) with Numba."""
-    fingerprint = cell.fingerprint()
+    fingerprint = f"{cell.fingerprint()}{_inlined_sources()}"
     generic = make(fingerprint)
     glob = dict(globals())
     glob.update(namespace)

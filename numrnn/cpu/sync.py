@@ -23,7 +23,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, register_jitable
 
-#: Slots of the flags array are this many int64 apart (64 bytes: one cache line each).
+#: Slots of the flags array are this many int64 apart (64 bytes: one cache line each); a
+#: thread's slot holds its count of finished phases, the next int64 its cycles spent waiting.
 STRIDE = 8
 #: Cycles (of the CPU's cycle counter) a waiting thread spins before each ``sched_yield``:
 #: about 100 microseconds at 2-3 GHz, far longer than a step, so that a peer that is merely
@@ -96,16 +97,23 @@ def arrive_and_wait(flags, me, n_threads, count):
     if n_threads <= 1:
         return
     store_release(flags, me * STRIDE, count)
-    start = -1
+    entered = cycle_counter()
+    start = entered
     for k in range(n_threads):
         while load_acquire(flags, k * STRIDE) < count:
             spin_pause()
             now = cycle_counter()
-            if start < 0:
-                start = now
-            elif now - start >= SPIN_CYCLES or now < start:
+            if now - start >= SPIN_CYCLES or now < start:
                 sched_yield()
-                start = -1
+                start = cycle_counter()
+    # the cycles spent waiting, in this thread's slot next to its count (see waited_share)
+    flags[me * STRIDE + 1] += cycle_counter() - entered
+
+
+@register_jitable
+def cycles():
+    """The cycle counter, for timing a run of kernels in the counter's own unit."""
+    return cycle_counter()
 
 
 @register_jitable

@@ -21,6 +21,7 @@ rebuilt at its first use there.
 import contextlib
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -149,11 +150,31 @@ def run(fn, n_items, n_blocks):
 
 
 _together_lock = threading.Lock()
+#: Until this time.monotonic(), together() runs its work on one thread (see together).
+_alone_until = 0.0
+#: A run whose threads spent more than this share of their time waiting at the barrier sends
+#: the next ALONE_SECONDS of calls to one thread.
+WAITED_SHARE = 0.5
+ALONE_SECONDS = 2.0
 
 
 @njit(cache=True, nogil=True)
 def _release(flags, n_threads):
     sync.release_all(flags, n_threads)
+
+
+@njit(cache=True, nogil=True)
+def _cycles():
+    return sync.cycles()
+
+
+def waited_share(flags, n_threads, cycles):
+    """The share of ``n_threads`` threads' ``cycles`` (the run's length) spent waiting at the
+    barrier, from the waiting cycles each thread left in ``flags``."""
+    if n_threads <= 1 or cycles <= 0:
+        return 0.0
+    waited = sum(int(flags[i * sync.STRIDE + 1]) for i in range(n_threads))
+    return waited / (n_threads * cycles)
 
 
 def together(fn, n_threads):
@@ -166,7 +187,16 @@ def together(fn, n_threads):
     (two interleaved on a shared pool could each hold workers the other waits for).  A
     participant that raises releases the barrier for good, so the others finish (their results
     are then discarded: the exception propagates).
+
+    On a loaded machine a thread that shares its core with another process is descheduled for
+    milliseconds, and every step waits for it (measured: 10-30x slower than one thread).  So a
+    run whose threads spent more than ``WAITED_SHARE`` of their time waiting sends the calls of
+    the next ``ALONE_SECONDS`` to one thread, which runs every block in turn: the same blocks,
+    so the same bits.
     """
+    global _alone_until
+    if n_threads > 1 and time.monotonic() < _alone_until:
+        n_threads = 1
     flags = np.zeros(max(n_threads, 1) * sync.STRIDE, np.int64)
     if n_threads <= 1:
         fn(flags, 0, 1)
@@ -181,12 +211,15 @@ def together(fn, n_threads):
 
     with _together_lock:
         pool = _executor(n_threads - 1)
+        start = _cycles()
         futures = [pool.submit(member, i) for i in range(1, n_threads)]
         try:
             member(0)
         finally:
             for f in futures:
                 f.result()
+        if waited_share(flags, n_threads, _cycles() - start) > WAITED_SHARE:
+            _alone_until = time.monotonic() + ALONE_SECONDS
 
 
 @njit(cache=True, nogil=True)
