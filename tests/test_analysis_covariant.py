@@ -234,9 +234,10 @@ def test_covariance_along_a_chaotic_trajectory(rng):
 
 def test_exponents_are_lyapunov_spectrums_bits():
     """The forward phase is lyapunov_spectrum's loop with ons_interval=1: the same seed draws the
-    same h0 and frame, the same kernels advance and orthonormalise it (_advance, _after_step),
-    and the same pooling averages ln|R_ii|; the extra copy of Y_t for R_t changes nothing.  So
-    the exponents and stderr are bitwise equal, not merely close; on matrices too."""
+    same h0 and frame, the same kernels advance and orthonormalise it (_advance and _after_step,
+    or for the full spectrum the factored route), and the same pooling averages ln|R_ii|;
+    keeping R_t (from the QR itself) and Q_t changes nothing.  So the exponents and stderr are
+    bitwise equal, not merely close; on matrices too (there the full spectrum)."""
     net = chaotic_net()
     res = clv(net, n_steps=300, k=8, transient=50, seed=7, times=[100])
     ref = lyapunov_spectrum(net, n_steps=300, k=8, transient=50, seed=7)

@@ -140,6 +140,30 @@ def test_sum_equals_mean_log_det(cell, layers, m, rng):
             lyapunov_spectrum(net, x, transient=30, ons_interval=3, seed=0)
 
 
+@pytest.mark.parametrize("kw", [dict(cell="tanh"), dict(cell="lstm"),
+                                dict(cell="gru", num_layers=2),
+                                dict(cell="tanh", bidirectional=True), dict(cell="cornn")],
+                         ids=["tanh", "lstm", "gru-2", "tanh-bi", "cornn"])
+def test_full_spectrum_with_q_factored_is_the_explicit_one(kw, monkeypatch, rng):
+    """The full spectrum (k = S, a QR after every step) keeps Q as its reflectors and applies
+    them to the dense J_t (numrnn.cpu.jacobians, the factored route); with Q formed explicitly
+    and the frame advanced by the tangent map, the loop is the same computation rounded
+    differently.  Exponents agree to 1e-12 relative to the largest; the local exponents of one
+    step to 1e-8 (the LSTM's most contracting directions, ln|R_ii| ~ -10, carry a relative
+    error of eps * cond(J) ~ 1e-10 per step), and the covariant vectors' forward phase takes the
+    same route (its exponents are those bits)."""
+    net = numrnn.RNN(2, 12, seed=1, **kw)
+    x = rng.standard_normal((300, 2, 2))
+    factored = lyapunov_spectrum(net, x, seed=0)
+    clv = numrnn.covariant_lyapunov_vectors(net, x, seed=0, times=[200])
+    monkeypatch.setattr(numrnn.cpu.jacobians, "FACTORED", False)
+    explicit = lyapunov_spectrum(net, x, seed=0)
+    scale = np.abs(explicit.exponents).max()
+    assert_close(factored.exponents, explicit.exponents, atol=1e-12 * scale)
+    assert_close(factored.local, explicit.local, atol=1e-8)
+    assert np.array_equal(clv.exponents, factored.exponents)
+
+
 def test_gru_and_lstm_without_recurrence():
     """Zero recurrent weights and constant input: the GRU's step Jacobian is diag(z) and the
     LSTM's has dc/dc_prev = diag(f) (h does not feed back), so the exponents are ln sigmoid of the

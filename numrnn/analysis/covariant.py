@@ -299,10 +299,7 @@ def _ginelli(caller, plan, rng, jac=None, lin=None):
     times, t_first = plan.times, int(plan.times[0])
     _, record_at, lengths = schedule(T, plan.transient, 1)
     q = frames(rng, B, S, k, dt)
-    if lin is None:
-        q, args = np.ascontiguousarray(q.reshape(B, S, 1, 1, k)), None
-    else:
-        q, args = np.ascontiguousarray(q.reshape(B, lin.LD, lin.P, lin.N, k)), lin.kernel_args()
+    args = None if lin is None else lin.kernel_args()
     c = np.triu(rng.standard_normal((B, k, k)))
     c = np.ascontiguousarray(c / np.linalg.norm(c, axis=1, keepdims=True), dtype=dt)
     q_slot = np.full(T, -1, np.int64)

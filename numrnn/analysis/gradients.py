@@ -246,8 +246,7 @@ def gradient_propagation(net, x=None, h0=None, *, n_steps=None, lags=None, trans
                                             "at a time may fit", noise=traj.noise)
     slots = np.full(T, -1, np.int64)
     slots[lags - 1] = np.arange(n_lags)
-    q = np.ascontiguousarray(frames(rng, B, S, S, lin.dtype).reshape(B, lin.LD, lin.P, lin.N,
-                                                                          S))
+    q = frames(rng, B, S, S, lin.dtype)
     log_d = np.empty((n_lags, B, S))
     u = np.empty((n_lags, B, S, S))
     status = _k.graded_product(lin.kernel_args(), q, slots, log_d, u)

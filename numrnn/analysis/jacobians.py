@@ -35,9 +35,8 @@ derivative into an exact 0 (tanh'(z) = 1 - tanh(z)^2 is 0 in float32 once |z| > 
 make a finite Lyapunov exponent -inf.  A float64 network's derivatives come from its own forward
 pass, at no extra cost.
 """
-import numpy as np
-
-from .linearisation import linearise, pack_state, report_nonfinite, state_size, unpack_state
+from .linearisation import (linearise, pack_state, report_first_nonfinite, report_nonfinite,
+                            state_size, unpack_state)
 
 __all__ = ["jacobians", "step_jvp", "step_vjp", "state_size", "pack_state", "unpack_state"]
 
@@ -101,9 +100,8 @@ def jacobians(net, x=None, h0=None, *, n_steps=None, seed=None, noise_std=0.0):
     lin, unbatched = linearise(net, x, h0, caller="jacobians", extra=lambda T, B, S: (
         T * B * S * S * 8, f"the (T, B, S, S) = ({T}, {B}, {S}, {S}) step Jacobians"),
         n_steps=n_steps, seed=seed, noise_std=noise_std)
-    eye = np.eye(lin.S)[None, None]
-    J = lin.apply(eye, transpose=False)
-    report_nonfinite("jacobians", J, "the step Jacobian J_t")
+    J, first = lin.jacobians()
+    report_first_nonfinite("jacobians", first, "the step Jacobian J_t")
     return J[:, 0] if unbatched else J
 
 

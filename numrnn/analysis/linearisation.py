@@ -21,7 +21,8 @@ from ..cpu import jacobians as _k
 from ..network import RNN
 
 __all__ = ["Linearisation", "Trajectory", "trajectory", "linearise", "check_net", "state_size", "pack_state", "unpack_state",
-           "float64_twin", "check_memory", "report_nonfinite", "fmt_list", "generator",
+           "float64_twin", "check_memory", "report_nonfinite", "report_first_nonfinite",
+           "fmt_list", "generator",
            "schedule", "frames", "check_jacobians", "check_schedule", "local_sums", "check_status"]
 
 
@@ -319,18 +320,31 @@ class Linearisation:
                 self.inp, self.direct, self.rgrad)
 
     def blocks(self, v):
-        """(..., S, k) -> (..., L*D, P, N, k) C-contiguous float64."""
+        """(..., S, k) -> (..., k, L*D, P, N) C-contiguous float64: the k vectors each
+        contiguous (frame-major, the kernels' layout)."""
         lead = v.shape[:-2]
-        return np.ascontiguousarray(v, dtype=self.dtype).reshape(
-            lead + (self.LD, self.P, self.N, v.shape[-1]))
+        return np.ascontiguousarray(np.swapaxes(v, -1, -2), dtype=self.dtype).reshape(
+            lead + (v.shape[-1], self.LD, self.P, self.N))
 
     def apply(self, v, transpose):
-        """J_t v_t (or J_t^T v_t) for v of shape (T or 1, B or 1, S, k) -> (T, B, S, k), float64."""
+        """J_t v_t (or J_t^T v_t) for v of shape (T or 1, B or 1, S, k) -> (T, B, S, k), float64
+        (a view of a frame-major array)."""
         vb = self.blocks(v)
         k = v.shape[-1]
-        out = np.empty((self.T, self.B, self.LD, self.P, self.N, k), self.dtype)
+        out = np.empty((self.T, self.B, k, self.LD, self.P, self.N), self.dtype)
         _k.tangent(self.kernel_args(), vb, out, transpose)
-        return out.reshape(self.T, self.B, self.S, k)
+        return np.swapaxes(out.reshape(self.T, self.B, k, self.S), -1, -2)
+
+    def jacobians(self, out=None):
+        """The dense step Jacobians J_t, (T, B, S, S) float64, written straight from the
+        coefficients (:func:`numrnn.cpu.jacobians.jacobians`: no product with the identity).
+        ``out``: a C-contiguous float64 array of that shape to write them into.  Returns (J,
+        first): ``first`` the (t, b) of the first J_t holding an inf or NaN, or None."""
+        if out is None:
+            out = np.empty((self.T, self.B, self.S, self.S), self.dtype)
+        args = (self.D, self.reads, self.w_hh, self.w_up, self.rec, self.inp, self.direct,
+                self.rgrad)
+        return out, _k.jacobians(args, out)
 
     def states(self):
         """s_t after every processing step, shape (T, B, S), in the network's dtype."""
@@ -356,7 +370,12 @@ class Linearisation:
 def report_nonfinite(caller, out, what):
     """Report (numrnn.errors) the first step and sequence where ``out`` (T, B, ...) is not
     finite."""
-    first = _k.first_nonfinite(out)
+    report_first_nonfinite(caller, _k.first_nonfinite(out), what)
+
+
+def report_first_nonfinite(caller, first, what):
+    """Report (numrnn.errors) that ``what`` is not finite at ``first`` = (t, b), the first step
+    and sequence where it is; nothing when ``first`` is None."""
     if first is not None:
         t, b = first
         errors.report(f"{caller}: {what} holds NaN or inf at step t={t} of sequence b={b} (the "
@@ -532,9 +551,8 @@ def local_sums(lin, k, transient, m, rng, caller="lyapunov_spectrum"):
     NaN (numrnn.errors), naming ``caller``."""
     qr_at, record_at, lengths = schedule(lin.T, transient, m)
     q = frames(rng, lin.B, lin.S, k, lin.dtype)
-    qb = np.ascontiguousarray(q.reshape(lin.B, lin.LD, lin.P, lin.N, k))
     sums = np.zeros((lengths.size, lin.B, k))
-    status = _k.lyapunov(lin.kernel_args(), qb, qr_at, record_at, sums, m > 1)
+    status = _k.lyapunov(lin.kernel_args(), q, qr_at, record_at, sums, m > 1)
     check_status(status, m, caller, lin.dtype)
     return sums, lengths
 

@@ -269,9 +269,11 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
     r"""Lyapunov spectrum of a network along the trajectory driven by x (or autonomously).
 
     Benettin's method: a frame of k orthonormal tangent vectors is advanced with the exact step
-    Jacobians (:func:`numrnn.jacobians`, applied as matrix products without forming them) and
-    re-orthonormalised by QR every ``ons_interval`` steps; the i-th exponent is the time average
-    of ln|R_ii| (QR signs are arbitrary, so only |R_ii| is used).  The loop runs compiled.
+    Jacobians (:func:`numrnn.jacobians`, applied as matrix products without forming them; for
+    the full spectrum with ``ons_interval=1``, each J_t formed in turn and multiplied by Q kept
+    as its Householder reflectors, which is cheaper than forming Q) and re-orthonormalised by QR
+    every ``ons_interval`` steps; the i-th exponent is the time average of ln|R_ii| (QR signs
+    are arbitrary, so only |R_ii| is used).  The loop runs compiled.
 
     Parameters
     ----------
@@ -377,7 +379,8 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
                                                   ons_interval, n_segments)
     B, S = x_tm.shape[1], state_size(net)
     lin = Linearisation(net, x_tm, traj.h, traj.c, caller="lyapunov_spectrum",
-                        extra_bytes=(2 * B * S * k + 2 * (T // m + 3) * B * k) * 8,
+                        extra_bytes=((2 * B * S * k + 2 * (T // m + 3) * B * k) * 8
+                                     + _k.workspace_bytes(k, S, m > 1)),
                         extra_label=f"the frames of k={k} tangent vectors", noise=traj.noise)
     sums, lengths = local_sums(lin, k, transient, m, rng)
     res = summarise(sums, lengths, transient, m, n_segments, lin.S, units=units_of(net),
@@ -459,7 +462,7 @@ def lyapunov_from_jacobians(J, *, k=None, transient=None, ons_interval=1, seed=N
     k, transient, m, n_segments = check_schedule(T, k, S, transient, ons_interval, n_segments)
     rng = generator(seed)
     qr_at, record_at, lengths = schedule(T, transient, m)
-    q = np.ascontiguousarray(frames(rng, B, S, k, J.dtype).reshape(B, S, 1, 1, k))
+    q = frames(rng, B, S, k, J.dtype)
     sums = np.zeros((lengths.size, B, k))
     status = _k.lyapunov_dense(Jb, q, qr_at, record_at, sums, m > 1)
     check_status(status, m, "lyapunov_from_jacobians", J.dtype)

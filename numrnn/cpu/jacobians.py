@@ -2,8 +2,10 @@
 
 The state of a network is stacked as (layer, direction, part, unit): block k = layer * D + direction
 holds the cell's P state vectors (h, and for two-state cells such as LSTM c after it), N rows
-each.  Kernels see it as a 4-D array (L*D, P, N, k) whose C-order flattening is the state vector
-and ``k`` the number of tangent vectors carried at once.
+each.  Kernels carry k tangent vectors at once *frame-major*, as a (k, L*D, P, N) array: each
+vector contiguous (its C-order flattening is the state vector), so that the loops over units
+vectorise and a frame of k vectors is the (S, k) matrix in Fortran order, LAPACK's layout (the
+QR runs on it without a transposed copy).  ``frame_major`` converts (B, S, k) frames.
 
 The trajectory enters as per-step *coefficients*, the local derivatives of the cell's step
 (:func:`numrnn.cpu.recurrence.coefficients`, from the cell's own jvp).  With them, one step's
@@ -23,16 +25,23 @@ time.
 
 The analysis passes float64 coefficients, weights and frames for either network dtype (a float32
 network's steps are re-run in float64 first, see :mod:`numrnn.analysis.jacobians`); the kernels
-themselves take either dtype (``lyapunov_from_jacobians`` runs float32 matrices as they are).
+themselves take either dtype (``lyapunov_from_jacobians`` runs float32 matrices as they are; their
+QR runs in float64 on a copy of the frame, see ``_orthonormalise``).
+
+Dense Jacobians (:func:`jacobians`) are written entry by entry from the same coefficients,
+without a product with the identity.
 
 Tiers: ``_*_kernel`` write preallocated outputs; the functions without underscore allocate.
 """
+import math
+
 import numpy as np
 from numba import njit
 from numba.extending import register_jitable
 
 from .. import config
-from . import blas
+from ..norms import SAFE_SQUARES
+from . import blas, threads
 
 _JIT = dict(cache=True, fastmath=config.FASTMATH, nogil=True)
 
@@ -46,50 +55,60 @@ def _apply_tangent(transpose, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, re
     1.. (D = 1 there); w_hh_t, w_up_t: their transposes, C-contiguous (BLAS on a transposed view
     is much slower in Numba); reads (R,): the state each recurrent input reads; coefficients
     (L*D, T, B, ...) from :func:`numrnn.cpu.recurrence.coefficients`: rec, inp (P, G*N), direct
-    (P, P, N), rgrad (R, N) per step; v, out (L*D, P, N, k), distinct.
-    Scratch: r (R*N, k); y, z (G*N, k); up (N, k).
+    (P, P, N), rgrad (R, N) per step; v, out (k, L*D, P, N): k tangent vectors, each contiguous
+    (frame-major), distinct.  Scratch: r (k, R*N); y, z (k, G*N); up (k, N).
+
+    Every loop runs along the units of one vector (contiguous: it vectorises), and the sums are
+    formed term by term in a fixed order: direct terms by part, then recurrent terms by gate,
+    then input terms by gate.
     """
     LD = w_hh.shape[0]
     GN = w_hh.shape[1]
-    N = up.shape[0]
+    N = up.shape[1]
     G = GN // N
     R = reads.shape[0]
-    P = v.shape[1]
+    K = v.shape[0]
+    P = v.shape[2]
     T = direct.shape[1]
-    K = v.shape[3]
     n_layers = LD // n_dir
     if not transpose:
         for layer in range(n_layers):
             for d in range(n_dir):
                 blk = layer * n_dir + d
                 td = t if d == 0 else T - 1 - t
-                vb = v[blk]
                 rg = rgrad[blk, td, b]
-                for q in range(R):
-                    vs = vb[reads[q]]
-                    for j in range(N):
-                        for c in range(K):
-                            r[q * N + j, c] = rg[q, j] * vs[j, c]
-                np.dot(w_hh[blk], r, y)
+                for c in range(K):
+                    for q in range(R):
+                        p, qn = reads[q], max(q * N, 0)
+                        for j in range(N):
+                            r[c, qn + j] = rg[q, j] * v[c, blk, p, j]
+                np.dot(r, w_hh_t[blk], y)  # y = (M r)^T, one row per vector
                 has_up = layer > 0
                 if has_up:
-                    np.dot(w_up[layer - 1], out[blk - 1, 0], z)
+                    # the new output state of the layer below, made contiguous for BLAS
+                    for c in range(K):
+                        for j in range(N):
+                            up[c, j] = out[c, blk - 1, 0, j]
+                    np.dot(up, w_up_t[layer - 1], z)
                 cr = rec[blk, td, b]
                 ci = inp[blk, td, b]
                 dr = direct[blk, td, b]
-                ob = out[blk]
-                for p in range(P):
-                    for j in range(N):
-                        for c in range(K):
-                            acc = 0.0
-                            for pp in range(P):
-                                acc += dr[p, pp, j] * vb[pp, j, c]
+                for c in range(K):
+                    for p in range(P):
+                        for j in range(N):
+                            out[c, blk, p, j] = dr[p, 0, j] * v[c, blk, 0, j]
+                        for pp in range(1, P):
+                            for j in range(N):
+                                out[c, blk, p, j] += dr[p, pp, j] * v[c, blk, pp, j]
+                        for g in range(G):
+                            gn = max(g * N, 0)
+                            for j in range(N):
+                                out[c, blk, p, j] += cr[p, gn + j] * y[c, gn + j]
+                        if has_up:
                             for g in range(G):
-                                acc += cr[p, g * N + j] * y[g * N + j, c]
-                            if has_up:
-                                for g in range(G):
-                                    acc += ci[p, g * N + j] * z[g * N + j, c]
-                            ob[p, j, c] = acc
+                                gn = max(g * N, 0)
+                                for j in range(N):
+                                    out[c, blk, p, j] += ci[p, gn + j] * z[c, gn + j]
         return
     for layer in range(n_layers - 1, -1, -1):
         for d in range(n_dir):
@@ -101,54 +120,264 @@ def _apply_tangent(transpose, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, re
             ci = inp[blk, td, b]
             dr = direct[blk, td, b]
             rg = rgrad[blk, td, b]
-            vb = v[blk]
-            ob = out[blk]
-            # the cotangent of the new state: v, and for the output state what the layer above
-            # pulled back through its input projection
-            for j in range(N):
-                for c in range(K):
+            for c in range(K):
+                # the cotangent of the new state part p: v, and for the output state what the
+                # layer above pulled back through its input projection (in ``up``, summed into
+                # it in place: it is consumed here)
+                if from_above:
+                    for j in range(N):
+                        up[c, j] = v[c, blk, 0, j] + up[c, j]
+                for p in range(P):
+                    first = p == 0
+                    summed = first and from_above
                     for pp in range(P):
-                        ob[pp, j, c] = 0.0
+                        if summed:
+                            for j in range(N):
+                                out[c, blk, pp, j] = dr[0, pp, j] * up[c, j]
+                        elif first:
+                            for j in range(N):
+                                out[c, blk, pp, j] = dr[0, pp, j] * v[c, blk, 0, j]
+                        else:
+                            for j in range(N):
+                                out[c, blk, pp, j] += dr[p, pp, j] * v[c, blk, p, j]
                     for g in range(G):
-                        y[g * N + j, c] = 0.0
-                        z[g * N + j, c] = 0.0
-                    for p in range(P):
-                        gv = vb[p, j, c]
-                        if p == 0 and from_above:
-                            gv += up[j, c]
-                        for pp in range(P):
-                            ob[pp, j, c] += dr[p, pp, j] * gv
+                        gn = max(g * N, 0)
+                        if summed:
+                            for j in range(N):
+                                y[c, gn + j] = cr[0, gn + j] * up[c, j]
+                        elif first:
+                            for j in range(N):
+                                y[c, gn + j] = cr[0, gn + j] * v[c, blk, 0, j]
+                        else:
+                            for j in range(N):
+                                y[c, gn + j] += cr[p, gn + j] * v[c, blk, p, j]
+                    if has_up:
                         for g in range(G):
-                            y[g * N + j, c] += cr[p, g * N + j] * gv
-                            z[g * N + j, c] += ci[p, g * N + j] * gv
-            np.dot(w_hh_t[blk], y, r)
-            for q in range(R):
-                os = ob[reads[q]]
-                for j in range(N):
-                    for c in range(K):
-                        os[j, c] += rg[q, j] * r[q * N + j, c]
+                            gn = max(g * N, 0)
+                            if summed:
+                                for j in range(N):
+                                    z[c, gn + j] = ci[0, gn + j] * up[c, j]
+                            elif first:
+                                for j in range(N):
+                                    z[c, gn + j] = ci[0, gn + j] * v[c, blk, 0, j]
+                            else:
+                                for j in range(N):
+                                    z[c, gn + j] += ci[p, gn + j] * v[c, blk, p, j]
+            np.dot(y, w_hh[blk], r)  # r = (M^T y)^T
+            for c in range(K):
+                for q in range(R):
+                    p, qn = reads[q], max(q * N, 0)
+                    for j in range(N):
+                        out[c, blk, p, j] += rg[q, j] * r[c, qn + j]
             if has_up:
-                np.dot(w_up_t[layer - 1], z, up)
+                np.dot(z, w_up[layer - 1], up)
 
 
 @njit(**_JIT)
-def _tangent_kernel(transpose, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, v, out):
-    """out[t, b] = J_t v[t', b'] (or J_t^T ...) for every t, b; v (T or 1, B or 1, L*D, P, N, k)
-    is broadcast over a length-1 time or batch axis (v = identity gives the dense Jacobian)."""
-    T, B = out.shape[0], out.shape[1]
-    N, K = out.shape[4], out.shape[5]
+def _tangent_kernel(transpose, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad,
+                    v, out):
+    """out[t, b] = J_t v[t', b'] (or J_t^T ...) for every t, b; v (T or 1, B or 1, k, L*D, P, N)
+    is broadcast over a length-1 time or batch axis."""
+    T, B, K = out.shape[0], out.shape[1], out.shape[2]
+    N = out.shape[5]
     GN, RN = w_hh.shape[1], w_hh.shape[2]
     dt = out.dtype
-    r = np.empty((RN, K), dt)
-    up = np.zeros((N, K), dt)
-    y = np.empty((GN, K), dt)
-    z = np.empty((GN, K), dt)
+    r = np.empty((K, RN), dt)
+    up = np.zeros((K, N), dt)
+    y = np.empty((K, GN), dt)
+    z = np.empty((K, GN), dt)
     for t in range(T):
         tv = t if v.shape[0] > 1 else 0
         for b in range(B):
             bv = b if v.shape[1] > 1 else 0
-            _apply_tangent(transpose, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, v[tv, bv], out[t, b],
-                           r, y, z, up)
+            _apply_tangent(transpose, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp,
+                           direct, rgrad, v[tv, bv], out[t, b], r, y, z, up)
+
+
+# --- dense Jacobians ----------------------------------------------------------------------------
+#
+# J_t written entry by entry from the coefficients: the block of state parts (p, p') of layer
+# block k is sum_g diag(A^rec_p,g) M_g,q diag(rgrad_q) (q the read of part p') plus
+# diag(direct_pp'), and below the diagonal blocks of a stacked network A^in W_ih times the rows
+# of the layer below.  Pushing the identity through the tangent map (_apply_tangent with v = I)
+# gives the same numbers, but at a (G*N x R*N) by (R*N x S) product per step and block, most of
+# whose terms are exact zeros; here each entry costs G multiply-adds and is written once, and
+# the T*B*S*S output (fresh pages) is the cost: the kernel is memory bound.
+#
+# For the (N, N) block of parts (p, p') and read q, the rows i < N are
+# sum_g a_g[i] * (M[g*N+i, q*N:(q+1)*N] * rgrad_q): one loop nest per gate count (up to four gates
+# fused, so each row is written once), in a function of its own called once per block.
+# Measured on N = 128: a row loop inside the kernel's own loop nest, or a function called per
+# row, ran up to 2x slower (scalar code, and an atomic reference-count increment and decrement
+# for every array view or argument made per row); these nests vectorise.  max(., 0) on offsets
+# lets LLVM see non-negative indices (no wraparound select in the loop).
+
+
+@register_jitable
+def _gate_block(jac, r0, cc, N, m, qn, rg, q, a, p, G):
+    """jac[r0 + i, cc + j] <- sum_g a[p, g*N+i] * (m[g*N+i, qn+j] * rg[q, j]) for i, j < N over
+    the first min(G, 4) gates, summed left to right."""
+    r0, cc, qn, N = max(r0, 0), max(cc, 0), max(qn, 0), max(N, 0)
+    if G == 1:
+        for i in range(N):
+            a0 = a[p, i]
+            for j in range(N):
+                jac[r0 + i, cc + j] = a0 * (m[i, qn + j] * rg[q, j])
+    elif G == 2:
+        for i in range(N):
+            a0, a1, i1 = a[p, i], a[p, N + i], N + i
+            for j in range(N):
+                r = rg[q, j]
+                jac[r0 + i, cc + j] = a0 * (m[i, qn + j] * r) + a1 * (m[i1, qn + j] * r)
+    elif G == 3:
+        for i in range(N):
+            a0, a1, a2 = a[p, i], a[p, N + i], a[p, 2 * N + i]
+            i1, i2 = N + i, 2 * N + i
+            for j in range(N):
+                r = rg[q, j]
+                jac[r0 + i, cc + j] = (a0 * (m[i, qn + j] * r) + a1 * (m[i1, qn + j] * r)
+                                       + a2 * (m[i2, qn + j] * r))
+    else:
+        for i in range(N):
+            a0, a1, a2, a3 = a[p, i], a[p, N + i], a[p, 2 * N + i], a[p, 3 * N + i]
+            i1, i2, i3 = N + i, 2 * N + i, 3 * N + i
+            for j in range(N):
+                r = rg[q, j]
+                jac[r0 + i, cc + j] = (a0 * (m[i, qn + j] * r) + a1 * (m[i1, qn + j] * r)
+                                       + a2 * (m[i2, qn + j] * r) + a3 * (m[i3, qn + j] * r))
+
+
+@register_jitable
+def _gate_block_add(jac, r0, cc, N, m, qn, rg, q, a, p, g0, G):
+    """jac[r0 + i, cc + j] += a[p, g*N+i] * (m[g*N+i, qn+j] * rg[q, j]), gates g0 <= g < G in
+    order (a pass each: the gates past the fourth)."""
+    r0, cc, qn, N = max(r0, 0), max(cc, 0), max(qn, 0), max(N, 0)
+    for g in range(g0, G):
+        for i in range(N):
+            ag, gi = a[p, g * N + i], g * N + i
+            for j in range(N):
+                jac[r0 + i, cc + j] += ag * (m[gi, qn + j] * rg[q, j])
+
+
+@register_jitable
+def _read_of(reads, part):
+    """The recurrent input q that reads state part ``part`` (reads are distinct), or -1."""
+    for q in range(reads.shape[0]):
+        if reads[q] == part:
+            return q
+    return -1
+
+
+@register_jitable
+def _fill_block(jac, r0, n_rows, c_lo, c_hi):
+    """jac[r0:r0 + n_rows, c_lo:c_hi] <- 0."""
+    r0, c_lo = max(r0, 0), max(c_lo, 0)
+    for i in range(n_rows):
+        for c in range(c_hi - c_lo):
+            jac[r0 + i, c_lo + c] = 0.0
+
+
+@register_jitable
+def _jacobian_step(t, b, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, jac, below, z):
+    """jac <- J_t of sequence b (S, S), every entry written.  Arguments as in
+    :func:`_apply_tangent`; scratch below (N*S,), z (G*N*S,) for the path through the layer
+    below (num_layers > 1), flat so that their (N, c0), (G*N, c0) heads are contiguous (BLAS).
+
+    Each entry is summed in the order of :func:`_apply_tangent` applied to the identity
+    (direct term, then the gates in order, then the input terms), whose other terms are exact
+    zeros: the same bits, without the (G*N x R*N) by (R*N x S) products."""
+    LD = w_hh.shape[0]
+    GN = w_hh.shape[1]
+    P = direct.shape[3]
+    N = direct.shape[5]
+    G = GN // N
+    T = direct.shape[1]
+    S = jac.shape[0]
+    n_layers = LD // n_dir
+    PN = P * N
+    for layer in range(n_layers):
+        for d in range(n_dir):
+            blk = layer * n_dir + d
+            td = t if d == 0 else T - 1 - t
+            c0 = blk * PN  # first row and column of the block
+            cr = rec[blk, td, b]
+            dr = direct[blk, td, b]
+            rg = rgrad[blk, td, b]
+            m = w_hh[blk]
+            for p in range(P):
+                r0 = c0 + p * N
+                # the columns of the blocks before (the path through the layer below, added
+                # below) and after
+                _fill_block(jac, r0, N, 0, c0)
+                _fill_block(jac, r0, N, c0 + PN, S)
+                for pp in range(P):
+                    cc = c0 + pp * N
+                    q = _read_of(reads, pp)
+                    if q < 0:  # a part no recurrent input reads: the direct term alone
+                        _fill_block(jac, r0, N, cc, cc + N)
+                        for i in range(N):
+                            jac[r0 + i, cc + i] = dr[p, pp, i]
+                        continue
+                    _gate_block(jac, r0, cc, N, m, q * N, rg, q, cr, p, G)
+                    _gate_block_add(jac, r0, cc, N, m, q * N, rg, q, cr, p, 4, G)
+                    # the diagonal again, with the direct term first
+                    for i in range(N):
+                        r = rg[q, i]
+                        acc = dr[p, pp, i]
+                        for g in range(G):
+                            acc += cr[p, g * N + i] * (m[g * N + i, q * N + i] * r)
+                        jac[r0 + i, cc + i] = acc
+            if layer > 0:
+                # the layer's input is the new output state (part 0) of the block below, whose
+                # rows of J_t are final: rows += A^in W_ih (those rows), columns 0..c0
+                ci = inp[blk, td, b]
+                bl = below[:N * c0].reshape((N, c0))
+                zz = z[:GN * c0].reshape((GN, c0))
+                r0 = c0 - PN
+                for i in range(N):
+                    for c in range(c0):
+                        bl[i, c] = jac[r0 + i, c]
+                np.dot(w_up[layer - 1], bl, zz)
+                for p in range(P):
+                    for g in range(G):
+                        for i in range(N):
+                            a, gi, row = ci[p, g * N + i], g * N + i, c0 + p * N + i
+                            for c in range(c0):
+                                jac[row, c] += a * zz[gi, c]
+
+
+_EXPONENT = np.uint64(0x7FF0000000000000)
+
+
+@register_jitable
+def _has_nonfinite(a):
+    """Whether the C-contiguous float64 array ``a`` holds an inf or NaN: the largest exponent
+    field is all ones (an integer max, which vectorises; a float reduction would not)."""
+    u = a.reshape(-1).view(np.uint64)
+    top = np.uint64(0)
+    for i in range(u.shape[0]):
+        e = u[i] & _EXPONENT
+        if e > top:
+            top = e
+    return top == _EXPONENT
+
+
+@njit(**_JIT)
+def _jacobians_kernel(t0, t1, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, jac, bad):
+    """jac[t, b] <- J_t of sequence b for t0 <= t < t1 and every b; jac (T, B, S, S) float64.
+    Arguments as in :func:`_apply_tangent`.  bad (T, B) uint8 <- 1 where J_t holds an inf or
+    NaN (checked while J_t is still in cache: a second pass over the output would cost as
+    much again as the memory traffic of writing it)."""
+    B, S = jac.shape[1], jac.shape[2]
+    N = direct.shape[5]
+    GN = w_hh.shape[1]
+    below = np.empty(N * S, jac.dtype)
+    z = np.empty(GN * S, jac.dtype)
+    for t in range(t0, t1):
+        for b in range(B):
+            jt = jac[t, b]
+            _jacobian_step(t, b, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, jt, below, z)
+            bad[t, b] = 1 if _has_nonfinite(jt) else 0
 
 
 # --- the QR loops -------------------------------------------------------------------------------
@@ -182,18 +411,35 @@ FAIL_UNDERFLOW = 3
 FAIL_ORTHOGONALITY = 4
 
 
+_ABS64 = np.uint64(0x7FFFFFFFFFFFFFFF)
+_ABS32 = np.uint32(0x7FFFFFFF)
+
+
 @register_jitable
 def _frame_max(flat):
-    """max |entry| of a 2-D array in float64; NaN if an entry is NaN."""
-    m = 0.0
-    for i in range(flat.shape[0]):
-        for j in range(flat.shape[1]):
-            a = abs(float(flat[i, j]))
-            if a > m:
-                m = a
-            elif a != a:
-                return a
-    return m
+    """max |entry| of a C-contiguous 2-D array in float64; NaN if an entry is NaN, else inf if
+    one is infinite.  As integers the bits of |x| order the finite values by size and put
+    inf above them and NaN above inf: one integer max (which vectorises, where a float max
+    with NaN checks runs scalar), read back as a float."""
+    if flat.itemsize == 8:
+        u = flat.reshape(-1).view(np.uint64)
+        top = np.uint64(0)
+        for i in range(u.shape[0]):
+            a = u[i] & _ABS64
+            if a > top:
+                top = a
+        bits = np.empty(1, np.uint64)
+        bits[0] = top
+        return float(bits.view(np.float64)[0])
+    u32 = flat.reshape(-1).view(np.uint32)
+    top32 = np.uint32(0)
+    for i in range(u32.shape[0]):
+        a32 = u32[i] & _ABS32
+        if a32 > top32:
+            top32 = a32
+    bits32 = np.empty(1, np.uint32)
+    bits32[0] = top32
+    return float(bits32.view(np.float32)[0])
 
 
 @register_jitable
@@ -214,54 +460,419 @@ def _column_log_norm(rr, i):
     return np.log(m) + 0.5 * np.log(acc), m, acc
 
 
+# --- QR of a frame ------------------------------------------------------------------------------
+#
+# Frames are frame-major: k tangent vectors of S numbers, each contiguous, so a (k, S) C array
+# is the (S, k) matrix A in Fortran order, LAPACK's own layout.  The QR runs on a float64 copy of
+# it (the workspace, also for float32 frames): Householder reflectors as LAPACK's dgeqrf forms
+# them (R_ii = -sign(a_ii) ||A[i:, i]|| after the reflectors before it, so R and Q agree with
+# LAPACK's to rounding), then Q formed explicitly (dorgqr's backward accumulation), written to
+# the frame.  Up to HOUSEHOLDER_MAX_K columns a compiled Householder QR; wider frames go to
+# LAPACK's dgeqrf and dorgqr, called directly (workspace allocated once per kernel call, no
+# copy or allocation per step).  Why the compiled QR stops so early (measured at S = 200, one
+# core): k = 2, 0.8 us either way; k = 4, 2.5 us against 2.2; k = 10, 13 us against 8; k = 200,
+# 3.4 ms against 0.9: Numba leaves its dot products scalar (a float sum does not vectorise
+# without reassociation, which fastmath off forbids), while LAPACK's level-2 kernels run
+# vectorised.  (np.linalg.qr, used before, took 12 us at k = 10: it allocates, and copies to
+# and from Fortran order, at every call.)
+
+def _lapack_int():
+    """The Fortran integer of scipy's cython_lapack (LP64 unless scipy says ILP64)."""
+    try:
+        from scipy.__config__ import CONFIG
+        return np.int64 if CONFIG["Build Dependencies"]["blas"]["cython blas ilp64"] else np.int32
+    except (ImportError, KeyError, TypeError):
+        return np.int32
+
+
+LAPACK_INT = _lapack_int()
+
+
+def _lapack(name, n_args):
+    """scipy's cython_lapack ``name`` as a function Numba calls by symbol (resolved at link time
+    in every process, so the kernels calling it are cached safely); every argument a pointer."""
+    import llvmlite.binding as ll
+    from numba import types
+    from numba.extending import get_cython_function_address
+
+    symbol = f"numrnn_{name}"
+    ll.add_symbol(symbol, get_cython_function_address("scipy.linalg.cython_lapack", name))
+    return types.ExternalFunction(symbol, types.void(*([types.voidptr] * n_args)))
+
+
+_dgeqrf = _lapack("dgeqrf", 8)  # (m, n, a, lda, tau, work, lwork, info)
+_dorgqr = _lapack("dorgqr", 9)  # (m, n, k, a, lda, tau, work, lwork, info)
+_dgeqrt = _lapack("dgeqrt", 9)  # (m, n, nb, a, lda, t, ldt, work, info)
+_dgemqrt = _lapack("dgemqrt", 14)  # (side, trans, m, n, k, nb, v, ldv, t, ldt, c, ldc, work, info)
+
+#: Frames of at most this many vectors are orthonormalised by the compiled Householder QR, wider
+#: ones by LAPACK (see above).  Read by the drivers when they call a kernel (tests patch it).
+HOUSEHOLDER_MAX_K = 3
+
+
+def qr_workspace(K, S, householder_max_k=None):
+    """The workspace of :func:`_orthonormalise` for frames of K vectors of S numbers: (w (K, S),
+    tau (K,), work, ints, use_lapack)."""
+    if householder_max_k is None:
+        householder_max_k = HOUSEHOLDER_MAX_K
+    use_lapack = K > householder_max_k
+    # LAPACK's optimal workspace is n * nb with a block size nb of at most 64
+    work = np.empty(max(1, 64 * K) if use_lapack else 1)
+    return (np.empty((K, S)), np.empty(K), work, np.zeros(6, LAPACK_INT), bool(use_lapack))
+
+
+# --- the full spectrum: Q kept factored ---------------------------------------------------------
+#
+# With k = S (the full spectrum) and a QR after every step, forming Q explicitly (dorgqr) and
+# multiplying the next step's Jacobian by it costs 4/3 S^3 + 2 S^3 per step; applying Q as its
+# reflectors instead (C_t = J_t Q_{t-1} by dgemqrt on the dense J_t, which is cheap to write,
+# see _jacobian_step) costs 2 S^3, and the QR in compact WY form (dgeqrt) is a little faster
+# than dgeqrf.  Measured at S = 200 (one core): 0.87 ms per step against 1.33.  The first
+# frame is factored once (dgeqrt of Q_0: the same frame up to the signs of its columns).
+# Q_t is formed explicitly only where the covariant vectors need it.
+
+#: Whether the full spectrum keeps Q factored (tests compare the two routes).
+FACTORED = True
+#: Block size of the compact WY QR (dgeqrt); measured at S = 200: 16 and 24 best, 64 5% slower.
+FACTORED_NB = 24
+
+
+def _factored(K, S, strict):
+    """Whether frames of K vectors of S numbers take the factored route."""
+    return FACTORED and K == S and not strict and K > max(HOUSEHOLDER_MAX_K, 1)
+
+
+def factored_workspace(K, S, strict):
+    """The workspace of the factored route (see above), or stand-ins of size 0 where it does
+    not apply (k < S; S <= HOUSEHOLDER_MAX_K; or ``strict``: an ons_interval > 1, which
+    keeps the frame explicit between QRs): (jc (S, S), bufs (2, S, S), tb (2, S, nb), work,
+    ints, chars).  Frames and matrices of either dtype: the route runs in float64."""
+    if not _factored(K, S, strict):
+        S = 0
+    nb = max(1, min(FACTORED_NB, S))
+    return (np.empty((S, S)), np.empty((2, S, S)), np.empty((2, S, nb)),
+            np.empty(max(1, S * nb)), np.zeros(4, LAPACK_INT),
+            np.array([ord("R"), ord("N"), ord("L")], np.uint8))
+
+
 @register_jitable
-def _orthonormalise(flat, amax, log_r, log_col, measure):
-    """QR of the (S, k) frame ``flat`` in place: flat <- Q, log_r[i] <- ln|R_ii| (-inf where
-    R_ii = 0).  ``amax``: max |entry| of the frame (> 0 scales the k = 1 norm, so that its
-    squares neither overflow nor underflow; 0: a zero frame, left as it is).  With ``measure``
-    also log_col[i] <- ln of column i's norm before the QR, and returns (s, i): the smallest
-    |R_ii| / ||R[:i+1, i]|| over columns i >= 1 and where it is ((1.0, 0) otherwise)."""
-    S, K = flat.shape
+def _transpose_into(a, dst):
+    """dst <- a.T for square a, dst (float64), in 8 x 8 tiles (both sides stay in cache)."""
+    S = a.shape[0]
+    for i0 in range(0, S, 8):
+        i1 = min(i0 + 8, S)
+        for j0 in range(0, S, 8):
+            j1 = min(j0 + 8, S)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    dst[j, i] = a[i, j]
+
+
+@register_jitable
+def _wy_qr(fw, cur):
+    """dgeqrt of bufs[cur] (C_t in Fortran order) into its compact WY form, T in tb[cur]."""
+    _, bufs, tb, work, ints, _ = fw
+    S, nb = bufs.shape[1], tb.shape[2]
+    ints[0] = S
+    ints[1] = nb
+    ints[2] = 0
+    a = bufs[cur]
+    tt = tb[cur]
+    _dgeqrt(ints[0:].ctypes, ints[0:].ctypes, ints[1:].ctypes, a.ctypes, ints[0:].ctypes,
+            tt.ctypes, ints[1:].ctypes, work.ctypes, ints[2:].ctypes)
+
+
+@register_jitable
+def _wy_apply(fw, side, vi, c):
+    """c (S, S), Fortran order, <- c Q (side 0) or Q c (side 2), Q the factored bufs[vi] with
+    tb[vi] (dgemqrt; chars[side] is 'R' or 'L').  c must not be bufs[vi]."""
+    _, bufs, tb, work, ints, chars = fw
+    S, nb = bufs.shape[1], tb.shape[2]
+    ints[0] = S
+    ints[1] = nb
+    ints[2] = 0
+    v = bufs[vi]
+    tt = tb[vi]
+    _dgemqrt(chars[side:].ctypes, chars[1:].ctypes, ints[0:].ctypes, ints[0:].ctypes,
+             ints[0:].ctypes, ints[1:].ctypes, v.ctypes, ints[0:].ctypes, tt.ctypes,
+             ints[1:].ctypes, c.ctypes, ints[0:].ctypes, work.ctypes, ints[2:].ctypes)
+
+
+@register_jitable
+def _factor_start(fw, flat):
+    """Factor the explicit first frame flat (S, S) (Q_0 in Fortran order) into bufs[1]."""
+    bufs = fw[1]
+    S = bufs.shape[1]
+    start = bufs[1]
+    for c in range(S):
+        for i in range(S):
+            start[c, i] = flat[c, i]
+    _wy_qr(fw, 1)
+
+
+@register_jitable
+def _factored_advance(jac, t, b, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, fw, cur,
+                      below, z):
+    """bufs[cur] <- C_t = J_t Q_{t-1} in Fortran order, Q_{t-1} the factored bufs[1 - cur]:
+    J_t dense (given, or written from the coefficients), transposed in, times Q by dgemqrt."""
+    jc, bufs = fw[0], fw[1]
+    if jac.shape[0] > 0:
+        _transpose_into(jac[t, b], bufs[cur])
+    else:
+        _jacobian_step(t, b, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, jc, below, z)
+        _transpose_into(jc, bufs[cur])
+    _wy_apply(fw, 0, 1 - cur, bufs[cur])
+
+
+#: Below this a column's norm is scaled up before its reflector is formed (LAPACK's safmin / eps).
+SAFE_MIN = float(np.finfo(np.float64).tiny / np.finfo(np.float64).eps)
+
+
+@register_jitable
+def _sum_squares(w, c, i0):
+    """sum over i >= i0 of w[c, i]^2 (eight partial sums, in a fixed order)."""
+    S = w.shape[1]
+    row = w[c]
+    m = max(S - i0, 0)
+    m8 = m - m % 8
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for j in range(0, m8, 8):
+        i = i0 + j
+        s0 += row[i] * row[i]
+        s1 += row[i + 1] * row[i + 1]
+        s2 += row[i + 2] * row[i + 2]
+        s3 += row[i + 3] * row[i + 3]
+        s4 += row[i + 4] * row[i + 4]
+        s5 += row[i + 5] * row[i + 5]
+        s6 += row[i + 6] * row[i + 6]
+        s7 += row[i + 7] * row[i + 7]
+    for j in range(m8, m):
+        s0 += row[i0 + j] * row[i0 + j]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@register_jitable
+def _dot_rows(w, a, c, i0):
+    """sum over i >= i0 of w[a, i] * w[c, i] (eight partial sums, in a fixed order)."""
+    S = w.shape[1]
+    u = w[a]
+    x = w[c]
+    m = max(S - i0, 0)
+    m8 = m - m % 8
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for j in range(0, m8, 8):
+        i = i0 + j
+        s0 += u[i] * x[i]
+        s1 += u[i + 1] * x[i + 1]
+        s2 += u[i + 2] * x[i + 2]
+        s3 += u[i + 3] * x[i + 3]
+        s4 += u[i + 4] * x[i + 4]
+        s5 += u[i + 5] * x[i + 5]
+        s6 += u[i + 6] * x[i + 6]
+        s7 += u[i + 7] * x[i + 7]
+    for j in range(m8, m):
+        s0 += u[i0 + j] * x[i0 + j]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@register_jitable
+def _reflect(w, c, t, cc):
+    """Apply H_c = I - t v v^T (v = w[c, c+1:] below an implicit 1 at row c) to column cc of
+    w, rows c..S-1 (LAPACK's dlarf on one column)."""
+    S = w.shape[1]
+    s = t * (w[cc, c] + _dot_rows(w, c, cc, c + 1))
+    w[cc, c] -= s
+    u = w[c]
+    x = w[cc]
+    for i in range(c + 1, S):
+        x[i] -= s * u[i]
+
+
+@register_jitable
+def _householder_qr(w, tau):
+    """Householder QR of the (S, k) matrix A = w.T (w (k, S): A in Fortran order), in place as
+    LAPACK's dgeqr2 leaves it: R in w[i, :i+1] (R[j, i] = w[i, j]), reflector c below the
+    diagonal of column c and its scale in tau[c].  The reflector of a column is LAPACK's
+    dlarfg: beta = -sign(alpha) ||(alpha, x)||, tau = (beta - alpha) / beta, v = x / (alpha -
+    beta); none (tau = 0, R_cc = alpha) for x = 0.  ||x|| is scaled where its sum of squares is
+    not safely inside float64's range (dnrm2), and a column of norm below SAFE_MIN is scaled up
+    by 1 / SAFE_MIN (a power of 2: exact) until it is not, as dlarfg does."""
+    K, S = w.shape
+    for c in range(K):
+        xx = _sum_squares(w, c, c + 1)
+        if xx >= SAFE_SQUARES and xx < np.inf:
+            xnorm = math.sqrt(xx)
+        else:
+            xnorm = _scaled_norm(w, c, c + 1)
+            if xnorm == 0.0:
+                tau[c] = 0.0  # nothing below the diagonal: H = I, R_cc = alpha
+                continue
+        alpha = w[c, c]
+        beta = -math.copysign(math.hypot(alpha, xnorm), alpha)
+        knt = 0
+        while abs(beta) < SAFE_MIN and knt < 20:
+            knt += 1
+            for i in range(c, S):
+                w[c, i] /= SAFE_MIN  # (a power of 2: exact)
+            alpha = w[c, c]
+            beta = -math.copysign(math.hypot(alpha, _scaled_norm(w, c, c + 1)), alpha)
+        t = (beta - alpha) / beta
+        tau[c] = t
+        f = 1.0 / (alpha - beta)
+        row = w[c]
+        for i in range(c + 1, S):
+            row[i] *= f
+        for _ in range(knt):
+            beta *= SAFE_MIN
+        row[c] = beta
+        for cc in range(c + 1, K):
+            _reflect(w, c, t, cc)
+
+
+@register_jitable
+def _scaled_norm(w, c, i0):
+    """||w[c, i0:]||, scaled by its largest entry (no overflow or underflow of the squares)."""
+    S = w.shape[1]
+    m = 0.0
+    for i in range(i0, S):
+        m = max(m, abs(w[c, i]))
+    if m == 0.0:
+        return 0.0
+    acc = 0.0
+    for i in range(i0, S):
+        d = w[c, i] / m
+        acc += d * d
+    return m * math.sqrt(acc)
+
+
+@register_jitable
+def _householder_q(w, tau):
+    """Q = H_0 ... H_{k-1} [I_k; 0] in place of the factored w (LAPACK's dorg2r)."""
+    K, S = w.shape
+    for c in range(K - 1, -1, -1):
+        t = tau[c]
+        for cc in range(c + 1, K):
+            _reflect(w, c, t, cc)
+        row = w[c]
+        for i in range(c + 1, S):
+            row[i] *= -t
+        row[c] = 1.0 - t
+        for i in range(c):
+            row[i] = 0.0
+
+
+@register_jitable
+def _lapack_qr(w, tau, work, ints, form_q):
+    """dgeqrf (``form_q`` False) or dorgqr (True) on w (k, S): A (S, k) in Fortran order, the
+    same layout as :func:`_householder_qr`'s.  Returns LAPACK's info (0: success)."""
+    K, S = w.shape
+    ints[0] = S
+    ints[1] = K
+    ints[2] = S
+    ints[3] = work.shape[0]
+    ints[4] = 0
+    m, n, lda, lwork, info = ints[0:], ints[1:], ints[2:], ints[3:], ints[4:]
+    if form_q:
+        _dorgqr(m.ctypes, n.ctypes, n.ctypes, w.ctypes, lda.ctypes, tau.ctypes, work.ctypes,
+                lwork.ctypes, info.ctypes)
+    else:
+        _dgeqrf(m.ctypes, n.ctypes, w.ctypes, lda.ctypes, tau.ctypes, work.ctypes,
+                lwork.ctypes, info.ctypes)
+    return ints[4]
+
+
+@register_jitable
+def _orthonormalise(flat, dst, amax, log_r, log_col, measure, qw, r_out):
+    """QR of the frame ``flat`` (k, S) (frame-major: the (S, k) matrix A in Fortran order):
+    dst <- Q (dst may be flat), log_r[i] <- ln|R_ii| (-inf where R_ii = 0); with r_out of shape
+    (k, k) also
+    r_out <- R (zero below the diagonal).  ``amax``: max |entry| of the frame (> 0 scales the
+    k = 1 norm, so that its squares neither overflow nor underflow; 0: a zero frame, left as it
+    is).  ``qw``: the workspace of :func:`qr_workspace`.  With ``measure`` also log_col[i] <- ln
+    of column i's norm before the QR, and returns (s, i): the smallest |R_ii| / ||R[:i+1, i]||
+    over columns i >= 1 and where it is ((1.0, 0) otherwise)."""
+    K, S = flat.shape
+    keep_r = r_out.shape[0] > 0
     if K == 1:
         # the largest exponent alone: QR of one column is its normalisation (no LAPACK call)
         if amax == 0.0:
+            for i in range(S):
+                dst[0, i] = flat[0, i]
             log_r[0] = -np.inf
             log_col[0] = -np.inf
+            if keep_r:
+                r_out[0, 0] = 0.0
             return 1.0, 0
         acc = 0.0
+        below = False
         for i in range(S):
-            v = float(flat[i, 0]) / amax
+            v = float(flat[0, i]) / amax
             acc += v * v
+            below = below or (i > 0 and v != 0.0)
+        # LAPACK's sign (dlarfg): R_00 = -sign(a_0) |a|, or a_0 itself when nothing is below it
         root = np.sqrt(acc)
+        if below:
+            root = -math.copysign(root, float(flat[0, 0]))
+        else:
+            root = float(flat[0, 0]) / amax
         for i in range(S):
-            flat[i, 0] = (float(flat[i, 0]) / amax) / root
+            dst[0, i] = (float(flat[0, i]) / amax) / root
         log_r[0] = np.log(amax) + 0.5 * np.log(acc)
         log_col[0] = log_r[0]
+        if keep_r:
+            r_out[0, 0] = amax * root
         return 1.0, 0
-    q, rr = np.linalg.qr(flat)
-    flat[:, :] = q
+    w, tau, work, ints, use_lapack = qw
+    for c in range(K):
+        for i in range(S):
+            w[c, i] = flat[c, i]
+    if use_lapack:
+        _lapack_qr(w, tau, work, ints, False)
+    else:
+        _householder_qr(w, tau)
     worst = 1.0
     at = 0
     for i in range(K):
-        d = abs(float(rr[i, i]))
+        d = abs(w[i, i])
         log_r[i] = np.log(d) if d > 0.0 else -np.inf
         if measure:
-            lc, m, acc = _column_log_norm(rr, i)
+            lc, m, acc = _column_log_norm(w.T, i)  # R[j, i] = w[i, j]
             log_col[i] = lc
             if i > 0 and m > 0.0:
                 s = (d / m) / np.sqrt(acc)
                 if s < worst:
                     worst = s
                     at = i
+        if keep_r:
+            for j in range(i + 1):
+                r_out[j, i] = w[i, j]
+            for j in range(i + 1, K):
+                r_out[j, i] = 0.0
+    if use_lapack:
+        _lapack_qr(w, tau, work, ints, True)
+    else:
+        _householder_q(w, tau)
+    for c in range(K):
+        for i in range(S):
+            dst[c, i] = w[c, i]
     return worst, at
 
 
+@njit(**_JIT)
+def _qr_kernel(frame, dst, log_r, log_col, qw, r_out):
+    """:func:`_orthonormalise` of one frame (k, S), with the measures; returns (s, i)."""
+    return _orthonormalise(frame, dst, _frame_max(frame), log_r, log_col, True, qw, r_out)
+
+
 @register_jitable
-def _after_step(flat, t, n, qr, strict, ortho_tol, log_tiny, prev_log, log_r, log_col, st):
-    """Check the frame ``flat`` (S, k) after step t, the n-th since the last QR, and
-    orthonormalise it when ``qr``.  ``prev_log``: ln max|entry| after the previous step (0 after
-    a QR).  Returns (code, ln max|entry|): code 0 go on, 1 the frame is lost (non-finite), 2 stop
-    (ons_interval too long); a failure is written to ``st``: kind, t, n, a measure, a column."""
+def _after_step(flat, dst, t, n, qr, strict, ortho_tol, log_tiny, prev_log, log_r, log_col, st,
+                qw, r_out):
+    """Check the frame ``flat`` (k, S) after step t, the n-th since the last QR, and into
+    ``dst`` orthonormalise it when ``qr`` (workspace ``qw``; R into r_out if it has shape (k,
+    k)), else copy it.  ``prev_log``: ln max|entry| after the previous step (0 after a QR).
+    Returns (code, ln max|entry|): code 0 go on, 1 the frame is lost (non-finite), 2 stop
+    (ons_interval too long; dst is then not written); a failure is written to ``st``: kind, t,
+    n, a measure, a column."""
     amax = _frame_max(flat)
     if not np.isfinite(amax):
         if strict and n > 1:
@@ -278,10 +889,11 @@ def _after_step(flat, t, n, qr, strict, ortho_tol, log_tiny, prev_log, log_r, lo
             st[0], st[1], st[2], st[3], st[4] = FAIL_UNDERFLOW, t, n, la, -1
             return 2, la
     if not qr:
+        dst[:, :] = flat
         return 0, la
-    worst, at = _orthonormalise(flat, amax, log_r, log_col, strict)
+    worst, at = _orthonormalise(flat, dst, amax, log_r, log_col, strict, qw, r_out)
     if strict and amax > 0.0:
-        for i in range(flat.shape[1]):
+        for i in range(flat.shape[0]):
             if log_col[i] < log_tiny:
                 st[0], st[1], st[2], st[3], st[4] = FAIL_UNDERFLOW, t, n, log_col[i], i
                 return 2, la
@@ -300,13 +912,13 @@ def _lose_sequence(local, b, t, qr_at, record_at):
 
 
 @register_jitable
-def _replay_step(flat, acc, log_r, log_col):
-    """One step of the replay of a refused block (QR after it): acc += ln|R_ii|.  False if the
-    frame is not finite."""
+def _replay_step(flat, dst, acc, log_r, log_col, qw, no_r):
+    """One step of the replay of a refused block (QR of flat into dst): acc += ln|R_ii|.  False
+    if the frame is not finite."""
     amax = _frame_max(flat)
     if not np.isfinite(amax):
         return False
-    _orthonormalise(flat, amax, log_r, log_col, False)
+    _orthonormalise(flat, dst, amax, log_r, log_col, False, qw, no_r)
     for i in range(acc.shape[0]):
         acc[i] += log_r[i]
     return True
@@ -331,67 +943,138 @@ def _record_rates(acc, n, ok, st):
 
 @register_jitable
 def _frame_workspace(q, w_hh):
-    """The scratch arrays of a QR loop that advances frames q (B, L*D, P, N, k) with
-    :func:`_advance`: (r, up, y, z, tmp, log_r, log_col)."""
-    N, K = q.shape[3], q.shape[4]
+    """The scratch arrays of a QR loop that advances frames q (B, k, L*D, P, N) with
+    :func:`_advance`: (r, up, y, z, tmp, log_r, log_col, no_r), no_r a (0, 0) stand-in for
+    the R the QR does not return."""
+    K, N = q.shape[1], q.shape[4]
     GN, RN = w_hh.shape[1], w_hh.shape[2]
     dt = q.dtype
-    return (np.empty((RN, K), dt), np.zeros((N, K), dt), np.empty((GN, K), dt),
-            np.empty((GN, K), dt), np.empty(q.shape[1:], dt), np.empty(K, np.float64),
-            np.empty(K, np.float64))
+    return (np.empty((K, RN), dt), np.zeros((K, N), dt), np.empty((K, GN), dt),
+            np.empty((K, GN), dt), np.empty(q.shape[1:], dt), np.empty(K, np.float64),
+            np.empty(K, np.float64), np.empty((0, 0), np.float64))
 
 
 @register_jitable
-def _advance(jac, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, qb, flat, tmp, r, y, z, up):
-    """The frame of sequence b through step t: by the given matrix jac[t, b] when jac holds
-    matrices, else by the tangent map of a linearised trajectory (:func:`_apply_tangent`)."""
+def _advance(jac, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, qb,
+             flat, tmp, r, y, z, up):
+    """tmp <- the frame qb (flat: the same, (k, S)) of sequence b through step t: by the given
+    matrix jac[t, b] when jac holds matrices (frame-major: the rows of flat times J^T), else by
+    the tangent map of a linearised trajectory (:func:`_apply_tangent`)."""
     if jac.shape[0] > 0:
-        np.dot(jac[t, b], flat, tmp.reshape(flat.shape))
+        np.dot(flat, jac[t, b].T, tmp.reshape(flat.shape))
     else:
-        _apply_tangent(False, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, qb, tmp, r, y, z, up)
-    qb[:] = tmp
+        _apply_tangent(False, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct,
+                       rgrad, qb, tmp, r, y, z, up)
+
+
+@register_jitable
+def _factored_loop(jac, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, q, qr_at, record_at,
+                   local, status, fw, r_from, r_store, q_slot, q_store):
+    """Benettin's loop with k = S and a QR after every step, Q kept factored (see above): the
+    loop of :func:`_lyapunov_kernel` (strict False) and of :func:`_clv_forward_kernel`, with
+    their arguments; R_t into r_store from step r_from on, Q_t into q_store where q_slot[t] >= 0
+    (r_store and q_store of size 0 when not wanted)."""
+    B, K = q.shape[0], q.shape[1]
+    T = record_at.shape[0]
+    S = K
+    N = direct.shape[5]
+    GN = w_hh.shape[1]
+    below = np.empty(N * S, w_up.dtype)  # (the dtype of the product W_ih J: a stand-in's
+    z = np.empty(GN * S, w_up.dtype)      # for given matrices, never used)
+    bufs = fw[1]
+    q_t = np.empty((S, S) if q_store.shape[0] > 0 else (0, 0))
+    log_r = np.empty(K)
+    for b in range(B):
+        _factor_start(fw, q[b].reshape((K, S)))
+        cur = 0
+        for t in range(T):
+            _factored_advance(jac, t, b, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, fw,
+                              cur, below, z)
+            c = bufs[cur]
+            if not np.isfinite(_frame_max(c)):
+                st = status[b]
+                st[0], st[1], st[2], st[3], st[4] = FAIL_NONFINITE, t, 1, 0.0, 0
+                _lose_sequence(local, b, t, qr_at, record_at)
+                break
+            _wy_qr(fw, cur)
+            for i in range(K):
+                d = abs(c[i, i])
+                log_r[i] = np.log(d) if d > 0.0 else -np.inf
+            row = record_at[t]
+            if row >= 0:
+                for i in range(K):
+                    local[row, b, i] = log_r[i]
+            if t >= r_from:
+                dst = r_store[t - r_from, b]
+                for i in range(K):
+                    for j in range(i + 1):
+                        dst[j, i] = c[i, j]  # R[j, i], Fortran order
+                    for j in range(i + 1, K):
+                        dst[j, i] = 0.0
+            slot = q_slot[t]
+            if slot >= 0:
+                q_t[:, :] = 0.0
+                for i in range(S):
+                    q_t[i, i] = 1.0
+                _wy_apply(fw, 2, cur, q_t)  # Q_t, Fortran order
+                dq = q_store[slot, b]
+                for i in range(S):
+                    for j in range(K):
+                        dq[i, j] = q_t[j, i]
+            cur = 1 - cur
 
 
 @njit(**_JIT)
-def _lyapunov_kernel(jac, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, q, qr_at, record_at, local, strict, ortho_tol,
-                     log_tiny, status):
+def _lyapunov_kernel(jac, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, q,
+                     qr_at, record_at, local, strict, ortho_tol, log_tiny, qw, fw, status):
     """Benettin's QR method along the trajectory of every sequence.
 
-    The steps are the given matrices jac (T, B, S, S), q (B, S, 1, 1, k), when jac holds any;
+    The steps are the given matrices jac (T, B, S, S), q (B, k, S, 1, 1), when jac holds any;
     else (jac of shape (0, 0, 0, 0)) the tangent maps of a linearised trajectory (the arguments
-    n_dir ... rgrad, see :func:`_apply_tangent`), q (B, L*D, P, N, k).  q: orthonormal initial
-    vectors, overwritten.  qr_at (T,) bool: orthonormalise after step t; record_at (T,) int: the
-    block that step t's QR is recorded in, or -1 (transient).  strict, ortho_tol, log_tiny: the
-    checks of :func:`_after_step`.
+    n_dir ... rgrad, see :func:`_apply_tangent`), q (B, k, L*D, P, N).  q: orthonormal initial
+    vectors (frame-major), overwritten.  qr_at (T,) bool: orthonormalise after step t;
+    record_at (T,) int: the block that step t's QR is recorded in, or -1 (transient).  strict,
+    ortho_tol, log_tiny: the checks of :func:`_after_step`; qw: the QR workspace
+    (:func:`qr_workspace`); fw: the factored route's (:func:`factored_workspace`: the full
+    spectrum with a QR after every step runs :func:`_factored_loop` when it is not empty).
     Writes local (n_blocks, B, k): sum over the block of ln|R_ii| (the caller divides by length),
     and status (B, 8): the first failure of each sequence (see FAIL_* and :func:`_after_step`).
     After a FAIL_OVERFLOW, FAIL_UNDERFLOW or FAIL_ORTHOGONALITY the block is replayed with a QR
     after every step to measure its growth rates (:func:`_record_rates`), and the kernel stops.
     """
+    if fw[1].shape[1] > 0:
+        no_store = np.empty((0, 0, 0, 0))
+        _factored_loop(jac, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, q, qr_at,
+                       record_at, local, status, fw, qr_at.shape[0], no_store,
+                       np.full(qr_at.shape[0], -1, np.int64), no_store)
+        return
     B = q.shape[0]
     T = qr_at.shape[0]
-    S, K = q.shape[1] * q.shape[2] * q.shape[3], q.shape[4]
-    r, up, y, z, tmp, log_r, log_col = _frame_workspace(q, w_hh)
-    start = np.empty((S, K), q.dtype)
+    K, S = q.shape[1], q.shape[2] * q.shape[3] * q.shape[4]
+    r, up, y, z, tmp, log_r, log_col, no_r = _frame_workspace(q, w_hh)
+    moved = tmp.reshape((K, S))
+    start = np.empty((K, S), q.dtype)
     acc = np.zeros(K, np.float64)
     for b in range(B):
         qb = q[b]
-        flat = qb.reshape((S, K))
-        start[:, :] = flat
+        flat = qb.reshape((K, S))
+        if strict:  # (only a strict loop refuses a block, and replays it from its start)
+            start[:, :] = flat
         n = 0
         prev = 0.0
         for t in range(T):
-            _advance(jac, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, qb, flat, tmp, r, y, z, up)
+            _advance(jac, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad,
+                     qb, flat, tmp, r, y, z, up)
             n += 1
-            code, prev = _after_step(flat, t, n, qr_at[t], strict, ortho_tol, log_tiny, prev,
-                                     log_r, log_col, status[b])
+            code, prev = _after_step(moved, flat, t, n, qr_at[t], strict, ortho_tol, log_tiny,
+                                     prev, log_r, log_col, status[b], qw, no_r)
             if code == 2:
                 flat[:, :] = start
                 ok = True
                 for tt in range(t - n + 1, t + 1):
-                    _advance(jac, tt, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, qb, flat, tmp, r, y, z,
-                             up)
-                    ok = _replay_step(flat, acc, log_r, log_col)
+                    _advance(jac, tt, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp,
+                             direct, rgrad, qb, flat, tmp, r, y, z, up)
+                    ok = _replay_step(moved, flat, acc, log_r, log_col, qw, no_r)
                     if not ok:
                         break
                 _record_rates(acc, n, ok, status[b])
@@ -401,7 +1084,8 @@ def _lyapunov_kernel(jac, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, di
                 break
             if qr_at[t]:
                 n = 0
-                start[:, :] = flat
+                if strict:
+                    start[:, :] = flat
                 blk = record_at[t]
                 if blk >= 0:
                     for i in range(K):
@@ -409,7 +1093,8 @@ def _lyapunov_kernel(jac, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, di
 
 
 @njit(**_JIT)
-def _graded_product_kernel(n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, q, lag_slot, log_d, u_out, status):
+def _graded_product_kernel(n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, q,
+                           lag_slot, log_d, u_out, qw, status):
     """Accumulate P_tau^T = J_{T-tau}^T ... J_{T-1}^T (processing steps) for every lag, graded.
 
     P_tau^T = Q_tau diag(exp(log_d)) U_tau with Q_tau orthonormal and U_tau upper triangular with
@@ -419,23 +1104,18 @@ def _graded_product_kernel(n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, d
     the growth rates (no overflow or underflow at any lag).  An R_ii exactly 0 (an exactly
     singular step) makes ln d_i = -inf: that direction's singular value is 0 from then on.
 
-    q (B, L*D, P, N, S): orthonormal start, overwritten; lag_slot (T,) int: after tau = s + 1
-    factors (s = 0..T-1), the slot to save into, or -1.  Writes log_d (n_lags, B, S) and
-    u_out (n_lags, B, S, S), and status (B, 5): FAIL_NONFINITE, the processing step t, the lag
-    tau, then 0 (the product J^T Q) or 1 (the graded factor U) where a value became inf or NaN;
-    that sequence's remaining lags are NaN.
+    q (B, S, L*D, P, N): orthonormal start (frame-major), overwritten; lag_slot (T,) int: after
+    tau = s + 1 factors (s = 0..T-1), the slot to save into, or -1; qw: the QR workspace.
+    Writes log_d (n_lags, B, S) and u_out (n_lags, B, S, S), and status (B, 5): FAIL_NONFINITE,
+    the processing step t, the lag tau, then 0 (the product J^T Q) or 1 (the graded factor U)
+    where a value became inf or NaN; that sequence's remaining lags are NaN.
     """
     B = q.shape[0]
     T = lag_slot.shape[0]
-    N = q.shape[3]
-    S = q.shape[1] * q.shape[2] * N
-    GN, RN = w_hh.shape[1], w_hh.shape[2]
-    dt = q.dtype
-    r = np.empty((RN, S), dt)
-    up = np.zeros((N, S), dt)
-    y = np.empty((GN, S), dt)
-    z = np.empty((GN, S), dt)
-    tmp = np.empty(q.shape[1:], dt)
+    S = q.shape[1]
+    r, up, y, z, tmp, log_r, log_col, _ = _frame_workspace(q, w_hh)
+    moved = tmp.reshape((S, S))
+    rr = np.empty((S, S), np.float64)
     m = np.empty((S, S), np.float64)
     u = np.empty((S, S), np.float64)
     u_new = np.empty((S, S), np.float64)
@@ -449,14 +1129,14 @@ def _graded_product_kernel(n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, d
             ld[i] = 0.0
         for s in range(T):
             t = T - 1 - s
-            _apply_tangent(True, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, qb, tmp, r, y, z, up)
-            jq = tmp.reshape((S, S))
+            _apply_tangent(True, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct,
+                           rgrad, qb, tmp, r, y, z, up)
             lost = -1
-            if not np.isfinite(_frame_max(jq)):
+            amax = _frame_max(moved)  # (J^T Q)^T, frame-major
+            if not np.isfinite(amax):
                 lost = 0
             else:
-                qq, rr = np.linalg.qr(jq)
-                flat[:, :] = qq
+                _orthonormalise(moved, flat, amax, log_r, log_col, False, qw, rr)
                 for i in range(S):
                     di = np.abs(rr[i, i])
                     inv = 1.0 / di if di > 0.0 else 0.0
@@ -534,36 +1214,132 @@ def tangent(args, v, out, transpose):
         _tangent_kernel(bool(transpose), *args, v, out)
 
 
+def jacobians(args, out):
+    """out[t, b] <- the dense step Jacobian J_t of sequence b, out (T, B, S, S) float64
+    C-contiguous; ``args``: (n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad) of the
+    linearisation (see _jacobians_kernel).  Returns (t, b) of the first J_t (time first, then
+    sequence) holding an inf or NaN, or None.
+
+    Ranges of steps go to numrnn's threads (:func:`numrnn.cpu.threads.run`): every J_t is
+    computed the same way whichever thread writes it, so the bits do not depend on the split.
+    The work counted is the entries written (the kernel is memory bound)."""
+    T, B, S = out.shape[0], out.shape[1], out.shape[2]
+    bad = np.zeros((T, B), np.uint8)
+
+    def part(t0, t1):
+        _jacobians_kernel(t0, t1, *args, out, bad)
+
+    with blas.single_threaded():
+        threads.run(part, T, threads.pieces(T, T * B * S * S))
+    if not bad.any():
+        return None
+    t, b = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    return int(t), int(b)
+
+
+def frame_major(q, args=None):
+    """Frames q (B, S, k) as the kernels hold them: (B, k, L*D, P, N) C-contiguous, the state
+    layout of the linearisation ``args`` (kernel_args), or (B, k, S, 1, 1) for given matrices
+    (``args`` None)."""
+    B, S, K = q.shape
+    qt = np.ascontiguousarray(q.transpose(0, 2, 1))
+    if args is None:
+        return qt.reshape(B, K, S, 1, 1)
+    w_hh, direct = args[2], args[8]
+    return qt.reshape(B, K, w_hh.shape[0], direct.shape[3], direct.shape[5])
+
+
+def _qr_workspace_of(q):
+    return qr_workspace(q.shape[1], q.shape[2] * q.shape[3] * q.shape[4])
+
+
+def workspace_bytes(K, S, strict):
+    """Bytes of the QR loops' workspaces for frames of K vectors of S numbers (the QR's copy of
+    the frame, and for the full spectrum the factored route's three S x S matrices)."""
+    factored = 0
+    if _factored(K, S, strict):
+        nb = min(FACTORED_NB, S)
+        factored = (3 * S * S + 3 * S * nb) * 8
+    return K * S * 8 + factored
+
+
+def _factored_workspace_of(q, strict):
+    return factored_workspace(q.shape[1], q.shape[2] * q.shape[3] * q.shape[4], bool(strict))
+
+
 def lyapunov(args, q, qr_at, record_at, local, strict):
-    """Benettin's loop along a linearised trajectory (see _lyapunov_kernel); returns the
-    status array (B, 8)."""
+    """Benettin's loop along a linearised trajectory (see _lyapunov_kernel), q (B, S, k)
+    orthonormal frames; returns the status array (B, 8)."""
+    q = frame_major(q, args)
     status = np.zeros((q.shape[0], 8))
     ortho_tol, log_tiny = qr_limits(q.dtype)
     no_matrices = np.empty((0, 0, 0, 0), q.dtype)
     with blas.single_threaded():
         _lyapunov_kernel(no_matrices, *args, q, qr_at, record_at, local, bool(strict), ortho_tol,
-                         log_tiny, status)
+                         log_tiny, _qr_workspace_of(q), _factored_workspace_of(q, strict),
+                         status)
     return status
 
 
 def lyapunov_dense(jac, q, qr_at, record_at, local, strict):
-    """Benettin's loop on given matrices jac (T, B, S, S) (see _lyapunov_kernel); returns the
-    status array (B, 8)."""
+    """Benettin's loop on given matrices jac (T, B, S, S) (see _lyapunov_kernel), q (B, S, k)
+    orthonormal frames; returns the status array (B, 8)."""
+    q = frame_major(q)
     status = np.zeros((q.shape[0], 8))
     ortho_tol, log_tiny = qr_limits(q.dtype)
     with blas.single_threaded():
         _lyapunov_kernel(jac, *_no_tangent(q.dtype), q, qr_at, record_at, local, bool(strict),
-                         ortho_tol, log_tiny, status)
+                         ortho_tol, log_tiny, _qr_workspace_of(q),
+                         _factored_workspace_of(q, strict), status)
     return status
 
 
 def graded_product(args, q, lag_slot, log_d, u_out):
-    """Graded accumulation of the transposed Jacobian products (see _graded_product_kernel);
-    returns the status array (B, 5)."""
+    """Graded accumulation of the transposed Jacobian products (see _graded_product_kernel),
+    q (B, S, S) orthonormal; returns the status array (B, 5)."""
+    q = frame_major(q, args)
     status = np.zeros((q.shape[0], 5))
     with blas.single_threaded():
-        _graded_product_kernel(*args, q, lag_slot, log_d, u_out, status)
+        _graded_product_kernel(*args, q, lag_slot, log_d, u_out, _qr_workspace_of(q), status)
     return status
+
+
+def frame_qr(a, householder_max_k=None):
+    """The QR of an (S, k) matrix as the QR loops compute it (see ``_orthonormalise``).
+
+    Parameters
+    ----------
+    a : ndarray, shape (S, k), 1 <= k <= S, finite, float64 or float32 (factored in float64)
+    householder_max_k : int, optional
+        The widest frame given to the compiled Householder QR (default HOUSEHOLDER_MAX_K);
+        wider ones go to LAPACK.
+
+    Returns
+    -------
+    q : ndarray, shape (S, k), float64
+        Orthonormal columns, a = q r.
+    r : ndarray, shape (k, k), float64
+        Upper triangular, the signs of LAPACK's (R_ii = -sign(a_ii) |.| column by column).
+    log_r : ndarray, shape (k,)
+        ln|R_ii| as the loops record it (-inf where R_ii = 0).
+    log_col : ndarray, shape (k,)
+        ln ||R[:i+1, i]|| (the norm of column i of a).
+    worst : (float, int)
+        The smallest sin of the angle between a column and the span of those before it,
+        |R_ii| / ||R[:i+1, i]||, over i >= 1, and its column (1.0, 0 for k = 1).
+    """
+    a = np.asarray(a)
+    if a.ndim != 2 or not 1 <= a.shape[1] <= a.shape[0]:
+        raise ValueError(f"a: expected an (S, k) matrix with 1 <= k <= S, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("a: expected finite values, got NaN or inf entries")
+    frame = np.ascontiguousarray(a.T)
+    K, S = frame.shape
+    dst = np.empty((K, S), frame.dtype)
+    log_r, log_col, r = np.empty(K), np.empty(K), np.empty((K, K))
+    with blas.single_threaded():
+        worst = _qr_kernel(frame, dst, log_r, log_col, qr_workspace(K, S, householder_max_k), r)
+    return dst.T, r, log_r, log_col, (float(worst[0]), int(worst[1]))
 
 
 def first_nonfinite(a):
@@ -577,9 +1353,8 @@ def first_nonfinite(a):
 #
 # Forward: Benettin's loop with a QR after every step (_advance and _after_step, so the frames and
 # ln|R_ii| are _lyapunov_kernel's bits at ons_interval 1), keeping R_t (Y_t = J_t Q_{t-1} =
-# Q_t R_t) from step ``r_from`` on and the frames Q_t at the chosen times.  R_t is recovered as
-# Q_t^T Y_t from a copy of Y_t: upper triangular to rounding, its strictly lower part (of size
-# eps |Y_t|) dropped.  Backward: the CLVs' coefficients in the frames, V_t = Q_t C_t, obey
+# Q_t R_t) from step ``r_from`` on, as the QR computes it, and the frames Q_t at the chosen
+# times.  Backward: the CLVs' coefficients in the frames, V_t = Q_t C_t, obey
 # C_{t-1} = R_t^{-1} C_t (columns renormalised); from a random upper triangular C they converge
 # to the CLVs' at the rates of the spectral gaps.  The normalisation of column i is
 # 1 / |J_t v_i(t-1)|: its log is the CLV's one-step growth rate.
@@ -609,33 +1384,36 @@ def _solve_upper(rr, c):
 @njit(**_JIT)
 def _clv_forward_kernel(jac, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, q,
                         qr_at, record_at, r_from, r_store, q_slot, q_store, local, ortho_tol,
-                        log_tiny, status):
+                        log_tiny, qw, fw, status):
     """The forward phase of Ginelli's method along every sequence.
 
-    jac, n_dir ... rgrad, q: as in :func:`_lyapunov_kernel` (q: the orthonormal initial frames,
-    overwritten); qr_at (T,) all True; record_at (T,): the step's row of ``local`` or -1.
-    Writes local (n_rows, B, k): ln|R_ii| of each recorded step; r_store (T - r_from, B, k, k):
-    R_t of every step t >= r_from (zero below the diagonal); q_store (n_times, B, S, k): Q_t at
-    the steps with q_slot[t] >= 0; status (B, 8): FAIL_NONFINITE and the step where a frame
-    became inf or NaN one step after its QR (that sequence stops, its remaining rows NaN).
+    jac, n_dir ... rgrad, q, qw, fw: as in :func:`_lyapunov_kernel` (q: the orthonormal initial
+    frames, frame-major, overwritten; the same route as it takes, so the same bits); qr_at (T,)
+    all True; record_at (T,): the step's row of ``local`` or -1.  Writes local (n_rows, B, k):
+    ln|R_ii| of each recorded step; r_store (T - r_from, B, k, k): R_t of every step t >=
+    r_from (zero below the diagonal); q_store (n_times, B, S, k): Q_t at the steps with
+    q_slot[t] >= 0; status (B, 8): FAIL_NONFINITE and the step where a frame became inf or NaN
+    one step after its QR (that sequence stops, its remaining rows NaN).
     """
+    if fw[1].shape[1] > 0:
+        _factored_loop(jac, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, q, qr_at,
+                       record_at, local, status, fw, r_from, r_store, q_slot, q_store)
+        return
     B = q.shape[0]
     T = qr_at.shape[0]
-    S, K = q.shape[1] * q.shape[2] * q.shape[3], q.shape[4]
-    r, up, y, z, tmp, log_r, log_col = _frame_workspace(q, w_hh)
-    kept = np.empty((S, K), q.dtype)
-    rt = np.empty((K, K), q.dtype)
+    K, S = q.shape[1], q.shape[2] * q.shape[3] * q.shape[4]
+    r, up, y, z, tmp, log_r, log_col, no_r = _frame_workspace(q, w_hh)
+    moved = tmp.reshape((K, S))
+    rt = np.zeros((K, K), np.float64)
     for b in range(B):
         qb = q[b]
-        flat = qb.reshape((S, K))
+        flat = qb.reshape((K, S))
         for t in range(T):
             _advance(jac, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad,
                      qb, flat, tmp, r, y, z, up)
             keep = t >= r_from
-            if keep:
-                kept[:, :] = flat
-            code, _ = _after_step(flat, t, 1, True, False, ortho_tol, log_tiny, 0.0, log_r,
-                                  log_col, status[b])
+            code, _ = _after_step(moved, flat, t, 1, True, False, ortho_tol, log_tiny, 0.0, log_r,
+                                  log_col, status[b], qw, rt if keep else no_r)
             if code != 0:
                 _lose_sequence(local, b, t, qr_at, record_at)
                 break
@@ -644,16 +1422,16 @@ def _clv_forward_kernel(jac, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp,
                 for i in range(K):
                     local[row, b, i] = log_r[i]
             if keep:
-                np.dot(flat.T, kept, rt)
                 dst = r_store[t - r_from, b]
                 for i in range(K):
-                    for j in range(i):
-                        dst[i, j] = 0.0
-                    for j in range(i, K):
+                    for j in range(K):
                         dst[i, j] = rt[i, j]
             slot = q_slot[t]
             if slot >= 0:
-                q_store[slot, b] = flat
+                dq = q_store[slot, b]
+                for c in range(K):
+                    for i in range(S):
+                        dq[i, c] = flat[c, i]
 
 
 @njit(**_JIT)
@@ -768,19 +1546,22 @@ def _no_tangent(dtype):
 
 
 def covariant_forward(jac, args, q, record_at, r_from, r_store, q_slot, q_store, local):
-    """The forward phase (see _clv_forward_kernel) on given matrices ``jac`` (T, B, S, S), q
-    (B, S, 1, 1, k), or with ``jac`` None along a linearised trajectory (``args``), q
-    (B, L*D, P, N, k); returns the status array (B, 8)."""
-    status = np.zeros((q.shape[0], 8))
-    ortho_tol, log_tiny = qr_limits(q.dtype)
+    """The forward phase (see _clv_forward_kernel) on given matrices ``jac`` (T, B, S, S), or
+    with ``jac`` None along a linearised trajectory (``args``); q (B, S, k) orthonormal frames;
+    returns the status array (B, 8)."""
     if jac is None:
         jac = np.empty((0, 0, 0, 0), q.dtype)
+        q = frame_major(q, args)
     else:
         args = _no_tangent(q.dtype)
+        q = frame_major(q)
+    status = np.zeros((q.shape[0], 8))
+    ortho_tol, log_tiny = qr_limits(q.dtype)
     qr_at = np.ones(record_at.shape[0], np.bool_)
     with blas.single_threaded():
         _clv_forward_kernel(jac, *args, q, qr_at, record_at, r_from, r_store, q_slot, q_store,
-                            local, ortho_tol, log_tiny, status)
+                            local, ortho_tol, log_tiny, _qr_workspace_of(q),
+                            _factored_workspace_of(q, False), status)
     return status
 
 

@@ -1,0 +1,115 @@
+"""The QR of the QR loops (numrnn.cpu.jacobians): the compiled Householder QR and the direct
+LAPACK calls against numpy.linalg.qr, on random and on badly conditioned frames."""
+import numpy as np
+import pytest
+
+from numrnn.cpu import jacobians as _k
+
+from .tolerance import assert_close
+
+EPS = np.finfo(np.float64).eps
+#: Both routes of the QR: the compiled Householder QR for every width, and LAPACK for every
+#: width but one (k = 1 is a normalisation on either route).
+ROUTES = {"householder": 10**6, "lapack": 0}
+
+
+def frames(rng):
+    """(name, a) pairs: random, graded column scales (1e150 .. 1e-150: the scaled norms),
+    tiny entries (1e-300: squares underflow), a subnormal column (its norm scaled up before
+    its reflector, as dlarfg does), nearly parallel columns, an ill-conditioned
+    mixture (singular values 1 .. 1e-8), a zero column and a column with nothing below its
+    diagonal entry, for a few shapes."""
+    for S, K in [(200, 3), (64, 2), (3, 3), (50, 10), (30, 1)]:
+        yield "random", rng.standard_normal((S, K))
+        a = rng.standard_normal((S, K))
+        yield "graded", a * np.logspace(150, -150, K)
+        yield "tiny", rng.standard_normal((S, K)) * 1e-300
+        a = rng.standard_normal((S, K))
+        a[:, 0] *= 1e-310
+        yield "subnormal column", a
+        if K > 1:
+            a = rng.standard_normal((S, K))
+            a[:, 1] = a[:, 0] + 1e-6 * rng.standard_normal(S)
+            yield "parallel", a
+            u, _ = np.linalg.qr(rng.standard_normal((S, K)))
+            v, _ = np.linalg.qr(rng.standard_normal((K, K)))
+            yield "kappa 1e8", u @ np.diag(np.logspace(0, -8, K)) @ v.T
+            a = rng.standard_normal((S, K))
+            a[:, 0] = 0.0
+            yield "zero column", a
+        a = rng.standard_normal((S, K))
+        a[1:, 0] = 0.0
+        yield "triangular column", a
+
+
+def test_frame_qr_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"a: expected an \(S, k\) matrix with 1 <= k <= S"):
+        _k.frame_qr(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"a: expected an \(S, k\) matrix"):
+        _k.frame_qr(np.zeros(3))
+    with pytest.raises(ValueError, match="a: expected finite values"):
+        _k.frame_qr(np.full((3, 2), np.nan))
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_frame_qr_is_lapacks(route, rng):
+    """Q R = A with Q^T Q = I to 1e-14, R upper triangular with LAPACK's signs, and ln|R_ii|
+    as numpy.linalg.qr's (LAPACK's dgeqrf) gives them.  Two Householder QRs differ only in the
+    order of their sums: R_ii agrees to about eps / s relative, s the smallest of s_j = |R_jj| /
+    ||R[:j+1, j]|| over j <= i (the sine of the angle between column j and the columns before
+    it: the reflectors before column i carry the rounding of those angles), so ln|R_ii| to
+    1e-12 where the columns are well apart, and to 100 eps / s where they are not (the frames
+    of ill-conditioned mixtures and nearly parallel columns: s down to 1e-8).  The LAPACK route
+    is numpy's own call: the same bits."""
+    for name, a in frames(rng):
+        S, K = a.shape
+        q, r, log_r, log_col, _ = _k.frame_qr(a, ROUTES[route])
+        qq, rr = np.linalg.qr(a)
+        what = f"{name} ({S}x{K})"
+        assert np.all(np.tril(r, -1) == 0.0), what
+        assert_close(q.T @ q, np.eye(K), atol=1e-14, what=f"Q^T Q, {what}")
+        assert_close(q @ r, a, rtol=1e-14, what=f"Q R, {what}")
+        d, dd = np.diag(r), np.diag(rr)
+        assert np.array_equal(np.sign(d), np.sign(dd)), what
+        with np.errstate(divide="ignore", invalid="ignore"):  # (a zero column)
+            want = np.log(np.abs(dd))
+            top = np.maximum(np.abs(rr).max(axis=0), 1e-300)
+            sine = np.abs(dd) / top / np.linalg.norm(np.triu(rr) / top, axis=0)
+        assert np.array_equal(log_r == -np.inf, want == -np.inf), what
+        live = np.isfinite(want)
+        tol = np.maximum(1e-12, 100 * EPS / np.minimum.accumulate(np.where(live, sine, 1.0)))
+        assert np.all(np.abs(log_r[live] - want[live]) <= tol[live]), (what, log_r, want)
+        scale = np.maximum(np.abs(a).max(axis=0), 1e-300)  # (numpy's norm squares underflow)
+        assert_close(np.exp(log_col - np.log(scale)), np.linalg.norm(a / scale, axis=0),
+                     rtol=1e-12, what=what)
+        if route == "lapack" and K > 1:
+            assert np.array_equal(q, qq) and np.array_equal(r, rr), what
+
+
+def test_frame_qr_measures_the_angle():
+    """The smallest sine |R_ii| / ||R[:i+1, i]|| and its column, as the strict loops check it:
+    a column at angle 1e-9 from the one before it gives s ~ 1e-9 there."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((40, 4))
+    a[:, 2] = a[:, 1] + 1e-9 * rng.standard_normal(40)
+    for cut in ROUTES.values():
+        _, _, _, _, (s, at) = _k.frame_qr(a, cut)
+        assert at == 2 and 1e-11 < s < 1e-8
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 10])
+def test_both_routes_give_one_spectrum(k, rng):
+    """lyapunov_from_jacobians on the same matrices through either QR route: the exponents
+    agree to rounding (the frames differ by the order of sums only)."""
+    import numrnn
+
+    J = rng.standard_normal((300, 12, 12)) / np.sqrt(12)
+    res = {}
+    for route, cut in ROUTES.items():
+        old = _k.HOUSEHOLDER_MAX_K
+        _k.HOUSEHOLDER_MAX_K = cut
+        try:
+            res[route] = numrnn.lyapunov_from_jacobians(J, k=k, seed=0).exponents
+        finally:
+            _k.HOUSEHOLDER_MAX_K = old
+    assert_close(res["householder"], res["lapack"], rtol=1e-11)
