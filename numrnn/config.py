@@ -58,8 +58,11 @@ PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 2_000_000)
 
 #: Least multiply-adds per time step (B * N_in * N_out) for which one step of a batch smaller
 #: than the machine's block count is split over threads by units (a barrier per step); below
-#: it the batch is split by sequences.  See numrnn.cpu.recurrence.unit_blocks.
-SPLIT_MIN_STEP_WORK = _env_int("NUMRNN_SPLIT_MIN_STEP_WORK", 64 * 64 * 4)
+#: it the batch is split by sequences.  See numrnn.cpu.recurrence.unit_blocks.  Measured on the
+#: 2-core EPYC, forward + vjp at B = 1, T = 200 (split / by sequences): 0.9-1.2x at 16k-37k
+#: multiply-adds a step (tanh N = 128-192, LSTM N = 64), 1.05-1.5x from 49k on (GRU N = 128,
+#: LSTM N = 128-256, tanh N = 256-512).
+SPLIT_MIN_STEP_WORK = _env_int("NUMRNN_SPLIT_MIN_STEP_WORK", 3 * 128 * 128)
 
 #: Steps per block of the products over time on the CPU (the input projection, the weight
 #: gradients, the input's gradient; a checkpoint interval is a multiple of it): the smallest
