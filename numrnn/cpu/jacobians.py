@@ -629,29 +629,6 @@ SAFE_MIN = float(np.finfo(np.float64).tiny / np.finfo(np.float64).eps)
 
 
 @register_jitable
-def _sum_squares(w, c, i0):
-    """sum over i >= i0 of w[c, i]^2 (eight partial sums, in a fixed order)."""
-    S = w.shape[1]
-    row = w[c]
-    m = max(S - i0, 0)
-    m8 = m - m % 8
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    for j in range(0, m8, 8):
-        i = i0 + j
-        s0 += row[i] * row[i]
-        s1 += row[i + 1] * row[i + 1]
-        s2 += row[i + 2] * row[i + 2]
-        s3 += row[i + 3] * row[i + 3]
-        s4 += row[i + 4] * row[i + 4]
-        s5 += row[i + 5] * row[i + 5]
-        s6 += row[i + 6] * row[i + 6]
-        s7 += row[i + 7] * row[i + 7]
-    for j in range(m8, m):
-        s0 += row[i0 + j] * row[i0 + j]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-
-
-@register_jitable
 def _dot_rows(w, a, c, i0):
     """sum over i >= i0 of w[a, i] * w[c, i] (eight partial sums, in a fixed order)."""
     S = w.shape[1]
@@ -699,7 +676,7 @@ def _householder_qr(w, tau):
     by 1 / SAFE_MIN (a power of 2: exact) until it is not, as dlarfg does."""
     K, S = w.shape
     for c in range(K):
-        xx = _sum_squares(w, c, c + 1)
+        xx = _dot_rows(w, c, c, c + 1)  # the squares of row c
         if xx >= SAFE_SQUARES and xx < np.inf:
             xnorm = math.sqrt(xx)
         else:

@@ -165,6 +165,17 @@ def _count_nonfinite(v, n, zero):
 
 
 @register_jitable(inline="always")
+def _entering(first, t, reverse, h0, c0, out_h, out_c, two_states):
+    """The states (p0, p1) entering step t, (B, N) each: h0, c0 at the first step in running
+    order, else the outputs of the step before it in that order (p1: c0, unused, for one-state
+    cells)."""
+    if first:
+        return h0, c0
+    tp = t + 1 if reverse else t - 1
+    return out_h[tp], (out_c[tp] if two_states else c0)
+
+
+@register_jitable(inline="always")
 def _previous(p0, p1, j0, j1, prev, two_states):
     """prev[0, j0:j1] = p0[j0:j1] (and prev[1] from p1 for two-state cells): the states entering a
     step, copied out of the array the step writes its new states into.  LLVM does not vectorise
@@ -325,12 +336,7 @@ def _make_forward(fingerprint):
         prev = np.empty((2, N), xp.dtype)
         for s in range(T):
             t = T - 1 - s if reverse else s
-            if s == 0:
-                p0, p1 = h0, c0
-            else:
-                tp = t + 1 if reverse else t - 1
-                p0 = out_h[tp]
-                p1 = out_c[tp] if TWO_STATES else c0
+            p0, p1 = _entering(s == 0, t, reverse, h0, c0, out_h, out_c, TWO_STATES)
             recurrent_projection(p0, p1, b0, w_hh_t, w_hh, b_hh, mode, opts, one, rec, rec_t,
                                  hp_t, hp)
             q1 = out_c[t] if TWO_STATES else c0
@@ -378,12 +384,7 @@ def _make_backward(fingerprint):
         for s in range(T):
             t = s if reverse else T - 1 - s
             first = s == T - 1
-            if first:
-                p0, p1 = h0, c0
-            else:
-                tp = t + 1 if reverse else t - 1
-                p0 = out_h[tp]
-                p1 = out_c[tp] if TWO_STATES else c0
+            p0, p1 = _entering(first, t, reverse, h0, c0, out_h, out_c, TWO_STATES)
             q1 = out_c[t] if TWO_STATES else c0
             for i in range(nb):
                 b = b0 + i
@@ -486,12 +487,7 @@ def _make_forward_split(fingerprint):
         k_hi = (me + 1) * n_blocks // n_threads
         for s in range(T):
             t = T - 1 - s if reverse else s
-            if s == 0:
-                p0, p1 = h0, c0
-            else:
-                tp = t + 1 if reverse else t - 1
-                p0 = out_h[tp]
-                p1 = out_c[tp] if TWO_STATES else c0
+            p0, p1 = _entering(s == 0, t, reverse, h0, c0, out_h, out_c, TWO_STATES)
             if DIRECT:
                 r = p0
             else:  # every thread reads the whole state (N values): no second barrier
@@ -555,12 +551,7 @@ def _make_backward_split(fingerprint):
         for s in range(T):
             t = s if reverse else T - 1 - s
             first = s == T - 1
-            if first:
-                p0, p1 = h0, c0
-            else:
-                tp = t + 1 if reverse else t - 1
-                p0 = out_h[tp]
-                p1 = out_c[tp] if TWO_STATES else c0
+            p0, p1 = _entering(first, t, reverse, h0, c0, out_h, out_c, TWO_STATES)
             q1 = out_c[t] if TWO_STATES else c0
             for blk in range(k_lo, k_hi):
                 j0, j1 = edges[blk], edges[blk + 1]
