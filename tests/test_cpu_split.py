@@ -9,10 +9,11 @@ import time
 
 import numpy as np
 import pytest
+from numba import njit
 
 import numrnn
 from numrnn import config
-from numrnn.cpu import recurrence, threads
+from numrnn.cpu import recurrence, sync, threads
 
 from .problems import CELL_CASES, CELL_IDS, as_pair, make_problem
 
@@ -127,34 +128,30 @@ def test_gradient_norms_match_the_batch_path_and_survive_overflow(split):
         assert runs[0].tobytes() == runs[1].tobytes()
 
 
-def test_a_failing_participant_does_not_hang_the_others(monkeypatch):
+@njit(nogil=True)
+def _meet_or_fail(seen, failing, flags, me, n_threads):
+    """Participant ``me``: marks ``seen``, raises if it is ``failing``, else waits at the
+    barrier for 10 phases (returns only if every participant arrives or it is released)."""
+    seen[me] = 1
+    if me == failing:
+        raise RuntimeError("participant failed")
+    for phase in range(1, 11):
+        sync.arrive_and_wait(flags, me, n_threads, phase)
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_failing_participant_does_not_hang_the_others(monkeypatch, failing):
+    """The caller's participant (0) or a pool thread's (1) raises: the other is released, the
+    error reaches the caller, and the pool runs the next call."""
     monkeypatch.setattr(threads, "_alone_until", 0.0)  # two threads, whatever ran before
-    flags_seen = []
-
-    def part(flags, me, n_threads):
-        flags_seen.append(me)
-        if me == 1:
-            raise RuntimeError("participant 1 failed")
-        recurrence_wait(flags, me, n_threads)
-
-    with pytest.raises(RuntimeError, match="participant 1"):
-        threads.together(part, 2)
-    assert sorted(flags_seen) == [0, 1]
-
-
-def recurrence_wait(flags, me, n_threads):
-    """Wait at the barrier for 10 phases (returns only if every participant arrives or the
-    barrier is released)."""
-    from numba import njit
-
-    from numrnn.cpu import sync
-
-    @njit(nogil=True)
-    def wait(flags, me, n):
-        for phase in range(1, 11):
-            sync.arrive_and_wait(flags, me, n, phase)
-
-    wait(flags, me, n_threads)
+    monkeypatch.setattr(config, "NUM_THREADS", 2)
+    seen = np.zeros(2, np.int64)
+    with pytest.raises(RuntimeError, match="participant failed"):
+        threads.together(_meet_or_fail, (seen, failing), 2)
+    assert seen.tolist() == [1, 1]
+    again = np.zeros(2, np.int64)
+    threads.together(_meet_or_fail, (again, -1), 2)
+    assert again.tolist() == [1, 1]
 
 
 def test_a_run_that_mostly_waited_sends_the_next_calls_to_one_thread(split, monkeypatch):

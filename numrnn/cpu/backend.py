@@ -45,7 +45,9 @@ def session(dtype, x):
 @contextlib.contextmanager
 def running():
     """Around a pass: numrnn's own threads do the parallel work (the BLAS is held to one), and
-    NaN/inf born inside are reported by numrnn (:mod:`numrnn.errors`), not as NumPy warnings."""
+    NaN/inf born inside are reported by numrnn (:mod:`numrnn.errors`), not as NumPy warnings.
+    The pool's threads are woken now, to be spinning when the first parallel work comes."""
+    threads.wake()
     with blas.single_threaded(), np.errstate(all="ignore"):
         yield
 

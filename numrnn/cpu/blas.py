@@ -38,7 +38,8 @@ _NAMES = [(p + "_get_num_threads" + s, p + "_set_num_threads" + s)
 
 
 def _open(paths):
-    """(get, put) thread-count functions of the first OpenBLAS among ``paths``, or None."""
+    """(get, put, library) of the first OpenBLAS among ``paths`` (its thread-count functions),
+    or None."""
     for path in paths:
         try:
             lib = ctypes.CDLL(path)
@@ -50,8 +51,25 @@ def _open(paths):
             if get is not None and put is not None:
                 get.restype = ctypes.c_int
                 put.argtypes = [ctypes.c_int]
-                return get, put
+                return get, put, lib
     return None
+
+
+def numpy_gemm_addresses():
+    """{"s": address, "d": address} of ``cblas_sgemm`` and ``cblas_dgemm`` in NumPy's own
+    OpenBLAS when it is the 64-bit-integer build NumPy 2 wheels ship (so compiled code can run
+    the products ``numpy.matmul`` runs), else None."""
+    lib = _find()["numpy"]
+    if lib is None:
+        return None
+    found = {}
+    for ch in "sd":
+        for name in (f"scipy_cblas_{ch}gemm64_", f"cblas_{ch}gemm64_"):
+            fn = getattr(lib[2], name, None)
+            if fn is not None:
+                found[ch] = ctypes.cast(fn, ctypes.c_void_p).value
+                break
+    return found if len(found) == 2 else None
 
 
 def _bundled(package):
@@ -66,7 +84,7 @@ def _bundled(package):
 
 
 def _find():
-    """{"scipy": (get, put) or None, "numpy": (get, put) or None}, probed once."""
+    """{"scipy": (get, put, library) or None, "numpy": ... or None}, probed once."""
     global _libs
     if _libs is None:
         _libs = {name: _open(_bundled(name)) for name in ("scipy", "numpy")}
@@ -103,8 +121,8 @@ class _SingleThreaded:
         _lock.acquire()
         if _depth == 0:  # the outermost block of the thread holding the lock
             libs = _held_libraries()
-            _before = [get() for get, _ in libs]
-            for _, put in libs:
+            _before = [get() for get, _, _ in libs]
+            for _, put, _ in libs:
                 put(1)
         _depth += 1
         return self
@@ -116,7 +134,7 @@ class _SingleThreaded:
         _depth -= 1
         try:
             if _depth == 0:
-                for (_, put), n in zip(_held_libraries(), _before):
+                for (_, put, _), n in zip(_held_libraries(), _before):
                     put(n)
         finally:
             _lock.release()

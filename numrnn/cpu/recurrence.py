@@ -464,15 +464,13 @@ def _rows_pullback(dg, w_hh_t, k0, k1, tmp, dg_t, tmp_t):
 
 def _make_forward_split(fingerprint):
     def _forward_split_kernel(opts, one, xp, w_hh, b_hh, h0, c0, reverse, out_h, out_c, aux,
-                              bad, edges, flags, me, n_threads, rec, hp, rec_t, hp_t, prev):
+                              bad, edges, flags, me, n_threads):
         """Forward recurrence of one layer and direction, every sequence, the units of thread
         ``me`` of ``n_threads``: unit blocks [edges[k], edges[k+1]) for k in its share.
 
         Arguments as :func:`_forward_kernel`'s, except: ``bad`` (n_blocks, B): the first step,
         in running order, at which a unit of the block held a NaN or inf (-1: never);
-        ``flags``: the barrier's (:mod:`numrnn.cpu.sync`), zero at the start; ``rec`` (B, R*N),
-        ``hp`` (B, G*N), ``rec_t`` (R*N, B), ``hp_t`` (rows of the largest block, B), ``prev``
-        (2, N): this thread's scratch.
+        ``flags``: the barrier's (:mod:`numrnn.cpu.sync`), zero at the start.
         """
         fingerprint  # noqa: B018 - in the cache key
         T = xp.shape[0]
@@ -485,6 +483,14 @@ def _make_forward_split(fingerprint):
         n_blocks = edges.shape[0] - 1
         k_lo = me * n_blocks // n_threads
         k_hi = (me + 1) * n_blocks // n_threads
+        rows = 0
+        for blk in range(n_blocks):
+            rows = max(rows, edges[blk + 1] - edges[blk])
+        rec = np.empty((B, RN), xp.dtype)  # this thread's scratch
+        hp = np.empty((B, GN), xp.dtype)
+        rec_t = np.empty((RN, B), xp.dtype)
+        hp_t = np.empty((rows, B), xp.dtype)
+        prev = np.empty((2, N), xp.dtype)
         for s in range(T):
             t = T - 1 - s if reverse else s
             p0, p1 = _entering(s == 0, t, reverse, h0, c0, out_h, out_c, TWO_STATES)
@@ -519,16 +525,13 @@ def _make_forward_split(fingerprint):
 def _make_backward_split(fingerprint):
     def _backward_split_kernel(opts, one, w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out,
                                dh_n, dc_n, reverse, truncate, dxp, dhp, dh0, dc0,
-                               squares, norms, carry, carry_c, edges, flags, me, n_threads,
-                               tmp, dg_t, tmp_t, sc):
+                               squares, norms, carry, carry_c, edges, flags, me, n_threads):
         """BPTT of one layer and direction, every sequence, the units of thread ``me`` (see
         :func:`_forward_split_kernel`); arguments as :func:`_backward_kernel`'s, except:
         ``squares``, ``norms`` (T, B, n_blocks) float64: per unit block, the sum of squares of
         dL/dh_t over its units and its norm (scaled where the squares leave float64's safe
         range), combined by :func:`_combine_norms`; ``carry``, ``carry_c`` (B, N): the carried
-        cotangents, shared (each thread touches its units); ``tmp`` (B, R*N), ``dg_t``
-        (G*N, B), ``tmp_t`` (rows of the largest block, B), ``sc`` (2*G*N,): this thread's
-        scratch.
+        cotangents, shared (each thread touches its units).
 
         One barrier per step, between the cell's backward (every unit's dhp_t written) and the
         pullback through Mᵀ, which reads all of dhp_t for its own rows of Mᵀ.
@@ -542,6 +545,14 @@ def _make_backward_split(fingerprint):
         n_blocks = edges.shape[0] - 1
         k_lo = me * n_blocks // n_threads
         k_hi = (me + 1) * n_blocks // n_threads
+        rows = 0
+        for blk in range(n_blocks):
+            rows = max(rows, edges[blk + 1] - edges[blk])
+        dtype = out_h.dtype
+        tmp = np.empty((B, R * N), dtype)  # this thread's scratch
+        dg_t = np.empty((GN, B), dtype)
+        tmp_t = np.empty((rows, B), dtype)
+        sc = np.empty(2 * GN, dtype)
         for blk in range(k_lo, k_hi):
             for b in range(B):
                 for j in range(edges[blk], edges[blk + 1]):
@@ -660,8 +671,10 @@ def _inlined_sources():
     return _INLINED
 
 
-def _for_cell(make, cell, namespace):
-    """The kernel ``make`` returns, with the cell's globals, compiled (and cached) with Numba."""
+def _for_cell(make, cell, namespace, inline=False):
+    """The kernel ``make`` returns, with the cell's globals, compiled (and cached) with Numba;
+    ``inline``: compiled only where it is called, inside that function (the kernels that run
+    as :mod:`numrnn.cpu.threads` jobs)."""
     fingerprint = f"{cell.fingerprint()}{_inlined_sources()}"
     generic = make(fingerprint)
     glob = dict(globals())
@@ -672,7 +685,7 @@ def _for_cell(make, cell, namespace):
     name = f"{generic.__name__}_{fingerprint}"
     fn = types.FunctionType(generic.__code__, glob, name, None, generic.__closure__)
     fn.__qualname__ = f"{generic.__qualname__}_{fingerprint}"
-    return njit(**_JIT)(fn)
+    return njit(**_JIT, inline="always" if inline else "never")(fn)
 
 
 class CellKernels:
@@ -688,10 +701,10 @@ class CellKernels:
         ns["recurrent_projection"] = _for_cell(_make_projection, cell, ns)
         ns["recurrent_pullback"] = _for_cell(_make_pullback, cell, ns)
         self.direct = ns["DIRECT"]
-        self.forward = _for_cell(_make_forward, cell, ns)
-        self.backward = _for_cell(_make_backward, cell, ns)
-        self.forward_split = _for_cell(_make_forward_split, cell, ns)
-        self.backward_split = _for_cell(_make_backward_split, cell, ns)
+        self.forward = _for_cell(_make_forward, cell, ns, inline=True)
+        self.backward = _for_cell(_make_backward, cell, ns, inline=True)
+        self.forward_split = _for_cell(_make_forward_split, cell, ns, inline=True)
+        self.backward_split = _for_cell(_make_backward_split, cell, ns, inline=True)
         self.reads = _for_cell(_make_reads, cell, ns)
         self.coefficients = _for_cell(_make_coefficients, cell, ns)
 
@@ -858,14 +871,8 @@ def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, steps=None):
         bad_blocks = np.full((len(edges) - 1, B), -1, np.int64)
         head = (opts, dtype.type(1), xp, w_hh, b_hh, h0, c0, bool(reverse), out_h, out_c, aux,
                 bad_blocks, edges)
-        rows = int(np.max(np.diff(edges)))
-
-        def part(flags, me, n_threads):
-            k.forward_split(*head, flags, me, n_threads, np.empty((B, RN), dtype),
-                            np.empty((B, GN), dtype), np.empty((RN, B), dtype),
-                            np.empty((rows, B), dtype), np.empty((2, N), dtype))
-
-        threads.together(part, _split_threads(k.forward_split, dtype, len(edges) - 1))
+        threads.together(k.forward_split, head,
+                         _split_threads(k.forward_split, dtype, len(edges) - 1))
         _first_step(bad_blocks, bool(reverse), T, bad)
         return out_h, out_c, aux, bad
     mode = product_mode(dtype, B, RN, GN)
@@ -874,7 +881,7 @@ def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, steps=None):
     args = (opts, dtype.type(1), xp, w_hh_t, w_hh, b_hh, h0, c0, bool(reverse), mode, out_h,
             out_c, aux, bad)
     work = (steps or T) * B * RN * GN
-    threads.run(lambda b0, b1: k.forward(*args, b0, b1), B, threads.pieces(B, work))
+    threads.run_kernel(k.forward, args, B, threads.pieces(B, work))
     return out_h, out_c, aux, bad
 
 
@@ -920,21 +927,15 @@ def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, rev
         head = (opts, dtype.type(1), w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out, dh_n,
                 dc_n, bool(reverse), int(truncate or 0), dxp, dhp, dh0, dc0, squares,
                 block_norms, np.empty((B, N), dtype), np.empty((B, N), dtype), edges)
-        rows = int(np.max(np.diff(edges)))
-
-        def part(flags, me, n_threads):
-            k.backward_split(*head, flags, me, n_threads, np.empty((B, RN), dtype),
-                             np.empty((GN, B), dtype), np.empty((rows, B), dtype),
-                             np.empty(2 * GN, dtype))
-
-        threads.together(part, _split_threads(k.backward_split, dtype, n_blocks))
+        threads.together(k.backward_split, head,
+                         _split_threads(k.backward_split, dtype, n_blocks))
         _combine_norms(squares, block_norms, bool(reverse), norm, bad)
         return dxp, dhp, dh0, dc0, norm, bad
     args = (opts, dtype.type(1), w_hh, w_hh_t, h0,
             c0, out_h, out_c, aux, d_out, dh_n, dc_n, bool(reverse), int(truncate or 0),
             mode, dxp, dhp, dh0, dc0, norm, bad)
     work = (steps or T) * B * RN * GN
-    threads.run(lambda b0, b1: k.backward(*args, b0, b1), B, threads.pieces(B, work))
+    threads.run_kernel(k.backward, args, B, threads.pieces(B, work))
     return dxp, dhp, dh0, dc0, norm, bad
 
 

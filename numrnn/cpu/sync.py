@@ -17,6 +17,7 @@ after the release.  A thread that spins long (a peer descheduled on a loaded mac
 starving the peer it waits for.
 """
 import platform
+import sys
 
 from llvmlite import ir
 from numba import types
@@ -33,6 +34,12 @@ STRIDE = 8
 SPIN_CYCLES = 250_000
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+#: Linux's futex system call number on this machine (None: no futex; idle pool threads then
+#: block in Python, see numrnn.cpu.threads).
+FUTEX = ({"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine().lower())
+         if sys.platform.startswith("linux") else None)
+_FUTEX_WAIT_PRIVATE = 128
+_FUTEX_WAKE_PRIVATE = 129
 
 
 @intrinsic
@@ -63,6 +70,44 @@ def store_release(typingctx, arr, idx, val):
 
 
 @intrinsic
+def store_seq_cst(typingctx, arr, idx, val):
+    """arr[idx] = val (int64 array), sequentially consistent (a full fence on x86)."""
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        i = context.cast(builder, args[1], sig.args[1], types.intp)
+        v = context.cast(builder, args[2], sig.args[2], types.int64)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [i])
+        builder.store_atomic(v, ptr, "seq_cst", 8)
+        return context.get_dummy_value()
+    return types.void(arr, idx, val), codegen
+
+
+@intrinsic
+def load_seq_cst(typingctx, arr, idx):
+    """arr[idx] of an int64 array, sequentially consistent."""
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        i = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [i])
+        return builder.load_atomic(ptr, "seq_cst", 8)
+    return types.int64(arr, idx), codegen
+
+
+@intrinsic
+def address_of(typingctx, arr, idx):
+    """The address of arr[idx], for a system call."""
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        i = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [i])
+        return builder.bitcast(ptr, cgutils.voidptr_t)
+    return types.voidptr(arr, idx), codegen
+
+
+@intrinsic
 def spin_pause(typingctx):
     """The x86 ``pause`` hint in a spin loop (nothing elsewhere): it saves power and frees the
     core's sibling hyperthread.  (An LLVM intrinsic: Numba's JIT has no inline-asm parser.)"""
@@ -88,6 +133,34 @@ def cycle_counter(typingctx):
 
 #: libc's sched_yield, linked by name (cacheable, unlike a ctypes pointer).
 sched_yield = types.ExternalFunction("sched_yield", types.intc())
+#: libc's syscall (variadic; its integer and pointer arguments travel in the same registers
+#: either way), for the futex.
+_syscall = types.ExternalFunction("syscall", types.int64(
+    types.int64, types.voidptr, types.int64, types.int64, types.voidptr, types.voidptr,
+    types.int64))
+
+
+@register_jitable
+def futex_wait(board, i, expected):
+    """Sleep in the OS while the low 32 bits of board[i] equal ``expected``'s (returns at once
+    if they do not; may return spuriously)."""
+    _syscall(FUTEX, address_of(board, i), _FUTEX_WAIT_PRIVATE, expected & 0xFFFFFFFF,
+             cgutils_null(), cgutils_null(), 0)
+
+
+@register_jitable
+def futex_wake(board, i):
+    """Wake one thread sleeping in :func:`futex_wait` on board[i]."""
+    _syscall(FUTEX, address_of(board, i), _FUTEX_WAKE_PRIVATE, 1, cgutils_null(),
+             cgutils_null(), 0)
+
+
+@intrinsic
+def cgutils_null(typingctx):
+    """A null pointer."""
+    def codegen(context, builder, sig, args):
+        return cgutils.voidptr_t(None)
+    return types.voidptr(), codegen
 
 
 @register_jitable
@@ -108,6 +181,99 @@ def arrive_and_wait(flags, me, n_threads, count):
                 start = cycle_counter()
     # the cycles spent waiting, in this thread's slot next to its count (see waited_share)
     flags[me * STRIDE + 1] += cycle_counter() - entered
+
+
+# --- the pool's job board (numrnn.cpu.threads) ----------------------------------------------
+#
+# Each pool thread owns a row of ROW int64 on a shared board: at POSTED the count of jobs posted
+# to it, at GO the last job the caller has let it start, at DONE the last one it finished (a
+# cache line each).  A Python thread needs the GIL to start its job, and a thread that waits
+# for the GIL sleeps in the OS, which costs 30-40 microseconds on a virtual machine (a condition
+# variable round trip measured 70 here).  So a pool thread that sees a job waits until GO says
+# the caller runs without the GIL (inside its own compiled share), and it publishes DONE from
+# compiled code that runs without the GIL: neither side ever waits for the other's GIL.
+
+#: int64 per pool thread on the board; the offsets of its counters, and of its flag "asleep
+#: in the OS" (futex).
+ROW = 4 * STRIDE
+POSTED = 0
+GO = STRIDE
+DONE = 2 * STRIDE
+ASLEEP = 3 * STRIDE
+
+
+@register_jitable
+def await_job(board, me, seen, max_cycles):
+    """Pool thread ``me`` has finished job ``seen``: publish it, then wait for job ``seen + 1``
+    to be posted and let go (True), or for ``max_cycles`` of the cycle counter (False).  The
+    core is yielded every ``SPIN_CYCLES``."""
+    row = me * ROW
+    store_release(board, row + DONE, seen)
+    start = cycle_counter()
+    last = start
+    while True:
+        posted = load_acquire(board, row + POSTED)
+        if posted > seen and load_acquire(board, row + GO) >= posted:
+            return True
+        spin_pause()
+        now = cycle_counter()
+        if now - start >= max_cycles or now < start:
+            if FUTEX is None:
+                return False
+            # sleep in the OS until a job is posted (see post): say so, then look once more
+            store_seq_cst(board, row + ASLEEP, 1)
+            posted = load_seq_cst(board, row + POSTED)
+            if posted <= seen:
+                futex_wait(board, row + POSTED, posted)
+            store_seq_cst(board, row + ASLEEP, 0)
+            start = cycle_counter()
+            last = start
+        elif now - last >= SPIN_CYCLES:
+            sched_yield()
+            last = cycle_counter()
+
+
+@register_jitable
+def post(board, me):
+    """Count one more job posted to pool thread ``me``, and wake it if it sleeps in the OS
+    (the thread says so, then reads POSTED; this writes POSTED, then reads that: both
+    sequentially consistent, so one of the two sees the other)."""
+    row = me * ROW
+    store_seq_cst(board, row + POSTED, board[row + POSTED] + 1)
+    if FUTEX is not None and load_seq_cst(board, row + ASLEEP) != 0:
+        futex_wake(board, row + POSTED)
+
+
+@register_jitable
+def wake(board, me):
+    """Wake pool thread ``me`` if it sleeps in the OS: it spins again for its idle time."""
+    if FUTEX is not None and load_seq_cst(board, me * ROW + ASLEEP) != 0:
+        futex_wake(board, me * ROW + POSTED)
+
+
+@register_jitable
+def let_go(board, n_threads):
+    """Let pool threads 0 .. n_threads-1 start the jobs posted to them."""
+    for k in range(n_threads):
+        store_release(board, k * ROW + GO, load_acquire(board, k * ROW + POSTED))
+
+
+@register_jitable
+def join(board, n_threads, max_cycles):
+    """Wait until pool threads 0 .. n_threads-1 have finished the jobs posted to them (True), or
+    for ``max_cycles`` (False), yielding the core every ``SPIN_CYCLES``."""
+    start = cycle_counter()
+    last = start
+    for k in range(n_threads):
+        while load_acquire(board, k * ROW + DONE) < load_acquire(board, k * ROW + POSTED):
+            spin_pause()
+            now = cycle_counter()
+            if now - start >= max_cycles or now < start:
+                return False
+            if now - last >= SPIN_CYCLES:
+                sched_yield()
+                last = cycle_counter()
+    return True
 
 
 @register_jitable

@@ -1,0 +1,108 @@
+"""numrnn's thread pool (numrnn.cpu.threads): compiled jobs started and joined without the GIL.
+
+A job must give the bits of the same blocks run one after another, whatever the thread count;
+an error in any block must reach the caller and leave the pool usable; a pool thread asleep in
+the OS must wake for the next job; a caller that finds the pool busy (another Python thread's
+call) runs its blocks alone.
+"""
+import threading
+import time
+
+import numpy as np
+import pytest
+from numba import njit
+
+from numrnn import config
+from numrnn.cpu import blas, threads
+
+
+@njit(nogil=True)
+def _fill(out, scale, fail_at, b0, b1):
+    """out[b0:b1] = scale * (index + 1), raising at index ``fail_at``."""
+    for i in range(b0, b1):
+        if i == fail_at:
+            raise ValueError("block failed")
+        out[i] = scale * (i + 1.0)
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    monkeypatch.setattr(config, "NUM_THREADS", 2)
+
+
+def test_run_kernel_covers_every_item_once(two_threads):
+    out = np.zeros(1000)
+    threads.run_kernel(_fill, (out, 2.0, -1), 1000, 7)
+    np.testing.assert_array_equal(out, 2.0 * np.arange(1, 1001))
+
+
+@pytest.mark.parametrize("fail_at", [3, 997])  # in the caller's share, in the helper's
+def test_an_error_in_a_block_reaches_the_caller_and_the_pool_goes_on(two_threads, fail_at):
+    out = np.zeros(1000)
+    with pytest.raises(ValueError, match="block failed"):
+        threads.run_kernel(_fill, (out, 1.0, fail_at), 1000, 2)
+    out[:] = 0
+    threads.run_kernel(_fill, (out, 3.0, -1), 1000, 2)
+    np.testing.assert_array_equal(out, 3.0 * np.arange(1, 1001))
+
+
+def test_a_pool_thread_asleep_in_the_os_wakes_for_the_next_job(two_threads, monkeypatch):
+    monkeypatch.setattr(threads, "IDLE_SPIN_SECONDS", 1e-6)  # asleep right after each job
+    out = np.zeros(100)
+    for k in range(5):
+        threads.run_kernel(_fill, (out, float(k), -1), 100, 2)
+        np.testing.assert_array_equal(out, k * np.arange(1, 101.0))
+        time.sleep(0.02)
+
+
+def test_products_have_the_same_bits_on_one_and_two_threads(monkeypatch):
+    """matmul (rows split) and matmul_tn (K split, NumPy's own BLAS from compiled code) on
+    blocks fixed by the work, not by the threads."""
+    monkeypatch.setattr(config, "PARALLEL_BLOCKS", 3)
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        a = rng.standard_normal((301, 40)).astype(dtype)
+        b = rng.standard_normal((40, 30)).astype(dtype)
+        c = rng.standard_normal((301, 30)).astype(dtype)
+        runs = []
+        for n in (1, 2):
+            monkeypatch.setattr(config, "NUM_THREADS", n)
+            runs.append((threads.matmul(a, b), threads.matmul_tn(a, c)))
+        for one, two in zip(*runs):
+            assert one.tobytes() == two.tobytes()
+        tol = 1e-4 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(runs[0][0], a.astype(float) @ b, rtol=tol, atol=tol)
+        np.testing.assert_allclose(runs[0][1], a.T.astype(float) @ c, rtol=tol, atol=tol)
+
+
+def test_numpy_gemm_is_linked_where_numpy_ships_openblas():
+    """The weight-gradient products run NumPy's own BLAS from compiled code where NumPy's
+    64-bit-integer OpenBLAS was found (NumPy 2 wheels); else Numba's np.dot (same results to
+    rounding)."""
+    found = blas.numpy_gemm_addresses()
+    assert threads._NUMPY_GEMM == (found is not None)
+    if found is not None:
+        assert set(found) == {"s", "d"} and all(found.values())
+
+
+def test_concurrent_callers_each_get_their_own_result(two_threads):
+    """Two Python threads call at once: one holds the pool, the other runs its blocks alone."""
+    outs = [np.zeros(20000) for _ in range(4)]
+    errors = []
+
+    def caller(i):
+        try:
+            for _ in range(20):
+                threads.run_kernel(_fill, (outs[i], float(i + 1), -1), 20000, 4)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    ts = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in ts)
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out, (i + 1) * np.arange(1, 20001.0))
