@@ -5,7 +5,8 @@ OpenMP workers of a Numba parallel region and the pool threads of OpenBLAS (NumP
 ship one) keep spinning for a while after their work is done, and starve whatever runs next: a
 3.5 ms gemm measured 210 ms right after a parallel region on 2 cores.  So inside a numrnn call
 every BLAS call is single-threaded (:func:`numrnn.cpu.blas.single_threaded`), and the parallel
-work is split here into independent pieces.  Idle pool threads block; they do not spin.
+work is split here into independent pieces.  Idle pool threads sleep in the OS after a short
+spin (below).
 
 Reproducibility.  Work is first cut into *blocks* whose number depends only on the size of the
 work and on ``config.PARALLEL_BLOCKS`` (default: the machine's usable cores), never on the number
@@ -14,14 +15,21 @@ K-blocks for matrix products, with the K-block partial sums added in block order
 then share out whole blocks.  Each block's arithmetic is fixed, so the bits of every result are
 the same with 1, 2 or 16 threads, and from run to run.
 
-Dispatch.  Handing a block to an idle thread that sleeps in the OS costs 70-300 microseconds on
-a virtual machine (the idle vCPU has to be woken), more than a whole small call.  So the pool's
-threads spin for a short while (``IDLE_SPIN_SECONDS``, with the x86 ``pause``) after each block
-before they block, and a call's first parallel work wakes them early (:func:`wake`, from
-:func:`numrnn.cpu.backend.running`): measured on the 2-core EPYC, 6 microseconds to run two
-trivial blocks on two threads, against 72 through a ``concurrent.futures`` pool.  The short spin
-is the only one: an idle numrnn never spins (the long spins of OpenMP and OpenBLAS workers are
-what starved other work, above).
+Dispatch.  On this 2-core virtual machine every hand-off that goes through the OS costs 30-40
+microseconds (a condition-variable round trip between two threads measured 70), and a Python
+thread hands off twice per job: it waits for the GIL to start, and the caller waits for it to
+finish.  A ``concurrent.futures`` pool took 72 microseconds to run two empty blocks, and a
+parallel split of a 3M multiply-add product lost to one thread.  So a kernel's blocks run as
+*compiled jobs* (:func:`run_kernel`, :func:`together`): the caller posts the job on a board of
+counters (:mod:`numrnn.cpu.sync`), enters compiled code (releasing the GIL) and only then lets
+the pool thread take the GIL to start; the pool thread runs its blocks, publishes that it is
+done and waits for its next job without leaving compiled code, so the caller never waits for
+its GIL either.  An idle pool thread spins ``IDLE_SPIN_SECONDS`` (with the x86 ``pause``, and
+yielding the core every ~100 us), then sleeps on a futex, still in compiled code; a call wakes
+it at its start and at each one-block run (:func:`wake`), so it is awake when the call's next
+parallel work comes.  Measured: 5-15 microseconds to run two small blocks on two threads; the
+split 3M multiply-add product 86 -> 54 us (float32 200 x 128 x 128).  Python callables
+(:func:`run`) still go through the GIL: the ensemble's members and other coarse work.
 
 Fork.  A forked child (``os.fork``, ``multiprocessing``'s "fork" start method) inherits the pool
 object but none of its threads; the pool is dropped in the child (``os.register_at_fork``) and
