@@ -57,7 +57,10 @@ except ImportError:
 TORCH_CLASS = {"tanh": torch.nn.RNN, "relu": torch.nn.RNN, "lstm": torch.nn.LSTM,
                "gru": torch.nn.GRU}
 GATES = {"tanh": 1, "relu": 1, "lstm": 4, "gru": 3}
-TOLERANCE = {"float64": 1e-10, "float32": 1e-3}  # max |peer - numrnn| / max |numrnn|
+TOLERANCE = {"float64": 1e-10, "float32": 1e-3}
+#: Pause before each contender's turn: longer than numrnn's pool threads spin after a call
+#: (numrnn.cpu.threads.IDLE_SPIN_SECONDS), so they never share a core with a peer's turn.
+SETTLE_S = 0.005  # max |peer - numrnn| / max |numrnn|
 
 
 def matmul_ceiling(dtype, n=1024, repeats=5):
@@ -235,10 +238,12 @@ def measure(cell, dtype, B, N, T, repeats):
     for name in turns:
         samples[f"{name} f"], samples[f"{name} fb"], samples[f"{name} cpu"] = [], [], []
     for _ in range(repeats):
+        time.sleep(SETTLE_S)
         nf()  # untimed: the previous contender's threads settle, this one's data is in cache
         samples["nf"].append(timed(nf))
         samples["nfb"].append(timed(nfb))
         for name, (fwd, fwd_bwd, context) in turns.items():
+            time.sleep(SETTLE_S)  # numrnn's pool threads spin 1 ms after a call: let them sleep
             with context():
                 fwd()
                 samples[f"{name} f"].append(timed(fwd))

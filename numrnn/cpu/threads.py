@@ -386,23 +386,42 @@ def run_kernel(kernel, args, n_items, n_blocks):
     """``kernel(*args, start, stop)`` (a ``nogil`` Numba kernel) on each of ``n_blocks``
     disjoint ranges covering range(n_items), shared out as :func:`run` does, with the blocks
     started and joined in compiled code (a few microseconds, against 70 for a Python job)."""
-    edges = np.array(bounds(n_items, n_blocks), np.int64)
     run = _members(kernel).get(_BLOCKS, len(args))
-    cycles = _cycles_for(JOIN_SPIN_SECONDS)
-    with _shared(min(num_threads(), n_blocks)) as helpers:
-        shares = bounds(n_blocks, len(helpers) + 1)
-        if not helpers:
-            wake()  # a call in progress keeps the pool awake for its next parallel work
-            run(_board_or_empty(), True, 0, 0, 0, *args, edges, 0, n_blocks, cycles)
-            return
+    edges = _edges(n_items, n_blocks)
+    n_threads = min(num_threads(), n_blocks, MAX_WORKERS + 1)
+    if n_threads <= 1 or not _pool_lock.acquire(blocking=False):  # alone (see _shared)
+        wake()  # a call in progress keeps the pool awake for its next parallel work
+        run(_board_or_empty(), True, 0, 0, 0, *args, edges, 0, n_blocks, 0)
+        return
+    try:
+        helpers = _workers(n_threads - 1)[:n_threads - 1]
+        shares = bounds(n_blocks, n_threads)
         idle = _cycles_for(IDLE_SPIN_SECONDS)
         for i, w in enumerate(helpers, 1):
             w.post(lambda seq, me=w.me, p0=shares[i], p1=shares[i + 1]:
                    run(_board, False, me, seq, 0, *args, edges, p0, p1, idle))
         try:
-            run(_board, True, 0, 0, len(helpers), *args, edges, shares[0], shares[1], cycles)
+            run(_board, True, 0, 0, len(helpers), *args, edges, shares[0], shares[1],
+                _cycles_for(JOIN_SPIN_SECONDS))
         finally:
             _join_all(helpers)
+    finally:
+        _pool_lock.release()
+
+
+_EDGES = {}
+
+
+def _edges(n_items, n_blocks):
+    """:func:`bounds` as an int64 array (kept: the same few sizes come back at every call)."""
+    key = (n_items, n_blocks)
+    edges = _EDGES.get(key)
+    if edges is None:
+        if len(_EDGES) > 256:
+            _EDGES.clear()
+        edges = _EDGES[key] = np.array(bounds(n_items, n_blocks), np.int64)
+        edges.flags.writeable = False
+    return edges
 
 
 _EMPTY_BOARD = np.zeros(sync.ROW, np.int64)
