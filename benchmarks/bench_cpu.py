@@ -60,7 +60,7 @@ GATES = {"tanh": 1, "relu": 1, "lstm": 4, "gru": 3}
 TOLERANCE = {"float64": 1e-10, "float32": 1e-3}
 #: Pause before each contender's turn: longer than numrnn's pool threads spin after a call
 #: (numrnn.cpu.threads.IDLE_SPIN_SECONDS), so they never share a core with a peer's turn.
-SETTLE_S = 0.005  # max |peer - numrnn| / max |numrnn|
+SETTLE_S = 0.005
 
 
 def matmul_ceiling(dtype, n=1024, repeats=5):
