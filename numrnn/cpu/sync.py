@@ -42,14 +42,19 @@ _FUTEX_WAIT_PRIVATE = 128
 _FUTEX_WAKE_PRIVATE = 129
 
 
+def _item_pointer(context, builder, sig, args):
+    """The pointer to arr[idx] of an intrinsic called as f(arr, idx, ...)."""
+    aryty = sig.args[0]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    i = context.cast(builder, args[1], sig.args[1], types.intp)
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [i])
+
+
 @intrinsic
 def load_acquire(typingctx, arr, idx):
     """arr[idx] of an int64 array, read with acquire ordering."""
     def codegen(context, builder, sig, args):
-        aryty = sig.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        i = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [i])
+        ptr = _item_pointer(context, builder, sig, args)
         return builder.load_atomic(ptr, "acquire", 8)
     return types.int64(arr, idx), codegen
 
@@ -59,11 +64,8 @@ def store_release(typingctx, arr, idx, val):
     """arr[idx] = val (int64 array), written with release ordering: every store before it is
     visible to a thread that reads ``val`` with :func:`load_acquire`."""
     def codegen(context, builder, sig, args):
-        aryty = sig.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        i = context.cast(builder, args[1], sig.args[1], types.intp)
         v = context.cast(builder, args[2], sig.args[2], types.int64)
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [i])
+        ptr = _item_pointer(context, builder, sig, args)
         builder.store_atomic(v, ptr, "release", 8)
         return context.get_dummy_value()
     return types.void(arr, idx, val), codegen
@@ -73,11 +75,8 @@ def store_release(typingctx, arr, idx, val):
 def store_seq_cst(typingctx, arr, idx, val):
     """arr[idx] = val (int64 array), sequentially consistent (a full fence on x86)."""
     def codegen(context, builder, sig, args):
-        aryty = sig.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        i = context.cast(builder, args[1], sig.args[1], types.intp)
         v = context.cast(builder, args[2], sig.args[2], types.int64)
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [i])
+        ptr = _item_pointer(context, builder, sig, args)
         builder.store_atomic(v, ptr, "seq_cst", 8)
         return context.get_dummy_value()
     return types.void(arr, idx, val), codegen
@@ -87,10 +86,7 @@ def store_seq_cst(typingctx, arr, idx, val):
 def load_seq_cst(typingctx, arr, idx):
     """arr[idx] of an int64 array, sequentially consistent."""
     def codegen(context, builder, sig, args):
-        aryty = sig.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        i = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [i])
+        ptr = _item_pointer(context, builder, sig, args)
         return builder.load_atomic(ptr, "seq_cst", 8)
     return types.int64(arr, idx), codegen
 
@@ -99,10 +95,7 @@ def load_seq_cst(typingctx, arr, idx):
 def address_of(typingctx, arr, idx):
     """The address of arr[idx], for a system call."""
     def codegen(context, builder, sig, args):
-        aryty = sig.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        i = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [i])
+        ptr = _item_pointer(context, builder, sig, args)
         return builder.bitcast(ptr, cgutils.voidptr_t)
     return types.voidptr(arr, idx), codegen
 
