@@ -2,7 +2,8 @@
 
 A job must give the bits of the same blocks run one after another, whatever the thread count;
 an error in any block must reach the caller and leave the pool usable; a pool thread asleep in
-the OS must wake for the next job; a caller that finds the pool busy (another Python thread's
+the OS must wake for the next job; a pool thread that comes late leaves its blocks to the
+caller, which does not wait for it; a caller that finds the pool busy (another Python thread's
 call) runs its blocks alone.
 """
 import threading
@@ -13,7 +14,7 @@ import pytest
 from numba import njit
 
 from numrnn import config
-from numrnn.cpu import blas, threads
+from numrnn.cpu import blas, sync, threads
 
 
 @njit(nogil=True)
@@ -44,6 +45,65 @@ def test_an_error_in_a_block_reaches_the_caller_and_the_pool_goes_on(two_threads
     out[:] = 0
     threads.run_kernel(_fill, (out, 3.0, -1), 1000, 2)
     np.testing.assert_array_equal(out, 3.0 * np.arange(1, 1001))
+
+
+@njit(nogil=True)
+def _fill_in_turn(out, started, fail_at, b0, b1):
+    """As :func:`_fill` (scale 1), but the block holding item 0 first waits (up to ~10 s) until
+    another block has started, so that the other block surely runs on another thread."""
+    if b0 > 0:
+        sync.store_release(started, 0, 1)
+    else:
+        for _ in range(10_000_000):
+            if sync.load_acquire(started, 0) != 0:
+                break
+            sync.sched_yield()
+    for i in range(b0, b1):
+        if i == fail_at:
+            raise ValueError("block failed")
+        out[i] = i + 1.0
+
+
+@pytest.mark.parametrize("fail_at", [3, 997])  # in the caller's block, in the helper's
+def test_an_error_on_either_thread_reaches_the_caller(two_threads, fail_at):
+    out, started = np.zeros(1000), np.zeros(sync.STRIDE, np.int64)
+    with pytest.raises(ValueError, match="block failed"):
+        threads.run_kernel(_fill_in_turn, (out, started, fail_at), 1000, 2)
+    assert started[0] == 1  # the helper's block ran (on the pool thread: the caller waited)
+    out[:], started[:] = 0, 0
+    threads.run_kernel(_fill_in_turn, (out, started, -1), 1000, 2)
+    np.testing.assert_array_equal(out, np.arange(1, 1001.0))
+
+
+def test_a_late_pool_thread_leaves_its_blocks_to_the_caller(two_threads):
+    """The pool thread is held in another job (as a sleeping thread's CPU is held by the
+    hypervisor): the caller runs both blocks itself and returns without it; the thread then
+    skips the finished job, and the next runs on both threads."""
+    out = np.zeros(1000)
+    threads.run_kernel(_fill, (out, 1.0, -1), 1000, 2)  # the pool exists
+    worker = threads._pool[0]
+    running, release = threading.Event(), threading.Event()
+
+    def hold(seq):
+        running.set()
+        release.wait(60)
+
+    with threads._pool_lock:
+        worker.post(hold)
+        threads._let_go(threads._board, 1)
+    assert running.wait(60)
+    try:
+        t0 = time.perf_counter()
+        threads.run_kernel(_fill, (out, 2.0, -1), 1000, 2)
+        alone = time.perf_counter() - t0
+        np.testing.assert_array_equal(out, 2.0 * np.arange(1, 1001))
+    finally:
+        release.set()
+    assert alone < 30  # not blocked on the held thread (which is released after 60 s)
+    out2, started = np.zeros(1000), np.zeros(sync.STRIDE, np.int64)
+    threads.run_kernel(_fill_in_turn, (out2, started, -1), 1000, 2)
+    assert started[0] == 1
+    np.testing.assert_array_equal(out2, np.arange(1, 1001.0))
 
 
 def test_a_pool_thread_asleep_in_the_os_wakes_for_the_next_job(two_threads, monkeypatch):

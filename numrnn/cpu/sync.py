@@ -92,6 +92,18 @@ def load_seq_cst(typingctx, arr, idx):
 
 
 @intrinsic
+def compare_and_swap(typingctx, arr, idx, expected, new):
+    """arr[idx] = new if arr[idx] == expected (int64 array), atomically and sequentially
+    consistent; whether it was swapped."""
+    def codegen(context, builder, sig, args):
+        e = context.cast(builder, args[2], sig.args[2], types.int64)
+        n = context.cast(builder, args[3], sig.args[3], types.int64)
+        ptr = _item_pointer(context, builder, sig, args)
+        return builder.extract_value(builder.cmpxchg(ptr, e, n, "seq_cst", "seq_cst"), 1)
+    return types.boolean(arr, idx, expected, new), codegen
+
+
+@intrinsic
 def address_of(typingctx, arr, idx):
     """The address of arr[idx], for a system call."""
     def codegen(context, builder, sig, args):
@@ -267,6 +279,72 @@ def join(board, n_threads, max_cycles):
                 sched_yield()
                 last = cycle_counter()
     return True
+
+
+# --- claims: a run's blocks taken by whoever comes first ------------------------------------
+#
+# run_kernel's blocks are not handed to threads: each has a claim slot (STRIDE int64 apart), 0
+# while free, the tag (> 0) of the participant that took it (compare-and-swap) while it runs,
+# then FINISHED, or FAILED where it raised (or was abandoned).  Each participant takes its own
+# share's blocks first, then any block still free, so a pool thread that is late (asleep, its
+# virtual CPU descheduled) leaves its blocks to the caller instead of making it wait: the caller
+# waits only for blocks already running.  Which thread runs a block changes nothing in its bits.
+
+#: A claim slot's value once its block is done, or once it raised or was abandoned.
+FINISHED = -1
+FAILED = -2
+
+
+@register_jitable
+def run_claims(claims, first, tag):
+    """Blocks 0 .. len(claims) / STRIDE - 1, from ``first`` on (wrapping): the next one still free,
+    now claimed for ``tag``, or -1 when none is left (from ``first`` on)."""
+    n = len(claims) // STRIDE
+    for k in range(n):
+        p = first + k
+        if p >= n:
+            p -= n
+        if load_acquire(claims, p * STRIDE) == 0 and compare_and_swap(claims, p * STRIDE, 0, tag):
+            return p
+    return -1
+
+
+@register_jitable
+def wait_claims(claims, max_cycles):
+    """Wait until no block is running: 1 if every block is FINISHED, -1 if one FAILED, 0 after
+    ``max_cycles`` with some still running (a block still free counts as running).  The core is
+    yielded every ``SPIN_CYCLES``."""
+    n = len(claims) // STRIDE
+    start = cycle_counter()
+    last = start
+    status = 1
+    for p in range(n):
+        while True:
+            v = load_acquire(claims, p * STRIDE)
+            if v < 0:
+                if v == FAILED:
+                    status = -1
+                break
+            spin_pause()
+            now = cycle_counter()
+            if now - start >= max_cycles or now < start:
+                return 0
+            if now - last >= SPIN_CYCLES:
+                sched_yield()
+                last = cycle_counter()
+    return status
+
+
+@register_jitable
+def abandon_claims(claims, tag):
+    """The blocks ``tag`` holds, and those still free, become FAILED (a participant that
+    raised: no one else may start them after the call has returned)."""
+    n = len(claims) // STRIDE
+    for p in range(n):
+        if load_acquire(claims, p * STRIDE) == tag:
+            store_release(claims, p * STRIDE, FAILED)
+        else:
+            compare_and_swap(claims, p * STRIDE, 0, FAILED)
 
 
 @register_jitable

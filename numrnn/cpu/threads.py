@@ -28,7 +28,12 @@ its GIL either.  An idle pool thread spins ``IDLE_SPIN_SECONDS`` (with the x86 `
 yielding the core every ~100 us), then sleeps on a futex, still in compiled code; a call wakes
 it at its start and at each one-block run (:func:`wake`), so it is awake when the call's next
 parallel work comes.  Measured: 5-15 microseconds to run two small blocks on two threads; the
-split 3M multiply-add product 86 -> 54 us (float32 200 x 128 x 128).  Python callables
+split 3M multiply-add product 86 -> 54 us (float32 200 x 128 x 128).  A thread woken from that
+sleep can still take up to a millisecond to run (its virtual CPU descheduled by the host), so
+:func:`run_kernel`'s blocks are claimed, not assigned: the caller runs the blocks a late thread
+has not started, and never waits for it (tanh float32, B = 1, N = 128, forward + vjp called
+after 5 ms idle: 2.08 ms on two threads with assigned blocks, 1.20-1.26 claimed, 1.10-1.23 on one
+thread).  Python callables
 (:func:`run`) still go through the GIL: the ensemble's members and other coarse work.
 
 Fork.  A forked child (``os.fork``, ``multiprocessing``'s "fork" start method) inherits the pool
@@ -203,7 +208,9 @@ class _Worker:
                 self.asleep = False
                 ok = _await_job(board, me, seen, idle)
                 continue
-            seen += 1
+            # the newest job (with the GIL held, as the poster wrote both): a run_kernel job
+            # whose blocks the caller took while this thread was late may be skipped
+            seen = int(board[me * sync.ROW + sync.POSTED])
             job, self.job = self.job, None
             try:
                 ok = job(seen)
@@ -295,15 +302,22 @@ def _make(fingerprint):
             sync.let_go(board, n_helpers)
         {body}
         if lead:
-            return sync.join(board, n_helpers, cycles)
-        return sync.await_job(board, me, seq, cycles)
+            return {lead_end}
+        return 1 if sync.await_job(board, me, seq, cycles) else 0
     return {name}
 """
-# run_kernel: the caller's share of the blocks, or pool thread ``me``'s (job ``seq``)
-_BLOCKS = ("edges, p0, p1", """for p in range(p0, p1):
-            KERNEL({args}, edges[p], edges[p + 1])""")
-# together: participant ``member`` of ``n_threads``
-_TOGETHER = ("member, n_threads", "KERNEL({args}, member, n_threads)")
+# run_kernel: participant ``part`` (0: the caller; pool thread ``me`` is me + 1) runs the blocks
+# it claims, its share's first (``shares``), then any left free; the caller then waits for the
+# blocks still running (1: all finished, -1: one failed, 0: still running after ``cycles``)
+_BLOCKS = ("edges, shares, claims, part", """p = sync.run_claims(claims, shares[part], part + 1)
+        while p >= 0:
+            KERNEL({args}, edges[p], edges[p + 1])
+            sync.store_release(claims, p * sync.STRIDE, sync.FINISHED)
+            p = sync.run_claims(claims, p + 1, part + 1)""",
+           "sync.wait_claims(claims, cycles)")
+# together: participant ``member`` of ``n_threads``; the caller then joins the pool threads
+_TOGETHER = ("member, n_threads", "KERNEL({args}, member, n_threads)",
+             "1 if sync.join(board, n_helpers, cycles) else 0")
 
 
 def _member(kind, arity, fingerprint, glob):
@@ -312,11 +326,11 @@ def _member(kind, arity, fingerprint, glob):
     them) or pool thread ``me`` (runs its share of job ``seq``, publishes it and waits for its
     next job).  Written out per arity (Numba inlines a call only with its arguments spelled
     out), and compiled under this file's name, so Numba caches it."""
-    extra, body = kind
+    extra, body, lead_end = kind
     args = ", ".join(f"a{i}" for i in range(arity))
     name = f"_member_{extra.split(',')[0]}_{arity}_{fingerprint}"
     src = _MEMBER.format(name=name, params=f"{args}, {extra}",
-                         body=body.format(args=args))
+                         body=body.format(args=args), lead_end=lead_end)
     namespace = {}
     exec(compile(src, __file__, "exec"), glob, namespace)
     return namespace["_make"](fingerprint)
@@ -384,29 +398,67 @@ def _members(kernel):
 
 def run_kernel(kernel, args, n_items, n_blocks):
     """``kernel(*args, start, stop)`` (a ``nogil`` Numba kernel) on each of ``n_blocks``
-    disjoint ranges covering range(n_items), shared out as :func:`run` does, with the blocks
-    started and joined in compiled code (a few microseconds, against 70 for a Python job)."""
+    disjoint ranges covering range(n_items), started and joined in compiled code (a few
+    microseconds, against 70 for a Python job).
+
+    The blocks are claimed, not handed out (:func:`numrnn.cpu.sync.run_claims`): each thread
+    takes its share's blocks first, then any still free, so a pool thread that comes late (a
+    sleeping thread's virtual CPU can take a millisecond to run again) leaves its blocks to the
+    caller, which never waits for a thread that has not started.  The caller returns once no
+    block runs; the first exception of a block propagates, and no block starts after that."""
     run = _members(kernel).get(_BLOCKS, len(args))
     edges = _edges(n_items, n_blocks)
+    claims = np.zeros(n_blocks * sync.STRIDE, np.int64)
     n_threads = min(num_threads(), n_blocks, MAX_WORKERS + 1)
     if n_threads <= 1 or not _pool_lock.acquire(blocking=False):  # alone (see _shared)
         wake()  # a call in progress keeps the pool awake for its next parallel work
-        run(_board_or_empty(), True, 0, 0, 0, *args, edges, 0, n_blocks, 0)
+        run(_board_or_empty(), True, 0, 0, 0, *args, edges, _edges(n_blocks, 1), claims, 0, 0)
         return
     try:
         helpers = _workers(n_threads - 1)[:n_threads - 1]
-        shares = bounds(n_blocks, n_threads)
+        shares = _edges(n_blocks, n_threads)
+        errors = []
         idle = _cycles_for(IDLE_SPIN_SECONDS)
-        for i, w in enumerate(helpers, 1):
-            w.post(lambda seq, me=w.me, p0=shares[i], p1=shares[i + 1]:
-                   run(_board, False, me, seq, 0, *args, edges, p0, p1, idle))
+        for w in helpers:
+            w.post(_claiming(run, w.me, args, edges, shares, claims, errors, idle))
+        cycles = _cycles_for(JOIN_SPIN_SECONDS)
         try:
-            run(_board, True, 0, 0, len(helpers), *args, edges, shares[0], shares[1],
-                _cycles_for(JOIN_SPIN_SECONDS))
-        finally:
-            _join_all(helpers)
+            status = run(_board, True, 0, 0, len(helpers), *args, edges, shares, claims, 0,
+                         cycles)
+            while status == 0:
+                status = _wait_claims(claims, cycles)
+        except BaseException:
+            _abandon_claims(claims, 1)  # no block of this call starts once it has returned
+            while _wait_claims(claims, cycles) == 0:
+                pass
+            raise
+        if status < 0:
+            raise errors[0]
     finally:
         _pool_lock.release()
+
+
+def _claiming(run, me, args, edges, shares, claims, errors, idle):
+    """Pool thread ``me``'s job in a :func:`run_kernel` run: an exception is kept for the
+    caller, and the blocks the thread held, and those still free, are marked failed."""
+    def job(seq):
+        try:
+            return run(_board, False, me, seq, 0, *args, edges, shares, claims, me + 1, idle)
+        except BaseException as exc:
+            errors.append(exc)
+            _abandon_claims(claims, me + 2)
+            return None
+    return job
+
+
+@njit(cache=True, nogil=True)
+def _wait_claims(claims, cycles):
+    return sync.wait_claims(claims, cycles)
+
+
+@njit(cache=True, nogil=True)
+def _abandon_claims(claims, tag):
+    sync.abandon_claims(claims, tag)
 
 
 _EDGES = {}
