@@ -198,13 +198,16 @@ def arrive_and_wait(flags, me, n_threads, count):
 # the caller runs without the GIL (inside its own compiled share), and it publishes DONE from
 # compiled code that runs without the GIL: neither side ever waits for the other's GIL.
 
-#: int64 per pool thread on the board; the offsets of its counters, and of its flag "asleep
-#: in the OS" (futex).
-ROW = 4 * STRIDE
+#: int64 per pool thread on the board; the offsets of its counters, of its flag "asleep in
+#: the OS" (futex), and of the last job withdrawn from it (a run_kernel job whose blocks were
+#: all taken before the thread came: it skips that job without returning to Python, where it
+#: would take the GIL from the caller).
+ROW = 5 * STRIDE
 POSTED = 0
 GO = STRIDE
 DONE = 2 * STRIDE
 ASLEEP = 3 * STRIDE
+WITHDRAWN = 4 * STRIDE
 
 
 @register_jitable
@@ -219,7 +222,11 @@ def await_job(board, me, seen, max_cycles):
     while True:
         posted = load_acquire(board, row + POSTED)
         if posted > seen and load_acquire(board, row + GO) >= posted:
-            return True
+            if load_acquire(board, row + WITHDRAWN) < posted:
+                return True
+            seen = posted  # withdrawn: finished without this thread
+            store_release(board, row + DONE, seen)
+            continue
         spin_pause()
         now = cycle_counter()
         if now - start >= max_cycles or now < start:
@@ -261,6 +268,13 @@ def let_go(board, n_threads):
     """Let pool threads 0 .. n_threads-1 start the jobs posted to them."""
     for k in range(n_threads):
         store_release(board, k * ROW + GO, load_acquire(board, k * ROW + POSTED))
+
+
+@register_jitable
+def withdraw(board, n_threads):
+    """The jobs posted to pool threads 0 .. n_threads-1 need them no more (see WITHDRAWN)."""
+    for k in range(n_threads):
+        store_release(board, k * ROW + WITHDRAWN, load_acquire(board, k * ROW + POSTED))
 
 
 @register_jitable

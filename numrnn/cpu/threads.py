@@ -212,6 +212,9 @@ class _Worker:
             # whose blocks the caller took while this thread was late may be skipped
             seen = int(board[me * sync.ROW + sync.POSTED])
             job, self.job = self.job, None
+            if job is None:  # withdrawn by its caller (see run_kernel)
+                ok = _await_job(board, me, seen, idle)
+                continue
             try:
                 ok = job(seen)
             except BaseException as exc:  # raised again in the caller's thread
@@ -266,7 +269,8 @@ def wake():
     pool = _pool
     if pool is not None:
         for w in pool[:num_threads() - 1]:
-            w.wake()
+            if w.asleep or _board[w.me * sync.ROW + sync.ASLEEP]:  # (a compiled call costs 1 us)
+                w.wake()
 
 
 @contextlib.contextmanager
@@ -313,7 +317,9 @@ _BLOCKS = ("edges, shares, claims, part", """p = sync.run_claims(claims, shares[
         while p >= 0:
             KERNEL({args}, edges[p], edges[p + 1])
             sync.store_release(claims, p * sync.STRIDE, sync.FINISHED)
-            p = sync.run_claims(claims, p + 1, part + 1)""",
+            p = sync.run_claims(claims, p + 1, part + 1)
+        if lead:  # every block is taken: a pool thread that has not come need not
+            sync.withdraw(board, n_helpers)""",
            "sync.wait_claims(claims, cycles)")
 # together: participant ``member`` of ``n_threads``; the caller then joins the pool threads
 _TOGETHER = ("member, n_threads", "KERNEL({args}, member, n_threads)",
@@ -432,6 +438,9 @@ def run_kernel(kernel, args, n_items, n_blocks):
             while _wait_claims(claims, cycles) == 0:
                 pass
             raise
+        finally:
+            for w in helpers:  # a job not yet taken is not run, nor are its arrays kept
+                w.job = None
         if status < 0:
             raise errors[0]
     finally:
