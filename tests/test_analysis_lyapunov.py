@@ -595,3 +595,66 @@ def test_every_trajectory_analysis_says_where_it_started(rng):
         numrnn.jacobians(net)
     with pytest.raises(ValueError, match="n_steps: x fixes the number of steps"):
         numrnn.gradient_propagation(net, x, n_steps=30)
+
+
+@pytest.fixture
+def split_steps(monkeypatch):
+    """Every step of Benettin's loop split by vectors over 3 blocks (numrnn.cpu.jacobians
+    .vector_blocks), and a count of the split runs."""
+    from numrnn import config
+    from numrnn.cpu import jacobians, threads
+
+    monkeypatch.setattr(config, "SPLIT_MIN_STEP_WORK", 1)
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
+    monkeypatch.setattr(config, "PARALLEL_BLOCKS", 3)
+    runs = []
+    together = threads.together
+
+    def counting(kernel, args, n_threads):
+        if kernel is jacobians._lyapunov_split:
+            runs.append(n_threads)
+        return together(kernel, args, n_threads)
+
+    monkeypatch.setattr(threads, "together", counting)
+    return runs
+
+
+@pytest.mark.parametrize("kw", [dict(cell="tanh"), dict(cell="lstm", num_layers=2),
+                                dict(cell="gru", bidirectional=True)],
+                         ids=["tanh", "lstm-2", "gru-bi"])
+def test_steps_split_by_vectors_give_the_bits_of_one_thread(kw, split_steps, monkeypatch, rng):
+    """The tangent products of each step split over threads by blocks of vectors: the same bits
+    on 1, 2 and 3 threads, and the loop of one thread without the split to rounding (each
+    block's products are their own BLAS call)."""
+    from numrnn import config
+
+    net = numrnn.RNN(2, 12, seed=1, **kw)
+    x = rng.standard_normal((200, 3, 2))
+    runs = []
+    for n in (1, 2, 3):
+        monkeypatch.setattr(config, "NUM_THREADS", n)
+        runs.append(lyapunov_spectrum(net, x, k=5, seed=0))
+    assert len(split_steps) == 3 and max(split_steps) > 1
+    for res in runs[1:]:
+        assert res.local.tobytes() == runs[0].local.tobytes()
+    monkeypatch.setattr(config, "SPLIT_MIN_STEP_WORK", 10**18)
+    whole = lyapunov_spectrum(net, x, k=5, seed=0)
+    assert len(split_steps) == 3
+    assert_close(runs[0].exponents, whole.exponents,
+                 atol=1e-12 * np.abs(whole.exponents).max())
+
+
+def test_a_nonfinite_frame_is_reported_from_split_steps(split_steps, monkeypatch):
+    from numrnn import config
+
+    monkeypatch.setattr(config, "NUM_THREADS", 2)
+    net = overflowing_net()
+    for _ in range(2):  # the first run is on one thread (it compiles), the second on two
+        with pytest.raises(numrnn.NonFiniteError,
+                           match="lyapunov_spectrum: the tangent frame became NaN or inf at "
+                                 "step t=0 of sequence b=0"):
+            lyapunov_spectrum(net, np.zeros((10, 1)), k=3, seed=0)
+    with numrnn.nonfinite("ignore"):
+        res = lyapunov_spectrum(net, np.zeros((10, 2, 1)), k=3, seed=0)
+    assert np.isnan(res.exponents).all()
+    assert split_steps and max(split_steps) == 2

@@ -41,7 +41,7 @@ from numba.extending import register_jitable
 
 from .. import config
 from ..norms import SAFE_SQUARES
-from . import blas, threads
+from . import blas, sync, threads
 
 _JIT = dict(cache=True, fastmath=config.FASTMATH, nogil=True)
 
@@ -1246,16 +1246,93 @@ def _factored_workspace_of(q, strict):
 
 def lyapunov(args, q, qr_at, record_at, local, strict):
     """Benettin's loop along a linearised trajectory (see _lyapunov_kernel), q (B, S, k)
-    orthonormal frames; returns the status array (B, 8)."""
+    orthonormal frames; returns the status array (B, 8).  Each step's tangent products are split
+    over numrnn's threads by vectors where that pays (:func:`vector_blocks`)."""
     q = frame_major(q, args)
     status = np.zeros((q.shape[0], 8))
     ortho_tol, log_tiny = qr_limits(q.dtype)
-    no_matrices = np.empty((0, 0, 0, 0), q.dtype)
+    fw = _factored_workspace_of(q, strict)
+    edges = None if strict or fw[1].shape[1] > 0 else vector_blocks(q, args[2], len(qr_at))
     with blas.single_threaded():
+        if edges is not None:
+            head = (*args, q, qr_at, record_at, local, ortho_tol, log_tiny, _qr_workspace_of(q),
+                    status, *_frame_workspace(q, args[2]), edges, np.zeros(1, np.int64))
+            threads.together(_lyapunov_split, head,
+                             threads.split_threads(_lyapunov_split, q.dtype, len(edges) - 1))
+            return status
+        no_matrices = np.empty((0, 0, 0, 0), q.dtype)
         _lyapunov_kernel(no_matrices, *args, q, qr_at, record_at, local, bool(strict), ortho_tol,
-                         log_tiny, _qr_workspace_of(q), _factored_workspace_of(q, strict),
-                         status)
+                         log_tiny, _qr_workspace_of(q), fw, status)
     return status
+
+
+def vector_blocks(q, w_hh, T):
+    """The edges of the blocks of tangent vectors when each step of Benettin's loop is split
+    over threads, or None (one thread runs the loop).
+
+    Split when the frame has at least two vectors, a step's tangent products carry at least
+    ``config.SPLIT_MIN_STEP_WORK`` multiply-adds (k * G*N * R*N), and the loop at least
+    ``config.PARALLEL_MIN_WORK``: as many blocks as the machine's
+    (:func:`numrnn.cpu.threads.num_blocks`), at most k.  A function of the sizes and the
+    machine's block count alone, never of the thread count: the bits depend on it (each block's
+    products are their own BLAS call).  Only for a QR after every step and without the factored
+    full spectrum (the caller checks)."""
+    K = q.shape[1]
+    n = min(threads.num_blocks(), K)
+    work = K * w_hh.shape[1] * w_hh.shape[2]
+    if (n < 2 or work < config.SPLIT_MIN_STEP_WORK or T * q.shape[0] * work < config.PARALLEL_MIN_WORK
+            or not blas.can_limit_threads()):
+        return None
+    return np.array([K * i // n for i in range(n + 1)], np.int64)
+
+
+@njit(**_JIT)
+def _lyapunov_split(n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, q, qr_at,
+                    record_at, local, ortho_tol, log_tiny, qw, status, r, up, y, z, tmp, log_r,
+                    log_col, no_r, edges, lost, flags, me, n_threads):
+    """Participant ``me`` of ``n_threads`` (:func:`numrnn.cpu.threads.together`) in the loop of
+    :func:`_lyapunov_kernel` (tangent maps, not strict): at each step it moves the vector blocks
+    me, me + n_threads, ... (``edges``) of the frame through the step, all meet at a barrier,
+    participant 0 checks and orthonormalises the frame, and all meet again.  ``lost[0]``: 1
+    when participant 0 has lost the sequence (its frame non-finite).  The scratch (r .. no_r,
+    :func:`_frame_workspace`) is shared: the blocks write disjoint vectors of it."""
+    B = q.shape[0]
+    T = qr_at.shape[0]
+    K, S = q.shape[1], q.shape[2] * q.shape[3] * q.shape[4]
+    n_blocks = edges.shape[0] - 1
+    moved = tmp.reshape((K, S))
+    phase = 0
+    for b in range(B):
+        qb = q[b]
+        flat = qb.reshape((K, S))
+        n = 0
+        prev = 0.0
+        for t in range(T):
+            for blk in range(me, n_blocks, n_threads):
+                c0, c1 = edges[blk], edges[blk + 1]
+                _apply_tangent(False, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp,
+                               direct, rgrad, qb[c0:c1], tmp[c0:c1], r[c0:c1], y[c0:c1],
+                               z[c0:c1], up[c0:c1])
+            n += 1
+            phase += 1
+            sync.arrive_and_wait(flags, me, n_threads, phase)
+            if me == 0:
+                code, prev = _after_step(moved, flat, t, n, qr_at[t], False, ortho_tol,
+                                         log_tiny, prev, log_r, log_col, status[b], qw, no_r)
+                lost[0] = code
+                if code == 1:
+                    _lose_sequence(local, b, t, qr_at, record_at)
+                elif qr_at[t]:
+                    blk = record_at[t]
+                    if blk >= 0:
+                        for i in range(K):
+                            local[blk, b, i] = log_r[i]
+            if qr_at[t]:
+                n = 0
+            phase += 1
+            sync.arrive_and_wait(flags, me, n_threads, phase)
+            if lost[0] == 1:
+                break
 
 
 def lyapunov_dense(jac, q, qr_at, record_at, local, strict):

@@ -754,21 +754,6 @@ def unit_blocks(B, N, RN, GN, steps):
     return np.array(edges, np.int64)
 
 
-_COMPILED = set()
-
-
-def _split_threads(kernel, dtype, n_blocks):
-    """Threads for a split kernel's run: one for its first run in the process (it compiles, or
-    loads from the cache, while its peers would wait at the first barrier, and the run would
-    look like one on a loaded machine, see :func:`numrnn.cpu.threads.together`), then
-    min(threads, blocks).  The same blocks either way, so the same bits."""
-    key = (id(kernel), np.dtype(dtype).char)
-    if key not in _COMPILED:
-        _COMPILED.add(key)
-        return 1
-    return min(threads.num_threads(), n_blocks)
-
-
 @njit(**_JIT)
 def _first_step(bad_blocks, reverse, T, bad):
     """bad[b] = the time index of the first step, in running order, at which any unit block
@@ -872,7 +857,7 @@ def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, steps=None):
         head = (opts, dtype.type(1), xp, w_hh, b_hh, h0, c0, bool(reverse), out_h, out_c, aux,
                 bad_blocks, edges)
         threads.together(k.forward_split, head,
-                         _split_threads(k.forward_split, dtype, len(edges) - 1))
+                         threads.split_threads(k.forward_split, dtype, len(edges) - 1))
         _first_step(bad_blocks, bool(reverse), T, bad)
         return out_h, out_c, aux, bad
     mode = product_mode(dtype, B, RN, GN)
@@ -928,7 +913,7 @@ def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, rev
                 dc_n, bool(reverse), int(truncate or 0), dxp, dhp, dh0, dc0, squares,
                 block_norms, np.empty((B, N), dtype), np.empty((B, N), dtype), edges)
         threads.together(k.backward_split, head,
-                         _split_threads(k.backward_split, dtype, n_blocks))
+                         threads.split_threads(k.backward_split, dtype, n_blocks))
         _combine_norms(squares, block_norms, bool(reverse), norm, bad)
         return dxp, dhp, dh0, dc0, norm, bad
     args = (opts, dtype.type(1), w_hh, w_hh_t, h0,

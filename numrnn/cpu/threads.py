@@ -615,6 +615,21 @@ def together(kernel, args, n_threads):
             _alone_until = time.monotonic() + ALONE_SECONDS
 
 
+_RUN_BEFORE = set()
+
+
+def split_threads(kernel, dtype, n_blocks):
+    """Threads for a run of a :func:`together` kernel: one for its first run in the process (it
+    compiles, or loads from the cache, while its peers would wait at the first barrier, and the
+    run would look like one on a loaded machine), then min(threads, blocks).  The same blocks
+    either way, so the same bits."""
+    key = (id(kernel), np.dtype(dtype).char)
+    if key not in _RUN_BEFORE:
+        _RUN_BEFORE.add(key)
+        return 1
+    return min(num_threads(), n_blocks)
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _dot_rows(a, b, out, r0, r1):
     """out[r0:r1] = a[r0:r1] @ b."""
