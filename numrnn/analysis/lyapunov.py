@@ -273,7 +273,9 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
     the full spectrum with ``ons_interval=1``, each J_t formed in turn and multiplied by Q kept
     as its Householder reflectors, which is cheaper than forming Q) and re-orthonormalised by QR
     every ``ons_interval`` steps; the i-th exponent is the time average of ln|R_ii| (QR signs
-    are arbitrary, so only |R_ii| is used).  The loop runs compiled.
+    are arbitrary, so only |R_ii| is used).  The loop runs compiled; where a step's tangent
+    products are large enough, they are split over numrnn's threads by blocks of vectors, with
+    the same bits whatever the thread count (``numrnn.cpu.jacobians.vector_blocks``).
 
     Parameters
     ----------
