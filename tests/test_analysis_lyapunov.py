@@ -602,18 +602,25 @@ def split_steps(monkeypatch):
     """Every step of Benettin's loop split by vectors over 3 blocks (numrnn.cpu.jacobians
     .vector_blocks), and a count of the split runs."""
     from numrnn import config
-    from numrnn.cpu import jacobians, threads
+    from numrnn.cpu import jacobians
 
     monkeypatch.setattr(config, "SPLIT_MIN_STEP_WORK", 1)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
     monkeypatch.setattr(config, "PARALLEL_BLOCKS", 3)
+    return count_runs(monkeypatch, jacobians._lyapunov_split)
+
+
+def count_runs(monkeypatch, kernel):
+    """The thread counts of the runs of ``kernel`` through numrnn.cpu.threads.together."""
+    from numrnn.cpu import threads
+
     runs = []
     together = threads.together
 
-    def counting(kernel, args, n_threads):
-        if kernel is jacobians._lyapunov_split:
+    def counting(k, args, n_threads):
+        if k is kernel:
             runs.append(n_threads)
-        return together(kernel, args, n_threads)
+        return together(k, args, n_threads)
 
     monkeypatch.setattr(threads, "together", counting)
     return runs
@@ -644,17 +651,70 @@ def test_steps_split_by_vectors_give_the_bits_of_one_thread(kw, split_steps, mon
                  atol=1e-12 * np.abs(whole.exponents).max())
 
 
-def test_a_nonfinite_frame_is_reported_from_split_steps(split_steps, monkeypatch):
+@pytest.fixture
+def split_factored(monkeypatch):
+    """The full spectrum's factored route cut into 3 blocks from S = 1 on, its QR in panels of
+    4 columns (numrnn.cpu.jacobians.factored_blocks), every run on threads; a count of the runs
+    of its loop and their thread counts."""
+    from numrnn import config
+    from numrnn.cpu import jacobians
+
+    monkeypatch.setattr(jacobians, "FACTORED_SPLIT_MIN_S", 1)
+    monkeypatch.setattr(jacobians, "FACTORED_NB", 4)
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
+    monkeypatch.setattr(config, "PARALLEL_BLOCKS", 3)
+    return count_runs(monkeypatch, jacobians._factored_loop)
+
+
+@pytest.mark.parametrize("kw", [dict(cell="tanh", hidden_size=12),
+                                dict(cell="lstm", hidden_size=7, num_layers=2),
+                                dict(cell="gru", hidden_size=9, bidirectional=True)],
+                         ids=["tanh", "lstm-2", "gru-bi"])
+def test_full_spectrum_split_over_threads_gives_the_bits_of_one_thread(kw, split_factored,
+                                                                         monkeypatch, rng):
+    """The factored route's steps cut into blocks (rows of J_t Q, then the QR's panels and the
+    columns right of each): the same bits on 1, 2 and 3 threads, for the exponents and for the
+    covariant vectors' forward phase; and the route in one block (one dgeqrt, one dgemqrt a
+    step) to rounding: the same products summed in other orders."""
+    from numrnn import config
+    from numrnn.cpu import jacobians
+
+    net = numrnn.RNN(2, seed=1, **kw)
+    x = rng.standard_normal((150, 2, 2))
+    runs = []
+    for n in (1, 2, 3):
+        monkeypatch.setattr(config, "NUM_THREADS", n)
+        runs.append(lyapunov_spectrum(net, x, seed=0))
+    clv = numrnn.covariant_lyapunov_vectors(net, x, seed=0, times=[100])
+    S = runs[0].exponents.shape[-1]
+    assert S > 2 * 4  # at least one panel before the QR's last columns
+    assert len(split_factored) == 4 and max(split_factored) == 3
+    for res in runs[1:]:
+        assert res.local.tobytes() == runs[0].local.tobytes()
+    assert np.array_equal(clv.exponents, runs[2].exponents)
+    monkeypatch.setattr(jacobians, "FACTORED_SPLIT_MIN_S", 10**9)
+    whole = lyapunov_spectrum(net, x, seed=0)
+    assert_close(runs[0].exponents, whole.exponents,
+                 atol=1e-12 * np.abs(whole.exponents).max())
+    assert_close(runs[0].local, whole.local, atol=1e-8)
+
+
+@pytest.mark.parametrize("split, k", [("split_steps", 3), ("split_factored", None)],
+                         ids=["by-vectors", "full-spectrum"])
+def test_a_nonfinite_frame_is_reported_from_split_steps(split, k, request, monkeypatch):
+    """A frame that overflows on two threads is reported as on one (the vectors' split, and
+    the full spectrum's)."""
     from numrnn import config
 
+    runs = request.getfixturevalue(split)
     monkeypatch.setattr(config, "NUM_THREADS", 2)
     net = overflowing_net()
     for _ in range(2):  # the first run is on one thread (it compiles), the second on two
         with pytest.raises(numrnn.NonFiniteError,
                            match="lyapunov_spectrum: the tangent frame became NaN or inf at "
                                  "step t=0 of sequence b=0"):
-            lyapunov_spectrum(net, np.zeros((10, 1)), k=3, seed=0)
+            lyapunov_spectrum(net, np.zeros((10, 1)), k=k, seed=0)
     with numrnn.nonfinite("ignore"):
-        res = lyapunov_spectrum(net, np.zeros((10, 2, 1)), k=3, seed=0)
+        res = lyapunov_spectrum(net, np.zeros((10, 2, 1)), k=k, seed=0)
     assert np.isnan(res.exponents).all()
-    assert split_steps and max(split_steps) == 2
+    assert runs and max(runs) == 2

@@ -274,8 +274,10 @@ def lyapunov_spectrum(net, x=None, h0=None, *, n_steps=None, k=None, transient=N
     as its Householder reflectors, which is cheaper than forming Q) and re-orthonormalised by QR
     every ``ons_interval`` steps; the i-th exponent is the time average of ln|R_ii| (QR signs
     are arbitrary, so only |R_ii| is used).  The loop runs compiled; where a step's tangent
-    products are large enough, they are split over numrnn's threads by blocks of vectors, with
-    the same bits whatever the thread count (``numrnn.cpu.jacobians.vector_blocks``).
+    products are large enough, they are split over numrnn's threads by blocks of vectors
+    (``numrnn.cpu.jacobians.vector_blocks``), and the full spectrum's steps (product and QR)
+    by blocks of rows and columns from S = 128 on (``numrnn.cpu.jacobians.factored_blocks``),
+    with the same bits whatever the thread count.
 
     Parameters
     ----------

@@ -530,11 +530,23 @@ def qr_workspace(K, S, householder_max_k=None):
 # than dgeqrf.  Measured at S = 200 (one core): 0.87 ms per step against 1.33.  The first
 # frame is factored once (dgeqrt of Q_0: the same frame up to the signs of its columns).
 # Q_t is formed explicitly only where the covariant vectors need it.
+#
+# Each step is cut into blocks that numrnn's threads share (:func:`_factored_loop`): J_t Q_{t-1}
+# by blocks of rows (the rows of C_t are independent), and the QR as LAPACK's dgeqrt does it,
+# panel by panel, each panel of FACTORED_NB columns factored on one thread and the columns to
+# its right updated by blocks (dgemqrt from the left, the columns independent), the next panel
+# factored as soon as its own block is updated; the last 2 * FACTORED_NB columns are one
+# dgeqrt.  The blocks are a function of S and of the machine's block count alone
+# (:func:`factored_blocks`), so the bits do not depend on the thread count.
 
 #: Whether the full spectrum keeps Q factored (tests compare the two routes).
 FACTORED = True
 #: Block size of the compact WY QR (dgeqrt); measured at S = 200: 16 and 24 best, 64 5% slower.
 FACTORED_NB = 24
+#: The factored route cuts its steps into more than one block from this S on.  Measured on 2
+#: cores, T = 1000, 1 against 2 threads (min of 7-9 alternating runs): S = 64 159 / 151 ms,
+#: S = 100 346 / 332, S = 128 586 / 622 (medians 888 / 720), S = 200 1557 / 1129.
+FACTORED_SPLIT_MIN_S = 128
 
 
 def _factored(K, S, strict):
@@ -542,25 +554,39 @@ def _factored(K, S, strict):
     return FACTORED and K == S and not strict and K > max(HOUSEHOLDER_MAX_K, 1)
 
 
+def factored_blocks(S):
+    """The factored route's block count at S: the machine's (:func:`numrnn.cpu.threads
+    .num_blocks`, at most S) from ``FACTORED_SPLIT_MIN_S`` on, else 1.  Never the thread
+    count: the bits depend on it."""
+    if S < FACTORED_SPLIT_MIN_S:
+        return 1
+    return max(1, min(threads.num_blocks(), S))
+
+
 def factored_workspace(K, S, strict):
     """The workspace of the factored route (see above), or stand-ins of size 0 where it does
     not apply (k < S; S <= HOUSEHOLDER_MAX_K; or ``strict``: an ons_interval > 1, which
-    keeps the frame explicit between QRs): (jc (S, S), bufs (2, S, S), tb (2, S, nb), work,
-    ints, chars).  Frames and matrices of either dtype: the route runs in float64."""
+    keeps the frame explicit between QRs): (jc (2, S, S), bufs (2, S, S), tb (2, S, nb), work
+    (n_blocks, S * nb) and ints (n_blocks, 8) for each block's LAPACK calls, chars, edges
+    (n_blocks + 1,) of the row blocks).  Frames and matrices of either dtype: the route runs in
+    float64."""
     if not _factored(K, S, strict):
         S = 0
     nb = max(1, min(FACTORED_NB, S))
-    return (np.empty((S, S)), np.empty((2, S, S)), np.empty((2, S, nb)),
-            np.empty(max(1, S * nb)), np.zeros(4, LAPACK_INT),
-            np.array([ord("R"), ord("N"), ord("L")], np.uint8))
+    n = factored_blocks(S) if S else 1
+    return (np.empty((2, S, S)), np.empty((2, S, S)), np.empty((2, S, nb)),
+            np.empty((n, max(1, S * nb))), np.zeros((n, 8), LAPACK_INT),
+            np.array([ord("R"), ord("N"), ord("L"), ord("T")], np.uint8),
+            np.array([S * i // n for i in range(n + 1)], np.int64))
 
 
 @register_jitable
-def _transpose_into(a, dst):
-    """dst <- a.T for square a, dst (float64), in 8 x 8 tiles (both sides stay in cache)."""
-    S = a.shape[0]
-    for i0 in range(0, S, 8):
-        i1 = min(i0 + 8, S)
+def _transpose_rows(a, dst, r0, r1):
+    """dst[:, r0:r1] <- a[r0:r1].T for square a, dst (float64), in 8 x 8 tiles (both sides
+    stay in cache)."""
+    S = a.shape[1]
+    for i0 in range(r0, r1, 8):
+        i1 = min(i0 + 8, r1)
         for j0 in range(0, S, 8):
             j1 = min(j0 + 8, S)
             for i in range(i0, i1):
@@ -569,33 +595,46 @@ def _transpose_into(a, dst):
 
 
 @register_jitable
-def _wy_qr(fw, cur):
-    """dgeqrt of bufs[cur] (C_t in Fortran order) into its compact WY form, T in tb[cur]."""
-    _, bufs, tb, work, ints, _ = fw
+def _geqrt(fw, cur, i, n_cols, blk):
+    """dgeqrt of A[i:, i:i + n_cols], A = bufs[cur] (S x S, Fortran order), into its compact
+    WY form with blocks of nb columns, their T into tb[cur] from column i (ldt nb); block
+    ``blk``'s LAPACK workspace."""
+    bufs, tb, iw = fw[1], fw[2], fw[4][blk]
     S, nb = bufs.shape[1], tb.shape[2]
-    ints[0] = S
-    ints[1] = nb
-    ints[2] = 0
-    a = bufs[cur]
-    tt = tb[cur]
-    _dgeqrt(ints[0:].ctypes, ints[0:].ctypes, ints[1:].ctypes, a.ctypes, ints[0:].ctypes,
-            tt.ctypes, ints[1:].ctypes, work.ctypes, ints[2:].ctypes)
+    iw[0] = S - i
+    iw[1] = n_cols
+    iw[2] = min(nb, n_cols)
+    iw[3] = S
+    iw[4] = nb
+    iw[5] = 0
+    a = bufs[cur].reshape(S * S)
+    tt = tb[cur].reshape(S * nb)
+    _dgeqrt(iw[0:].ctypes, iw[1:].ctypes, iw[2:].ctypes, a[i * S + i:].ctypes, iw[3:].ctypes,
+            tt[i * nb:].ctypes, iw[4:].ctypes, fw[3][blk].ctypes, iw[5:].ctypes)
 
 
 @register_jitable
-def _wy_apply(fw, side, vi, c):
-    """c (S, S), Fortran order, <- c Q (side 0) or Q c (side 2), Q the factored bufs[vi] with
-    tb[vi] (dgemqrt; chars[side] is 'R' or 'L').  c must not be bufs[vi]."""
-    _, bufs, tb, work, ints, chars = fw
+def _gemqrt(fw, side, trans, vi, i, k, c, r0, c0, m, n, blk):
+    """c[r0:r0 + m, c0:c0 + n] (c (S, S) in Fortran order) <- op(H) times it (side 2) or it
+    times op(H) (side 0), H = the k reflectors of bufs[vi] from A[i, i] on (their T in tb[vi]
+    from column i), op = chars[trans] ('N' at 1, 'T' at 3); dgemqrt, block ``blk``'s LAPACK
+    workspace.  c may be bufs[vi] where the two regions do not overlap."""
+    bufs, tb, iw, chars = fw[1], fw[2], fw[4][blk], fw[5]
     S, nb = bufs.shape[1], tb.shape[2]
-    ints[0] = S
-    ints[1] = nb
-    ints[2] = 0
-    v = bufs[vi]
-    tt = tb[vi]
-    _dgemqrt(chars[side:].ctypes, chars[1:].ctypes, ints[0:].ctypes, ints[0:].ctypes,
-             ints[0:].ctypes, ints[1:].ctypes, v.ctypes, ints[0:].ctypes, tt.ctypes,
-             ints[1:].ctypes, c.ctypes, ints[0:].ctypes, work.ctypes, ints[2:].ctypes)
+    iw[0] = m
+    iw[1] = n
+    iw[2] = k
+    iw[3] = min(nb, k)
+    iw[4] = S
+    iw[5] = nb
+    iw[6] = 0
+    v = bufs[vi].reshape(S * S)
+    tt = tb[vi].reshape(S * nb)
+    cf = c.reshape(S * S)
+    _dgemqrt(chars[side:].ctypes, chars[trans:].ctypes, iw[0:].ctypes, iw[1:].ctypes,
+             iw[2:].ctypes, iw[3:].ctypes, v[i * S + i:].ctypes, iw[4:].ctypes,
+             tt[i * nb:].ctypes, iw[5:].ctypes, cf[c0 * S + r0:].ctypes, iw[4:].ctypes,
+             fw[3][blk].ctypes, iw[6:].ctypes)
 
 
 @register_jitable
@@ -607,21 +646,7 @@ def _factor_start(fw, flat):
     for c in range(S):
         for i in range(S):
             start[c, i] = flat[c, i]
-    _wy_qr(fw, 1)
-
-
-@register_jitable
-def _factored_advance(jac, t, b, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, fw, cur,
-                      below, z):
-    """bufs[cur] <- C_t = J_t Q_{t-1} in Fortran order, Q_{t-1} the factored bufs[1 - cur]:
-    J_t dense (given, or written from the coefficients), transposed in, times Q by dgemqrt."""
-    jc, bufs = fw[0], fw[1]
-    if jac.shape[0] > 0:
-        _transpose_into(jac[t, b], bufs[cur])
-    else:
-        _jacobian_step(t, b, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, jc, below, z)
-        _transpose_into(jc, bufs[cur])
-    _wy_apply(fw, 0, 1 - cur, bufs[cur])
+    _geqrt(fw, 1, 0, S, 0)
 
 
 #: Below this a column's norm is scaled up before its reflector is formed (LAPACK's safmin / eps).
@@ -945,65 +970,140 @@ def _advance(jac, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, dire
 
 
 @register_jitable
+def _record_factored(c, t, b, K, log_r, record_at, local, r_from, r_store, q_slot, q_store, q_t,
+                     fw, cur):
+    """After step t's QR (R in c = bufs[cur]): ln|R_ii| into local, R_t into r_store, Q_t into
+    q_store, where wanted (see :func:`_factored_loop`)."""
+    S = c.shape[0]
+    for i in range(K):
+        d = abs(c[i, i])
+        log_r[i] = np.log(d) if d > 0.0 else -np.inf
+    row = record_at[t]
+    if row >= 0:
+        for i in range(K):
+            local[row, b, i] = log_r[i]
+    if t >= r_from:
+        dst = r_store[t - r_from, b]
+        for i in range(K):
+            for j in range(i + 1):
+                dst[j, i] = c[i, j]  # R[j, i], Fortran order
+            for j in range(i + 1, K):
+                dst[j, i] = 0.0
+    slot = q_slot[t]
+    if slot >= 0:
+        q_t[:, :] = 0.0
+        for i in range(S):
+            q_t[i, i] = 1.0
+        _gemqrt(fw, 2, 1, cur, 0, S, q_t, 0, 0, S, S, 0)  # Q_t, Fortran order
+        dq = q_store[slot, b]
+        for i in range(S):
+            for j in range(K):
+                dq[i, j] = q_t[j, i]
+
+
+@njit(**_JIT)
 def _factored_loop(jac, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, q, qr_at, record_at,
-                   local, status, fw, r_from, r_store, q_slot, q_store):
-    """Benettin's loop with k = S and a QR after every step, Q kept factored (see above): the
-    loop of :func:`_lyapunov_kernel` (strict False) and of :func:`_clv_forward_kernel`, with
-    their arguments; R_t into r_store from step r_from on, Q_t into q_store where q_slot[t] >= 0
-    (r_store and q_store of size 0 when not wanted)."""
+                   local, status, fw, r_from, r_store, q_slot, q_store, lost, flags, me,
+                   n_threads):
+    """Benettin's loop with k = S and a QR after every step, Q kept factored (see above):
+    participant ``me`` of ``n_threads`` (:func:`numrnn.cpu.threads.together`; all arguments
+    shared) in the loop of :func:`_lyapunov_kernel` (strict False) and of
+    :func:`_clv_forward_kernel`, with their arguments; R_t into r_store from step r_from on, Q_t
+    into q_store where q_slot[t] >= 0 (r_store and q_store of size 0 when not wanted).
+
+    Each step, a barrier after each phase: the blocks of rows of C_t = J_t Q_{t-1} (fw's
+    edges); participant 0 checks C_t and factors its first panel of nb columns; then, panel by
+    panel, the columns right of the panel are updated by blocks, the first block holding the
+    next panel, which its participant factors at once (a look-ahead: the other blocks' updates
+    hide it).  The last 2 nb columns are one dgeqrt (S <= 2 nb, or one block: the whole QR is).
+    The last participant writes J_{t+1} during that phase (the tangent maps' J alternate
+    between fw's two jc).  ``lost[0]``: 1 when participant 0 has lost the sequence (its frame
+    non-finite)."""
     B, K = q.shape[0], q.shape[1]
     T = record_at.shape[0]
     S = K
     N = direct.shape[5]
     GN = w_hh.shape[1]
-    below = np.empty(N * S, w_up.dtype)  # (the dtype of the product W_ih J: a stand-in's
-    z = np.empty(GN * S, w_up.dtype)      # for given matrices, never used)
-    bufs = fw[1]
-    q_t = np.empty((S, S) if q_store.shape[0] > 0 else (0, 0))
+    jcs, bufs, tb, edges = fw[0], fw[1], fw[2], fw[6]
+    n_blocks = edges.shape[0] - 1
+    nb = tb.shape[2]
+    tail = S if n_blocks == 1 else 2 * nb  # the QR's last columns, one dgeqrt
+    writer = me == n_threads - 1 and jac.shape[0] == 0  # writes the next J_t
+    below = np.empty(N * S if writer else 0, w_up.dtype)  # (the dtype of the product W_ih J:
+    z = np.empty(GN * S if writer else 0, w_up.dtype)      # a stand-in's for given matrices)
+    q_t = np.empty((S, S) if q_store.shape[0] > 0 and me == 0 else (0, 0))
     log_r = np.empty(K)
+    phase = 0
     for b in range(B):
-        _factor_start(fw, q[b].reshape((K, S)))
+        if me == 0:
+            lost[0] = 0
+            _factor_start(fw, q[b].reshape((K, S)))
+        if writer and T > 0:
+            _jacobian_step(0, b, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, jcs[0],
+                           below, z)
+        phase += 1
+        sync.arrive_and_wait(flags, me, n_threads, phase)
         cur = 0
         for t in range(T):
-            _factored_advance(jac, t, b, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, fw,
-                              cur, below, z)
             c = bufs[cur]
-            if not np.isfinite(_frame_max(c)):
-                st = status[b]
-                st[0], st[1], st[2], st[3], st[4] = FAIL_NONFINITE, t, 1, 0.0, 0
-                _lose_sequence(local, b, t, qr_at, record_at)
+            for blk in range(me, n_blocks, n_threads):  # C_t = J_t Q_{t-1}, by rows
+                r0, r1 = edges[blk], edges[blk + 1]
+                if jac.shape[0] > 0:
+                    _transpose_rows(jac[t, b], c, r0, r1)
+                else:
+                    _transpose_rows(jcs[t % 2], c, r0, r1)
+                _gemqrt(fw, 0, 1, 1 - cur, 0, S, c, r0, 0, r1 - r0, S, blk)
+            phase += 1
+            sync.arrive_and_wait(flags, me, n_threads, phase)
+            if me == 0:
+                if not np.isfinite(_frame_max(c)):
+                    st = status[b]
+                    st[0], st[1], st[2], st[3], st[4] = FAIL_NONFINITE, t, 1, 0.0, 0
+                    _lose_sequence(local, b, t, qr_at, record_at)
+                    lost[0] = 1
+                elif S > tail:
+                    _geqrt(fw, cur, 0, nb, 0)  # the first panel
+                else:
+                    _geqrt(fw, cur, 0, S, 0)
+                    _record_factored(c, t, b, K, log_r, record_at, local, r_from, r_store,
+                                     q_slot, q_store, q_t, fw, cur)
+            if writer and S <= tail and t + 1 < T:
+                _jacobian_step(t + 1, b, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad,
+                               jcs[(t + 1) % 2], below, z)
+            phase += 1
+            sync.arrive_and_wait(flags, me, n_threads, phase)
+            i = 0  # the panel factored
+            while lost[0] == 0 and S - i > tail:
+                lo = i + nb  # the next panel's first column
+                last = S - lo <= tail  # the next "panel" is the last columns
+                for blk in range(me, n_blocks, n_threads):
+                    if last:  # one block: columns lo.. updated and factored at once
+                        c0, c1 = (lo, S) if blk == 0 else (S, S)
+                    else:
+                        c0 = lo if blk == 0 else max(lo + (S - lo) * blk // n_blocks, lo + nb)
+                        c1 = max(lo + (S - lo) * (blk + 1) // n_blocks, lo + nb)
+                    if c1 > c0:
+                        _gemqrt(fw, 2, 3, cur, i, nb, c, i, c0, S - i, c1 - c0, blk)
+                    if blk == 0 and last:
+                        _geqrt(fw, cur, lo, S - lo, 0)
+                        _record_factored(c, t, b, K, log_r, record_at, local, r_from, r_store,
+                                         q_slot, q_store, q_t, fw, cur)
+                    elif blk == 0:
+                        _geqrt(fw, cur, lo, nb, 0)
+                if writer and last and t + 1 < T:
+                    _jacobian_step(t + 1, b, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad,
+                                   jcs[(t + 1) % 2], below, z)
+                phase += 1
+                sync.arrive_and_wait(flags, me, n_threads, phase)
+                i = lo
+            if lost[0] == 1:
                 break
-            _wy_qr(fw, cur)
-            for i in range(K):
-                d = abs(c[i, i])
-                log_r[i] = np.log(d) if d > 0.0 else -np.inf
-            row = record_at[t]
-            if row >= 0:
-                for i in range(K):
-                    local[row, b, i] = log_r[i]
-            if t >= r_from:
-                dst = r_store[t - r_from, b]
-                for i in range(K):
-                    for j in range(i + 1):
-                        dst[j, i] = c[i, j]  # R[j, i], Fortran order
-                    for j in range(i + 1, K):
-                        dst[j, i] = 0.0
-            slot = q_slot[t]
-            if slot >= 0:
-                q_t[:, :] = 0.0
-                for i in range(S):
-                    q_t[i, i] = 1.0
-                _wy_apply(fw, 2, cur, q_t)  # Q_t, Fortran order
-                dq = q_store[slot, b]
-                for i in range(S):
-                    for j in range(K):
-                        dq[i, j] = q_t[j, i]
             cur = 1 - cur
 
 
 @njit(**_JIT)
 def _lyapunov_kernel(jac, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, q,
-                     qr_at, record_at, local, strict, ortho_tol, log_tiny, qw, fw, status):
+                     qr_at, record_at, local, strict, ortho_tol, log_tiny, qw, status):
     """Benettin's QR method along the trajectory of every sequence.
 
     The steps are the given matrices jac (T, B, S, S), q (B, k, S, 1, 1), when jac holds any;
@@ -1012,19 +1112,13 @@ def _lyapunov_kernel(jac, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, di
     vectors (frame-major), overwritten.  qr_at (T,) bool: orthonormalise after step t;
     record_at (T,) int: the block that step t's QR is recorded in, or -1 (transient).  strict,
     ortho_tol, log_tiny: the checks of :func:`_after_step`; qw: the QR workspace
-    (:func:`qr_workspace`); fw: the factored route's (:func:`factored_workspace`: the full
-    spectrum with a QR after every step runs :func:`_factored_loop` when it is not empty).
+    (:func:`qr_workspace`).  (The full spectrum with a QR after every step runs
+    :func:`_factored_loop` instead, where :func:`factored_workspace` is not empty.)
     Writes local (n_blocks, B, k): sum over the block of ln|R_ii| (the caller divides by length),
     and status (B, 8): the first failure of each sequence (see FAIL_* and :func:`_after_step`).
     After a FAIL_OVERFLOW, FAIL_UNDERFLOW or FAIL_ORTHOGONALITY the block is replayed with a QR
     after every step to measure its growth rates (:func:`_record_rates`), and the kernel stops.
     """
-    if fw[1].shape[1] > 0:
-        no_store = np.empty((0, 0, 0, 0))
-        _factored_loop(jac, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, q, qr_at,
-                       record_at, local, status, fw, qr_at.shape[0], no_store,
-                       np.full(qr_at.shape[0], -1, np.int64), no_store)
-        return
     B = q.shape[0]
     T = qr_at.shape[0]
     K, S = q.shape[1], q.shape[2] * q.shape[3] * q.shape[4]
@@ -1232,16 +1326,36 @@ def _qr_workspace_of(q):
 
 def workspace_bytes(K, S, strict):
     """Bytes of the QR loops' workspaces for frames of K vectors of S numbers (the QR's copy of
-    the frame, and for the full spectrum the factored route's three S x S matrices)."""
+    the frame, and for the full spectrum the factored route's four S x S matrices and its
+    blocks' LAPACK workspaces)."""
     factored = 0
     if _factored(K, S, strict):
         nb = min(FACTORED_NB, S)
-        factored = (3 * S * S + 3 * S * nb) * 8
+        factored = (4 * S * S + (2 + factored_blocks(S)) * S * nb) * 8
     return K * S * 8 + factored
 
 
 def _factored_workspace_of(q, strict):
     return factored_workspace(q.shape[1], q.shape[2] * q.shape[3] * q.shape[4], bool(strict))
+
+
+def _run_factored(jac, args, q, qr_at, record_at, local, status, fw, r_from=None, r_store=None,
+                  q_slot=None, q_store=None):
+    """Run :func:`_factored_loop` (q frame-major), on numrnn's threads where a run carries at
+    least ``config.PARALLEL_MIN_WORK`` (T * B * S^3) and fw has more than one block."""
+    T = len(record_at)
+    no_store = np.empty((0, 0, 0, 0))
+    if r_store is None:
+        r_from, r_store, q_slot, q_store = T, no_store, np.full(T, -1, np.int64), no_store
+    n_dir, reads, w_hh, w_up, _, _, rec, inp, direct, rgrad = args
+    head = (jac, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, q, qr_at, record_at, local,
+            status, fw, r_from, r_store, q_slot, q_store, np.zeros(1, np.int64))
+    n_blocks = len(fw[6]) - 1
+    S = fw[1].shape[1]
+    n_threads = 1
+    if n_blocks > 1 and T * q.shape[0] * S ** 3 >= config.PARALLEL_MIN_WORK:
+        n_threads = threads.split_threads(_factored_loop, q.dtype, n_blocks)
+    threads.together(_factored_loop, head, n_threads)
 
 
 def lyapunov(args, q, qr_at, record_at, local, strict):
@@ -1254,6 +1368,10 @@ def lyapunov(args, q, qr_at, record_at, local, strict):
     fw = _factored_workspace_of(q, strict)
     edges = None if strict or fw[1].shape[1] > 0 else vector_blocks(q, args[2], len(qr_at))
     with blas.single_threaded():
+        if fw[1].shape[1] > 0:
+            _run_factored(np.empty((0, 0, 0, 0), q.dtype), args, q, qr_at, record_at, local,
+                          status, fw)
+            return status
         if edges is not None:
             head = (*args, q, qr_at, record_at, local, ortho_tol, log_tiny, _qr_workspace_of(q),
                     status, *_frame_workspace(q, args[2]), edges, np.zeros(1, np.int64))
@@ -1262,7 +1380,7 @@ def lyapunov(args, q, qr_at, record_at, local, strict):
             return status
         no_matrices = np.empty((0, 0, 0, 0), q.dtype)
         _lyapunov_kernel(no_matrices, *args, q, qr_at, record_at, local, bool(strict), ortho_tol,
-                         log_tiny, _qr_workspace_of(q), fw, status)
+                         log_tiny, _qr_workspace_of(q), status)
     return status
 
 
@@ -1341,10 +1459,13 @@ def lyapunov_dense(jac, q, qr_at, record_at, local, strict):
     q = frame_major(q)
     status = np.zeros((q.shape[0], 8))
     ortho_tol, log_tiny = qr_limits(q.dtype)
+    fw = _factored_workspace_of(q, strict)
     with blas.single_threaded():
-        _lyapunov_kernel(jac, *_no_tangent(q.dtype), q, qr_at, record_at, local, bool(strict),
-                         ortho_tol, log_tiny, _qr_workspace_of(q),
-                         _factored_workspace_of(q, strict), status)
+        if fw[1].shape[1] > 0:
+            _run_factored(jac, _no_tangent(q.dtype), q, qr_at, record_at, local, status, fw)
+        else:
+            _lyapunov_kernel(jac, *_no_tangent(q.dtype), q, qr_at, record_at, local,
+                             bool(strict), ortho_tol, log_tiny, _qr_workspace_of(q), status)
     return status
 
 
@@ -1438,21 +1559,18 @@ def _solve_upper(rr, c):
 @njit(**_JIT)
 def _clv_forward_kernel(jac, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, q,
                         qr_at, record_at, r_from, r_store, q_slot, q_store, local, ortho_tol,
-                        log_tiny, qw, fw, status):
+                        log_tiny, qw, status):
     """The forward phase of Ginelli's method along every sequence.
 
-    jac, n_dir ... rgrad, q, qw, fw: as in :func:`_lyapunov_kernel` (q: the orthonormal initial
-    frames, frame-major, overwritten; the same route as it takes, so the same bits); qr_at (T,)
+    jac, n_dir ... rgrad, q, qw: as in :func:`_lyapunov_kernel` (q: the orthonormal initial
+    frames, frame-major, overwritten; where the full spectrum takes the factored route,
+    :func:`_factored_loop` runs instead, as for the exponents, so the same bits); qr_at (T,)
     all True; record_at (T,): the step's row of ``local`` or -1.  Writes local (n_rows, B, k):
     ln|R_ii| of each recorded step; r_store (T - r_from, B, k, k): R_t of every step t >=
     r_from (zero below the diagonal); q_store (n_times, B, S, k): Q_t at the steps with
     q_slot[t] >= 0; status (B, 8): FAIL_NONFINITE and the step where a frame became inf or NaN
     one step after its QR (that sequence stops, its remaining rows NaN).
     """
-    if fw[1].shape[1] > 0:
-        _factored_loop(jac, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, q, qr_at,
-                       record_at, local, status, fw, r_from, r_store, q_slot, q_store)
-        return
     B = q.shape[0]
     T = qr_at.shape[0]
     K, S = q.shape[1], q.shape[2] * q.shape[3] * q.shape[4]
@@ -1612,10 +1730,14 @@ def covariant_forward(jac, args, q, record_at, r_from, r_store, q_slot, q_store,
     status = np.zeros((q.shape[0], 8))
     ortho_tol, log_tiny = qr_limits(q.dtype)
     qr_at = np.ones(record_at.shape[0], np.bool_)
+    fw = _factored_workspace_of(q, False)
     with blas.single_threaded():
-        _clv_forward_kernel(jac, *args, q, qr_at, record_at, r_from, r_store, q_slot, q_store,
-                            local, ortho_tol, log_tiny, _qr_workspace_of(q),
-                            _factored_workspace_of(q, False), status)
+        if fw[1].shape[1] > 0:
+            _run_factored(jac, args, q, qr_at, record_at, local, status, fw, r_from, r_store,
+                          q_slot, q_store)
+        else:
+            _clv_forward_kernel(jac, *args, q, qr_at, record_at, r_from, r_store, q_slot,
+                                q_store, local, ortho_tol, log_tiny, _qr_workspace_of(q), status)
     return status
 
 
