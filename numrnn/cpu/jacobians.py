@@ -17,7 +17,8 @@ where A (N x G*N, one nonzero per gate in each row) holds the coefficients, M is
 matrix, r' the tangent of the recurrent input, ``du`` the tangent of the layer's input (the new
 output state of the layer below; the network input is not part of the state).  The transposed
 map (VJP) runs the same terms backwards, top layer first.  Both are matrix products with M and
-W_ih (BLAS) plus O(G N P k) pointwise work.
+W_ih (:func:`numrnn.cpu.products.product_t`: compiled loops for a few float64 vectors, else the
+BLAS) plus O(G N P k) pointwise work.
 
 Processing step t of a bidirectional (single-layer) network advances the forward direction with
 x_t and the reverse direction with x_{T-1-t}: the product of two causal systems, each in its own
@@ -41,7 +42,7 @@ from numba.extending import register_jitable
 
 from .. import config
 from ..norms import SAFE_SQUARES
-from . import blas, sync, threads
+from . import blas, products, sync, threads
 
 _JIT = dict(cache=True, fastmath=config.FASTMATH, nogil=True)
 
@@ -82,14 +83,14 @@ def _apply_tangent(transpose, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, re
                         p, qn = reads[q], max(q * N, 0)
                         for j in range(N):
                             r[c, qn + j] = rg[q, j] * v[c, blk, p, j]
-                np.dot(r, w_hh_t[blk], y)  # y = (M r)^T, one row per vector
+                products.product_t(r, w_hh[blk], w_hh_t[blk], y)  # y = (M r)^T, a row per vector
                 has_up = layer > 0
                 if has_up:
                     # the new output state of the layer below, made contiguous for BLAS
                     for c in range(K):
                         for j in range(N):
                             up[c, j] = out[c, blk - 1, 0, j]
-                    np.dot(up, w_up_t[layer - 1], z)
+                    products.product_t(up, w_up[layer - 1], w_up_t[layer - 1], z)
                 cr = rec[blk, td, b]
                 ci = inp[blk, td, b]
                 dr = direct[blk, td, b]
@@ -163,14 +164,14 @@ def _apply_tangent(transpose, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, re
                             else:
                                 for j in range(N):
                                     z[c, gn + j] += ci[p, gn + j] * v[c, blk, p, j]
-            np.dot(y, w_hh[blk], r)  # r = (M^T y)^T
+            products.product_t(y, w_hh_t[blk], w_hh[blk], r)  # r = (M^T y)^T
             for c in range(K):
                 for q in range(R):
                     p, qn = reads[q], max(q * N, 0)
                     for j in range(N):
                         out[c, blk, p, j] += rg[q, j] * r[c, qn + j]
             if has_up:
-                np.dot(z, w_up[layer - 1], up)
+                products.product_t(z, w_up_t[layer - 1], w_up[layer - 1], up)
 
 
 @njit(**_JIT)

@@ -1,0 +1,84 @@
+"""Skinny products: numrnn.cpu.products.times_transpose against the BLAS under Numba's np.dot.
+
+out = a @ m.T for a (k, n) with few rows k and m (n, n), float64, one thread (the BLAS held to
+one thread: numrnn's threads each call it so), as each step of a Lyapunov or tangent loop makes
+them.  Both from compiled code, the BLAS as np.dot(a, m.T-contiguous, out), the way the loops
+called it before.  Each figure is the best of five runs of a loop of calls (about 0.1 s each),
+in microseconds per product; both results are checked against NumPy first.
+
+    python benchmarks/bench_products.py
+    python benchmarks/bench_products.py --out results/products_2core_zen3.json
+"""
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+from numba import njit
+
+from numrnn.cpu import blas, products
+
+
+@njit
+def _blas(a, m_t, out, n):
+    for _ in range(n):
+        np.dot(a, m_t, out)
+
+
+@njit
+def _compiled(a, m, out, n):
+    for _ in range(n):
+        products.times_transpose(a, m, out)
+
+
+def _best(fn, args, calls):
+    fn(*args, 2)
+    best = np.inf
+    for _ in range(5):
+        t0 = time.perf_counter()
+        fn(*args, calls)
+        best = min(best, time.perf_counter() - t0)
+    return best / calls * 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="64,128,200,512")
+    ap.add_argument("--rows", default="1,2,4,5,8,10,16,32")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    rows = []
+    with blas.single_threaded():
+        for n in map(int, args.sizes.split(",")):
+            m = rng.standard_normal((n, n))
+            m_t = np.ascontiguousarray(m.T)
+            line = []
+            for k in map(int, args.rows.split(",")):
+                a = rng.standard_normal((k, n))
+                ref = a @ m_t
+                o1, o2 = np.empty((k, n)), np.empty((k, n))
+                _blas(a, m_t, o1, 1)
+                _compiled(a, m, o2, 1)
+                for o in (o1, o2):
+                    err = np.abs(o - ref).max() / np.abs(ref).max()
+                    if not err < 1e-13:
+                        raise SystemExit(f"n={n} k={k}: relative error {err:.1e}")
+                calls = max(20, int(1e8 / (2 * k * n * n)))
+                t_blas = _best(_blas, (a, m_t, o1), calls)
+                t_ours = _best(_compiled, (a, m, o2), calls)
+                rows.append({"n": n, "k": k, "blas_us": t_blas, "compiled_us": t_ours,
+                             "blas_over_compiled": t_blas / t_ours})
+                line.append(f"k={k} {t_blas:.1f}/{t_ours:.1f}")
+            print(f"n={n} (BLAS / compiled, us): " + "  ".join(line), flush=True)
+    if args.out:
+        meta = {"machine": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(), "load": os.getloadavg()}
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
