@@ -1,10 +1,14 @@
-"""Skinny products: numrnn.cpu.products.times_transpose against the BLAS under Numba's np.dot.
+"""Skinny products and frame QRs: numrnn's compiled loops against the BLAS and LAPACK.
 
 out = a @ m.T for a (k, n) with few rows k and m (n, n), float64, one thread (the BLAS held to
 one thread: numrnn's threads each call it so), as each step of a Lyapunov or tangent loop makes
 them.  Both from compiled code, the BLAS as np.dot(a, m.T-contiguous, out), the way the loops
 called it before.  Each figure is the best of five runs of a loop of calls (about 0.1 s each),
 in microseconds per product; both results are checked against NumPy first.
+
+Then the QR of a frame of k vectors of n numbers as the Lyapunov loops run it
+(numrnn.cpu.jacobians' ``_orthonormalise``: copy in, R, Q formed, copy out), by the compiled
+Householder QR and by LAPACK's dgeqrf + dorgqr, the same way (each is the other's check).
 
     python benchmarks/bench_products.py
     python benchmarks/bench_products.py --out results/products_2core_zen3.json
@@ -18,7 +22,7 @@ import time
 import numpy as np
 from numba import njit
 
-from numrnn.cpu import blas, products
+from numrnn.cpu import blas, jacobians, products
 
 
 @njit
@@ -31,6 +35,13 @@ def _blas(a, m_t, out, n):
 def _compiled(a, m, out, n):
     for _ in range(n):
         products.times_transpose(a, m, out)
+
+
+@njit
+def _qr(frame, dst, log_r, log_col, qw, n):
+    no_r = np.empty((0, 0))
+    for _ in range(n):
+        jacobians._orthonormalise(frame, dst, 1.0, log_r, log_col, False, qw, no_r)
 
 
 def _best(fn, args, calls):
@@ -47,6 +58,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="64,128,200,512")
     ap.add_argument("--rows", default="1,2,4,5,8,10,16,32")
+    ap.add_argument("--qr-rows", default="2,3,4,5,8,10,16,32,64")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -73,6 +85,29 @@ def main():
                              "blas_over_compiled": t_blas / t_ours})
                 line.append(f"k={k} {t_blas:.1f}/{t_ours:.1f}")
             print(f"n={n} (BLAS / compiled, us): " + "  ".join(line), flush=True)
+        for n in map(int, args.sizes.split(",")):
+            line = []
+            for k in map(int, args.qr_rows.split(",")):
+                if k > n:
+                    continue
+                frame = rng.standard_normal((k, n))
+                out = {}
+                for route, cut in (("lapack", 0), ("compiled", 10**6)):
+                    qw = jacobians.qr_workspace(k, n, cut)
+                    dst, log_r = np.empty((k, n)), np.empty(k)
+                    _qr(frame, dst, log_r, np.empty(k), qw, 1)
+                    out[route] = (dst, log_r)
+                    calls = max(20, int(2e7 / (4 * k * k * n)))
+                    out[route + "_us"] = _best(_qr, (frame, dst, log_r, np.empty(k), qw), calls)
+                q, lr = out["compiled"]
+                err = max(np.abs(q - out["lapack"][0]).max(), np.abs(lr - out["lapack"][1]).max())
+                if not err < 1e-12:
+                    raise SystemExit(f"QR n={n} k={k}: the routes differ by {err:.1e}")
+                rows.append({"qr": True, "n": n, "k": k, "lapack_us": out["lapack_us"],
+                             "compiled_us": out["compiled_us"],
+                             "lapack_over_compiled": out["lapack_us"] / out["compiled_us"]})
+                line.append(f"k={k} {out['lapack_us']:.1f}/{out['compiled_us']:.1f}")
+            print(f"QR n={n} (LAPACK / compiled, us): " + "  ".join(line), flush=True)
     if args.out:
         meta = {"machine": platform.processor() or platform.machine(),
                 "cpus": os.cpu_count(), "load": os.getloadavg()}

@@ -355,9 +355,10 @@ def test_ons_interval_too_long_is_refused_for_loss_of_orthogonality():
     rounding, and the QR returned lambda_3 = 0.217 instead of 0.175 with no error.  Now it is
     refused, with the step, the column and an interval estimated from the block replayed with
     a QR after every step.  (Column 2 lies below rounding too, lambda_1 - lambda_2 being ~0.05
-    per step: which of the two shows the smaller measured sine is rounding's choice.)  With that interval the answer is the ons_interval=1 one: the R of a
-    block is the product of its steps' R's (uniqueness of QR), so only rounding differs, about
-    eps / s <= eps^(3/4) ~ 2e-12 per block of ln|R_ii| (atol 1e-9 per step)."""
+    per step: which of the two shows the smaller measured sine is rounding's choice.)  With
+    that interval the answer is the ons_interval=1 one: the R of a block is the product of its
+    steps' R's (uniqueness of QR), so only rounding differs, about eps / s <= eps^(3/4) ~ 2e-12
+    per block of ln|R_ii| (atol 1e-9 per step)."""
     net = numrnn.RNN(1, 50, init="gaussian", gain=3.0, bias=False, seed=0)
     ref = lyapunov_spectrum(net, n_steps=20000, k=3, seed=0)
     with pytest.raises(ValueError) as err:

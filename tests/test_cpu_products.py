@@ -66,3 +66,30 @@ def test_product_t_takes_the_compiled_loops_for_few_float64_rows(dtype, k, compi
     njit(lambda a, b, o: np.dot(a, b, o))(a, m_t, blas)
     assert np.array_equal(out, loops if compiled else blas)
     assert not np.array_equal(loops, blas)  # (else the test could not tell them apart)
+
+
+@pytest.mark.parametrize("k, c, c0", [(2, 0, 1), (6, 0, 1), (9, 2, 3), (9, 1, 5), (12, 3, 4)])
+def test_reflect_rows_applies_the_reflector(k, c, c0, rng):
+    """Rows c0.. of a frame-major w become (I - t v v^T) x over their entries c.., v = (1,
+    w[c, c+1:]) (LAPACK's dlarf); their entries before c, and rows before c0, are left as they
+    are (groups of four rows and single rows, sums reassociated: 1e-14)."""
+    S = 37
+    w = rng.standard_normal((k, S))
+    t = 1.3
+    before = w.copy()
+    products.reflect_rows(w, c, t, c0)
+    v = np.concatenate([[1.0], before[c, c + 1:]])
+    expected = before.copy()
+    for r in range(c0, k):
+        x = before[r, c:]
+        expected[r, c:] = x - t * (v @ x) * v
+    assert np.array_equal(w[:c0], before[:c0])
+    assert np.array_equal(w[:, :c], before[:, :c])
+    assert_close(w, expected, rtol=1e-14)
+
+
+def test_dot_tail_sums_from_its_start(rng):
+    """sum_{i >= i0} u_i x_i, for starts inside and at the end of the rows."""
+    u, x = rng.standard_normal(45), rng.standard_normal(45)
+    for i0 in (0, 1, 7, 44, 45):
+        assert_close(products.dot_tail(u, x, i0), float(u[i0:] @ x[i0:]), rtol=1e-14)

@@ -468,14 +468,14 @@ def _column_log_norm(rr, i):
 # it (the workspace, also for float32 frames): Householder reflectors as LAPACK's dgeqrf forms
 # them (R_ii = -sign(a_ii) ||A[i:, i]|| after the reflectors before it, so R and Q agree with
 # LAPACK's to rounding), then Q formed explicitly (dorgqr's backward accumulation), written to
-# the frame.  Up to HOUSEHOLDER_MAX_K columns a compiled Householder QR; wider frames go to
-# LAPACK's dgeqrf and dorgqr, called directly (workspace allocated once per kernel call, no
-# copy or allocation per step).  Why the compiled QR stops so early (measured at S = 200, one
-# core): k = 2, 0.8 us either way; k = 4, 2.5 us against 2.2; k = 10, 13 us against 8; k = 200,
-# 3.4 ms against 0.9: Numba leaves its dot products scalar (a float sum does not vectorise
-# without reassociation, which fastmath off forbids), while LAPACK's level-2 kernels run
-# vectorised.  (np.linalg.qr, used before, took 12 us at k = 10: it allocates, and copies to
-# and from Fortran order, at every call.)
+# the frame.  Up to HOUSEHOLDER_MAX_K columns a compiled Householder QR, whose reflectors are
+# applied to the columns to their right four at a time (:func:`numrnn.cpu.products
+# .reflect_rows`: the dot products vectorised, which needs reassociation, allowed in those
+# loops alone); wider frames go to LAPACK's dgeqrf and dorgqr (blocked, level 3, from 128
+# columns on), called directly (workspace allocated once per kernel call, no copy or
+# allocation per step).  At S = 50 to 512 the compiled QR was the faster up to k = 32 (one
+# core; benchmarks/README.md, "Skinny products and frame QRs compiled").  (np.linalg.qr, used
+# before either, allocates, and copies to and from Fortran order, at every call.)
 
 def _lapack_int():
     """The Fortran integer of scipy's cython_lapack (LP64 unless scipy says ILP64)."""
@@ -508,7 +508,7 @@ _dgemqrt = _lapack("dgemqrt", 14)  # (side, trans, m, n, k, nb, v, ldv, t, ldt, 
 
 #: Frames of at most this many vectors are orthonormalised by the compiled Householder QR, wider
 #: ones by LAPACK (see above).  Read by the drivers when they call a kernel (tests patch it).
-HOUSEHOLDER_MAX_K = 3
+HOUSEHOLDER_MAX_K = 32
 
 
 def qr_workspace(K, S, householder_max_k=None):
@@ -542,6 +542,8 @@ def qr_workspace(K, S, householder_max_k=None):
 
 #: Whether the full spectrum keeps Q factored (tests compare the two routes).
 FACTORED = True
+#: The least S of the factored route (smaller full spectra keep Q explicit).
+FACTORED_MIN_S = 4
 #: Block size of the compact WY QR (dgeqrt); measured at S = 200: 16 and 24 best, 64 5% slower.
 FACTORED_NB = 24
 #: The factored route cuts its steps into more than one block from this S on.  Measured on 2
@@ -552,7 +554,7 @@ FACTORED_SPLIT_MIN_S = 128
 
 def _factored(K, S, strict):
     """Whether frames of K vectors of S numbers take the factored route."""
-    return FACTORED and K == S and not strict and K > max(HOUSEHOLDER_MAX_K, 1)
+    return FACTORED and K == S and not strict and K >= FACTORED_MIN_S
 
 
 def factored_blocks(S):
@@ -566,7 +568,7 @@ def factored_blocks(S):
 
 def factored_workspace(K, S, strict):
     """The workspace of the factored route (see above), or stand-ins of size 0 where it does
-    not apply (k < S; S <= HOUSEHOLDER_MAX_K; or ``strict``: an ons_interval > 1, which
+    not apply (k < S; S < FACTORED_MIN_S; or ``strict``: an ons_interval > 1, which
     keeps the frame explicit between QRs): (jc (2, S, S), bufs (2, S, S), tb (2, S, nb), work
     (n_blocks, S * nb) and ints (n_blocks, 8) for each block's LAPACK calls, chars, edges
     (n_blocks + 1,) of the row blocks).  Frames and matrices of either dtype: the route runs in
@@ -655,43 +657,6 @@ SAFE_MIN = float(np.finfo(np.float64).tiny / np.finfo(np.float64).eps)
 
 
 @register_jitable
-def _dot_rows(w, a, c, i0):
-    """sum over i >= i0 of w[a, i] * w[c, i] (eight partial sums, in a fixed order)."""
-    S = w.shape[1]
-    u = w[a]
-    x = w[c]
-    m = max(S - i0, 0)
-    m8 = m - m % 8
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    for j in range(0, m8, 8):
-        i = i0 + j
-        s0 += u[i] * x[i]
-        s1 += u[i + 1] * x[i + 1]
-        s2 += u[i + 2] * x[i + 2]
-        s3 += u[i + 3] * x[i + 3]
-        s4 += u[i + 4] * x[i + 4]
-        s5 += u[i + 5] * x[i + 5]
-        s6 += u[i + 6] * x[i + 6]
-        s7 += u[i + 7] * x[i + 7]
-    for j in range(m8, m):
-        s0 += u[i0 + j] * x[i0 + j]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-
-
-@register_jitable
-def _reflect(w, c, t, cc):
-    """Apply H_c = I - t v v^T (v = w[c, c+1:] below an implicit 1 at row c) to column cc of
-    w, rows c..S-1 (LAPACK's dlarf on one column)."""
-    S = w.shape[1]
-    s = t * (w[cc, c] + _dot_rows(w, c, cc, c + 1))
-    w[cc, c] -= s
-    u = w[c]
-    x = w[cc]
-    for i in range(c + 1, S):
-        x[i] -= s * u[i]
-
-
-@register_jitable
 def _householder_qr(w, tau):
     """Householder QR of the (S, k) matrix A = w.T (w (k, S): A in Fortran order), in place as
     LAPACK's dgeqr2 leaves it: R in w[i, :i+1] (R[j, i] = w[i, j]), reflector c below the
@@ -702,7 +667,7 @@ def _householder_qr(w, tau):
     by 1 / SAFE_MIN (a power of 2: exact) until it is not, as dlarfg does."""
     K, S = w.shape
     for c in range(K):
-        xx = _dot_rows(w, c, c, c + 1)  # the squares of row c
+        xx = products.dot_tail(w[c], w[c], c + 1)  # the squares of row c
         if xx >= SAFE_SQUARES and xx < np.inf:
             xnorm = math.sqrt(xx)
         else:
@@ -723,13 +688,13 @@ def _householder_qr(w, tau):
         tau[c] = t
         f = 1.0 / (alpha - beta)
         row = w[c]
-        for i in range(c + 1, S):
-            row[i] *= f
+        i0 = max(c + 1, 0)  # (max: no negative-index wraparound check, so the loop vectorises)
+        for j in range(S - i0):
+            row[i0 + j] *= f
         for _ in range(knt):
             beta *= SAFE_MIN
         row[c] = beta
-        for cc in range(c + 1, K):
-            _reflect(w, c, t, cc)
+        products.reflect_rows(w, c, t, c + 1)
 
 
 @register_jitable
@@ -754,11 +719,11 @@ def _householder_q(w, tau):
     K, S = w.shape
     for c in range(K - 1, -1, -1):
         t = tau[c]
-        for cc in range(c + 1, K):
-            _reflect(w, c, t, cc)
+        products.reflect_rows(w, c, t, c + 1)
         row = w[c]
-        for i in range(c + 1, S):
-            row[i] *= -t
+        i0 = max(c + 1, 0)
+        for j in range(S - i0):
+            row[i0 + j] *= -t
         row[c] = 1.0 - t
         for i in range(c):
             row[i] = 0.0
@@ -964,7 +929,8 @@ def _advance(jac, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, dire
     matrix jac[t, b] when jac holds matrices (frame-major: the rows of flat times J^T), else by
     the tangent map of a linearised trajectory (:func:`_apply_tangent`)."""
     if jac.shape[0] > 0:
-        np.dot(flat, jac[t, b].T, tmp.reshape(flat.shape))
+        j = jac[t, b]
+        products.product_t(flat, j, j.T, tmp.reshape(flat.shape))
     else:
         _apply_tangent(False, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct,
                        rgrad, qb, tmp, r, y, z, up)
