@@ -56,12 +56,17 @@ PARALLEL_BLOCKS = _env_int("NUMRNN_PARALLEL_BLOCKS", 0)
 #: (about 2e6: a millisecond of work, against tens of microseconds to hand it out).
 PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 2_000_000)
 
-#: Least multiply-adds per time step (B * N_in * N_out) for which one step of a batch smaller
-#: than the machine's block count is split over threads by units (a barrier per step); below
-#: it the batch is split by sequences.  See numrnn.cpu.recurrence.unit_blocks.  Measured on the
-#: 2-core EPYC, forward + vjp at B = 1, T = 200 (split / by sequences): 0.9-1.2x at 16k-37k
-#: multiply-adds a step (tanh N = 128-192, LSTM N = 64), 1.05-1.5x from 49k on (GRU N = 128,
-#: LSTM N = 128-256, tanh N = 256-512).
+#: Least float32 multiply-adds per time step (B * N_in * N_out; a float64 multiply-add counts
+#: twice) for which one step of a batch smaller than the machine's block count is split over
+#: threads by units (a barrier per step); below it the batch is split by sequences.  See
+#: numrnn.cpu.recurrence.unit_blocks.  Measured on the 2-core EPYC, forward + vjp at B = 1,
+#: T = 200 (split / by sequences): float32 0.9-1.1x at 16k-37k multiply-adds a step (tanh
+#: N = 128-192, LSTM N = 64), 1.05-1.5x from 49k on (GRU N = 128, LSTM N = 128-256, tanh
+#: N = 256-512); float64, whose step reads twice the bytes of M, 1.15-1.33x in 8 of 10 runs
+#: at 25k-40k (tanh and relu N = 160-200, GRU N = 96-112, LSTM N = 80-96; tanh N = 200 once
+#: 0.88x and once 0.99x; the forward pass of T = 2000 1.0-1.3x), 1.0x at 16k-19k (tanh N = 128,
+#: GRU N = 80, LSTM N = 64: not split).  The tangent products of the
+#: Lyapunov loop (always float64) count plain multiply-adds (numrnn.cpu.jacobians.vector_blocks).
 SPLIT_MIN_STEP_WORK = _env_int("NUMRNN_SPLIT_MIN_STEP_WORK", 3 * 128 * 128)
 
 #: Steps per block of the products over time on the CPU (the input projection, the weight

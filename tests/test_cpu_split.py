@@ -55,12 +55,30 @@ def _close(a, b, rtol):
 def test_the_split_is_taken_and_its_blocks_do_not_depend_on_threads(split):
     for n in (1, 2, 8):
         split.setattr(config, "NUM_THREADS", n)
-        np.testing.assert_array_equal(recurrence.unit_blocks(2, 50, 50, 150, 10),
-                                      [0, 16, 32, 50])
-    assert recurrence.unit_blocks(3, 50, 50, 150, 10) is None  # B = the block count: by sequences
-    assert recurrence.unit_blocks(1, 31, 31, 31, 10) is None  # fewer than two 16-unit blocks
+        for dtype in (np.float32, np.float64):
+            np.testing.assert_array_equal(recurrence.unit_blocks(2, 50, 50, 150, 10, dtype),
+                                          [0, 16, 32, 50])
+    # B = the block count: by sequences
+    assert recurrence.unit_blocks(3, 50, 50, 150, 10, np.float64) is None
+    # fewer than two 16-unit blocks
+    assert recurrence.unit_blocks(1, 31, 31, 31, 10, np.float64) is None
     split.setattr(config, "SPLIT_MIN_STEP_WORK", 10**6)
-    assert recurrence.unit_blocks(1, 50, 50, 150, 10) is None  # a step too small to pay
+    # a step too small to pay
+    assert recurrence.unit_blocks(1, 50, 50, 150, 10, np.float64) is None
+
+
+def test_a_float64_step_counts_twice_the_work_of_a_float32_one(split):
+    """A small batch's step is bound by reading M: float64 splits from half the multiply-adds
+    (B * R*N * G*N = 7500 here)."""
+    split.setattr(config, "SPLIT_MIN_STEP_WORK", 15000)
+    assert recurrence.unit_blocks(1, 50, 50, 150, 10, np.float32) is None
+    np.testing.assert_array_equal(recurrence.unit_blocks(1, 50, 50, 150, 10, np.float64),
+                                  [0, 16, 32, 50])
+    split.setattr(config, "SPLIT_MIN_STEP_WORK", 15001)
+    assert recurrence.unit_blocks(1, 50, 50, 150, 10, np.float64) is None
+    split.setattr(config, "SPLIT_MIN_STEP_WORK", 7500)
+    np.testing.assert_array_equal(recurrence.unit_blocks(1, 50, 50, 150, 10, np.float32),
+                                  [0, 16, 32, 50])
 
 
 @pytest.mark.parametrize("B", [1, 2])

@@ -39,8 +39,8 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
         into ``pieces`` blocks of units of every sequence, the threads meeting at a barrier
         after every step, for batches smaller than the machine's block count), ``pieces`` and
         ``recurrent_product`` ("compiled loops", "BLAS gemm per step", "BLAS gemm per step,
-        transposed" or "BLAS per unit block").  ``split_min_step_work``: multiply-adds per step
-        from which a small batch's steps are split by units.
+        transposed" or "BLAS per unit block").  ``split_min_step_work``: float32 multiply-adds per
+        step from which a small batch's steps are split by units (a float64 one counts twice).
 
     Examples
     --------
@@ -59,7 +59,7 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
     for batch, hidden in sizes:
         # the rules forward() and backward() apply: the thread split of the whole call, and the
         # form of each step's recurrent product (n_in = n_out = N for one gate and one read)
-        edges = recurrence.unit_blocks(batch, hidden, hidden, hidden, steps)
+        edges = recurrence.unit_blocks(batch, hidden, hidden, hidden, steps, dtype)
         if edges is not None:
             kernels.append({"batch": int(batch), "hidden": int(hidden), "steps": int(steps),
                             "dtype": str(dtype), "split": "units", "pieces": len(edges) - 1,

@@ -734,20 +734,24 @@ def product_mode(dtype, batch, n_in, n_out):
     return 2 if dtype == np.float32 and config.TRANSPOSED_GEMM_FLOAT32 else 1
 
 
-def unit_blocks(B, N, RN, GN, steps):
+def unit_blocks(B, N, RN, GN, steps, dtype):
     """The edges of the unit blocks when each step is split over threads, or None (the batch
     is split instead).
 
     Split when the batch has fewer sequences than the machine has blocks
     (:func:`numrnn.cpu.threads.num_blocks`), a step carries at least
-    ``config.SPLIT_MIN_STEP_WORK`` multiply-adds (the barrier and the smaller products must pay)
-    and the call at least ``config.PARALLEL_MIN_WORK``.  Blocks are multiples of 16 units (the
-    last takes the rest), as many as the machine's blocks and at most N // 16.  A function of the
-    sizes and the machine's block count alone, never of the thread count: the bits depend on it.
+    ``config.SPLIT_MIN_STEP_WORK`` float32 multiply-adds (B * R*N * G*N; a float64 one counts
+    twice: a small batch's step is bound by reading M, twice the bytes per multiply-add; the
+    barrier and the smaller products must pay) and the call at least
+    ``config.PARALLEL_MIN_WORK`` multiply-adds.  Blocks are multiples of 16 units (the last
+    takes the rest), as many as the machine's blocks and at most N // 16.  A function of the
+    sizes, the dtype and the machine's block count alone, never of the thread count: the bits
+    depend on it.
     """
     n = min(threads.num_blocks(), N // 16)
     work = B * RN * GN
-    if (B >= threads.num_blocks() or n < 2 or work < config.SPLIT_MIN_STEP_WORK
+    if (B >= threads.num_blocks() or n < 2
+            or work * (np.dtype(dtype).itemsize // 4) < config.SPLIT_MIN_STEP_WORK
             or steps * work < config.PARALLEL_MIN_WORK or not blas.can_limit_threads()):
         return None
     edges = [(N * k // n) // 16 * 16 for k in range(n)] + [N]
@@ -851,7 +855,7 @@ def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, steps=None):
     bad.fill(-1)
     RN = w_hh.shape[1]
     w_hh = np.ascontiguousarray(w_hh)
-    edges = unit_blocks(B, N, RN, GN, steps or T)
+    edges = unit_blocks(B, N, RN, GN, steps or T, dtype)
     if edges is not None:
         bad_blocks = np.full((len(edges) - 1, B), -1, np.int64)
         head = (opts, dtype.type(1), xp, w_hh, b_hh, h0, c0, bool(reverse), out_h, out_c, aux,
@@ -900,7 +904,7 @@ def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, rev
     bad = np.empty(B, np.int64)
     bad.fill(-1)
     w_hh = np.ascontiguousarray(w_hh)
-    edges = unit_blocks(B, N, RN, GN, steps or T)
+    edges = unit_blocks(B, N, RN, GN, steps or T, dtype)
     mode = product_mode(dtype, B, GN, RN)
     # Mᵀ only where the pullback reads it (the split, mode 2; an empty stand-in otherwise)
     w_hh_t = (threads.transpose(w_hh) if edges is not None or mode == 2
