@@ -65,8 +65,8 @@ PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 2_000_000)
 #: N = 256-512); float64, whose step reads twice the bytes of M, 1.15-1.33x in 8 of 10 runs
 #: at 25k-40k (tanh and relu N = 160-200, GRU N = 96-112, LSTM N = 80-96; tanh N = 200 once
 #: 0.88x and once 0.99x; the forward pass of T = 2000 1.0-1.3x), 1.0x at 16k-19k (tanh N = 128,
-#: GRU N = 80, LSTM N = 64: not split).  The tangent products of the
-#: Lyapunov loop (always float64) count plain multiply-adds (numrnn.cpu.jacobians.vector_blocks).
+#: GRU N = 80, LSTM N = 64: not split).  The tangent products of the Lyapunov loop (always
+#: float64) count plain multiply-adds (numrnn.cpu.jacobians.vector_blocks).
 SPLIT_MIN_STEP_WORK = _env_int("NUMRNN_SPLIT_MIN_STEP_WORK", 3 * 128 * 128)
 
 #: Steps per block of the products over time on the CPU (the input projection, the weight

@@ -115,17 +115,23 @@ def test_a_pool_thread_asleep_in_the_os_wakes_for_the_next_job(two_threads, monk
         time.sleep(0.02)
 
 
+@pytest.fixture
+def kernels_run(monkeypatch):
+    """The kernels threads.run_kernel is asked to run, in order (it still runs them)."""
+    ran = []
+    run_kernel = threads.run_kernel
+    monkeypatch.setattr(threads, "run_kernel", lambda kernel, *args: (ran.append(kernel),
+                                                                       run_kernel(kernel, *args)))
+    return ran
+
+
 @pytest.mark.parametrize("tn_split", ["rows", "k"])
-def test_products_have_the_same_bits_on_one_and_two_threads(monkeypatch, tn_split):
+def test_products_have_the_same_bits_on_one_and_two_threads(monkeypatch, kernels_run, tn_split):
     """matmul (rows split) and matmul_tn (split over the rows of its output, or over K; NumPy's
     own BLAS from compiled code) on blocks fixed by the work, not by the threads."""
     monkeypatch.setattr(threads, "TN_MIN_BLOCK_ROWS", 1 if tn_split == "rows" else 10**6)
     monkeypatch.setattr(config, "PARALLEL_BLOCKS", 3)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
-    ran = []
-    run_kernel = threads.run_kernel
-    monkeypatch.setattr(threads, "run_kernel", lambda kernel, *args: (ran.append(kernel),
-                                                                       run_kernel(kernel, *args)))
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
         # K = 31 against M = 60 rows of the output: split by rows where allowed
@@ -143,10 +149,11 @@ def test_products_have_the_same_bits_on_one_and_two_threads(monkeypatch, tn_spli
         np.testing.assert_allclose(runs[0][1], a.T.astype(float) @ c, rtol=tol, atol=tol)
     want = threads._tn_rows if tn_split == "rows" else threads._tn_blocks
     if tn_split == "k" or blas.numpy_blas_controlled():
-        assert ran.count(want) == 4
+        assert kernels_run.count(want) == 4
 
 
-def test_matmul_tn_splits_by_rows_where_the_output_is_large_against_k(monkeypatch):
+def test_matmul_tn_splits_by_rows_where_the_output_is_large_against_k(monkeypatch,
+                                                                       kernels_run):
     """Rows where M (n + 1) > K (n - 1) (fewer numbers moved than by partial products), K
     otherwise, and rows for one block; the same product to rounding either way, and into a
     given C-contiguous output in place."""
@@ -154,29 +161,25 @@ def test_matmul_tn_splits_by_rows_where_the_output_is_large_against_k(monkeypatc
         pytest.skip("the row split needs NumPy's own BLAS")
     monkeypatch.setattr(config, "PARALLEL_BLOCKS", 2)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
-    ran = []
-    run_kernel = threads.run_kernel
-    monkeypatch.setattr(threads, "run_kernel", lambda kernel, *args: (ran.append(kernel),
-                                                                       run_kernel(kernel, *args)))
     rng = np.random.default_rng(1)
     for K, M, want in ((40, 40, threads._tn_rows), (119, 40, threads._tn_rows),
                        (120, 40, threads._tn_blocks), (500, 32, threads._tn_blocks)):
         a = rng.standard_normal((K, M))
         c = rng.standard_normal((K, 7))
         out = np.full((M, 7), np.nan)
-        ran.clear()
+        kernels_run.clear()
         assert threads.matmul_tn(a, c, out) is out
-        assert ran == [want], (K, M)
+        assert kernels_run == [want], (K, M)
         np.testing.assert_allclose(out, a.T @ c, rtol=1e-12, atol=1e-12)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 10**12)  # one block: rows, whatever K
-    ran.clear()
+    kernels_run.clear()
     threads.matmul_tn(rng.standard_normal((500, 32)), rng.standard_normal((500, 7)))
-    assert ran == [threads._tn_rows]
+    assert kernels_run == [threads._tn_rows]
     # a zero-sized output is zeros without a BLAS call (cblas refuses ldb = 0)
-    ran.clear()
+    kernels_run.clear()
     np.testing.assert_array_equal(threads.matmul_tn(np.ones((5, 3)), np.ones((5, 0))),
                                   np.zeros((3, 0)))
-    assert ran == []
+    assert kernels_run == []
 
 
 def test_numpy_gemm_is_linked_where_numpy_ships_openblas():
