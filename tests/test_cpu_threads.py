@@ -171,15 +171,44 @@ def test_matmul_tn_splits_by_rows_where_the_output_is_large_against_k(monkeypatc
         assert threads.matmul_tn(a, c, out) is out
         assert kernels_run == [want], (K, M)
         np.testing.assert_allclose(out, a.T @ c, rtol=1e-12, atol=1e-12)
-    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 10**12)  # one block: rows, whatever K
+    # one block: rows, whatever K, called directly (no pool run), with the bits of the row
+    # kernel run as one block
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 10**12)
+    a, c = rng.standard_normal((500, 32)), rng.standard_normal((500, 7))
     kernels_run.clear()
-    threads.matmul_tn(rng.standard_normal((500, 32)), rng.standard_normal((500, 7)))
-    assert kernels_run == [threads._tn_rows]
+    got = threads.matmul_tn(a, c)
+    assert kernels_run == []
+    want = np.empty((32, 7))
+    threads.run_kernel(threads._tn_rows, (a, c, want), 32, 1)
+    np.testing.assert_array_equal(got, want)
     # a zero-sized output is zeros without a BLAS call (cblas refuses ldb = 0)
     kernels_run.clear()
     np.testing.assert_array_equal(threads.matmul_tn(np.ones((5, 3)), np.ones((5, 0))),
                                   np.zeros((3, 0)))
     assert kernels_run == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_block_products_skip_the_pool_with_the_same_bits(monkeypatch, kernels_run, dtype):
+    """Below the parallel work (small calls), matmul, matmul_tn and transpose call their one
+    block's kernel directly, not through a pool run: the same call, so the same bits."""
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 10**12)
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((70, 33)).astype(dtype)
+    w = rng.standard_normal((40, 33)).astype(dtype)
+    got = threads.matmul(a, w.T), threads.matmul_tn(a, a), threads.transpose(w)
+    # (without NumPy's BLAS, matmul_tn splits over K through the pool, one block or not)
+    assert kernels_run == ([] if blas.numpy_blas_controlled() else [threads._tn_blocks])
+    want = np.empty((70, 40), dtype), np.empty((33, 33), dtype), np.empty((33, 40), dtype)
+    threads.run_kernel(threads._dot_rows, (a, w.T, want[0]), 70, 1)
+    if blas.numpy_blas_controlled():
+        threads.run_kernel(threads._tn_rows, (a, a, want[1]), 33, 1)
+    else:
+        want[1][...] = got[1]
+    threads.run_kernel(threads._transpose_tiles, (w, want[2]), 2, 1)
+    for g, x in zip(got, want):
+        assert g.tobytes() == x.tobytes()
+    np.testing.assert_array_equal(got[2], w.T)
 
 
 def test_numpy_gemm_is_linked_where_numpy_ships_openblas():

@@ -638,7 +638,8 @@ def _dot_rows(a, b, out, r0, r1):
 
 @njit(cache=True, nogil=True)
 def _dot_into(a, b, out):
-    np.dot(a, b, out)
+    """out = a @ b in one block: :func:`_dot_rows` over all rows, without a pool run."""
+    _dot_rows(a, b, out, 0, a.shape[0])
 
 
 def matmul(a, b):
@@ -652,7 +653,10 @@ def matmul(a, b):
         b = np.ascontiguousarray(b)
     n = pieces(a.shape[0], a.shape[0] * a.shape[1] * b.shape[1])
     with blas.single_threaded():
-        run_kernel(_dot_rows, (a, b, out), a.shape[0], n)
+        if n == 1:  # the one block's call itself (the same product): no pool run to set up
+            _dot_into(a, b, out)
+        else:
+            run_kernel(_dot_rows, (a, b, out), a.shape[0], n)
     return out
 
 
@@ -678,8 +682,18 @@ def transpose(a):
     out = np.empty((a.shape[1], a.shape[0]), a.dtype)
     a = np.ascontiguousarray(a)
     tiles = -(-a.shape[0] // 32)
-    run_kernel(_transpose_tiles, (a, out), tiles, pieces(tiles, a.size * 64))
+    n = pieces(tiles, a.size * 64)
+    if n == 1:
+        _transpose_into(a, out)
+    else:
+        run_kernel(_transpose_tiles, (a, out), tiles, n)
     return out
+
+
+@njit(cache=True, nogil=True)
+def _transpose_into(a, out):
+    """:func:`_transpose_tiles` over every tile, without a pool run (one block)."""
+    _transpose_tiles(a, out, 0, -(-a.shape[0] // 32))
 
 
 def _link_numpy_gemm():
@@ -774,6 +788,12 @@ def _tn_rows(a, b, out, m0, m1):
         _dgemm(101, 112, 111, m1 - m0, P, K, 1.0, pa, M, pb, P, 0.0, pc, P)
 
 
+@njit(cache=True, nogil=True)
+def _tn_into(a, b, out):
+    """:func:`_tn_rows` over every row, without a pool run (one block)."""
+    _tn_rows(a, b, out, 0, a.shape[1])
+
+
 def matmul_tn(a, b, out=None):
     """a.T @ b for a (K, M), b (K, P), on numrnn's threads.
 
@@ -808,7 +828,10 @@ def matmul_tn(a, b, out=None):
     if numpy_gemm and out.flags.c_contiguous and (n == 1 or (
             M >= n * TN_MIN_BLOCK_ROWS and M * (n + 1) > K * (n - 1))):
         with blas.single_threaded():
-            run_kernel(_tn_rows, (a, b, out), M, n)
+            if n == 1:
+                _tn_into(a, b, out)
+            else:
+                run_kernel(_tn_rows, (a, b, out), M, n)
         return out
     n = pieces(K, work)
     parts = np.empty((n,) + out.shape, a.dtype)
