@@ -19,6 +19,21 @@ settings.register_profile("random", max_examples=50, deadline=None,
 settings.load_profile(os.environ.get("NUMRNN_HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_collection_finish(session):
+    """Start the CUDA-simulator suite's child process now, beside the rest of the run, when its
+    test is selected (see ``tests/test_simulator_suite.py``)."""
+    from tests import test_simulator_suite as sim
+
+    if any(item.name == sim.TEST_NAME for item in session.items):
+        sim.start()
+
+
+def pytest_sessionfinish(session):
+    from tests import test_simulator_suite as sim
+
+    sim.stop()
+
+
 @pytest.fixture
 def rng(request):
     """A generator seeded from the test's name: reproducible, different per test."""
