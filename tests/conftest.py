@@ -24,7 +24,8 @@ def pytest_collection_finish(session):
     test is selected (see ``tests/test_simulator_suite.py``)."""
     from tests import test_simulator_suite as sim
 
-    if any(item.name == sim.TEST_NAME for item in session.items):
+    if (not session.config.option.collectonly
+            and any(item.name == sim.TEST_NAME for item in session.items)):
         sim.start()
 
 
