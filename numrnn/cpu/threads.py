@@ -411,7 +411,12 @@ def run_kernel(kernel, args, n_items, n_blocks):
     takes its share's blocks first, then any still free, so a pool thread that comes late (a
     sleeping thread's virtual CPU can take a millisecond to run again) leaves its blocks to the
     caller, which never waits for a thread that has not started.  The caller returns once no
-    block runs; the first exception of a block propagates, and no block starts after that."""
+    block runs; the first exception of a block propagates, and no block starts after that.
+
+    A run of one block still goes through the job (a kernel called on its own would be compiled
+    a second time, outside it: seconds for a recurrence kernel); the small products, whose
+    kernels compile in well under a second, call theirs directly below (``_dot_into``,
+    ``_tn_into``, ``_transpose_into``)."""
     run = _members(kernel).get(_BLOCKS, len(args))
     edges = _edges(n_items, n_blocks)
     claims = np.zeros(n_blocks * sync.STRIDE, np.int64)
