@@ -106,6 +106,12 @@ def check(what, nbytes, detail, fits=None):
     avail = available_bytes()
     if avail is None or nbytes <= avail:
         return
+    from .cpu import scratch  # the idle scratch buffers of this thread are memory it can have
+
+    if scratch.release():
+        avail = available_bytes()
+        if avail is None or nbytes <= avail:
+            return
     tail = f"; {fits(avail)}" if fits is not None else ""
     raise MemoryError(f"{what} for {detail} needs {format_bytes(nbytes)}, but only "
                       f"{format_bytes(avail)} of memory are available{tail}")

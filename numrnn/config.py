@@ -92,3 +92,13 @@ NONFINITE = _env_str("NUMRNN_NONFINITE", "raise")
 #: Compare the memory a call will allocate (the BPTT tape, Jacobian arrays) with the memory
 #: available, and raise MemoryError with the sizes before allocating when it does not fit.
 MEMORY_CHECK = _env_bool("NUMRNN_MEMORY_CHECK", True)
+
+#: Bytes of scratch buffers each calling thread keeps between CPU calls for the arrays a call
+#: allocates and drops (the input projection, the tape, the projections' cotangents): reusing
+#: them spares the page faults of taking fresh memory every call (numrnn.cpu.scratch).  A
+#: buffer is reused only when no array refers to it.  0: no pool (every array a plain one).
+SCRATCH_BYTES = _env_int("NUMRNN_SCRATCH_BYTES", 256 * 2**20)
+
+#: Arrays smaller than this many bytes are never taken from the scratch pool (the allocator
+#: reuses small blocks without page faults).
+SCRATCH_MIN_BYTES = _env_int("NUMRNN_SCRATCH_MIN_BYTES", 64 * 2**10)

@@ -226,7 +226,7 @@ def _project(net, backend, layer_in, k, t0, t1, w_ih, b_x, noise):
         parts.append(xp)
     if len(parts) == 1:
         return parts[0].reshape(t1 - t0, B, -1)
-    out = backend.empty((t1 - t0, B, parts[0].shape[1]), net.dtype)
+    out = backend.temporary((t1 - t0, B, parts[0].shape[1]), net.dtype)
     flat = out.reshape((t1 - t0) * B, -1)
     row = 0
     for xp in parts:
@@ -352,7 +352,7 @@ class _Grads:
         if not self.started:
             fn(dst)
         else:
-            tmp = self.backend.empty(dst.shape, self.net.dtype)
+            tmp = self.backend.temporary(dst.shape, self.net.dtype)
             fn(tmp)
             self.backend.add_into(dst.reshape(dst.shape[0], -1), tmp.reshape(dst.shape[0], -1))
 
@@ -430,7 +430,9 @@ def _backward_layers(net, backend, tape, d_out, d_h_n, d_c_n, truncate, grad_ste
     for layer in reversed(range(net.num_layers)):
         layer_in, kept = tape.records[layer]
         top = layer == net.num_layers - 1
-        d_in = backend.empty(layer_in.shape, net.dtype)
+        # the input's gradient: the call's result for the first layer, else the cotangent of
+        # the layer below's outputs, dropped after its sweep
+        d_in = (backend.empty if layer == 0 else backend.temporary)(layer_in.shape, net.dtype)
         for d in range(D):
             k = layer * D + d
             rev = d == 1

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import _validation as _v
 from . import cells, driver
+from .cpu import scratch
 from .init import BIAS_INITS, INITS, ZERO_DIAGONAL_INITS, init_parameters
 
 __all__ = ["RNN", "ParameterDict"]
@@ -499,8 +500,10 @@ class RNN:
         elif _v.count_nonfinite(self._flat):
             for name, shape in shapes.items():
                 self._check_parameter(name, self._params[name], shape)
-        if snapshot:
-            return self.parameter_views(self._flat.copy())
+        if snapshot:  # a scratch copy: a vjp drops it before it returns
+            copy = scratch.empty(self._flat.shape, self._flat.dtype)
+            np.copyto(copy, self._flat)
+            return self.parameter_views(copy)
         return dict(self._params)
 
     def layer_params(self, layer, direction, params=None):

@@ -7,6 +7,7 @@ import pytest
 
 import numrnn
 from numrnn import driver
+from numrnn.cpu import scratch
 from numrnn.experiments import tasks
 from numrnn.experiments.training import train
 
@@ -188,6 +189,9 @@ def test_the_gradient_at_chosen_steps(rng):
 
 
 def _peak(fn):
+    """The peak of ``fn``'s traced allocations, its scratch arrays taken fresh (the pool's idle
+    buffers dropped first: numrnn.cpu.scratch)."""
+    scratch.release()
     tracemalloc.start()
     try:
         fn()

@@ -16,7 +16,7 @@ from .. import _validation as _v
 from .. import cpu, driver, errors
 from .. import noise as _noise
 from ..cpu import backend as cpu_backend
-from ..cpu import blas
+from ..cpu import blas, scratch
 from ..cpu import jacobians as _k
 from ..network import RNN
 
@@ -247,10 +247,11 @@ class Linearisation:
         net, T, B, N, LD, D = self.net, self.T, self.B, self.N, self.LD, self.D
         dt, GN, P, cell = self.dtype, self.G * N, self.P, self.cell
         R = cell.read_count
-        self.rec = np.empty((LD, T, B, P, GN), dt)
-        self.inp = np.empty((LD, T, B, P, GN), dt) if cell.separate else self.rec
-        self.direct = np.empty((LD, T, B, P, P, N), dt)
-        self.rgrad = np.empty((LD, T, B, R, N), dt)
+        # scratch arrays (numrnn.cpu.scratch): an analysis call drops them when it returns
+        self.rec = scratch.empty((LD, T, B, P, GN), dt)
+        self.inp = scratch.empty((LD, T, B, P, GN), dt) if cell.separate else self.rec
+        self.direct = scratch.empty((LD, T, B, P, P, N), dt)
+        self.rgrad = scratch.empty((LD, T, B, R, N), dt)
         self.reads = np.array(cell.read_index, np.int64)
         rerun = net.dtype != np.float64
         if rerun:
@@ -285,8 +286,9 @@ class Linearisation:
         before it ("teacher forced"): one forward pass of T*B sequences of one step.  Sets the
         float64 tape and previous states; returns the float64 network and parameters."""
         net, T, B, N, LD = self.net, self.T, self.B, self.N, self.LD
-        h_prev = np.empty((LD, T, B, N), np.float64)
-        c_prev = np.zeros((LD, T, B, N), np.float64)
+        h_prev = scratch.empty((LD, T, B, N), np.float64)
+        c_prev = scratch.empty((LD, T, B, N), np.float64)
+        c_prev.fill(0)
         for layer in range(self.L):
             for d in range(self.D):
                 k = layer * self.D + d

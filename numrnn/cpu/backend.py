@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import _memory
 from .. import _validation as _v
-from . import blas, recurrence, threads
+from . import blas, recurrence, scratch, threads
 
 name = "cpu"
 #: The products over time (the input projection, the weight gradients, the input's gradient)
@@ -74,6 +74,12 @@ def zeros(shape, dtype):
     return np.zeros(shape, dtype)
 
 
+def temporary(shape, dtype):
+    """An uninitialised array that the call drops before it returns: a scratch array, reused
+    by the next call (:mod:`numrnn.cpu.scratch`)."""
+    return scratch.empty(shape, dtype)
+
+
 def copy(dst, src):
     dst[...] = src
 
@@ -128,6 +134,8 @@ def matmul_tn(a, b, out):
 
 def matmul(a, b, out=None, accumulate=False):
     """a @ b; into ``out`` if given (``accumulate``: out += a @ b)."""
+    if out is not None and not accumulate and out.flags.c_contiguous:
+        return threads.matmul(a, b, out)
     product = threads.matmul(a, b)
     if out is None:
         return product

@@ -24,7 +24,7 @@ from numba.extending import register_jitable
 from .. import config, norms
 from ..cells import codegen
 from ..cells.twins import Twins
-from . import blas, elementary, sync, threads
+from . import blas, elementary, scratch, sync, threads
 
 # error_model="numpy": a float division is IEEE (no zero check that would keep loops scalar).
 _JIT = dict(cache=True, fastmath=config.FASTMATH, nogil=True, error_model="numpy")
@@ -848,9 +848,9 @@ def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, steps=None):
     T, B, GN = xp.shape
     N = h0.shape[1]
     dtype = xp.dtype
-    out_h = np.empty((T, B, N), dtype)
-    out_c = np.empty((T if cell.state_count == 2 else 1, B, N), dtype)
-    aux = np.empty((T, B, cell.aux_count * N), dtype)
+    out_h = scratch.empty((T, B, N), dtype)
+    out_c = scratch.empty((T if cell.state_count == 2 else 1, B, N), dtype)
+    aux = scratch.empty((T, B, cell.aux_count * N), dtype)
     bad = np.empty(B, np.int64)
     bad.fill(-1)
     RN = w_hh.shape[1]
@@ -896,11 +896,11 @@ def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, rev
     T, B, N = out_h.shape
     GN, RN = w_hh.shape
     dtype = out_h.dtype
-    dhp = np.empty((T, B, GN), dtype)
-    dxp = np.empty((T, B, GN), dtype) if cell.separate else dhp
+    dhp = scratch.empty((T, B, GN), dtype)
+    dxp = scratch.empty((T, B, GN), dtype) if cell.separate else dhp
     dh0 = np.zeros((B, N), dtype)
     dc0 = np.zeros((B, N), dtype)
-    norm = np.empty((T, B), np.float64)
+    norm = scratch.empty((T, B), np.float64)
     bad = np.empty(B, np.int64)
     bad.fill(-1)
     w_hh = np.ascontiguousarray(w_hh)
@@ -911,8 +911,8 @@ def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, rev
               else np.empty((RN, 0), dtype))
     if edges is not None:
         n_blocks = len(edges) - 1
-        squares = np.empty((T, B, n_blocks), np.float64)
-        block_norms = np.empty((T, B, n_blocks), np.float64)
+        squares = scratch.empty((T, B, n_blocks), np.float64)
+        block_norms = scratch.empty((T, B, n_blocks), np.float64)
         head = (opts, dtype.type(1), w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out, dh_n,
                 dc_n, bool(reverse), int(truncate or 0), dxp, dhp, dh0, dc0, squares,
                 block_norms, np.empty((B, N), dtype), np.empty((B, N), dtype), edges)
@@ -956,7 +956,7 @@ def recurrent_weight_grad(cell, opts, dhp, h0, c0, out_h, out_c, reverse, out=No
     else:
         grad = threads.matmul_tn(d[B:], h[:-B], out=out)
         entering = d[:B]
-    grad += threads.matmul_tn(entering, h0)
+    grad += threads.matmul_tn(entering, h0, out=scratch.empty(grad.shape, grad.dtype))
     return grad
 
 

@@ -51,7 +51,7 @@ from numba import njit
 from numba import types as nb_types
 
 from .. import config
-from . import blas, sync
+from . import blas, scratch, sync
 
 _pool = None  # the _Worker threads, grown on demand
 _pool_lock = threading.Lock()  # held by the one run using the pool
@@ -647,12 +647,15 @@ def _dot_into(a, b, out):
     _dot_rows(a, b, out, 0, a.shape[0])
 
 
-def matmul(a, b):
-    """a @ b (2-D, same float dtype) on numrnn's threads, split over the rows of ``a``.
+def matmul(a, b, out=None):
+    """a @ b (2-D, same float dtype) on numrnn's threads, split over the rows of ``a``; into
+    ``out`` (C-contiguous, (rows of a, columns of b)) if given, else a new scratch array
+    (:mod:`numrnn.cpu.scratch`).
 
     ``b`` may be C- or Fortran-contiguous (a weight's transpose ``w.T`` goes to the BLAS as a
     transposed operand: copying it cost 3-7 ms per call for a 2048 x 512 LSTM weight)."""
-    out = np.empty((a.shape[0], b.shape[1]), a.dtype)
+    if out is None:
+        out = scratch.empty((a.shape[0], b.shape[1]), a.dtype)
     a = np.ascontiguousarray(a)
     if not (b.flags.c_contiguous or b.flags.f_contiguous):
         b = np.ascontiguousarray(b)
@@ -683,8 +686,9 @@ def _transpose_tiles(a, out, t0, t1):
 def transpose(a):
     """A C-contiguous copy of a.T (2-D), tiled and split over numrnn's threads by rows of ``a``:
     a weight's transpose for the kernels, 2-4x faster than ``np.ascontiguousarray(a.T)``
-    (2048 x 512, float32: 3.9 ms against 1.8 on one thread of the 2-core EPYC)."""
-    out = np.empty((a.shape[1], a.shape[0]), a.dtype)
+    (2048 x 512, float32: 3.9 ms against 1.8 on one thread of the 2-core EPYC).  A scratch
+    array (:mod:`numrnn.cpu.scratch`)."""
+    out = scratch.empty((a.shape[1], a.shape[0]), a.dtype)
     a = np.ascontiguousarray(a)
     tiles = -(-a.shape[0] // 32)
     n = pieces(tiles, a.size * 64)
@@ -839,7 +843,7 @@ def matmul_tn(a, b, out=None):
                 run_kernel(_tn_rows, (a, b, out), M, n)
         return out
     n = pieces(K, work)
-    parts = np.empty((n,) + out.shape, a.dtype)
+    parts = scratch.empty((n,) + out.shape, a.dtype)
     with blas.single_threaded():
         run_kernel(_tn_blocks, (a, b, parts, numpy_gemm), n, n)
     out[...] = parts[0]

@@ -82,6 +82,11 @@ def empty(shape, dtype):
     return _cuda.empty(shape, dtype)
 
 
+def temporary(shape, dtype):
+    """An uninitialised array that the call drops before it returns."""
+    return _cuda.empty(shape, dtype)
+
+
 def zeros(shape, dtype):
     return _cuda.to_device(np.zeros(shape, dtype))
 
