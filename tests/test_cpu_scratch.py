@@ -8,6 +8,8 @@ the pool; repeated calls of one size must reuse the buffers of the last instead 
 memory.
 """
 import gc
+import os
+import signal
 import threading
 
 import numpy as np
@@ -199,3 +201,32 @@ def test_repeated_calls_reuse_the_buffers_of_the_last(monkeypatch):
         net.vjp(x, d)
         assert scratch.pooled_bytes()[0] == total, (scratch.pooled_bytes(), total)
     scratch.release()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_another_thread_holds_the_pool_can_use_it(fresh_pool):
+    """A child forked while another thread was taking a buffer must not wait forever for that
+    thread (which does not exist in the child): the child gets a free lock."""
+    held, go = threading.Event(), threading.Event()
+
+    def hold():
+        with scratch._lock:
+            held.set()
+            go.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: killed by the alarm if it hangs
+        try:
+            signal.alarm(10)
+            a = scratch.empty(100 * KIB, np.uint8)
+            a.fill(1)
+            os._exit(0 if a.base is not None and int(a.sum()) == 100 * KIB else 1)
+        except BaseException:
+            os._exit(1)
+    go.set()
+    t.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
