@@ -7,7 +7,6 @@ array in use; a call's bits must not depend on
 the pool; repeated calls of one size must reuse the buffers of the last instead of taking new
 memory.
 """
-import gc
 import os
 import signal
 import threading
@@ -23,13 +22,19 @@ KIB = 2**10
 
 
 @pytest.fixture
-def fresh_pool(monkeypatch):
-    """The pool emptied, 1 MiB at most, arrays of 64 KiB and up pooled."""
+def own_pool(monkeypatch):
+    """An empty pool of the test's own: the buffers other tests left (some still held by their
+    tracebacks) set aside until it ends."""
+    monkeypatch.setattr(scratch, "_buffers", [])
+    monkeypatch.setattr(scratch, "_offsets", [])
+    monkeypatch.setattr(scratch, "_total", 0)
+
+
+@pytest.fixture
+def fresh_pool(own_pool, monkeypatch):
+    """An empty pool of 1 MiB at most, arrays of 64 KiB and up pooled."""
     monkeypatch.setattr(config, "SCRATCH_BYTES", 2**20)
     monkeypatch.setattr(config, "SCRATCH_MIN_BYTES", 64 * KIB)
-    scratch.release()
-    yield
-    scratch.release()
 
 
 def _address(a):
@@ -147,7 +152,8 @@ def test_arrays_taken_at_once_by_many_threads_never_overlap(fresh_pool):
 @pytest.mark.parametrize("cell, dtype, B, N", [("lstm", "float32", 1, 128),
                                                 ("gru", "float64", 4, 64),
                                                 ("tanh", "float64", 8, 48)])
-def test_results_kept_by_the_caller_survive_later_calls(cell, dtype, B, N, monkeypatch):
+def test_results_kept_by_the_caller_survive_later_calls(cell, dtype, B, N, own_pool,
+                                                        monkeypatch):
     """The tape and the projections of a call are pooled and reused by the next; the arrays a
     caller keeps (outputs, gradients, an analysis' coefficients) must not be overwritten."""
     monkeypatch.setattr(config, "SCRATCH_MIN_BYTES", 1)  # every array through the pool
@@ -166,7 +172,7 @@ def test_results_kept_by_the_caller_survive_later_calls(cell, dtype, B, N, monke
         np.testing.assert_array_equal(v, kept_g[k])
 
 
-def test_bits_do_not_depend_on_the_pool(monkeypatch):
+def test_bits_do_not_depend_on_the_pool(own_pool, monkeypatch):
     net = numrnn.RNN(64, 96, cell="gru", dtype="float32", num_layers=2, seed=3)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((50, 3, 64)).astype(np.float32)
@@ -180,16 +186,13 @@ def test_bits_do_not_depend_on_the_pool(monkeypatch):
             np.testing.assert_array_equal(g[k], plain[k])
 
 
-def test_repeated_calls_reuse_the_buffers_of_the_last(monkeypatch):
+def test_repeated_calls_reuse_the_buffers_of_the_last(fresh_pool, monkeypatch):
     """From the second call on, the pool takes no new memory: every array the call drops is
     made from a buffer an earlier call dropped.  On one thread: a pool thread holds the
     operands of its last job until its next one comes or it stops spinning, and a buffer taken
     meanwhile is another one (a second generation, taken once or twice: timing decides)."""
     monkeypatch.setattr(config, "NUM_THREADS", 1)
     monkeypatch.setattr(config, "SCRATCH_BYTES", 64 * 2**20)
-    monkeypatch.setattr(config, "SCRATCH_MIN_BYTES", 64 * KIB)
-    gc.collect()  # what earlier tests left in reference cycles lets its buffers go
-    scratch.release()
     net = numrnn.RNN(64, 64, cell="lstm", dtype="float64", seed=0)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((200, 4, 64))
@@ -200,7 +203,6 @@ def test_repeated_calls_reuse_the_buffers_of_the_last(monkeypatch):
     for _ in range(4):
         net.vjp(x, d)
         assert scratch.pooled_bytes()[0] == total, (scratch.pooled_bytes(), total)
-    scratch.release()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
