@@ -52,3 +52,14 @@ def simulator_thread_switches():
     sys.setswitchinterval(1e-4)
     yield
     sys.setswitchinterval(before)
+
+
+@pytest.fixture
+def own_pool(monkeypatch):
+    """An empty scratch pool (numrnn.cpu.scratch) of the test's own: the buffers other tests
+    left (some still held by their tracebacks) set aside until it ends."""
+    from numrnn.cpu import scratch
+
+    monkeypatch.setattr(scratch, "_buffers", [])
+    monkeypatch.setattr(scratch, "_offsets", [])
+    monkeypatch.setattr(scratch, "_total", 0)

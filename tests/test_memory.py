@@ -92,16 +92,12 @@ def test_available_memory_is_read_from_the_system():
     assert _memory.format_bytes(3 * 2**30) == "3.0 GiB"
 
 
-def test_idle_scratch_buffers_are_let_go_before_a_call_is_refused(monkeypatch):
+def test_idle_scratch_buffers_are_let_go_before_a_call_is_refused(own_pool, monkeypatch):
     """The scratch pool's idle buffers (numrnn.cpu.scratch) are memory the call can have: the
     check drops them and asks again before it refuses."""
     from numrnn.cpu import scratch
 
     monkeypatch.setattr(config, "SCRATCH_BYTES", 256 * 2**20)
-    # an empty pool of the test's own (what other tests left, set aside until it ends)
-    monkeypatch.setattr(scratch, "_buffers", [])
-    monkeypatch.setattr(scratch, "_offsets", [])
-    monkeypatch.setattr(scratch, "_total", 0)
     idle = scratch.empty(80 * 2**20, np.uint8)
     del idle
     assert scratch.pooled_bytes() == (80 * 2**20 + 64, 0)

@@ -134,15 +134,14 @@ def matmul_tn(a, b, out):
 
 def matmul(a, b, out=None, accumulate=False):
     """a @ b; into ``out`` if given (``accumulate``: out += a @ b)."""
-    if out is not None and not accumulate and out.flags.c_contiguous:
-        return threads.matmul(a, b, out)
-    product = threads.matmul(a, b)
     if out is None:
-        return product
+        return threads.matmul(a, b)
     if accumulate:
-        out += product
+        out += threads.matmul(a, b)
+    elif out.flags.c_contiguous:
+        threads.matmul(a, b, out)
     else:
-        np.copyto(out, product)
+        np.copyto(out, threads.matmul(a, b))
     return out
 
 
