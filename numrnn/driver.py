@@ -144,11 +144,17 @@ def describe(net):
             f"{', bidirectional' if net.bidirectional else ''}, {net.dtype})")
 
 
+def _detail(net, T, B):
+    """'T=200 steps, B=32 sequences, N=64 units (...)': the sizes a memory error names (made
+    only when needed: formatting the dtype alone costs several microseconds a call)."""
+    return f"T={T} steps, B={B} sequences, {describe(net)}"
+
+
 def _check_memory(net, backend, what, T, B, backward, noise=None):
     need = bytes_needed(net, T, B, backward, noise is not None)
     if need < _memory.CHECK_FROM:
         return
-    backend.check_memory(what, need, f"T={T} steps, B={B} sequences, {describe(net)}",
+    backend.check_memory(what, need, _detail(net, T, B),
                          _memory.steps_that_fit(T, need, "run the sequence in shorter pieces "
                                                          "(each continues from the previous h_n)"))
 
@@ -317,6 +323,8 @@ def _merge_bad(backend, first, bad, t0):
     bad = backend.to_host(bad) if not isinstance(bad, np.ndarray) else bad
     if bad is None:
         return first
+    if first is None and t0 == 0:  # one segment, from t = 0: the kernel's own array (-1: none)
+        return bad
     shifted = np.where(bad >= 0, bad + t0, -1)
     if first is None:
         return shifted
@@ -634,7 +642,6 @@ def plan_checkpoints(net, backend, T, B, checkpoint, memory_budget, noise=False,
     ``memory_budget``, else the k that needs the least memory, about sqrt(T) steps).  Raises
     MemoryError with the sizes when nothing fits, before anything is allocated."""
     block = step_block(net, backend, B) or 1
-    detail = f"T={T} steps, B={B} sequences, {describe(net)}"
     if memory_budget is not None:
         if checkpoint is not None and checkpoint != "auto":
             raise ValueError(f"memory_budget: chooses the checkpoint interval, so it goes with "
@@ -661,7 +668,7 @@ def plan_checkpoints(net, backend, T, B, checkpoint, memory_budget, noise=False,
                              f"{-(-k // block) * block} would do")
         need = checkpointed_bytes(net, T, B, k, keep_output, noise)
         backend.check_memory(f"{caller}: the checkpoints and one segment of {k} steps", need,
-                             detail, None)
+                             _detail(net, T, B), None)
         return k
     budget = memory_budget
     if budget is None and full >= _memory.CHECK_FROM:  # below, reading /proc costs more
@@ -676,7 +683,8 @@ def plan_checkpoints(net, backend, T, B, checkpoint, memory_budget, noise=False,
     if need > budget:
         raise MemoryError(
             f"{caller}: even checkpointed BPTT (the state every {k} steps, one segment of {k} "
-            f"steps run again at a time) for {detail} needs {_memory.format_bytes(need)}, "
+            f"steps run again at a time) for {_detail(net, T, B)} needs "
+            f"{_memory.format_bytes(need)}, "
             f"above the budget of {_memory.format_bytes(budget)} (the full tape would need "
             f"{_memory.format_bytes(full)}); use fewer sequences at a time or a shorter run")
     return k

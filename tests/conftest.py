@@ -19,12 +19,28 @@ settings.register_profile("random", max_examples=50, deadline=None,
 settings.load_profile(os.environ.get("NUMRNN_HYPOTHESIS_PROFILE", "ci"))
 
 
-def pytest_collection_finish(session):
-    """Start the CUDA-simulator suite's child process now, beside the rest of the run, when its
-    test is selected (see ``tests/test_simulator_suite.py``)."""
+def _xdist_worker(config):
+    """True in a pytest-xdist worker (``-n 2``): every worker collects every test, and only one
+    of them will run a given file."""
+    return hasattr(config, "workerinput")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Under xdist, the CUDA-simulator suite's test goes first: the worker that takes its file
+    starts the child at once and waits on it while the other worker runs the rest."""
     from tests import test_simulator_suite as sim
 
-    if (not session.config.option.collectonly
+    if _xdist_worker(config):
+        items.sort(key=lambda item: item.name != sim.TEST_NAME)  # stable: the rest keep order
+
+
+def pytest_collection_finish(session):
+    """Start the CUDA-simulator suite's child process now, beside the rest of the run, when its
+    test is selected (see ``tests/test_simulator_suite.py``).  Not in an xdist worker, which
+    cannot know whether it will run that test: there the test starts the child itself, first."""
+    from tests import test_simulator_suite as sim
+
+    if (not session.config.option.collectonly and not _xdist_worker(session.config)
             and any(item.name == sim.TEST_NAME for item in session.items)):
         sim.start()
 
