@@ -23,13 +23,18 @@ class Twins:
     math_module : module or None
         What ``math`` means inside the twins (None: the real one).
     inline : str
-        Numba's ``inline`` option for every twin ("always" inlines at IR level, which the CPU
-        row loops need to vectorise; "never" leaves it to LLVM).
+        Numba's ``inline`` option for every twin ("always" inlines at IR level; "never" leaves
+        it to LLVM).
+    jit_options : dict, optional
+        Compiler options for every twin, e.g. ``forceinline=True``: LLVM then always inlines it
+        (the CPU row loops need their calls inlined to vectorise), without Numba typing its
+        body again at every call site as IR inlining does.
     """
 
-    def __init__(self, math_module=None, inline="never"):
+    def __init__(self, math_module=None, inline="never", jit_options=None):
         self.math_module = math_module
         self.inline = inline
+        self.jit_options = dict(jit_options or {})
         self._memo = {}
         self._replace = {}
         if math_module is not None:
@@ -47,7 +52,7 @@ class Twins:
                                   self._closure(fn))
         twin.__qualname__ = fn.__qualname__
         twin.__module__ = fn.__module__
-        twin = register_jitable(inline=self.inline)(twin)
+        twin = register_jitable(inline=self.inline, **self.jit_options)(twin)
         self._memo[key] = (fn, twin)  # keep fn alive: its id stays unique
         for name in _names(fn.__code__):
             if name not in namespace:
