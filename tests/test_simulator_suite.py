@@ -7,7 +7,9 @@ test command) cannot run those tests in its own process; this test runs a child 
 The child is started as soon as collection ends (:func:`start`, from ``conftest.py``) when this
 test is among those selected, so it runs beside the rest of the suite rather than after it: the
 simulator is one Python process bound by its interpreter lock, and the suite's own process spends
-much of its time compiling on one core.  The test waits for it and reads its output.
+much of its time compiling on one core.  The test waits for it and reads its output.  Under
+pytest-xdist (the README's ``-n 2``) no worker knows at collection whether it will run this test,
+so it is sorted first instead (``conftest.py``) and starts the child when it runs.
 """
 import ctypes
 import importlib.util
