@@ -77,10 +77,10 @@ def summary(path, top=25):
         entry[0] += 1
         entry[1] += seconds
         by_file[test.split("::")[0] or "(outside a test)"] += seconds
-    print(f"\n| kernel | compiles | s | s each |\n|---|---|---|---|")
+    print("\n| kernel | compiles | s | s each |\n|---|---|---|---|")
     for (module, name), (n, s) in sorted(by_kernel.items(), key=lambda kv: -kv[1][1])[:top]:
         print(f"| {module}.{name} | {n} | {s:.1f} | {s / n:.1f} |")
-    print(f"\n| test file | s compiling |\n|---|---|")
+    print("\n| test file | s compiling |\n|---|---|")
     for name, s in sorted(by_file.items(), key=lambda kv: -kv[1])[:top]:
         print(f"| {name} | {s:.1f} |")
 

@@ -56,6 +56,31 @@ def check_float_array(name, a, dtype, shapes, finite=True):
     ``shapes`` is a list of allowed shapes; ``None`` in a shape matches any length.  The dtype must
     be exactly ``dtype``: numrnn never converts a user's float32 to float64 or back silently.
     """
+    if type(a) is not np.ndarray or a.dtype != dtype:  # (an ndarray of the dtype passes these)
+        a = _float_array(name, a, dtype)
+    ndim, shape = a.ndim, a.shape
+    for s in shapes:
+        if len(s) == ndim and all(e is None or e == g for e, g in zip(s, shape)):
+            break
+    else:
+        ranks = sorted({len(s) for s in shapes})
+        if ndim not in ranks:
+            raise ValueError(f"{name}: expected an array of rank {' or '.join(map(str, ranks))} "
+                             f"(shape {' or '.join(_shape_str(s) for s in shapes)}), got rank "
+                             f"{ndim} with shape {_shape_str(shape)}")
+        want = " or ".join(_shape_str(["*" if e is None else e for e in s]) for s in shapes
+                           if len(s) == ndim)
+        raise ValueError(f"{name}: expected shape {want}, got {_shape_str(shape)}")
+    if finite and not np.isfinite(a).all():
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entr"
+                         f"{'y' if bad == 1 else 'ies'}")
+    return np.ascontiguousarray(a)
+
+
+def _float_array(name, a, dtype):
+    """``a`` as an ndarray of exactly ``dtype`` (lists and scalars converted; integer literals
+    take the dtype), or the TypeError that says what came instead."""
     if hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray):
         raise TypeError(f"{name}: got a device array; this network runs on the CPU "
                         "(copy it to the host, or use device='cuda')")
@@ -79,21 +104,7 @@ def check_float_array(name, a, dtype, shapes, finite=True):
     if a.dtype != np.dtype(dtype):
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)} (the network's dtype), got "
                         f"{a.dtype}; convert it explicitly with .astype(numpy.{np.dtype(dtype)})")
-    ranks = sorted({len(s) for s in shapes})
-    if a.ndim not in ranks:
-        raise ValueError(f"{name}: expected an array of rank {' or '.join(map(str, ranks))} "
-                         f"(shape {' or '.join(_shape_str(s) for s in shapes)}), got rank "
-                         f"{a.ndim} with shape {_shape_str(a.shape)}")
-    if not any(len(s) == a.ndim and all(e is None or e == g for e, g in zip(s, a.shape))
-               for s in shapes):
-        want = " or ".join(_shape_str(["*" if e is None else e for e in s]) for s in shapes
-                           if len(s) == a.ndim)
-        raise ValueError(f"{name}: expected shape {want}, got {_shape_str(a.shape)}")
-    if finite and not np.all(np.isfinite(a)):
-        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
-        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entr"
-                         f"{'y' if bad == 1 else 'ies'}")
-    return np.ascontiguousarray(a)
+    return a
 
 
 def check_seed(seed, name="seed"):

@@ -221,24 +221,18 @@ def segments(T, k, reverse):
 
 
 def _project(net, backend, layer_in, k, t0, t1, w_ih, b_x, noise):
-    """The input projection (and noise) of steps [t0, t1) of layer-direction k, (t1-t0, B, GN),
-    one product per step block."""
+    """The input projection (and noise) of steps [t0, t1) of layer-direction k, (t1-t0, B, GN):
+    one product, run on the step blocks (each as a product of its own would be)."""
     B = layer_in.shape[1]
-    parts = []
-    for a, b in step_blocks(step_block(net, backend, B), t0, t1):
-        xp = backend.project(layer_in[a:b].reshape((b - a) * B, layer_in.shape[2]), w_ih, b_x)
-        if noise is not None:  # the pre-activation's noise enters with the input
-            backend.add_into(xp, backend.upload(noise.layer(k, b - a, B, net.dtype, t0=a)))
-        parts.append(xp)
-    if len(parts) == 1:
-        return parts[0].reshape(t1 - t0, B, -1)
-    out = backend.temporary((t1 - t0, B, parts[0].shape[1]), net.dtype)
-    flat = out.reshape((t1 - t0) * B, -1)
-    row = 0
-    for xp in parts:
-        backend.copy(flat[row:row + xp.shape[0]], xp)
-        row += xp.shape[0]
-    return out
+    blocks = step_blocks(step_block(net, backend, B), t0, t1)
+    rows = [(a - t0) * B for a, _ in blocks] + [(t1 - t0) * B]
+    xp = backend.project(layer_in[t0:t1].reshape((t1 - t0) * B, layer_in.shape[2]), w_ih, b_x,
+                         rows)
+    if noise is not None:  # the pre-activation's noise enters with the input
+        for a, b in blocks:
+            backend.add_into(xp[(a - t0) * B:(b - t0) * B],
+                             backend.upload(noise.layer(k, b - a, B, net.dtype, t0=a)))
+    return xp.reshape(t1 - t0, B, -1)
 
 
 def forward_pass(net, backend, x, h0, c0, params=None, noise=None, segment=None,
@@ -486,15 +480,17 @@ def _backward_layers(net, backend, tape, d_out, d_h_n, d_c_n, truncate, grad_ste
                         pieces, carry_h, carry_c, rev, truncate, T, first_bad, norms if top
                         else None, at, steps, d, zeros)
                 carry_h, carry_c = dh, dc
-                # the weight gradients and the input's, block by block in the sweep's order
+                # the weight gradients, block by block in the sweep's order
                 blocks = step_blocks(block, t0, t1)
                 for a, b in (blocks if rev else blocks[::-1]):
                     la, lb = a - t0, b - t0
                     hb, cb = _entering(out_h, out_c, la, lb, h_in, c_in, rev, P2)
                     acc.block(opts, dxp[la:lb], dhp[la:lb], layer_in[a:b], hb, cb, out_h[la:lb],
                               out_c[la:lb] if P2 else out_c, rev)
-                    rows = d_in[a:b].reshape((b - a) * B, -1)
-                    backend.matmul(dxp[la:lb].reshape((b - a) * B, -1), w_ih, rows, d > 0)
+                # the input's: one product, on the same blocks
+                rows = [(a - t0) * B for a, _ in blocks] + [(t1 - t0) * B]
+                backend.matmul(dxp.reshape((t1 - t0) * B, -1), w_ih,
+                               d_in[t0:t1].reshape((t1 - t0) * B, -1), d > 0, blocks=rows)
             acc.finish()
             backend.copy(d_h0[k], carry_h)
             backend.copy(d_c0[k], carry_c)
@@ -502,9 +498,8 @@ def _backward_layers(net, backend, tape, d_out, d_h_n, d_c_n, truncate, grad_ste
         d_out = d_in
     if not reported:  # dL/dh stayed finite: a sum over T*B terms may still overflow
         host = backend.to_host(buffer)
-        host_grads = net.parameter_views(host[:n_params])
         d_x = backend.to_host(d_out)
-        errors.check_sums(list(host_grads.items())
+        errors.check_sums(lambda: list(net.parameter_views(host[:n_params]).items())
                           + [("input", d_x),
                              ("h0", host[n_params:n_params + h0.size].reshape(h0.shape)),
                              ("c0", host[n_params + h0.size:].reshape(c0.shape))], T * B,

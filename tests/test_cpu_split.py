@@ -172,18 +172,23 @@ def test_a_failing_participant_does_not_hang_the_others(monkeypatch, failing):
     assert again.tolist() == [1, 1]
 
 
-def test_a_run_that_mostly_waited_sends_the_next_calls_to_one_thread(split, monkeypatch):
-    """On a loaded machine the split falls back to one thread for a while: the same bits."""
+def test_runs_that_mostly_waited_send_the_next_calls_to_one_thread(split, monkeypatch):
+    """On a loaded machine the split falls back to one thread for a while (after two runs in a
+    row that mostly waited; one alone is a moment's hiccup): the same bits."""
     rng = np.random.default_rng(5)
     net, x, h0, d_out, d_h = make_problem(rng, "lstm", T=30, B=1, I=3, N=50)
     split.setattr(config, "NUM_THREADS", 2)
     monkeypatch.setattr(threads, "_alone_until", 0.0)
+    monkeypatch.setattr(threads, "_waited_runs", 0)
     before = net.vjp(x, d_out, h0, d_h)
-    monkeypatch.setattr(threads, "WAITED_SHARE", -1.0)  # any run counts as one that waited
-    net.forward(x, h0)
-    assert threads._alone_until > time.monotonic()
+    shares = iter([0.9, 0.1, 0.9, 0.9])  # waited, not, then twice in a row
+    monkeypatch.setattr(threads, "waited_share", lambda *args: next(shares))
+    for waited_twice in (False, False, False, True):
+        net.forward(x, h0)  # one split run each
+        assert (threads._alone_until > time.monotonic()) is waited_twice
     after = net.vjp(x, d_out, h0, d_h)  # on one thread
     assert all(before[k].tobytes() == after[k].tobytes() for k in before)
+    assert next(shares, None) is None  # the vjp's runs, on one thread, were not measured
 
 
 def test_waited_share_reads_the_threads_slots():

@@ -211,6 +211,52 @@ def test_one_block_products_skip_the_pool_with_the_same_bits(monkeypatch, kernel
     np.testing.assert_array_equal(got[2], w.T)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_on_blocks_gives_each_block_the_bits_of_its_own_product(monkeypatch,
+                                                                        kernels_run, dtype):
+    """matmul with ``blocks`` (the input projection and the input's gradient, on the blocks of
+    steps): one pool run for all blocks, each split by its own work, so its rows get the bits
+    of that block's product alone (a checkpointed segment's), the bias added after it; the
+    same bits on one and two threads."""
+    monkeypatch.setattr(config, "PARALLEL_BLOCKS", 2)
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 40 * 33 * 24)  # 40 rows and up split
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((130, 33)).astype(dtype)
+    w = rng.standard_normal((24, 33)).astype(dtype)
+    bias = rng.standard_normal(24).astype(dtype)
+    blocks = (0, 64, 128, 130)
+    runs = []
+    for n in (1, 2):
+        monkeypatch.setattr(config, "NUM_THREADS", n)
+        kernels_run.clear()
+        runs.append(threads.matmul(a, w.T, bias=bias, blocks=blocks))
+        assert kernels_run == [threads._dot_rows_bias]
+    assert runs[0].tobytes() == runs[1].tobytes()
+    for r0, r1 in zip(blocks[:-1], blocks[1:]):
+        alone = threads.matmul(a[r0:r1], w.T) + bias
+        assert runs[0][r0:r1].tobytes() == alone.tobytes(), (r0, r1)
+    assert threads._row_edges(blocks, 33 * 24).tolist() == [0, 32, 64, 96, 128, 130]
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(runs[0], a.astype(float) @ w.T + bias, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_tn_add_adds_with_the_bits_of_a_separate_product(dtype):
+    """out += a.T @ b in the gemm itself (the step where h0 enters a weight gradient) rounds as
+    adding the product made on its own; a zero-sized K adds nothing."""
+    rng = np.random.default_rng(4)
+    for K in (1, 3, 32):
+        a = rng.standard_normal((K, 40)).astype(dtype)
+        b = rng.standard_normal((K, 24)).astype(dtype)
+        out = rng.standard_normal((40, 24)).astype(dtype)
+        want = out + threads.matmul_tn(a, b)
+        assert threads.matmul_tn_add(a, b, out) is out
+        assert out.tobytes() == want.tobytes(), K
+    before = out.copy()
+    threads.matmul_tn_add(np.ones((0, 40), dtype), np.ones((0, 24), dtype), out)
+    assert out.tobytes() == before.tobytes()
+
+
 def test_numpy_gemm_is_linked_where_numpy_ships_openblas():
     """The weight-gradient products run NumPy's own BLAS from compiled code where NumPy's
     64-bit-integer OpenBLAS was found (NumPy 2 wheels); else Numba's np.dot (same results to

@@ -94,12 +94,11 @@ def part(a, d, n, parts):
     return a if parts == 1 else np.ascontiguousarray(a[:, :, d * n:(d + 1) * n])
 
 
-def project(flat_in, w_ih, bias):
-    """The input projection of every step, flat_in (T*B, I) @ w_ih.T (+ bias): one product."""
-    xp = threads.matmul(flat_in, w_ih.T)
-    if bias is not None:
-        xp += bias
-    return xp
+def project(flat_in, w_ih, bias, blocks=None):
+    """The input projection of every step, flat_in (T*B, I) @ w_ih.T (+ bias): one product,
+    run on the blocks of rows ``blocks`` (row edges of the blocks of steps), each split as a
+    product of its own would be (so a checkpointed segment gets the bits of the whole)."""
+    return threads.matmul(flat_in, w_ih.T, bias=bias, blocks=blocks)
 
 
 def copy_new(a):
@@ -132,16 +131,17 @@ def matmul_tn(a, b, out):
     return threads.matmul_tn(a, b, out=out)
 
 
-def matmul(a, b, out=None, accumulate=False):
-    """a @ b; into ``out`` if given (``accumulate``: out += a @ b)."""
+def matmul(a, b, out=None, accumulate=False, blocks=None):
+    """a @ b; into ``out`` if given (``accumulate``: out += a @ b); ``blocks``: row edges of
+    blocks each run as a product of its own would be (see :func:`project`)."""
     if out is None:
-        return threads.matmul(a, b)
+        return threads.matmul(a, b, blocks=blocks)
     if accumulate:
-        out += threads.matmul(a, b)
+        out += threads.matmul(a, b, blocks=blocks)
     elif out.flags.c_contiguous:
-        threads.matmul(a, b, out)
+        threads.matmul(a, b, out, blocks=blocks)
     else:
-        np.copyto(out, threads.matmul(a, b))
+        np.copyto(out, threads.matmul(a, b, blocks=blocks))
     return out
 
 

@@ -963,8 +963,7 @@ def recurrent_weight_grad(cell, opts, dhp, h0, c0, out_h, out_c, reverse, out=No
     else:
         grad = threads.matmul_tn(d[B:], h[:-B], out=out)
         entering = d[:B]
-    grad += threads.matmul_tn(entering, h0, out=scratch.empty(grad.shape, grad.dtype))
-    return grad
+    return threads.matmul_tn_add(entering, h0, grad)
 
 
 def coefficients(cell, opts, h0, c0, out_h, out_c, aux, reverse, rec, inp, direct, rgrad):

@@ -402,10 +402,11 @@ def _members(kernel):
     return made
 
 
-def run_kernel(kernel, args, n_items, n_blocks):
+def run_kernel(kernel, args, n_items, n_blocks, edges=None):
     """``kernel(*args, start, stop)`` (a ``nogil`` Numba kernel) on each of ``n_blocks``
     disjoint ranges covering range(n_items), started and joined in compiled code (a few
-    microseconds, against 70 for a Python job).
+    microseconds, against 70 for a Python job).  ``edges``: the ranges given instead (an int64
+    array, start of each range and the end; ``n_items`` and ``n_blocks`` are then unused).
 
     The blocks are claimed, not handed out (:func:`numrnn.cpu.sync.run_claims`): each thread
     takes its share's blocks first, then any still free, so a pool thread that comes late (a
@@ -418,7 +419,10 @@ def run_kernel(kernel, args, n_items, n_blocks):
     kernels compile in well under a second, call theirs directly below (``_dot_into``,
     ``_tn_into``, ``_transpose_into``)."""
     run = _members(kernel).get(_BLOCKS, len(args))
-    edges = _edges(n_items, n_blocks)
+    if edges is None:
+        edges = _edges(n_items, n_blocks)
+    else:
+        n_blocks = len(edges) - 1
     claims = np.zeros(n_blocks * sync.STRIDE, np.int64)
     n_threads = min(num_threads(), n_blocks, MAX_WORKERS + 1)
     if n_threads <= 1 or not _pool_lock.acquire(blocking=False):  # alone (see _shared)
@@ -543,10 +547,12 @@ def run(fn, n_items, n_blocks):
 
 #: Until this time.monotonic(), together() runs its work on one thread (see there).
 _alone_until = 0.0
-#: A run whose threads spent more than this share of their time waiting at the barrier sends
-#: the next ALONE_SECONDS of calls to one thread.
+#: WAITED_RUNS runs in a row whose threads spent more than WAITED_SHARE of their time waiting
+#: at the barrier send the next ALONE_SECONDS of calls to one thread.
 WAITED_SHARE = 0.5
+WAITED_RUNS = 2
 ALONE_SECONDS = 2.0
+_waited_runs = 0  # the runs in a row, up to the last, that waited that much
 
 
 @njit(cache=True, nogil=True)
@@ -580,12 +586,15 @@ def together(kernel, args, n_threads):
     are then discarded: the exception propagates).
 
     On a loaded machine a thread that shares its core with another process is descheduled for
-    milliseconds, and every step waits for it (measured: 10-30x slower than one thread).  So a
-    run whose threads spent more than ``WAITED_SHARE`` of their time waiting sends the calls of
-    the next ``ALONE_SECONDS`` to one thread, which runs every block in turn: the same blocks,
-    so the same bits.
+    milliseconds, and every step waits for it (measured: 10-30x slower than one thread).  So
+    ``WAITED_RUNS`` runs in a row whose threads spent more than ``WAITED_SHARE`` of their time
+    waiting send the calls of the next ``ALONE_SECONDS`` to one thread, which runs every block
+    in turn: the same blocks, so the same bits.  One such run is not enough: a virtual machine's
+    host takes a core away for a moment now and then, and with one run as the trigger such
+    moments sent 6 and 7 of 15 calls of a benchmark turn (B = 1, LSTM N = 128 float32 and GRU
+    N = 512 float64) to one thread, on an otherwise idle machine.
     """
-    global _alone_until
+    global _alone_until, _waited_runs
     if n_threads > 1 and time.monotonic() < _alone_until:
         n_threads = 1
     run = _members(kernel).get(_TOGETHER, len(args) + 1)
@@ -616,7 +625,12 @@ def together(kernel, args, n_threads):
             raise
         finally:
             _join_all(helpers)
-        if waited_share(flags, n_threads, _cycles() - start) > WAITED_SHARE:
+        if waited_share(flags, n_threads, _cycles() - start) <= WAITED_SHARE:
+            _waited_runs = 0
+            return
+        _waited_runs += 1
+        if _waited_runs >= WAITED_RUNS:
+            _waited_runs = 0
             _alone_until = time.monotonic() + ALONE_SECONDS
 
 
@@ -647,10 +661,54 @@ def _dot_into(a, b, out):
     _dot_rows(a, b, out, 0, a.shape[0])
 
 
-def matmul(a, b, out=None):
-    """a @ b (2-D, same float dtype) on numrnn's threads, split over the rows of ``a``; into
-    ``out`` (C-contiguous, (rows of a, columns of b)) if given, else a new scratch array
-    (:mod:`numrnn.cpu.scratch`).
+@njit(cache=True, nogil=True, inline="always")
+def _dot_rows_bias(a, b, bias, out, r0, r1):
+    """out[r0:r1] = a[r0:r1] @ b + bias (bias: one entry per column of b)."""
+    np.dot(a[r0:r1], b, out[r0:r1])
+    p = out.shape[1]
+    for i in range(r0, r1):
+        row = out[i]
+        for q in range(p):
+            row[q] += bias[q]
+
+
+@njit(cache=True, nogil=True)
+def _dot_bias_into(a, b, bias, out):
+    """:func:`_dot_rows_bias` over all rows, without a pool run."""
+    _dot_rows_bias(a, b, bias, out, 0, a.shape[0])
+
+
+_ROW_EDGES = {}
+
+
+def _row_edges(blocks, row_work):
+    """The ranges of rows a product runs on: each of ``blocks`` (row edges: start of each block
+    and the end) cut into :func:`pieces` by its own work (``row_work`` multiply-adds a row), so
+    that a block's sub-ranges, and the bits of its rows, do not depend on the other blocks."""
+    spans = tuple(zip(blocks[:-1], blocks[1:]))
+    counts = tuple(pieces(r1 - r0, (r1 - r0) * row_work) for r0, r1 in spans)
+    key = (spans, counts)  # (the counts follow the configuration: not kept from call to call)
+    edges = _ROW_EDGES.get(key)
+    if edges is None:
+        if len(_ROW_EDGES) > 256:
+            _ROW_EDGES.clear()
+        cuts = [blocks[0]]
+        for (r0, r1), n in zip(spans, counts):
+            cuts += [r0 + e for e in bounds(r1 - r0, n)[1:]]
+        edges = _ROW_EDGES[key] = np.array(cuts, np.int64)
+        edges.flags.writeable = False
+    return edges
+
+
+def matmul(a, b, out=None, bias=None, blocks=None):
+    """a @ b (+ ``bias``, one entry per column of b) (2-D, same float dtype) on numrnn's
+    threads, split over the rows of ``a``; into ``out`` (C-contiguous, (rows of a, columns of
+    b)) if given, else a new scratch array (:mod:`numrnn.cpu.scratch`).
+
+    ``blocks``: row edges (0, ..., rows of a) of blocks that are each split as a product of
+    their own would be (the blocks of steps of :func:`numrnn.driver.step_blocks`: a block's
+    rows then get the same bits whether the product covers the whole sequence or a segment);
+    all blocks run in one pool run.
 
     ``b`` may be C- or Fortran-contiguous (a weight's transpose ``w.T`` goes to the BLAS as a
     transposed operand: copying it cost 3-7 ms per call for a 2048 x 512 LSTM weight)."""
@@ -659,12 +717,17 @@ def matmul(a, b, out=None):
     a = np.ascontiguousarray(a)
     if not (b.flags.c_contiguous or b.flags.f_contiguous):
         b = np.ascontiguousarray(b)
-    n = pieces(a.shape[0], a.shape[0] * a.shape[1] * b.shape[1])
+    edges = _row_edges((0, a.shape[0]) if blocks is None else blocks, a.shape[1] * b.shape[1])
     with blas.single_threaded():
-        if n == 1:  # the one block's call itself (the same product): no pool run to set up
-            _dot_into(a, b, out)
+        if len(edges) == 2:  # the one block's call itself (the same product): no pool run
+            if bias is None:
+                _dot_into(a, b, out)
+            else:
+                _dot_bias_into(a, b, bias, out)
+        elif bias is None:
+            run_kernel(_dot_rows, (a, b, out), 0, 0, edges)
         else:
-            run_kernel(_dot_rows, (a, b, out), a.shape[0], n)
+            run_kernel(_dot_rows_bias, (a, b, bias, out), 0, 0, edges)
     return out
 
 
@@ -801,6 +864,35 @@ def _tn_rows(a, b, out, m0, m1):
 def _tn_into(a, b, out):
     """:func:`_tn_rows` over every row, without a pool run (one block)."""
     _tn_rows(a, b, out, 0, a.shape[1])
+
+
+@njit(cache=True, nogil=True)
+def _tn_add_into(a, b, out):
+    """out += a.T @ b in one gemm with beta = 1, through NumPy's own BLAS: the gemm adds its
+    product to out as it stores it (alpha = 1), which rounds as adding a separate product."""
+    M, P, K = a.shape[1], b.shape[1], a.shape[0]
+    pa = sync.address_of(a.ravel(), 0)
+    pb = sync.address_of(b.ravel(), 0)
+    pc = sync.address_of(out.ravel(), 0)
+    if a.itemsize == 4:
+        _sgemm(101, 112, 111, M, P, K, np.float32(1), pa, M, pb, P, np.float32(1), pc, P)
+    else:
+        _dgemm(101, 112, 111, M, P, K, 1.0, pa, M, pb, P, 1.0, pc, P)
+
+
+def matmul_tn_add(a, b, out):
+    """out += a.T @ b for a small K (the step at which the initial state enters a weight
+    gradient): one call, on the calling thread, without a product to allocate and add."""
+    if a.shape[0] == 0 or out.size == 0:
+        return out
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b)
+    if _NUMPY_GEMM and blas.numpy_blas_controlled() and out.flags.c_contiguous:
+        with blas.single_threaded():
+            _tn_add_into(a, b, out)
+    else:
+        out += matmul_tn(a, b, out=scratch.empty(out.shape, out.dtype))
+    return out
 
 
 def matmul_tn(a, b, out=None):

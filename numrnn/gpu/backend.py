@@ -147,8 +147,9 @@ def part(a, d, n, parts):
     return a if parts == 1 else a[:, :, d * n:(d + 1) * n]
 
 
-def project(flat_in, w_ih, bias):
-    """flat_in (T*B, I) @ w_ih.T (+ bias): the input projection of every step, one product."""
+def project(flat_in, w_ih, bias, blocks=None):
+    """flat_in (T*B, I) @ w_ih.T (+ bias): the input projection of every step, one product
+    (``blocks``: unused here; this backend does not block the products over time)."""
     return mm.matmul(flat_in, w_ih, tb=True, bias=bias)
 
 
@@ -184,7 +185,9 @@ def matmul_tn(a, b, out):
     return mm.matmul(a, b, ta=True, out=out)
 
 
-def matmul(a, b, out=None, accumulate=False):
+def matmul(a, b, out=None, accumulate=False, blocks=None):
+    """a @ b (into ``out``; ``accumulate``: out += a @ b); ``blocks`` unused, as in
+    :func:`project`."""
     return mm.matmul(a, b, out=out, accumulate=accumulate)
 
 
