@@ -212,6 +212,11 @@ def step_blocks(n, t0, t1):
     return list(zip(edges[:-1], edges[1:]))
 
 
+def _block_rows(blocks, t0, t1, B):
+    """The row edges, in a (t1 - t0) * B row product, of the step blocks ``blocks`` of [t0, t1)."""
+    return [(a - t0) * B for a, _ in blocks] + [(t1 - t0) * B]
+
+
 def segments(T, k, reverse):
     """The segments [t0, t1) of k steps covering [0, T) (aligned to multiples of k from t = 0),
     in the order a direction's forward pass runs them (``reverse``: last first)."""
@@ -225,9 +230,8 @@ def _project(net, backend, layer_in, k, t0, t1, w_ih, b_x, noise):
     one product, run on the step blocks (each as a product of its own would be)."""
     B = layer_in.shape[1]
     blocks = step_blocks(step_block(net, backend, B), t0, t1)
-    rows = [(a - t0) * B for a, _ in blocks] + [(t1 - t0) * B]
     xp = backend.project(layer_in[t0:t1].reshape((t1 - t0) * B, layer_in.shape[2]), w_ih, b_x,
-                         rows)
+                         _block_rows(blocks, t0, t1, B))
     if noise is not None:  # the pre-activation's noise enters with the input
         for a, b in blocks:
             backend.add_into(xp[(a - t0) * B:(b - t0) * B],
@@ -488,9 +492,9 @@ def _backward_layers(net, backend, tape, d_out, d_h_n, d_c_n, truncate, grad_ste
                     acc.block(opts, dxp[la:lb], dhp[la:lb], layer_in[a:b], hb, cb, out_h[la:lb],
                               out_c[la:lb] if P2 else out_c, rev)
                 # the input's: one product, on the same blocks
-                rows = [(a - t0) * B for a, _ in blocks] + [(t1 - t0) * B]
                 backend.matmul(dxp.reshape((t1 - t0) * B, -1), w_ih,
-                               d_in[t0:t1].reshape((t1 - t0) * B, -1), d > 0, blocks=rows)
+                               d_in[t0:t1].reshape((t1 - t0) * B, -1), d > 0,
+                               blocks=_block_rows(blocks, t0, t1, B))
             acc.finish()
             backend.copy(d_h0[k], carry_h)
             backend.copy(d_c0[k], carry_c)
@@ -499,12 +503,12 @@ def _backward_layers(net, backend, tape, d_out, d_h_n, d_c_n, truncate, grad_ste
     if not reported:  # dL/dh stayed finite: a sum over T*B terms may still overflow
         host = backend.to_host(buffer)
         d_x = backend.to_host(d_out)
-        errors.check_sums(lambda: list(net.parameter_views(host[:n_params]).items())
+        errors.check_sums((host, d_x),
+                          lambda: list(net.parameter_views(host[:n_params]).items())
                           + [("input", d_x),
                              ("h0", host[n_params:n_params + h0.size].reshape(h0.shape)),
                              ("c0", host[n_params + h0.size:].reshape(c0.shape))], T * B,
-                          net.dtype,
-                          together=(host, d_x))
+                          net.dtype)
     return grads, d_out, d_h0, d_c0, norms, at
 
 

@@ -144,21 +144,16 @@ def check_gradient(bad, layer, reverse, T, dtype):
     return True
 
 
-def check_sums(arrays, terms, dtype, together=None):
+def check_sums(together, named, terms, dtype):
     """After a finite sweep: report the first gradient (a sum over ``terms`` step-sequence terms)
-    that holds a NaN or inf.  ``arrays``: (name, host ndarray) pairs, or a function that makes
-    them; ``together``: arrays that hold all of them (buffers they are views of), checked first
-    in one reduction each (``arrays`` is then made only where one is not finite)."""
-    if together is None:
-        arrays = list(arrays() if callable(arrays) else arrays)
+    that holds a NaN or inf.  ``together``: host arrays that hold every gradient (buffers they
+    are views of), checked in one reduction each; ``named()``: the (name, host ndarray) pairs,
+    made only where a sum is not finite."""
     # a NaN or inf entry makes a sum NaN or inf: one reduction per array, and the exact count
     # only where a sum is not finite (an entry is, or the sum itself overflowed)
-    whole = together if together is not None else [g for _, g in arrays]
-    if np.isfinite(sum(float(np.add.reduce(g, axis=None)) for g in whole)):
+    if np.isfinite(sum(float(np.add.reduce(g, axis=None)) for g in together)):
         return False
-    if callable(arrays):
-        arrays = arrays()
-    for name, g in arrays:
+    for name, g in named():
         bad = int(np.size(g) - np.count_nonzero(np.isfinite(g)))
         if bad:
             report(f"vjp: the gradient of {name} holds {bad} NaN/inf entr"

@@ -144,3 +144,19 @@ def test_state_grad_norm_is_finite_whenever_the_gradient_is(dtype, scale):
     # the map d_output -> dL/dh_t is linear: the norm scales exactly (to rounding)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(g["state_grad_norm"], scale * ref["state_grad_norm"], rtol=tol)
+
+
+def test_a_summed_gradient_that_overflowed_is_named_and_the_names_made_only_then():
+    """dL/dh finite but a gradient's sum over steps not: the gradient is named (the names are
+    built only when a buffer's sum is not finite)."""
+    from numrnn import errors
+
+    buffer = np.ones(5, np.float32)
+    buffer[3] = np.inf
+    named = lambda: [("weight_hh_l0", buffer[:2]), ("bias_hh_l0", buffer[2:])]  # noqa: E731
+    with pytest.raises(numrnn.NonFiniteError, match="gradient of bias_hh_l0 holds 1 NaN/inf "
+                       "entry although dL/dh stayed finite: its sum over 40 step-sequence "
+                       "terms overflowed float32"):
+        errors.check_sums((buffer,), named, 40, np.dtype(np.float32))
+    assert not errors.check_sums((np.ones(3),), lambda: pytest.fail("names made"), 40,
+                                 np.dtype(np.float64))
