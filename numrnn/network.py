@@ -500,7 +500,7 @@ class RNN:
         elif _v.count_nonfinite(self._flat):
             for name, shape in shapes.items():
                 self._check_parameter(name, self._params[name], shape)
-        if snapshot:  # a scratch copy: a vjp drops it before it returns
+        if snapshot:  # a scratch copy, dropped with the pullback that holds it
             copy = scratch.empty(self._flat.shape, self._flat.dtype)
             np.copyto(copy, self._flat)
             return self.parameter_views(copy)
@@ -639,9 +639,8 @@ class RNN:
         returns and ``grads`` is what :meth:`vjp` returns (with the same noise, if any); the
         keyword arguments are those of :meth:`vjp`.
         """
-        out, h_n, pullback = self.forward_pullback(x, h0, noise_std=noise_std, seed=seed,
-                                                   checkpoint=checkpoint,
-                                                   memory_budget=memory_budget)
+        out, h_n, pullback = driver.forward_pullback(self, x, h0, noise_std, seed, checkpoint,
+                                                     memory_budget, snapshot=False)
         return out, h_n, pullback(d_output, d_h_n, truncate, grad_steps)
 
     def forward_pullback(self, x, h0=None, *, noise_std=0.0, seed=None, checkpoint=None,
@@ -755,6 +754,7 @@ class RNN:
         training of recurrent network trajectories. Neural Computation 2(4).
         """
         out, h_n, pullback = driver.forward_pullback(self, x, h0, noise_std, seed, checkpoint,
-                                                     memory_budget, keep_output=False)
+                                                     memory_budget, keep_output=False,
+                                                     snapshot=False)
         return pullback(d_output, d_h_n, truncate, grad_steps)
 

@@ -257,6 +257,28 @@ def test_matmul_tn_add_adds_with_the_bits_of_a_separate_product(dtype):
     assert out.tobytes() == before.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_copies_every_entry_on_one_and_two_threads(monkeypatch, dtype):
+    """transpose is an exact copy of a.T (NaN, inf and -0.0 included): rows in bands of eight
+    and a rest, columns in bands of 128 and a rest, strided input; the same on one thread, two
+    threads, and one block."""
+    rng = np.random.default_rng(5)
+    monkeypatch.setattr(config, "PARALLEL_BLOCKS", 3)
+    for rows, cols in ((1, 1), (7, 3), (8, 128), (33, 129), (70, 300), (200, 64)):
+        wide = rng.standard_normal((rows, 2 * cols)).astype(dtype)
+        wide.flat[::7] = np.nan
+        wide.flat[3::11] = -np.inf
+        wide[0, 0], wide[-1, -2] = -0.0, np.inf
+        for a in (wide[:, ::2], np.ascontiguousarray(wide[:, :cols])):
+            want = np.ascontiguousarray(a.T).tobytes()
+            for n, min_work in ((1, 1), (2, 1), (2, 10**12)):
+                monkeypatch.setattr(config, "NUM_THREADS", n)
+                monkeypatch.setattr(config, "PARALLEL_MIN_WORK", min_work)
+                got = threads.transpose(a)
+                assert got.flags.c_contiguous and got.shape == (cols, rows)
+                assert got.tobytes() == want, (rows, cols, n, min_work)
+
+
 def test_numpy_gemm_is_linked_where_numpy_ships_openblas():
     """The weight-gradient products run NumPy's own BLAS from compiled code where NumPy's
     64-bit-integer OpenBLAS was found (NumPy 2 wheels); else Numba's np.dot (same results to
@@ -287,3 +309,21 @@ def test_concurrent_callers_each_get_their_own_result(two_threads):
     assert not errors and not any(t.is_alive() for t in ts)
     for i, out in enumerate(outs):
         np.testing.assert_array_equal(out, (i + 1) * np.arange(1, 20001.0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_colsum_has_the_bits_of_numpys_reduction(dtype):
+    """colsum (a bias's gradient) gives np.add.reduce(a, axis=0)'s bits: row by row where it
+    runs compiled, NumPy's own pairwise sum for one column and for other layouts."""
+    rng = np.random.default_rng(6)
+    for rows, cols in ((1, 7), (37, 1), (5000, 1), (2, 2), (6400, 32), (300, 129)):
+        a = (rng.standard_normal((rows, cols))
+             * 10.0 ** rng.uniform(-4, 4, (rows, cols))).astype(dtype)
+        a.flat[::97] = -0.0
+        for arr in (a, np.asfortranarray(a)):
+            want = np.add.reduce(arr, axis=0)
+            out = np.empty(cols, dtype)
+            assert threads.colsum(arr, out) is out
+            assert out.tobytes() == want.tobytes(), (rows, cols, arr.flags.c_contiguous)
+    a = np.array([[1.0, np.inf], [np.nan, -np.inf]], dtype)
+    np.testing.assert_array_equal(threads.colsum(a, np.empty(2, dtype)), [np.nan, np.nan])
