@@ -793,7 +793,7 @@ def transpose(a):
     weight's transpose for the kernels.  One thread of the 2-core Zen 3 VM, two runs: 512 x 512
     float32 0.18-0.24 ms, float64 0.21-0.37 (``np.ascontiguousarray(a.T)``: 0.68-0.74 and
     0.95-1.17); 2048 x 512 float32 0.8-2.4 ms, float64 3.5 (5.6-5.8 and 8.8-9.0), where the
-    rows of ``out``, 16 KiB apart, contend for the same cache sets.  A scratch array
+    rows of ``out``, 8 or 16 KiB apart, contend for the same cache sets.  A scratch array
     (:mod:`numrnn.cpu.scratch`)."""
     out = scratch.empty((a.shape[1], a.shape[0]), a.dtype)
     a = np.ascontiguousarray(a)
