@@ -90,8 +90,8 @@ def run_child(tree, args):
            "--calls", str(args.calls), "--steps", str(args.steps)]
     res = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"the timing process in {tree} failed: "
-                           f"{(res.stderr or res.stdout).strip().splitlines()[-1:]}")
+        said = (res.stderr or res.stdout).strip().splitlines() or ["(no output)"]
+        raise RuntimeError(f"the timing process in {tree} failed: {said[-1]}")
     return json.loads(res.stdout.strip().splitlines()[-1])["times"]
 
 
@@ -100,13 +100,29 @@ def worktree(commit):
     """A temporary detached worktree of ``commit``, removed after."""
     path = tempfile.mkdtemp(prefix="numrnn-ab-")
     os.rmdir(path)
-    subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", "--quiet", path, commit],
-                   check=True, capture_output=True, text=True)
+    made = subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", "--quiet", path,
+                           commit], capture_output=True, text=True)
+    if made.returncode != 0:
+        said = made.stderr.strip().splitlines() or ["(no output)"]
+        raise ValueError(f"cannot check out {commit!r}: {said[-1]}")
     try:
         yield path
     finally:
         subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", path],
                        capture_output=True)
+
+
+def run_rounds(args):
+    """[{"base": times, "new": times}] for each round, the two processes in alternating order."""
+    with contextlib.ExitStack() as stack:
+        base = stack.enter_context(worktree(args.base))
+        new = REPO if args.new is None else stack.enter_context(worktree(args.new))
+        rounds = []
+        for r in range(args.rounds):
+            order = ("base", "new") if r % 2 == 0 else ("new", "base")
+            rounds.append({v: run_child(base if v == "base" else new, args) for v in order})
+            print(f"# round {r + 1} of {args.rounds} done", file=sys.stderr, flush=True)
+    return rounds
 
 
 def summarise(cases, rounds):
@@ -152,14 +168,11 @@ def main(argv=None):
     if args.child is not None:
         child(cases, args.calls, args.steps, args.child)
         return 0
-    with contextlib.ExitStack() as stack:
-        base = stack.enter_context(worktree(args.base))
-        new = REPO if args.new is None else stack.enter_context(worktree(args.new))
-        rounds = []
-        for r in range(args.rounds):
-            order = ("base", "new") if r % 2 == 0 else ("new", "base")
-            rounds.append({v: run_child(base if v == "base" else new, args) for v in order})
-            print(f"# round {r + 1} of {args.rounds} done", file=sys.stderr, flush=True)
+    try:
+        rounds = run_rounds(args)
+    except (ValueError, RuntimeError) as exc:
+        print(f"ab_commits: {exc}", file=sys.stderr)
+        return 2
     rows = summarise(cases, rounds)
     new_name = args.new or "this checkout"
     print(f"# {args.base} (base) against {new_name} (new), T = {args.steps}, {args.rounds} rounds "
