@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 
+from . import _validation as _v
 from . import config
 
 __all__ = ["NonFiniteError", "NonFiniteWarning", "nonfinite", "nonfinite_policy"]
@@ -148,13 +149,12 @@ def check_sums(together, named, terms, dtype):
     """After a finite sweep: report the first gradient (a sum over ``terms`` step-sequence terms)
     that holds a NaN or inf.  ``together``: host arrays that hold every gradient (buffers they
     are views of), checked in one reduction each; ``named()``: the (name, host ndarray) pairs,
-    made only where a sum is not finite."""
-    # a NaN or inf entry makes a sum NaN or inf: one reduction per array, and the exact count
-    # only where a sum is not finite (an entry is, or the sum itself overflowed)
-    if np.isfinite(sum(float(np.add.reduce(g, axis=None)) for g in together)):
+    made only where one of them holds a NaN or inf (:func:`numrnn._validation.count_nonfinite`:
+    one reduction per array, entries counted only where its sum is not finite)."""
+    if not any(_v.count_nonfinite(g) for g in together):
         return False
     for name, g in named():
-        bad = int(np.size(g) - np.count_nonzero(np.isfinite(g)))
+        bad = _v.count_nonfinite(g)
         if bad:
             report(f"vjp: the gradient of {name} holds {bad} NaN/inf entr"
                    f"{'y' if bad == 1 else 'ies'} although dL/dh stayed finite: its sum over "
