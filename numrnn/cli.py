@@ -706,6 +706,8 @@ def _info():
             "cuda": {"usable": usable, "detail": desc, "device": device,
                      "kernels": "numrnn.gpu @cuda.jit kernels (device='cuda')" if usable
                      else "none: device='cuda' is unavailable, the CPU kernels run"},
+            "blas": {"libraries": backend["blas_libraries"], "note": backend["blas_note"],
+                     "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")},
             "config": tunables, "cpu_kernels": kernels, "cells": _cells()}
 
 
@@ -721,6 +723,12 @@ def _cmd_info(args):
     print("\nthreads:")
     for k, v in info["threads"].items():
         print(f"  {k:22s} {v}")
+    print("\nblas:")
+    for lib in info["blas"]["libraries"]:
+        print(f"  {lib['name'] + ' OpenBLAS':22s} {lib['config']} (kernels: {lib['core']})")
+    print(f"  {'OPENBLAS_CORETYPE':22s} {info['blas']['OPENBLAS_CORETYPE']}")
+    if info["blas"]["note"]:
+        print(f"  note: {info['blas']['note']}")
     print("\ncuda:")
     print(f"  usable                 {info['cuda']['usable']}")
     print(f"  detail                 {info['cuda']['detail']}")

@@ -406,6 +406,13 @@ def test_info_reports_what_the_cpu_backend_describes(capsys):
     assert info["threads"]["numrnn_parallel_blocks"] == backend["parallel_blocks"]
     assert [r["recurrent_product"] for r in info["cpu_kernels"]] == \
         [k["recurrent_product"] for k in backend["kernels"]]
+    assert info["blas"]["libraries"] == backend["blas_libraries"]
+    assert info["blas"]["note"] == backend["blas_note"]
+    rc, out, _ = _run(capsys, "info")
+    text = out[out.index("\nblas:"):out.index("\ncuda:")]
+    for lib in backend["blas_libraries"]:
+        assert f"{lib['name']} OpenBLAS" in text and f"(kernels: {lib['core']})" in text
+    assert ("note: " + backend["blas_note"] in text) == (backend["blas_note"] is not None)
     assert [r["recurrence"] for r in info["cpu_kernels"]] == \
         [f"@njit kernel, batch split over {k['pieces']} thread(s)" if k["split"] == "sequences"
          else f"@njit kernel, each step split into {k['pieces']} unit blocks (a barrier per step)"

@@ -64,3 +64,62 @@ def test_thread_pool_propagates_errors():
 
     with pytest.raises(RuntimeError, match="piece failed"):
         threads.run(fn, 10, 2)
+
+
+def test_libraries_report_the_build_and_the_kernels_openblas_runs():
+    found = blas.libraries()
+    assert [lib["name"] for lib in found] == \
+        [name for name, ok in (("scipy", blas.can_limit_threads()),
+                               ("numpy", blas.numpy_blas_controlled())) if ok]
+    for lib in found:
+        assert lib["config"].startswith("OpenBLAS ") and lib["core"]
+        if "DYNAMIC_ARCH" in lib["config"]:  # such a build names the family it chose
+            assert lib["core"] in lib["config"].split()
+        assert lib["threads"] == blas.num_threads(lib["name"])
+
+
+def test_openblas_coretype_is_what_the_libraries_report():
+    """A forced kernel family (OPENBLAS_CORETYPE, read when OpenBLAS loads) is the one reported,
+    and on an AVX-512 CPU forcing AVX2 kernels is named in the note."""
+    import json
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    import llvmlite.binding as ll
+
+    if platform.machine() not in ("x86_64", "AMD64") or \
+            not ll.get_host_cpu_features().get("avx2", False):
+        pytest.skip("OpenBLAS's Haswell kernels need an x86-64 CPU with AVX2")
+    code = ("from numrnn.cpu import blas; import json; "
+            "print(json.dumps([blas.libraries(), blas.vector_width_note()]))")
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    found, note = json.loads(res.stdout)
+    assert found and {lib["core"] for lib in found} == {"Haswell"}
+    if ll.get_host_cpu_features().get("avx512f", False):
+        assert "OPENBLAS_CORETYPE=Haswell is set" in note and "scipy's Haswell" in note
+    else:
+        assert note is None
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_vector_width_note_names_narrow_kernels_on_a_wide_cpu(monkeypatch, avx512):
+    monkeypatch.setattr(blas, "_cpu_has_avx512", lambda: avx512)
+    lib = dict(name="scipy", config="OpenBLAS 0.3.30 DYNAMIC_ARCH Haswell", core="Haswell",
+               threads=1)
+    wide = dict(lib, name="numpy", core="SkylakeX")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    note = blas.vector_width_note([lib, wide])
+    if not avx512:
+        assert note is None
+        return
+    assert note.startswith("OpenBLAS runs AVX2 kernels (scipy's Haswell) on a CPU with AVX-512")
+    assert "OPENBLAS_CORETYPE=Haswell is set" in note and "numpy" not in note
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert "OpenBLAS did not recognise this CPU" in blas.vector_width_note([lib])
+    assert "zen's" not in blas.vector_width_note([dict(lib, core="ZEN")])  # (names as given)
+    for quiet in ([wide], [dict(lib, core="Prescott")], [dict(lib, core=None)], []):
+        assert blas.vector_width_note(quiet) is None

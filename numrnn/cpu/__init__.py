@@ -33,7 +33,10 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
         from which a call is split over threads), ``blas_min_work`` (multiply-adds per step from
         which the recurrent product is a BLAS gemm), ``transposed_gemm_float32``,
         ``blas_thread_control`` (whether numrnn can hold the BLAS to one thread),
-        ``blas_threads``, ``numpy_blas_thread_control``, and ``kernels``: one dict per size with
+        ``blas_threads``, ``numpy_blas_thread_control``, ``blas_libraries`` (each OpenBLAS found:
+        its build and the kernel family it runs, :func:`numrnn.cpu.blas.libraries`),
+        ``blas_note`` (a sentence when OpenBLAS runs AVX2 kernels on a CPU with AVX-512, else
+        None), and ``kernels``: one dict per size with
         ``batch``, ``hidden``, ``steps``, ``dtype``, ``split`` ("sequences": the batch is cut
         into ``pieces`` blocks of sequences, one per thread at most; "units": each step is cut
         into ``pieces`` blocks of units of every sequence, the threads meeting at a barrier
@@ -70,9 +73,12 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
                         "pieces": threads.pieces(batch, steps * batch * hidden * hidden),
                         "recurrent_product":
                             _PRODUCTS[recurrence.product_mode(dtype, batch, hidden, hidden)]})
+    found = blas.libraries()
     return {"threads": threads.num_threads(), "parallel_blocks": threads.num_blocks(),
             "parallel_min_work": config.PARALLEL_MIN_WORK, "blas_min_work": config.BLAS_MIN_WORK,
             "split_min_step_work": config.SPLIT_MIN_STEP_WORK,
             "transposed_gemm_float32": config.TRANSPOSED_GEMM_FLOAT32,
             "blas_thread_control": blas.can_limit_threads(), "blas_threads": blas.num_threads(),
-            "numpy_blas_thread_control": blas.numpy_blas_controlled(), "kernels": kernels}
+            "numpy_blas_thread_control": blas.numpy_blas_controlled(),
+            "blas_libraries": found, "blas_note": blas.vector_width_note(found),
+            "kernels": kernels}

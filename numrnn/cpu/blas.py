@@ -107,6 +107,86 @@ def num_threads(library="scipy"):
     return None if lib is None else int(lib[0]())
 
 
+# --- which kernels the BLAS runs ---------------------------------------------------------------
+#
+# OpenBLAS built with DYNAMIC_ARCH picks a kernel family ("core") for the CPU when it loads, or
+# takes the one OPENBLAS_CORETYPE names.  Forced or guessed below the CPU's vector width it stays
+# correct but slow: with OPENBLAS_CORETYPE=Haswell (AVX2) on a 2-core AMD EPYC with AVX-512
+# (Zen 5), a 1024^3 gemm ran at 109 GFLOP/s in float64 and 223 in float32, against 177 and 421
+# with OpenBLAS's own choice (SkylakeX); PyTorch's MKL and oneDNN, and JAX's XLA, use AVX-512
+# there whatever OPENBLAS_CORETYPE says (benchmarks/README.md, "A machine with AVX-512").
+
+#: OpenBLAS's core names (lower case) by the widest vector instructions their kernels use.
+AVX512_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+AVX2_CORES = frozenset({"haswell", "zen", "excavator"})
+
+
+def _text(lib, stem):
+    """What OpenBLAS's ``stem`` function (get_config, get_corename) returns, or None."""
+    for prefix in ("scipy_openblas_", "openblas_"):
+        for suffix in ("", "64_"):
+            fn = getattr(lib, prefix + stem + suffix, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                value = fn()
+                return value.decode("ascii", "replace").strip() if value else None
+    return None
+
+
+def libraries():
+    """The OpenBLAS libraries found, one dict each: ``name`` ("scipy": the one under Numba's
+    np.dot, which numrnn's kernels call; "numpy": the one under ``numpy.matmul``), ``config``
+    (its build, as ``openblas_get_config`` says), ``core`` (the kernel family it runs, as
+    ``openblas_get_corename`` says) and ``threads``."""
+    out = []
+    for name, lib in _find().items():
+        if lib is not None:
+            out.append({"name": name, "config": _text(lib[2], "get_config"),
+                        "core": _text(lib[2], "get_corename"), "threads": int(lib[0]())})
+    return out
+
+
+def _cpu_has_avx512():
+    """Whether this CPU runs AVX-512 (as LLVM, Numba's compiler, sees the host)."""
+    try:
+        import llvmlite.binding as ll
+        return bool(ll.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # pragma: no cover - llvmlite is a dependency of Numba
+        return False
+
+
+def vector_width_note(found=None):
+    """A sentence when an OpenBLAS found runs AVX2 kernels on a CPU with AVX-512 (its matrix
+    products then run at 0.5-0.6 of the speed its AVX-512 kernels reach), else None.
+    ``found``: :func:`libraries`' list (default: probed now)."""
+    if found is None:
+        found = libraries()
+    narrow = [f"{lib['name']}'s {lib['core']}" for lib in found
+              if (lib["core"] or "").lower() in AVX2_CORES]
+    if not narrow or not _cpu_has_avx512():
+        return None
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    why = (f"OPENBLAS_CORETYPE={forced} is set; unset it before NumPy is imported to let "
+           f"OpenBLAS choose" if forced else "OpenBLAS did not recognise this CPU")
+    return (f"OpenBLAS runs AVX2 kernels ({', '.join(narrow)}) on a CPU with AVX-512 ({why}): "
+            f"its matrix products, numrnn's among them, run at 0.5-0.6 of the speed of its "
+            f"AVX-512 kernels (measured on 2 Zen 5 cores)")
+
+
+def summary():
+    """One line for a benchmark's header: the CPU (as LLVM names it, and whether it has AVX-512),
+    the kernel family of each OpenBLAS found, and OPENBLAS_CORETYPE where it is set."""
+    try:
+        import llvmlite.binding as ll
+        cpu = ll.get_host_cpu_name()
+    except Exception:  # pragma: no cover - llvmlite is a dependency of Numba
+        cpu = "unknown"
+    libs = ", ".join(f"{lib['name']}'s {lib['core']}" for lib in libraries()) or "none found"
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return (f"CPU {cpu} ({'with' if _cpu_has_avx512() else 'without'} AVX-512); OpenBLAS "
+            f"kernels: {libs}" + (f" (OPENBLAS_CORETYPE={forced})" if forced else ""))
+
+
 class _SingleThreaded:
     """The context manager :func:`single_threaded` returns (one object: the state is the
     module's, guarded by ``_lock``).  A class rather than a generator: numrnn enters it around
