@@ -58,7 +58,8 @@ PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 2_000_000)
 
 #: Least float32 multiply-adds per time step (B * N_in * N_out; a float64 multiply-add counts
 #: twice) for which one step of a batch smaller than the machine's block count is split over
-#: threads by units (a barrier per step); below it the batch is split by sequences.  See
+#: threads by units (a barrier per step); below it the batch is split by sequences (larger
+#: batches: SPLIT_MAX_ROWS and SPLIT_MIN_SEQUENCE_WORK).  See
 #: numrnn.cpu.recurrence.unit_blocks.  Measured on the 2-core EPYC, forward + vjp at B = 1,
 #: T = 200 (split / by sequences): float32 0.9-1.1x at 16k-37k multiply-adds a step (tanh
 #: N = 128-192, LSTM N = 64), 1.05-1.5x from 49k on (GRU N = 128, LSTM N = 128-256, tanh
@@ -68,6 +69,25 @@ PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 2_000_000)
 #: GRU N = 80, LSTM N = 64: not split).  The tangent products of the Lyapunov loop (always
 #: float64) count plain multiply-adds (numrnn.cpu.jacobians.vector_blocks).
 SPLIT_MIN_STEP_WORK = _env_int("NUMRNN_SPLIT_MIN_STEP_WORK", 3 * 128 * 128)
+
+#: The most sequences per block of the batch split (B / the machine's block count, rounded up)
+#: for which a batch of at least two a block is split by units instead, when one sequence's
+#: step carries SPLIT_MIN_SEQUENCE_WORK (see numrnn.cpu.recurrence.unit_blocks).  Measured on a
+#: 2-core AMD EPYC (Zen 5) with benchmarks/bench_split.py (results/split_batch_2core_zen5.md),
+#: batch split / unit split of forward + vjp at T = 200, from 131k multiply-adds a sequence's
+#: step on, at 2 and 4 sequences a block (B = 4 and 8): 1.11-1.70 in a first run, where the
+#: batch split took 1.2-1.8x its time of the later runs and the unit split the same (each
+#: thread of the batch split reads all of M at every step, which a busy machine's shared cache
+#: and memory slow down); 0.94-1.04 in three later runs.  At 8 a block (B = 16) 1.01-1.13; at
+#: one a block (B = 2, LSTM N = 512: the batch split's product is a gemv there, the unit
+#: split's a gemm of two columns) 0.63-0.75, so the batch split stays.
+SPLIT_MAX_ROWS = _env_int("NUMRNN_SPLIT_MAX_ROWS", 4)
+
+#: Least float32 multiply-adds of one sequence's step (R*N * G*N; a float64 one counts twice)
+#: for which a batch of SPLIT_MAX_ROWS sequences a block or fewer is split by units.  Measured
+#: as above at B = 8, batch split / unit split: 0.70-0.94 at 16k and 0.89 at 33k (tanh float32
+#: and float64 N = 128), 0.95-1.07 at 66k (LSTM float32 N = 128), 0.94-1.38 from 131k on.
+SPLIT_MIN_SEQUENCE_WORK = _env_int("NUMRNN_SPLIT_MIN_SEQUENCE_WORK", 2 * 256 * 256)
 
 #: Steps per block of the products over time on the CPU (the input projection, the weight
 #: gradients, the input's gradient; a checkpoint interval is a multiple of it): the smallest

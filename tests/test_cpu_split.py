@@ -1,4 +1,5 @@
-"""One step split over threads by units (batches smaller than the machine's block count).
+"""One step split over threads by units (small batches: fewer sequences than the machine has
+blocks, or a few a block).
 
 The split path (``numrnn.cpu.recurrence.unit_blocks``) must give what the batch-split path gives,
 to rounding (its products run on blocks of rows of W_hh), the same bits on any thread count, and
@@ -20,8 +21,11 @@ from .problems import CELL_CASES, CELL_IDS, as_pair, make_problem
 
 @pytest.fixture
 def split(monkeypatch):
-    """Force the split for every size: three blocks, no work thresholds."""
+    """Force the split for every size: three blocks, no work thresholds, up to four sequences
+    a block."""
     monkeypatch.setattr(config, "PARALLEL_BLOCKS", 3)
+    monkeypatch.setattr(config, "SPLIT_MAX_ROWS", 4)
+    monkeypatch.setattr(config, "SPLIT_MIN_SEQUENCE_WORK", 1)
     monkeypatch.setattr(config, "SPLIT_MIN_STEP_WORK", 1)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
     return monkeypatch
@@ -67,6 +71,36 @@ def test_the_split_is_taken_and_its_blocks_do_not_depend_on_threads(split):
     assert recurrence.unit_blocks(1, 50, 50, 150, 10, np.float64) is None
 
 
+def test_batches_of_a_few_sequences_a_block_are_split_by_units(split):
+    """From two sequences a block (at one, B = the block count, the batch split's products are
+    gemv) to SPLIT_MAX_ROWS a block, when one sequence's step carries SPLIT_MIN_SEQUENCE_WORK
+    (R*N * G*N = 7500 here; float64 counts twice): with three blocks, B = 4 to 12."""
+    for B in (4, 6, 9, 12):
+        np.testing.assert_array_equal(recurrence.unit_blocks(B, 50, 50, 150, 10, np.float64),
+                                      [0, 16, 32, 50])
+    for B in (3, 13, 64):
+        assert recurrence.unit_blocks(B, 50, 50, 150, 10, np.float64) is None
+    split.setattr(config, "SPLIT_MAX_ROWS", 2)
+    assert recurrence.unit_blocks(7, 50, 50, 150, 10, np.float64) is None
+    split.setattr(config, "SPLIT_MAX_ROWS", 4)
+    split.setattr(config, "SPLIT_MIN_STEP_WORK", 10**18)  # (the rule of B < the block count)
+    split.setattr(config, "SPLIT_MIN_SEQUENCE_WORK", 15000)
+    np.testing.assert_array_equal(recurrence.unit_blocks(6, 50, 50, 150, 10, np.float64),
+                                  [0, 16, 32, 50])
+    assert recurrence.unit_blocks(6, 50, 50, 150, 10, np.float32) is None
+    assert recurrence.unit_blocks(2, 50, 50, 150, 10, np.float64) is None
+    split.setattr(config, "SPLIT_MIN_SEQUENCE_WORK", 15001)
+    assert recurrence.unit_blocks(6, 50, 50, 150, 10, np.float64) is None
+    split.setattr(config, "SPLIT_MIN_SEQUENCE_WORK", 1)
+    split.setattr(config, "PARALLEL_MIN_WORK", 6 * 7500 * 10 + 1)  # the call must pay too
+    assert recurrence.unit_blocks(6, 50, 50, 150, 10, np.float64) is None
+    split.setattr(config, "PARALLEL_MIN_WORK", 1)
+    for n in (1, 2, 8):  # never the thread count
+        split.setattr(config, "NUM_THREADS", n)
+        np.testing.assert_array_equal(recurrence.unit_blocks(6, 50, 50, 150, 10, np.float32),
+                                      [0, 16, 32, 50])
+
+
 def test_a_float64_step_counts_twice_the_work_of_a_float32_one(split):
     """A small batch's step is bound by reading M: float64 splits from half the multiply-adds
     (B * R*N * G*N = 7500 here)."""
@@ -81,7 +115,7 @@ def test_a_float64_step_counts_twice_the_work_of_a_float32_one(split):
                                   [0, 16, 32, 50])
 
 
-@pytest.mark.parametrize("B", [1, 2])
+@pytest.mark.parametrize("B", [1, 2, 7])
 @pytest.mark.parametrize("cell,nonlinearity", CELL_CASES, ids=CELL_IDS)
 def test_every_cell_matches_the_batch_path_with_the_same_bits_on_any_thread_count(
         split, cell, nonlinearity, B):

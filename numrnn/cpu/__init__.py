@@ -40,10 +40,14 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
         ``batch``, ``hidden``, ``steps``, ``dtype``, ``split`` ("sequences": the batch is cut
         into ``pieces`` blocks of sequences, one per thread at most; "units": each step is cut
         into ``pieces`` blocks of units of every sequence, the threads meeting at a barrier
-        after every step, for batches smaller than the machine's block count), ``pieces`` and
+        after every step, for small batches: see :func:`numrnn.cpu.recurrence.unit_blocks`),
+        ``pieces`` and
         ``recurrent_product`` ("compiled loops", "BLAS gemm per step", "BLAS gemm per step,
         transposed" or "BLAS per unit block").  ``split_min_step_work``: float32 multiply-adds per
-        step from which a small batch's steps are split by units (a float64 one counts twice).
+        step from which a small batch's steps are split by units (a float64 one counts twice);
+        ``split_max_rows`` and ``split_min_sequence_work``: the most sequences per block of the
+        batch split, and the least work of one sequence's step, for which a larger batch is
+        split by units.
 
     Examples
     --------
@@ -77,6 +81,8 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
     return {"threads": threads.num_threads(), "parallel_blocks": threads.num_blocks(),
             "parallel_min_work": config.PARALLEL_MIN_WORK, "blas_min_work": config.BLAS_MIN_WORK,
             "split_min_step_work": config.SPLIT_MIN_STEP_WORK,
+            "split_max_rows": config.SPLIT_MAX_ROWS,
+            "split_min_sequence_work": config.SPLIT_MIN_SEQUENCE_WORK,
             "transposed_gemm_float32": config.TRANSPOSED_GEMM_FLOAT32,
             "blas_thread_control": blas.can_limit_threads(), "blas_threads": blas.num_threads(),
             "numpy_blas_thread_control": blas.numpy_blas_controlled(),

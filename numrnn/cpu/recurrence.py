@@ -419,10 +419,11 @@ def _make_backward(fingerprint):
     return _backward_kernel
 
 
-# --- one step split over threads: for batches smaller than the machine's core count ---------
+# --- one step split over threads: for small batches --------------------------------------------
 #
 # The batch split above leaves cores idle when B is below the number of blocks (one sequence
-# on two cores runs on one).  Then each step is split by units instead: unit block [j0, j1)
+# on two cores runs on one), and gives each thread a product of a few rows that reads all of M
+# at every step when B is a small multiple of it.  Then each step is split by units instead: unit block [j0, j1)
 # owns rows g*N + j0 .. g*N + j1 of M for every gate g, computes them, runs the cell's row loop
 # on its units and writes its part of h_t; a barrier (:mod:`numrnn.cpu.sync`) ends the step.
 # The blocks' edges depend only on N and the machine's block count (multiples of 16 units, so
@@ -745,24 +746,40 @@ def unit_blocks(B, N, RN, GN, steps, dtype):
     """The edges of the unit blocks when each step is split over threads, or None (the batch
     is split instead).
 
-    Split when the batch has fewer sequences than the machine has blocks
-    (:func:`numrnn.cpu.threads.num_blocks`), a step carries at least
+    Split when a block of the batch split would hold no sequence (fewer sequences than the
+    machine has blocks, :func:`numrnn.cpu.threads.num_blocks`) and a step carries at least
     ``config.SPLIT_MIN_STEP_WORK`` float32 multiply-adds (B * R*N * G*N; a float64 one counts
     twice: a small batch's step is bound by reading M, twice the bytes per multiply-add; the
-    barrier and the smaller products must pay) and the call at least
-    ``config.PARALLEL_MIN_WORK`` multiply-adds.  Blocks are multiples of 16 units (the last
-    takes the rest), as many as the machine's blocks and at most N // 16.  A function of the
-    sizes, the dtype and the machine's block count alone, never of the thread count: the bits
-    depend on it.
+    barrier and the smaller products must pay); or when each block would hold 2 to
+    ``config.SPLIT_MAX_ROWS`` sequences and one sequence's step carries
+    ``config.SPLIT_MIN_SEQUENCE_WORK`` (R*N * G*N, float64 counted twice): then every thread of
+    the batch split reads all of M at every step for a product of a few rows, where the unit
+    split reads its share of M once for every sequence.  In both cases the
+    call must carry at least ``config.PARALLEL_MIN_WORK`` multiply-adds.  Blocks are multiples
+    of 16 units (the last takes the rest), as many as the machine's blocks and at most N // 16.
+    A function of the sizes, the dtype and the machine's block count alone, never of the thread
+    count: the bits depend on it.
     """
-    n = min(threads.num_blocks(), N // 16)
+    blocks = threads.num_blocks()
     work = B * RN * GN
-    if (B >= threads.num_blocks() or n < 2
-            or work * (np.dtype(dtype).itemsize // 4) < config.SPLIT_MIN_STEP_WORK
-            or steps * work < config.PARALLEL_MIN_WORK or not blas.can_limit_threads()):
+    scale = np.dtype(dtype).itemsize // 4
+    rows = -(-B // blocks)  # sequences per block of the batch split
+    if B < blocks:
+        enough = work * scale >= config.SPLIT_MIN_STEP_WORK
+    else:
+        enough = 2 <= rows <= config.SPLIT_MAX_ROWS and RN * GN * scale >= \
+            config.SPLIT_MIN_SEQUENCE_WORK
+    if (not enough or min(blocks, N // 16) < 2 or steps * work < config.PARALLEL_MIN_WORK
+            or not blas.can_limit_threads()):
         return None
-    edges = [(N * k // n) // 16 * 16 for k in range(n)] + [N]
-    return np.array(edges, np.int64)
+    return unit_edges(N)
+
+
+def unit_edges(N):
+    """The edges of the unit blocks of N units (see :func:`unit_blocks`): as many blocks as the
+    machine's, at most N // 16, each a multiple of 16 units but the last."""
+    n = max(1, min(threads.num_blocks(), N // 16))
+    return np.array([(N * k // n) // 16 * 16 for k in range(n)] + [N], np.int64)
 
 
 @njit(**_JIT)
