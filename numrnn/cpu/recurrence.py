@@ -423,9 +423,10 @@ def _make_backward(fingerprint):
 #
 # The batch split above leaves cores idle when B is below the number of blocks (one sequence
 # on two cores runs on one), and gives each thread a product of a few rows that reads all of M
-# at every step when B is a small multiple of it.  Then each step is split by units instead: unit block [j0, j1)
-# owns rows g*N + j0 .. g*N + j1 of M for every gate g, computes them, runs the cell's row loop
-# on its units and writes its part of h_t; a barrier (:mod:`numrnn.cpu.sync`) ends the step.
+# at every step when B is a small multiple of it.  Then each step is split by units instead:
+# unit block [j0, j1) owns rows g*N + j0 .. g*N + j1 of M for every gate g, computes them, runs
+# the cell's row loop on its units and writes its part of h_t; a barrier (:mod:`numrnn.cpu.sync`)
+# ends the step.
 # The blocks' edges depend only on N and the machine's block count (multiples of 16 units, so
 # two blocks never write one cache line), never on the thread count: each block's arithmetic is
 # fixed, so the bits are the same on 1, 2 or 16 threads.  A thread runs its share of the blocks
@@ -754,11 +755,10 @@ def unit_blocks(B, N, RN, GN, steps, dtype):
     ``config.SPLIT_MAX_ROWS`` sequences and one sequence's step carries
     ``config.SPLIT_MIN_SEQUENCE_WORK`` (R*N * G*N, float64 counted twice): then every thread of
     the batch split reads all of M at every step for a product of a few rows, where the unit
-    split reads its share of M once for every sequence.  In both cases the
-    call must carry at least ``config.PARALLEL_MIN_WORK`` multiply-adds.  Blocks are multiples
-    of 16 units (the last takes the rest), as many as the machine's blocks and at most N // 16.
-    A function of the sizes, the dtype and the machine's block count alone, never of the thread
-    count: the bits depend on it.
+    split reads its share of M once for every sequence.  In both cases the call must carry at
+    least ``config.PARALLEL_MIN_WORK`` multiply-adds.  Blocks: :func:`unit_edges`.  A function
+    of the sizes, the dtype and the machine's block count alone, never of the thread count: the
+    bits depend on it.
     """
     blocks = threads.num_blocks()
     work = B * RN * GN
