@@ -229,9 +229,10 @@ def main():
                     help="issue 16's cases on short trajectories (Jacobians T=50, Lyapunov "
                          "T=100): a check that the script runs, not for figures")
     args = ap.parse_args()
+    blas_note = blas.vector_width_note()
     print(f"# {blas.summary()}")
-    if blas.vector_width_note():
-        print(f"# note: {blas.vector_width_note()}")
+    if blas_note:
+        print(f"# note: {blas_note}")
     rows = []
     net = numrnn.RNN(1, 200, init="gaussian", gain=2.0, zero_diagonal=True, bias_init="zeros",
                      seed=0)
@@ -275,7 +276,7 @@ def main():
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "numrnn": numrnn.__version__, "numpy": np.__version__, "jax": jax_version,
             "date": time.strftime("%Y-%m-%d"), "blas": blas.summary(),
-            "blas_note": blas.vector_width_note()}
+            "blas_note": blas_note}
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -314,9 +314,10 @@ def main(argv=None):
           f"{jax_note}")
     print("# matmul ceiling (1024^3 gemm): " + ", ".join(f"{k} {v:.1f} GFLOP/s"
                                                          for k, v in ceilings.items()))
+    blas_note = blas.vector_width_note()
     print(f"# {blas.summary()}; torch's kernels: {torch.backends.cpu.get_cpu_capability()}")
-    if blas.vector_width_note():
-        print(f"# note: {blas.vector_width_note()}")
+    if blas_note:
+        print(f"# note: {blas_note}")
     print("# ratio = peer time / numrnn time (> 1: numrnn is faster)")
     print("| cell | dtype | B | N | fwd ms numrnn | torch | JAX | peer | fwd ratio "
           "| f+b ms numrnn | torch | JAX | peer | f+b ratio | f+b % of ceiling "
@@ -343,7 +344,7 @@ def main(argv=None):
         with open(args.json, "w") as fh:
             json.dump(dict(ceilings=ceilings, rows=rows, torch=torch.__version__,
                            jax=jax_version, numrnn=numrnn.__version__,
-                           blas=blas.summary(), blas_note=blas.vector_width_note(),
+                           blas=blas.summary(), blas_note=blas_note,
                            torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
                            protocol="untimed forward before each turn; JAX@1: all threads "
                                     "pinned to one CPU by sched_setaffinity"),

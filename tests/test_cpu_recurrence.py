@@ -149,31 +149,34 @@ def test_recurrent_weight_grad_equals_the_product_with_the_recurrent_inputs(rng,
 
 def test_unmanaged_arrays_view_the_same_memory():
     """The kernels' views without reference counting (recurrence._unmanaged) read and write the
-    array's own memory, with its shape and strides, in any layout."""
+    arrays' own memory, with their shapes and strides, in any layout."""
     from numba import njit
 
     from numrnn.cpu.recurrence import _keep, _unmanaged
 
     @njit
-    def poke(a):
-        u = _unmanaged(a)
+    def poke(a, b):
+        u, v = _unmanaged((a, b))
         row = u[1]
         row[2] = 5.0
+        v[0] = 7
         return u.shape, u.strides, u.ctypes.data == a.ctypes.data, u[1, 2] + u[0, 0]
 
     @njit
     def scratch(n):
-        m = np.empty(n)
-        u = _unmanaged(m)
+        owned = (np.empty(n), np.empty(n))
+        u, w = _unmanaged(owned)
         for i in range(n):
             u[i] = i
-        total = m.sum()
-        _keep(m)
+            w[i] = 1.0
+        total = owned[0].sum() + owned[1].sum()
+        _keep(owned)
         return total
 
     a = np.zeros((3, 4))
     a[0, 0] = 1.0
-    assert poke(a) == ((3, 4), (32, 8), True, 6.0) and a[1, 2] == 5.0
+    b = np.zeros(2, np.int64)
+    assert poke(a, b) == ((3, 4), (32, 8), True, 6.0) and a[1, 2] == 5.0 and b[0] == 7
     f = np.asfortranarray(np.zeros((3, 4)))
-    assert poke(f)[:3] == ((3, 4), (8, 24), True) and f[1, 2] == 5.0
-    assert scratch(100) == 4950.0
+    assert poke(f, b)[:3] == ((3, 4), (8, 24), True) and f[1, 2] == 5.0
+    assert scratch(100) == 5050.0

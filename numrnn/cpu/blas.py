@@ -116,8 +116,7 @@ def num_threads(library="scipy"):
 # with OpenBLAS's own choice (SkylakeX); PyTorch's MKL and oneDNN, and JAX's XLA, use AVX-512
 # there whatever OPENBLAS_CORETYPE says (benchmarks/README.md, "A machine with AVX-512").
 
-#: OpenBLAS's core names (lower case) by the widest vector instructions their kernels use.
-AVX512_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+#: OpenBLAS's core names (lower case) whose widest kernels are AVX2.
 AVX2_CORES = frozenset({"haswell", "zen", "excavator"})
 
 

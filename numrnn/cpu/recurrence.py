@@ -169,29 +169,35 @@ def _row_functions(cell):
 # take their views of arrays without a reference (:func:`_unmanaged`), with the same bits.
 
 @intrinsic
-def _unmanaged(typingctx, arr):
-    """arr without its reference to the memory it views (meminfo and parent null): views taken
-    of it cost no atomic reference counting.  Only for arrays that outlive every use of the
-    result: a kernel's arguments (the caller holds them), and its own allocations kept alive to
-    the end by :func:`_keep`."""
-    if not isinstance(arr, types_.Array):
+def _unmanaged(typingctx, arrays):
+    """The tuple ``arrays`` with every array freed of its reference to the memory it views
+    (meminfo and parent null): views taken of them cost no atomic reference counting.  Only for
+    arrays that outlive every use of the result: a kernel's arguments (the caller holds them),
+    and its own allocations kept alive to the end by :func:`_keep`."""
+    if not isinstance(arrays, types_.BaseTuple) or \
+            not all(isinstance(t, types_.Array) for t in arrays):
         return None
 
     def codegen(context, builder, signature, args):
-        src = context.make_array(signature.args[0])(context, builder, value=args[0])
-        dst = context.make_array(signature.return_type)(context, builder)
-        for name in ("nitems", "itemsize", "data", "shape", "strides"):
-            setattr(dst, name, getattr(src, name))
-        dst.meminfo = context.get_constant_null(types_.MemInfoPointer(types_.voidptr))
-        dst.parent = context.get_constant_null(types_.pyobject)
-        return dst._getvalue()
+        out = []
+        for i, ty in enumerate(signature.args[0]):
+            src = context.make_array(ty)(context, builder,
+                                         value=builder.extract_value(args[0], i))
+            dst = context.make_array(ty)(context, builder)
+            for name in ("nitems", "itemsize", "data", "shape", "strides"):
+                setattr(dst, name, getattr(src, name))
+            dst.meminfo = context.get_constant_null(types_.MemInfoPointer(types_.voidptr))
+            dst.parent = context.get_constant_null(types_.pyobject)
+            out.append(dst._getvalue())
+        return context.make_tuple(builder, signature.return_type, out)
 
-    return arr(arr), codegen
+    return arrays(arrays), codegen
 
 
 @register_jitable(**_FORCED)
-def _keep(*arrays):
-    """Nothing: a use that keeps ``arrays`` alive to this point (see :func:`_unmanaged`)."""
+def _keep(arrays):
+    """Nothing: a use that keeps ``arrays`` (a tuple) alive to this point (see
+    :func:`_unmanaged`)."""
     return len(arrays)
 
 
@@ -371,18 +377,12 @@ def _make_forward(fingerprint):
         nb = b1 - b0
         zero = one - one
         GN, RN = w_hh.shape
-        rec_m = np.empty((nb, RN), xp.dtype)
-        hp_m = np.empty((nb, GN), xp.dtype)
-        rec_t_m = np.empty((RN, nb), xp.dtype)
-        hp_t_m = np.empty((GN, nb), xp.dtype)
-        prev_m = np.empty((2, N), xp.dtype)
-        rec, hp, rec_t = _unmanaged(rec_m), _unmanaged(hp_m), _unmanaged(rec_t_m)
-        hp_t, prev = _unmanaged(hp_t_m), _unmanaged(prev_m)
-        xp, w_hh_t, w_hh, b_hh = _unmanaged(xp), _unmanaged(w_hh_t), _unmanaged(w_hh), \
-            _unmanaged(b_hh)
-        h0, c0, out_h, out_c = _unmanaged(h0), _unmanaged(c0), _unmanaged(out_h), \
-            _unmanaged(out_c)
-        aux, bad, opts = _unmanaged(aux), _unmanaged(bad), _unmanaged(opts)
+        owned = (np.empty((nb, RN), xp.dtype), np.empty((nb, GN), xp.dtype),
+                 np.empty((RN, nb), xp.dtype), np.empty((GN, nb), xp.dtype),
+                 np.empty((2, N), xp.dtype))
+        rec, hp, rec_t, hp_t, prev = _unmanaged(owned)
+        xp, w_hh_t, w_hh, b_hh, h0, c0, out_h, out_c, aux, bad, opts = _unmanaged(
+            (xp, w_hh_t, w_hh, b_hh, h0, c0, out_h, out_c, aux, bad, opts))
         for s in range(T):
             t = T - 1 - s if reverse else s
             p0, p1 = _entering(s == 0, t, reverse, h0, c0, out_h, out_c, TWO_STATES)
@@ -397,7 +397,7 @@ def _make_forward(fingerprint):
                             one)
                 if bad[b] < 0 and _count_nonfinite(ohb, N, zero) > 0:
                     bad[b] = t
-        _keep(rec_m, hp_m, rec_t_m, hp_t_m, prev_m)
+        _keep(owned)
     return _forward_kernel
 
 
@@ -421,22 +421,13 @@ def _make_backward(fingerprint):
         RN = w_hh.shape[1]
         nb = b1 - b0
         zero = one - one
-        carry_m = np.empty((nb, N), out_h.dtype)
-        carry_c_m = np.empty((nb, N), out_h.dtype)
-        tmp_m = np.empty((nb, RN), out_h.dtype)
-        dg_t_m = np.empty((GN, nb), out_h.dtype)
-        tmp_t_m = np.empty((RN, nb), out_h.dtype)
-        sc_m = np.empty(2 * GN, out_h.dtype)
-        carry, carry_c, tmp = _unmanaged(carry_m), _unmanaged(carry_c_m), _unmanaged(tmp_m)
-        dg_t, tmp_t, sc = _unmanaged(dg_t_m), _unmanaged(tmp_t_m), _unmanaged(sc_m)
-        opts, w_hh, w_hh_t = _unmanaged(opts), _unmanaged(w_hh), _unmanaged(w_hh_t)
-        h0, c0, out_h, out_c = _unmanaged(h0), _unmanaged(c0), _unmanaged(out_h), \
-            _unmanaged(out_c)
-        aux, d_out, dh_n, dc_n = _unmanaged(aux), _unmanaged(d_out), _unmanaged(dh_n), \
-            _unmanaged(dc_n)
-        dxp, dhp, dh0, dc0 = _unmanaged(dxp), _unmanaged(dhp), _unmanaged(dh0), \
-            _unmanaged(dc0)
-        norm, bad = _unmanaged(norm), _unmanaged(bad)
+        dtype = out_h.dtype
+        owned = (np.empty((nb, N), dtype), np.empty((nb, N), dtype), np.empty((nb, RN), dtype),
+                 np.empty((GN, nb), dtype), np.empty((RN, nb), dtype), np.empty(2 * GN, dtype))
+        carry, carry_c, tmp, dg_t, tmp_t, sc = _unmanaged(owned)
+        (opts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, dxp, dhp, dh0, dc0,
+         norm, bad) = _unmanaged((opts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out, dh_n,
+                                  dc_n, dxp, dhp, dh0, dc0, norm, bad))
         for i in range(nb):
             for j in range(N):
                 carry[i, j] = dh_n[b0 + i, j]
@@ -469,7 +460,7 @@ def _make_backward(fingerprint):
                     for j in range(N):
                         dh0[b0 + i, j] = carry[i, j]
                         dc0[b0 + i, j] = carry_c[i, j]
-        _keep(carry_m, carry_c_m, tmp_m, dg_t_m, tmp_t_m, sc_m)
+        _keep(owned)
     return _backward_kernel
 
 
@@ -549,19 +540,12 @@ def _make_forward_split(fingerprint):
         rows = 0
         for blk in range(n_blocks):
             rows = max(rows, edges[blk + 1] - edges[blk])
-        rec_m = np.empty((B, RN), xp.dtype)  # this thread's scratch
-        hp_m = np.empty((B, GN), xp.dtype)
-        rec_t_m = np.empty((RN, B), xp.dtype)
-        hp_t_m = np.empty((rows, B), xp.dtype)
-        prev_m = np.empty((2, N), xp.dtype)
-        rec, hp, rec_t = _unmanaged(rec_m), _unmanaged(hp_m), _unmanaged(rec_t_m)
-        hp_t, prev = _unmanaged(hp_t_m), _unmanaged(prev_m)
-        opts, xp, w_hh, b_hh = _unmanaged(opts), _unmanaged(xp), _unmanaged(w_hh), \
-            _unmanaged(b_hh)
-        h0, c0, out_h, out_c = _unmanaged(h0), _unmanaged(c0), _unmanaged(out_h), \
-            _unmanaged(out_c)
-        aux, bad, edges, flags = _unmanaged(aux), _unmanaged(bad), _unmanaged(edges), \
-            _unmanaged(flags)
+        owned = (np.empty((B, RN), xp.dtype), np.empty((B, GN), xp.dtype),  # this thread's
+                 np.empty((RN, B), xp.dtype), np.empty((rows, B), xp.dtype),  # scratch
+                 np.empty((2, N), xp.dtype))
+        rec, hp, rec_t, hp_t, prev = _unmanaged(owned)
+        opts, xp, w_hh, b_hh, h0, c0, out_h, out_c, aux, bad, edges, flags = _unmanaged(
+            (opts, xp, w_hh, b_hh, h0, c0, out_h, out_c, aux, bad, edges, flags))
         for s in range(T):
             t = T - 1 - s if reverse else s
             p0, p1 = _entering(s == 0, t, reverse, h0, c0, out_h, out_c, TWO_STATES)
@@ -590,7 +574,7 @@ def _make_forward_split(fingerprint):
                     if bad[blk, b] < 0 and _count_nonfinite(ohb[j0:j1], j1 - j0, zero) > 0:
                         bad[blk, b] = s
             sync.arrive_and_wait(flags, me, n_threads, s + 1)
-        _keep(rec_m, hp_m, rec_t_m, hp_t_m, prev_m)
+        _keep(owned)
     return _forward_split_kernel
 
 
@@ -621,22 +605,13 @@ def _make_backward_split(fingerprint):
         for blk in range(n_blocks):
             rows = max(rows, edges[blk + 1] - edges[blk])
         dtype = out_h.dtype
-        tmp_m = np.empty((B, R * N), dtype)  # this thread's scratch
-        dg_t_m = np.empty((GN, B), dtype)
-        tmp_t_m = np.empty((rows, B), dtype)
-        sc_m = np.empty(2 * GN, dtype)
-        tmp, dg_t, tmp_t, sc = _unmanaged(tmp_m), _unmanaged(dg_t_m), _unmanaged(tmp_t_m), \
-            _unmanaged(sc_m)
-        opts, w_hh, w_hh_t = _unmanaged(opts), _unmanaged(w_hh), _unmanaged(w_hh_t)
-        h0, c0, out_h, out_c = _unmanaged(h0), _unmanaged(c0), _unmanaged(out_h), \
-            _unmanaged(out_c)
-        aux, d_out, dh_n, dc_n = _unmanaged(aux), _unmanaged(d_out), _unmanaged(dh_n), \
-            _unmanaged(dc_n)
-        dxp, dhp, dh0, dc0 = _unmanaged(dxp), _unmanaged(dhp), _unmanaged(dh0), \
-            _unmanaged(dc0)
-        squares, norms, carry, carry_c = _unmanaged(squares), _unmanaged(norms), \
-            _unmanaged(carry), _unmanaged(carry_c)
-        edges, flags = _unmanaged(edges), _unmanaged(flags)
+        owned = (np.empty((B, R * N), dtype), np.empty((GN, B), dtype),  # this thread's scratch
+                 np.empty((rows, B), dtype), np.empty(2 * GN, dtype))
+        tmp, dg_t, tmp_t, sc = _unmanaged(owned)
+        (opts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, dxp, dhp, dh0, dc0,
+         squares, norms, carry, carry_c, edges, flags) = _unmanaged(
+            (opts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, dxp, dhp, dh0,
+             dc0, squares, norms, carry, carry_c, edges, flags))
         for blk in range(k_lo, k_hi):
             for b in range(B):
                 for j in range(edges[blk], edges[blk + 1]):
@@ -689,7 +664,7 @@ def _make_backward_split(fingerprint):
                         for j in range(j0, j1):
                             dh0[b, j] = carry[b, j]
                             dc0[b, j] = carry_c[b, j]
-        _keep(tmp_m, dg_t_m, tmp_t_m, sc_m)
+        _keep(owned)
     return _backward_split_kernel
 
 
