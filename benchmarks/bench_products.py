@@ -10,8 +10,15 @@ Then the QR of a frame of k vectors of n numbers as the Lyapunov loops run it
 (numrnn.cpu.jacobians' ``_orthonormalise``: copy in, R, Q formed, copy out), by the compiled
 Householder QR and by LAPACK's dgeqrf + dorgqr, the same way (each is the other's check).
 
+Then (``--shapes``) the products a network's steps and its products over time make, k x n
+times n x n_out in float64 and float32, one thread: the BLAS's gemm (np.dot(a, m.T-contiguous,
+out)) against the compiled dot products (``products.times_transpose`` up to 64 rows, else the
+blocked ``products.gemm_nt``), in GFLOP/s, with whether the compiler targets AVX-512
+(``products.WIDE``: four rows of m at a time, else two) and the BLAS's kernels named.
+
     python benchmarks/bench_products.py
     python benchmarks/bench_products.py --out results/products_2core_zen3.json
+    python benchmarks/bench_products.py --sizes "" --shapes 16x512x512,6400x512x2048
 """
 import argparse
 import json
@@ -38,6 +45,12 @@ def _compiled(a, m, out, n):
 
 
 @njit
+def _gemm(a, m, out, n):
+    for _ in range(n):
+        products.gemm_nt(a, m, out)
+
+
+@njit
 def _qr(frame, dst, log_r, log_col, qw, n):
     no_r = np.empty((0, 0))
     for _ in range(n):
@@ -59,12 +72,47 @@ def main():
     ap.add_argument("--sizes", default="64,128,200,512")
     ap.add_argument("--rows", default="1,2,4,5,8,10,16,32")
     ap.add_argument("--qr-rows", default="2,3,4,5,8,10,16,32,64")
+    ap.add_argument("--shapes", default="16x32x32,16x128x128,16x128x512,16x512x512,"
+                    "16x512x2048,2x512x2048,10x200x200,200x200x200,3200x512x512,3200x512x2048,"
+                    "3200x2048x512", help="k x n x n_out products, float64 and float32 ('' none)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     rows = []
+    sizes = [int(v) for v in args.sizes.split(",") if v]
     with blas.single_threaded():
-        for n in map(int, args.sizes.split(",")):
+        if args.shapes:
+            print(f"# compiled for AVX-512 (four rows of m at a time): {products.WIDE}; "
+                  f"{blas.summary()}", flush=True)
+        for shape in filter(None, args.shapes.split(",")):
+            k, n, n_out = map(int, shape.split("x"))
+            line = []
+            for dtype in (np.float64, np.float32):
+                a = rng.standard_normal((k, n)).astype(dtype)
+                m = rng.standard_normal((n_out, n)).astype(dtype)
+                m_t = np.ascontiguousarray(m.T)
+                ref = a.astype(np.float64) @ m.T.astype(np.float64)
+                compiled = _compiled if k <= 64 else _gemm
+                o1, o2 = np.empty((k, n_out), dtype), np.empty((k, n_out), dtype)
+                _blas(a, m_t, o1, 1)
+                compiled(a, m, o2, 1)
+                for o in (o1, o2):
+                    err = np.abs(o - ref).max() / np.abs(ref).max()
+                    if not err < (1e-13 if dtype == np.float64 else 1e-5):
+                        raise SystemExit(f"{shape} {np.dtype(dtype).name}: relative error "
+                                         f"{err:.1e}")
+                flops = 2.0 * k * n * n_out
+                calls = max(5, int(3e8 / flops))
+                t_blas = _best(_blas, (a, m_t, o1), calls)
+                t_ours = _best(compiled, (a, m, o2), calls)
+                rows.append({"shape": shape, "dtype": np.dtype(dtype).name, "blas_us": t_blas,
+                             "compiled_us": t_ours, "wide": products.WIDE,
+                             "blas_gflops": flops / t_blas / 1e3,
+                             "compiled_gflops": flops / t_ours / 1e3})
+                line.append(f"{np.dtype(dtype).name} {flops / t_blas / 1e3:.0f} / "
+                            f"{flops / t_ours / 1e3:.0f}")
+            print(f"{shape} (GFLOP/s, BLAS / compiled): " + "  ".join(line), flush=True)
+        for n in sizes:
             m = rng.standard_normal((n, n))
             m_t = np.ascontiguousarray(m.T)
             line = []
@@ -85,7 +133,7 @@ def main():
                              "blas_over_compiled": t_blas / t_ours})
                 line.append(f"k={k} {t_blas:.1f}/{t_ours:.1f}")
             print(f"n={n} (BLAS / compiled, us): " + "  ".join(line), flush=True)
-        for n in map(int, args.sizes.split(",")):
+        for n in sizes:
             line = []
             for k in map(int, args.qr_rows.split(",")):
                 if k > n:
@@ -110,7 +158,8 @@ def main():
             print(f"QR n={n} (LAPACK / compiled, us): " + "  ".join(line), flush=True)
     if args.out:
         meta = {"machine": platform.processor() or platform.machine(),
-                "cpus": os.cpu_count(), "load": os.getloadavg()}
+                "cpus": os.cpu_count(), "load": os.getloadavg(), "blas": blas.summary(),
+                "wide": products.WIDE}
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
 

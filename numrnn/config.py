@@ -41,6 +41,15 @@ BLAS_MIN_WORK = _env_int("NUMRNN_BLAS_MIN_WORK", 64 * 64 * 64)
 #: the batch is a few rows (measured on a 2-core EPYC; see numrnn.cpu.recurrence._recurrent_projection).
 TRANSPOSED_GEMM_FLOAT32 = _env_bool("NUMRNN_TRANSPOSED_GEMM_FLOAT32", True)
 
+#: Run the recurrent product of each step where it has two sequences or more (a block of the
+#: batch split, or a unit block of a small batch), and the products over all steps (the input
+#: projection, the input's gradient), as compiled dot products (numrnn.cpu.products) rather
+#: than BLAS gemm: "auto" where Numba compiles for AVX-512 (its 32 vector registers hold the
+#: loops' sixteen running sums: there a step's product took 0.4-0.5 of the time of OpenBLAS's
+#: AVX2 gemm, one Zen 5 core, 16 rows, N = 128-512), "on" wherever, "off" never.  The weight
+#: gradients stay with the BLAS.  See numrnn.cpu.recurrence.product_mode.
+DOT_PRODUCTS = _env_str("NUMRNN_DOT_PRODUCTS", "auto")
+
 #: Threads numrnn's CPU kernels use (0: all usable cores). The work is cut into blocks first
 #: (PARALLEL_BLOCKS) and the threads share out whole blocks, so the bits of every result do not
 #: depend on this number.

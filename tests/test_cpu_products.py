@@ -49,11 +49,11 @@ def test_times_transpose_propagates_nan_and_inf(rng):
 
 @pytest.mark.parametrize("dtype, k, compiled", [
     (np.float64, products.SMALL_ROWS, True),
-    (np.float64, products.SMALL_ROWS + 1, False),
-    (np.float32, 4, False)])
+    (np.float64, products.SMALL_ROWS + 1, products.WIDE),
+    (np.float32, 4, products.WIDE)])
 def test_product_t_takes_the_compiled_loops_for_few_float64_rows(dtype, k, compiled, rng):
-    """Up to SMALL_ROWS float64 rows: the compiled loops' bits; more rows, or float32: the
-    BLAS's (NumPy's np.dot on the transpose, the same library call)."""
+    """Up to SMALL_ROWS float64 rows, or any where the compiler targets AVX-512: the compiled
+    loops' bits; else the BLAS's (NumPy's np.dot on the transpose, the same library call)."""
     n = 50
     a = rng.standard_normal((k, n)).astype(dtype)
     m = rng.standard_normal((n + 3, n)).astype(dtype)

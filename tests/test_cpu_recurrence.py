@@ -95,21 +95,26 @@ def test_default_options_equal_reference(rng, cell, phi):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("dtype, transposed", [(np.float64, False), (np.float32, True),
-                                               (np.float32, False)])
-def test_threaded_and_blas_variants_equal_reference(rng, monkeypatch, cell, dtype, transposed):
-    """The per-step BLAS product (direct, or on the transposes in float32), the batch split over
-    threads and the split matrix products, forced on at a small size (3 pieces for B = 3)."""
+@pytest.mark.parametrize("dtype, mode", [(np.float64, 1), (np.float32, 2), (np.float32, 1),
+                                         (np.float64, 3), (np.float32, 3)])
+def test_threaded_and_blas_variants_equal_reference(rng, monkeypatch, cell, dtype, mode):
+    """The per-step BLAS product (direct, or on the transposes in float32), the compiled dot
+    products (mode 3, chosen for AVX-512; here forced on whatever the machine, with the
+    loops compiled for it), the batch split over threads and the split matrix products, forced
+    on at a small size (3 pieces for B = 3; 2 for mode 3, whose blocks hold two rows or more:
+    B = 5, blocks of 2 and 3)."""
     from numrnn import config
     from numrnn.cpu import recurrence
 
+    B, blocks = (5, 2) if mode == 3 else (3, 3)
     monkeypatch.setattr(config, "BLAS_MIN_WORK", 1)
-    monkeypatch.setattr(config, "NUM_THREADS", 3)
-    monkeypatch.setattr(config, "PARALLEL_BLOCKS", 3)
+    monkeypatch.setattr(config, "NUM_THREADS", blocks)
+    monkeypatch.setattr(config, "PARALLEL_BLOCKS", blocks)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
-    monkeypatch.setattr(config, "TRANSPOSED_GEMM_FLOAT32", transposed)
-    assert recurrence.product_mode(np.dtype(dtype), 3, 4, 4) == (2 if transposed else 1)
-    net, x, h0, d_out, d_h = make_problem(rng, cell, num_layers=2, bidirectional=True, T=5, B=3,
+    monkeypatch.setattr(config, "TRANSPOSED_GEMM_FLOAT32", mode == 2)
+    monkeypatch.setattr(config, "DOT_PRODUCTS", "on" if mode == 3 else "off")
+    assert recurrence.product_mode(np.dtype(dtype), B, 4, 4, B // blocks) == mode
+    net, x, h0, d_out, d_h = make_problem(rng, cell, num_layers=2, bidirectional=True, T=5, B=B,
                                           dtype=dtype)
     kw = reference_kwargs(net)
     (hh, cc), (dh, dc) = as_pair(h0), as_pair(d_h)

@@ -115,10 +115,13 @@ def test_a_float64_step_counts_twice_the_work_of_a_float32_one(split):
                                   [0, 16, 32, 50])
 
 
-@pytest.mark.parametrize("B", [1, 2, 7])
+@pytest.mark.parametrize("B, dot", [(1, "auto"), (2, "auto"), (7, "on"), (7, "off")])
 @pytest.mark.parametrize("cell,nonlinearity", CELL_CASES, ids=CELL_IDS)
 def test_every_cell_matches_the_batch_path_with_the_same_bits_on_any_thread_count(
-        split, cell, nonlinearity, B):
+        split, cell, nonlinearity, B, dot):
+    """B = 7 (three sequences a block) with each step's products as compiled dot products and
+    through the BLAS, whatever the machine would choose."""
+    split.setattr(config, "DOT_PRODUCTS", dot)
     rng = np.random.default_rng(7)
     net, x, h0, d_out, d_h = make_problem(rng, cell, nonlinearity=nonlinearity, T=9, B=B, I=5,
                                           N=50)

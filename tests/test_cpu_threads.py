@@ -188,11 +188,15 @@ def test_matmul_tn_splits_by_rows_where_the_output_is_large_against_k(monkeypatc
     assert kernels_run == []
 
 
+@pytest.mark.parametrize("dot", ["on", "off"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_one_block_products_skip_the_pool_with_the_same_bits(monkeypatch, kernels_run, dtype):
-    """Below the parallel work (small calls), matmul, matmul_tn and transpose call their one
-    block's kernel directly, not through a pool run: the same call, so the same bits."""
+def test_one_block_products_skip_the_pool_with_the_same_bits(monkeypatch, kernels_run, dtype,
+                                                             dot):
+    """Below the parallel work (small calls), matmul (BLAS, or compiled dot products),
+    matmul_tn and transpose call their one block's kernel directly, not through a pool run: the
+    same call, so the same bits."""
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 10**12)
+    monkeypatch.setattr(config, "DOT_PRODUCTS", dot)
     rng = np.random.default_rng(2)
     a = rng.standard_normal((70, 33)).astype(dtype)
     w = rng.standard_normal((40, 33)).astype(dtype)
@@ -200,7 +204,10 @@ def test_one_block_products_skip_the_pool_with_the_same_bits(monkeypatch, kernel
     # (without NumPy's BLAS, matmul_tn splits over K through the pool, one block or not)
     assert kernels_run == ([] if blas.numpy_blas_controlled() else [threads._tn_blocks])
     want = np.empty((70, 40), dtype), np.empty((33, 33), dtype), np.empty((33, 40), dtype)
-    threads.run_kernel(threads._dot_rows, (a, w.T, want[0]), 70, 1)
+    if dot == "on":  # the rows of w.T's transpose: w's own
+        threads.run_kernel(threads._gemm_rows, (a, w, want[0]), 70, 1)
+    else:
+        threads.run_kernel(threads._dot_rows, (a, w.T, want[0]), 70, 1)
     if blas.numpy_blas_controlled():
         threads.run_kernel(threads._tn_rows, (a, a, want[1]), 33, 1)
     else:
@@ -211,13 +218,15 @@ def test_one_block_products_skip_the_pool_with_the_same_bits(monkeypatch, kernel
     np.testing.assert_array_equal(got[2], w.T)
 
 
+@pytest.mark.parametrize("dot", ["on", "off"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matmul_on_blocks_gives_each_block_the_bits_of_its_own_product(monkeypatch,
-                                                                        kernels_run, dtype):
+                                                                        kernels_run, dtype, dot):
     """matmul with ``blocks`` (the input projection and the input's gradient, on the blocks of
     steps): one pool run for all blocks, each split by its own work, so its rows get the bits
     of that block's product alone (a checkpointed segment's), the bias added after it; the
-    same bits on one and two threads."""
+    same bits on one and two threads; through the BLAS or compiled dot products."""
+    monkeypatch.setattr(config, "DOT_PRODUCTS", dot)
     monkeypatch.setattr(config, "PARALLEL_BLOCKS", 2)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 40 * 33 * 24)  # 40 rows and up split
     rng = np.random.default_rng(3)
@@ -230,7 +239,8 @@ def test_matmul_on_blocks_gives_each_block_the_bits_of_its_own_product(monkeypat
         monkeypatch.setattr(config, "NUM_THREADS", n)
         kernels_run.clear()
         runs.append(threads.matmul(a, w.T, bias=bias, blocks=blocks))
-        assert kernels_run == [threads._dot_rows_bias]
+        assert kernels_run == [threads._gemm_rows_bias if dot == "on" else
+                               threads._dot_rows_bias]
     assert runs[0].tobytes() == runs[1].tobytes()
     for r0, r1 in zip(blocks[:-1], blocks[1:]):
         alone = threads.matmul(a[r0:r1], w.T) + bias

@@ -69,6 +69,10 @@ def test_noise_is_the_documented_stream_added_to_the_pre_activation(rng):
 
 
 def test_same_seed_same_bits_and_the_realisation_does_not_depend_on_batch_or_length(rng):
+    """The same seed, the same bits; sequence 0 alone gets the numbers it gets in a batch (its
+    states agree to rounding: a batch's step product may run in other loops than one
+    sequence's, compiled dot products against a matrix-vector product; another realisation
+    would move them by ~0.1)."""
     net = _tanh_net()
     x = rng.standard_normal((40, 3, 2))
     a, _ = net.forward(x, noise_std=0.5, seed=3)
@@ -76,7 +80,7 @@ def test_same_seed_same_bits_and_the_realisation_does_not_depend_on_batch_or_len
     c, _ = net.forward(x, noise_std=0.5, seed=4)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     first, _ = net.forward(x[:, :1], noise_std=0.5, seed=3)  # sequence 0 alone
-    assert np.array_equal(first[:, 0], a[:, 0])
+    assert_close(first[:, 0], a[:, 0], rtol=1e-13)
     prefix, _ = net.forward(x[:25], noise_std=0.5, seed=3)  # the first 25 steps
     assert np.array_equal(prefix, a[:25])
     # any range of steps alone, across a block boundary

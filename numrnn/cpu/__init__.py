@@ -9,7 +9,8 @@ from .threads import matmul, matmul_tn
 __all__ = ["forward", "backward", "coefficients", "recurrent_inputs", "recurrent_weight_grad",
            "matmul", "matmul_tn", "single_threaded", "describe"]
 
-_PRODUCTS = ("compiled loops", "BLAS gemm per step", "BLAS gemm per step, transposed")
+_PRODUCTS = ("compiled loops", "BLAS gemm per step", "BLAS gemm per step, transposed",
+             "compiled dot products (AVX-512)")
 
 
 def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtype=np.float32):
@@ -43,7 +44,10 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
         after every step, for small batches: see :func:`numrnn.cpu.recurrence.unit_blocks`),
         ``pieces`` and
         ``recurrent_product`` ("compiled loops", "BLAS gemm per step", "BLAS gemm per step,
-        transposed" or "BLAS per unit block").  ``split_min_step_work``: float32 multiply-adds per
+        transposed", "compiled dot products (AVX-512)", "BLAS per unit block" or "compiled dot
+        products per unit block (AVX-512)").  ``dot_products``: whether the recurrent products
+        of several sequences and the products over all steps run as compiled dot products
+        (``config.DOT_PRODUCTS``, :func:`numrnn.cpu.products.use_dot_products`).  ``split_min_step_work``: float32 multiply-adds per
         step from which a small batch's steps are split by units (a float64 one counts twice);
         ``split_max_rows`` and ``split_min_sequence_work``: the most sequences per block of the
         batch split, and the least work of one sequence's step, for which a larger batch is
@@ -59,7 +63,7 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
     'sequences'
     """
     from .. import config
-    from . import blas, recurrence, threads
+    from . import blas, products, recurrence, threads
 
     dtype = np.dtype(dtype)
     kernels = []
@@ -70,13 +74,16 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
         if edges is not None:
             kernels.append({"batch": int(batch), "hidden": int(hidden), "steps": int(steps),
                             "dtype": str(dtype), "split": "units", "pieces": len(edges) - 1,
-                            "recurrent_product": "BLAS per unit block"})
+                            "recurrent_product":
+                                "compiled dot products per unit block (AVX-512)"
+                                if batch > 1 and products.use_dot_products()
+                                else "BLAS per unit block"})
             continue
+        pieces = threads.pieces(batch, steps * batch * hidden * hidden)
+        mode = recurrence.product_mode(dtype, batch, hidden, hidden, batch // pieces)
         kernels.append({"batch": int(batch), "hidden": int(hidden), "steps": int(steps),
-                        "dtype": str(dtype), "split": "sequences",
-                        "pieces": threads.pieces(batch, steps * batch * hidden * hidden),
-                        "recurrent_product":
-                            _PRODUCTS[recurrence.product_mode(dtype, batch, hidden, hidden)]})
+                        "dtype": str(dtype), "split": "sequences", "pieces": pieces,
+                        "recurrent_product": _PRODUCTS[mode]})
     found = blas.libraries()
     return {"threads": threads.num_threads(), "parallel_blocks": threads.num_blocks(),
             "parallel_min_work": config.PARALLEL_MIN_WORK, "blas_min_work": config.BLAS_MIN_WORK,
@@ -84,6 +91,7 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
             "split_max_rows": config.SPLIT_MAX_ROWS,
             "split_min_sequence_work": config.SPLIT_MIN_SEQUENCE_WORK,
             "transposed_gemm_float32": config.TRANSPOSED_GEMM_FLOAT32,
+            "dot_products": products.use_dot_products(),
             "blas_thread_control": blas.can_limit_threads(), "blas_threads": blas.num_threads(),
             "numpy_blas_thread_control": blas.numpy_blas_controlled(),
             "blas_libraries": found, "blas_note": blas.vector_width_note(found),

@@ -1,14 +1,23 @@
-"""Products of a few vectors with a matrix: out = a @ m.T for a (k, n) with k small.
+"""Products out = a @ m.T as compiled dot products of rows, for few rows of a and for many.
 
 Each step of a Lyapunov, covariant-vector or tangent loop multiplies k tangent vectors by the
 recurrent matrix, (k, n) @ (n, m).  OpenBLAS runs these skinny products far below the core's
 speed: at n = m = 200 in float64 (one thread) a product of 2 to 16 rows took about as long as
 one of 16, several times its matrix-vector product's time.  :func:`times_transpose` instead
 forms each entry of out as a dot product of a row of ``a`` with a row of ``m`` (both
-contiguous), four rows of ``a`` against two rows of ``m`` at a time (eight running sums in
-vector registers: each loaded element feeds two or four multiply-adds), then pairs and single
-rows of ``a`` against four rows of ``m``.  The figures are in benchmarks/README.md
-("Skinny products and frame QRs compiled").
+contiguous): four rows of ``a`` against four rows of ``m`` at a time where the compiler targets
+AVX-512 (:data:`WIDE`: sixteen running sums in vector registers, each loaded element feeding
+four multiply-adds), else against two (eight sums: AVX2 has sixteen registers); then pairs and
+single rows of ``a`` against four rows of ``m``.  The figures are in benchmarks/README.md
+("Skinny products and frame QRs compiled", "Compiled dot products with AVX-512").
+
+With AVX-512 the same loops also beat OpenBLAS's AVX2 kernels (which it runs where
+OPENBLAS_CORETYPE says so, :mod:`numrnn.cpu.blas`) on the recurrent product of each step of a
+batch (:func:`numrnn.cpu.recurrence.product_mode`) and, in blocks that stay in a core's L2
+(:func:`gemm_nt`), on the products over all steps (:func:`numrnn.cpu.threads.matmul`: the input
+projection and the input's gradient).  ``config.DOT_PRODUCTS`` governs those two uses
+(:func:`use_dot_products`); :func:`product_t`, inside the compiled analysis loops, follows
+:data:`WIDE` alone.
 
 :func:`reflect_rows` applies a Householder reflector to the rows of a frame-major matrix the
 same way (the dot products of four rows with the reflector in one pass, then their updates in
@@ -18,14 +27,19 @@ Reassociation and contraction are allowed in these loops alone (``REDUCTION_FLAG
 compiler may split each dot product into vector-wide partial sums and fuse multiply-adds, which
 is what the BLAS does to the same sums.  Neither flag lets it assume finite values, so NaN and
 inf propagate as in IEEE arithmetic (``config.FASTMATH`` still governs the rest of numrnn).  The
-bits of an entry depend on the loop its row of ``a`` falls in (a group of four, a pair or a
-single row), so on k; never on threads.  Every loop indexes from a non-negative offset
+bits of an entry depend on the loop its rows fall in (a group of four rows of ``a``, a pair or a
+single row; a group of rows of ``m`` or the last few), so on the shapes, the blocks and
+:data:`WIDE`; never on threads.  Every loop indexes from a non-negative offset
 (``max(., 0)``): where LLVM cannot see that an index is not negative, Numba's wraparound check
 keeps the loop scalar.
 """
 import numpy as np
 from numba import njit, types
-from numba.extending import overload
+from numba.core import config as numba_config
+from numba.extending import overload, register_jitable
+
+from .. import config
+from . import blas
 
 #: Rows of ``a`` up to which :func:`product_t` runs the compiled loops rather than the BLAS
 #: (float64 only): the two were level at 32 rows (benchmarks/bench_products.py).
@@ -33,57 +47,147 @@ SMALL_ROWS = 16
 
 #: The fastmath flags of these loops (see the module's docstring).
 REDUCTION_FLAGS = frozenset({"reassoc", "contract"})
-_JIT = dict(cache=True, nogil=True, fastmath=set(REDUCTION_FLAGS))
+_JIT = dict(cache=True, nogil=True, fastmath=set(REDUCTION_FLAGS), error_model="numpy")
+
+#: Bytes of the rows of m that one pass over the groups of rows of a reads (128 KiB: with a's
+#: rows they stay in a core's L2 while every group of a passes over them).
+CHUNK_BYTES = 1 << 17
+
+#: The blocks of :func:`gemm_nt`: columns (the depth of the sums), rows of a, rows of m.  One
+#: thread of a Zen 5 core, float64 and float32, a (3200, 512) times m (512 or 2048, 512) and
+#: (3200, 2048) times (512, 2048): (512, 128, 64) ran at 66-84 and 126-177 GFLOP/s, (256, 128,
+#: 64) at 46-75 and 118-142; OpenBLAS's AVX2 gemm at 55-57 and 106-114.
+GEMM_BLOCKS = (512, 128, 64)
+
+
+def _target_has_avx512():
+    """Whether Numba compiles for AVX-512 (NUMBA_CPU_FEATURES when set, else the host's)."""
+    features = numba_config.CPU_FEATURES
+    if features is None:
+        return blas._cpu_has_avx512()
+    return "+avx512f" in features.split(",")
+
+
+#: Whether the compiler's target has AVX-512's 32 vector registers.  Then :func:`times_transpose`
+#: takes four rows of m at a time against a group of four rows of a (sixteen running sums, four
+#: vectors of each operand in registers: each loaded element feeds four multiply-adds), else two
+#: (eight sums: sixteen AVX2 registers hold no more).  Measured one thread on a Zen 5 core,
+#: float64 16 x 512 x 512: 91 us against 115 for two rows at a time and 211-222 for OpenBLAS's
+#: AVX2 gemm; the same code compiled for AVX2 (NUMBA_CPU_FEATURES) took 283 us against 199 for
+#: two rows at a time (benchmarks/README.md, "Skinny products with AVX-512").  A constant of
+#: the compiled code, like the instruction set it is compiled for (Numba's cache keys on it).
+WIDE = _target_has_avx512()
+
+
+@register_jitable(inline="always")
+def _put(row, i, value, add):
+    """row[i] = value, or row[i] += value (the blocks of K after the first)."""
+    if add:
+        row[i] += value
+    else:
+        row[i] = value
+
+
+@register_jitable(inline="always")
+def _put4(row, i, v0, v1, v2, v3, add):
+    """row[i:i+4] (+)= v0, v1, v2, v3."""
+    _put(row, i, v0, add)
+    _put(row, i + 1, v1, add)
+    _put(row, i + 2, v2, add)
+    _put(row, i + 3, v3, add)
 
 
 @njit(**_JIT)
-def _four(a, c, m, out):
-    """out[c:c+4] = a[c:c+4] @ m.T, two rows of m at a time."""
+def _four(a, c, m, i0, i1, k0, k1, out, zero, add):
+    """out[c:c+4, i0:i1] (+)= a[c:c+4, k0:k1] @ m[i0:i1, k0:k1].T: four rows of m at a time with
+    AVX-512's registers (:data:`WIDE`), else two; then single rows."""
     a0, a1, a2, a3 = a[c], a[c + 1], a[c + 2], a[c + 3]
     o0, o1, o2, o3 = out[c], out[c + 1], out[c + 2], out[c + 3]
-    n = a.shape[1]
-    n_out = m.shape[0]
-    i = 0
-    while i + 1 < n_out:
-        u, v = m[i], m[i + 1]
-        s0 = s1 = s2 = s3 = 0.0
-        t0 = t1 = t2 = t3 = 0.0
-        for j in range(n):
-            s0 += u[j] * a0[j]
-            s1 += u[j] * a1[j]
-            s2 += u[j] * a2[j]
-            s3 += u[j] * a3[j]
-            t0 += v[j] * a0[j]
-            t1 += v[j] * a1[j]
-            t2 += v[j] * a2[j]
-            t3 += v[j] * a3[j]
-        o0[i], o1[i], o2[i], o3[i] = s0, s1, s2, s3
-        o0[i + 1], o1[i + 1], o2[i + 1], o3[i + 1] = t0, t1, t2, t3
-        i += 2
-    if i < n_out:
+    k0 = max(k0, 0)
+    n = k1 - k0
+    i = i0
+    if WIDE:
+        while i + 3 < i1:
+            u0, u1, u2, u3 = m[i], m[i + 1], m[i + 2], m[i + 3]
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+            for jj in range(n):
+                j = k0 + jj
+                x0, x1, x2, x3 = a0[j], a1[j], a2[j], a3[j]
+                y0, y1, y2, y3 = u0[j], u1[j], u2[j], u3[j]
+                s00 += x0 * y0
+                s01 += x0 * y1
+                s02 += x0 * y2
+                s03 += x0 * y3
+                s10 += x1 * y0
+                s11 += x1 * y1
+                s12 += x1 * y2
+                s13 += x1 * y3
+                s20 += x2 * y0
+                s21 += x2 * y1
+                s22 += x2 * y2
+                s23 += x2 * y3
+                s30 += x3 * y0
+                s31 += x3 * y1
+                s32 += x3 * y2
+                s33 += x3 * y3
+            _put4(o0, i, s00, s01, s02, s03, add)
+            _put4(o1, i, s10, s11, s12, s13, add)
+            _put4(o2, i, s20, s21, s22, s23, add)
+            _put4(o3, i, s30, s31, s32, s33, add)
+            i += 4
+    else:
+        while i + 1 < i1:
+            u, v = m[i], m[i + 1]
+            s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = zero
+            for jj in range(n):
+                j = k0 + jj
+                s0 += u[j] * a0[j]
+                s1 += u[j] * a1[j]
+                s2 += u[j] * a2[j]
+                s3 += u[j] * a3[j]
+                t0 += v[j] * a0[j]
+                t1 += v[j] * a1[j]
+                t2 += v[j] * a2[j]
+                t3 += v[j] * a3[j]
+            _put(o0, i, s0, add)
+            _put(o1, i, s1, add)
+            _put(o2, i, s2, add)
+            _put(o3, i, s3, add)
+            _put(o0, i + 1, t0, add)
+            _put(o1, i + 1, t1, add)
+            _put(o2, i + 1, t2, add)
+            _put(o3, i + 1, t3, add)
+            i += 2
+    while i < i1:
         u = m[i]
-        s0 = s1 = s2 = s3 = 0.0
-        for j in range(n):
+        s0 = s1 = s2 = s3 = zero
+        for jj in range(n):
+            j = k0 + jj
             s0 += u[j] * a0[j]
             s1 += u[j] * a1[j]
             s2 += u[j] * a2[j]
             s3 += u[j] * a3[j]
-        o0[i], o1[i], o2[i], o3[i] = s0, s1, s2, s3
+        _put(o0, i, s0, add)
+        _put(o1, i, s1, add)
+        _put(o2, i, s2, add)
+        _put(o3, i, s3, add)
+        i += 1
 
 
 @njit(**_JIT)
-def _two(a, c, m, out):
-    """out[c:c+2] = a[c:c+2] @ m.T, four rows of m at a time."""
+def _two(a, c, m, i0, i1, k0, k1, out, zero, add):
+    """out[c:c+2, i0:i1] (+)= a[c:c+2, k0:k1] @ m[i0:i1, k0:k1].T, four rows of m at a time."""
     a0, a1 = a[c], a[c + 1]
     o0, o1 = out[c], out[c + 1]
-    n = a.shape[1]
-    n_out = m.shape[0]
-    i = 0
-    while i + 3 < n_out:
+    k0 = max(k0, 0)
+    n = k1 - k0
+    i = i0
+    while i + 3 < i1:
         u0, u1, u2, u3 = m[i], m[i + 1], m[i + 2], m[i + 3]
-        s0 = s1 = s2 = s3 = 0.0
-        t0 = t1 = t2 = t3 = 0.0
-        for j in range(n):
+        s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = zero
+        for jj in range(n):
+            j = k0 + jj
             s0 += u0[j] * a0[j]
             s1 += u1[j] * a0[j]
             s2 += u2[j] * a0[j]
@@ -92,69 +196,118 @@ def _two(a, c, m, out):
             t1 += u1[j] * a1[j]
             t2 += u2[j] * a1[j]
             t3 += u3[j] * a1[j]
-        o0[i], o0[i + 1], o0[i + 2], o0[i + 3] = s0, s1, s2, s3
-        o1[i], o1[i + 1], o1[i + 2], o1[i + 3] = t0, t1, t2, t3
+        _put4(o0, i, s0, s1, s2, s3, add)
+        _put4(o1, i, t0, t1, t2, t3, add)
         i += 4
-    while i < n_out:
+    while i < i1:
         u = m[i]
-        s0 = s1 = 0.0
-        for j in range(n):
+        s0 = s1 = zero
+        for jj in range(n):
+            j = k0 + jj
             s0 += u[j] * a0[j]
             s1 += u[j] * a1[j]
-        o0[i], o1[i] = s0, s1
+        _put(o0, i, s0, add)
+        _put(o1, i, s1, add)
         i += 1
 
 
 @njit(**_JIT)
-def _one(a, c, m, out):
-    """out[c] = m @ a[c], four rows of m at a time."""
+def _one(a, c, m, i0, i1, k0, k1, out, zero, add):
+    """out[c, i0:i1] (+)= m[i0:i1, k0:k1] @ a[c, k0:k1], four rows of m at a time."""
     a0 = a[c]
     o0 = out[c]
-    n = a.shape[1]
-    n_out = m.shape[0]
-    i = 0
-    while i + 3 < n_out:
+    k0 = max(k0, 0)
+    n = k1 - k0
+    i = i0
+    while i + 3 < i1:
         u0, u1, u2, u3 = m[i], m[i + 1], m[i + 2], m[i + 3]
-        s0 = s1 = s2 = s3 = 0.0
-        for j in range(n):
+        s0 = s1 = s2 = s3 = zero
+        for jj in range(n):
+            j = k0 + jj
             x = a0[j]
             s0 += u0[j] * x
             s1 += u1[j] * x
             s2 += u2[j] * x
             s3 += u3[j] * x
-        o0[i], o0[i + 1], o0[i + 2], o0[i + 3] = s0, s1, s2, s3
+        _put4(o0, i, s0, s1, s2, s3, add)
         i += 4
-    while i < n_out:
+    while i < i1:
         u = m[i]
-        s0 = 0.0
-        for j in range(n):
+        s0 = zero
+        for jj in range(n):
+            j = k0 + jj
             s0 += u[j] * a0[j]
-        o0[i] = s0
+        _put(o0, i, s0, add)
         i += 1
 
 
 @njit(**_JIT)
+def _blocked(a, m, out, kc, mc, nc):
+    """out = a @ m.T in blocks: ``kc`` columns of a and m (the products of later blocks added
+    to out in order), ``mc`` rows of a, ``nc`` rows of m (``mc`` and ``nc`` multiples of 4);
+    inside, groups of four rows of a, then a pair, then a single row, each against the rows of
+    m (:func:`_four`, :func:`_two`, :func:`_one`).  An entry's loops, so its bits, depend on
+    the shapes, the block sizes and :data:`WIDE` alone."""
+    zero = out.dtype.type(0)
+    k, n = a.shape
+    n_out = m.shape[0]
+    if n == 0:
+        out[:, :] = zero
+        return
+    for k0 in range(0, n, kc):
+        k1 = min(k0 + kc, n)
+        add = k0 > 0
+        for r0 in range(0, k, mc):
+            r1 = min(r0 + mc, k)
+            for i0 in range(0, n_out, nc):
+                i1 = min(i0 + nc, n_out)
+                c = r0
+                while r1 - c >= 4:
+                    _four(a, c, m, i0, i1, k0, k1, out, zero, add)
+                    c += 4
+                if r1 - c >= 2:
+                    _two(a, c, m, i0, i1, k0, k1, out, zero, add)
+                    c += 2
+                if r1 - c == 1:
+                    _one(a, c, m, i0, i1, k0, k1, out, zero, add)
+
+
+@njit(**_JIT)
 def times_transpose(a, m, out):
-    """out = a @ m.T by compiled loops: a (k, n), m (n_out, n), out (k, n_out), float64,
-    C-contiguous rows; out distinct from both."""
-    k = a.shape[0]
-    c = 0
-    while k - c >= 4:
-        _four(a, c, m, out)
-        c += 4
-    if k - c >= 2:
-        _two(a, c, m, out)
-        c += 2
-    if k - c == 1:
-        _one(a, c, m, out)
+    """out = a @ m.T by compiled loops: a (k, n), m (n_out, n), out (k, n_out), one float dtype,
+    rows of a and m contiguous (out's rows may be strided); out distinct from both.  For a few
+    rows of a (a step's product): rows of m in chunks of :data:`CHUNK_BYTES`, each passed over
+    by all of a (:func:`_blocked` over the whole of n and of a)."""
+    k, n = a.shape
+    chunk = max(4, CHUNK_BYTES // max(n * a.itemsize, 1) // 4 * 4)
+    _blocked(a, m, out, max(n, 1), max(k + 4 - k % 4, 4), chunk)
+
+
+@njit(**_JIT)
+def gemm_nt(a, m, out):
+    """out = a @ m.T as :func:`times_transpose`, for any number of rows of a (the products over
+    all steps): blocks of :data:`GEMM_BLOCKS` (depth, rows of a, rows of m) that stay in a
+    core's L2."""
+    _blocked(a, m, out, GEMM_BLOCKS[0], GEMM_BLOCKS[1], GEMM_BLOCKS[2])
+
+
+def use_dot_products():
+    """Whether the products run as compiled dot products here (``config.DOT_PRODUCTS``: "auto"
+    where Numba compiles for AVX-512, :data:`WIDE`)."""
+    use = config.DOT_PRODUCTS
+    if use not in ("auto", "on", "off"):
+        raise ValueError(f"config.DOT_PRODUCTS (NUMRNN_DOT_PRODUCTS): expected 'auto', 'on' or "
+                         f"'off', got {use!r}")
+    return use == "on" or (use == "auto" and WIDE)
 
 
 def product_t(a, m, m_t, out):
     """out = a @ m.T, given m (n_out, n), C-contiguous, and its transpose m_t (n, n_out), a copy
-    or a view: :func:`times_transpose` where a, m and out are float64 and a has at most
-    SMALL_ROWS rows, else the BLAS (np.dot(a, m_t, out)).  Called from compiled code (the dtype
-    test is made when it compiles)."""
-    if a.dtype == np.float64 and a.shape[0] <= SMALL_ROWS:
+    or a view: :func:`times_transpose` where the compiler targets AVX-512 (:data:`WIDE`), or
+    where a, m and out are float64 and a has at most SMALL_ROWS rows; else the BLAS
+    (np.dot(a, m_t, out)).  Called from compiled code (the tests are made when it compiles;
+    ``config.DOT_PRODUCTS`` does not reach them)."""
+    if WIDE or (a.dtype == np.float64 and a.shape[0] <= SMALL_ROWS):
         times_transpose(a, m, out)
     else:
         np.dot(a, m_t, out)
@@ -162,6 +315,10 @@ def product_t(a, m, m_t, out):
 
 @overload(product_t, jit_options=dict(nogil=True))
 def _product_t(a, m, m_t, out):
+    if WIDE and a.dtype == m.dtype == out.dtype:
+        def compiled(a, m, m_t, out):
+            times_transpose(a, m, out)
+        return compiled
     if a.dtype == m.dtype == out.dtype == types.float64:
         def small_or_blas(a, m, m_t, out):
             if a.shape[0] <= SMALL_ROWS:

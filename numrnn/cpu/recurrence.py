@@ -25,7 +25,7 @@ from numba.extending import intrinsic, register_jitable
 from .. import config, norms
 from ..cells import codegen
 from ..cells.twins import Twins
-from . import blas, elementary, scratch, sync, threads
+from . import blas, elementary, products, scratch, sync, threads
 
 # error_model="numpy": a float division is IEEE (no zero check that would keep loops scalar).
 _JIT = dict(cache=True, fastmath=config.FASTMATH, nogil=True, error_model="numpy")
@@ -296,6 +296,8 @@ def _make_projection(fingerprint):
         makes anyway).  Mode 2 exists for OpenBLAS in float32 with few rows (a thread's share of
         the batch): there it runs at 42-64 GFLOP/s against 24-32 for the direct form (nb = 16,
         N, G*N in 128..2048, 2-core EPYC); in float64 the two forms run at the same speed.
+        3: compiled dot products of rows of r with rows of M
+        (:func:`numrnn.cpu.products.times_transpose`), for AVX-512 (:func:`product_mode`).
         """
         fingerprint  # noqa: B018 - in the cache key
         nb, GN = hp.shape
@@ -318,7 +320,10 @@ def _make_projection(fingerprint):
                 for q in range(GN):
                     row[q] = hp_t[q, i] + b_hh[q]
             return
-        _matmul(r, w_hh_t, hp, mode == 1)
+        if mode == 3:
+            products.times_transpose(r, w_hh, hp)
+        else:
+            _matmul(r, w_hh_t, hp, mode == 1)
         for i in range(nb):
             row = hp[i]
             for q in range(GN):
@@ -332,7 +337,8 @@ def _make_pullback(fingerprint):
         """carry += the pullback of dg (nb, G*N), the cotangent of the recurrent projection,
         through M and the read of the states, for the rows b0 <= b < b0 + nb of one step.
 
-        ``mode`` as in the projection (mode 2: dgᵀ into ``dg_t``, Mᵀ dgᵀ into ``tmp_t``).
+        ``mode`` as in the projection (mode 2: dgᵀ into ``dg_t``, Mᵀ dgᵀ into ``tmp_t``; mode 3:
+        dot products of rows of dg with rows of Mᵀ).
         """
         fingerprint  # noqa: B018 - in the cache key
         nb, N = carry0.shape
@@ -347,6 +353,8 @@ def _make_pullback(fingerprint):
                 row = tmp[i]
                 for k in range(RN):
                     row[k] = tmp_t[k, i]
+        elif mode == 3:
+            products.times_transpose(dg, w_hh_t, tmp)
         else:
             _matmul(dg, w_hh, tmp, mode == 1)
         for i in range(nb):
@@ -479,14 +487,18 @@ def _make_backward(fingerprint):
 
 
 @register_jitable(**_FORCED)
-def _rows_product(r, w_hh, c0, c1, b_hh, hp, rec_t, hp_t):
+def _rows_product(r, w_hh, c0, c1, b_hh, hp, rec_t, hp_t, dot):
     """hp[:, c0:c1] = r M[c0:c1]ᵀ + b_hh[c0:c1] for every row of r (nb, R*N): a block of rows of
     the step's recurrent product, through BLAS (gemv for one row; for several, gemm on the
-    transposes, rec_t = rᵀ).  Compiled loops over a block's rows measured 1.7x slower than gemv
-    here (B = 1, N = 128, 64-row blocks), where over whole rows they are level with it."""
+    transposes, rec_t = rᵀ), or for several rows with ``dot`` compiled dot products
+    (:func:`numrnn.cpu.products.times_transpose`).  Compiled loops over a block's rows
+    measured 1.7x slower than gemv here (B = 1, N = 128, 64-row blocks), where over whole rows
+    they are level with it."""
     nb = r.shape[0]
     if nb == 1:
         np.dot(w_hh[c0:c1], r[0], hp[0, c0:c1])
+    elif dot:
+        products.times_transpose(r, w_hh[c0:c1], hp[:, c0:c1])
     else:
         out = hp_t[:c1 - c0]
         np.dot(w_hh[c0:c1], rec_t, out)
@@ -501,12 +513,16 @@ def _rows_product(r, w_hh, c0, c1, b_hh, hp, rec_t, hp_t):
 
 
 @register_jitable(**_FORCED)
-def _rows_pullback(dg, w_hh_t, k0, k1, tmp, dg_t, tmp_t):
+def _rows_pullback(dg, w_hh_t, k0, k1, tmp, dg_t, tmp_t, dot):
     """tmp[:, k0:k1] = dg M[:, k0:k1] for every row of dg (nb, G*N): a block of columns of the
-    pullback through the step's recurrent product (rows k0..k1 of Mᵀ; dg_t = dgᵀ)."""
+    pullback through the step's recurrent product (rows k0..k1 of Mᵀ; dg_t = dgᵀ; ``dot`` as
+    in :func:`_rows_product`)."""
     nb = dg.shape[0]
     if nb == 1:
         np.dot(w_hh_t[k0:k1], dg[0], tmp[0, k0:k1])
+        return
+    if dot:
+        products.times_transpose(dg, w_hh_t[k0:k1], tmp[:, k0:k1])
         return
     out = tmp_t[:k1 - k0]
     np.dot(w_hh_t[k0:k1], dg_t, out)
@@ -518,12 +534,13 @@ def _rows_pullback(dg, w_hh_t, k0, k1, tmp, dg_t, tmp_t):
 
 def _make_forward_split(fingerprint):
     def _forward_split_kernel(opts, one, xp, w_hh, b_hh, h0, c0, reverse, out_h, out_c, aux,
-                              bad, edges, flags, me, n_threads):
+                              bad, edges, dot, flags, me, n_threads):
         """Forward recurrence of one layer and direction, every sequence, the units of thread
         ``me`` of ``n_threads``: unit blocks [edges[k], edges[k+1]) for k in its share.
 
         Arguments as :func:`_forward_kernel`'s, except: ``bad`` (n_blocks, B): the first step,
         in running order, at which a unit of the block held a NaN or inf (-1: never);
+        ``dot``: several sequences' products as compiled dot products (:func:`_rows_product`);
         ``flags``: the barrier's (:mod:`numrnn.cpu.sync`), zero at the start.
         """
         fingerprint  # noqa: B018 - in the cache key
@@ -555,7 +572,7 @@ def _make_forward_split(fingerprint):
                 for b in range(B):
                     read_row(p0[b], p1[b], N, rec[b], opts, one)
                 r = rec
-            if B > 1:
+            if B > 1 and not dot:
                 for b in range(B):
                     rb = r[b]
                     for k in range(RN):
@@ -564,7 +581,8 @@ def _make_forward_split(fingerprint):
             for blk in range(k_lo, k_hi):
                 j0, j1 = edges[blk], edges[blk + 1]
                 for g in range(G):
-                    _rows_product(r, w_hh, g * N + j0, g * N + j1, b_hh, hp, rec_t, hp_t)
+                    _rows_product(r, w_hh, g * N + j0, g * N + j1, b_hh, hp, rec_t, hp_t,
+                                  dot)
                 for b in range(B):
                     ohb = out_h[t, b]
                     _previous(p0[b], p1[b], j0, j1, prev, TWO_STATES)
@@ -581,7 +599,8 @@ def _make_forward_split(fingerprint):
 def _make_backward_split(fingerprint):
     def _backward_split_kernel(opts, one, w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out,
                                dh_n, dc_n, reverse, truncate, dxp, dhp, dh0, dc0,
-                               squares, norms, carry, carry_c, edges, flags, me, n_threads):
+                               squares, norms, carry, carry_c, edges, dot, flags, me,
+                               n_threads):
         """BPTT of one layer and direction, every sequence, the units of thread ``me`` (see
         :func:`_forward_split_kernel`); arguments as :func:`_backward_kernel`'s, except:
         ``squares``, ``norms`` (T, B, n_blocks) float64: per unit block, the sum of squares of
@@ -649,14 +668,15 @@ def _make_backward_split(fingerprint):
             phase += 1
             sync.arrive_and_wait(flags, me, n_threads, phase)
             dg = dhp[t]
-            if B > 1:
+            if B > 1 and not dot:
                 for b in range(B):
                     for q in range(GN):
                         dg_t[q, b] = dg[b, q]
             for blk in range(k_lo, k_hi):
                 j0, j1 = edges[blk], edges[blk + 1]
                 for q in range(R):
-                    _rows_pullback(dg, w_hh_t, q * N + j0, q * N + j1, tmp, dg_t, tmp_t)
+                    _rows_pullback(dg, w_hh_t, q * N + j0, q * N + j1, tmp, dg_t, tmp_t,
+                                   dot)
                 for b in range(B):
                     read_pullback_row(tmp[b, j0:], p0[b, j0:], p1[b, j0:], N, j1 - j0,
                                       carry[b, j0:], carry_c[b, j0:], opts, one)
@@ -786,9 +806,20 @@ def options_array(cell, options, dtype):
     return np.array([options[k] for k in cell.options], dtype=dtype)
 
 
-def product_mode(dtype, batch, n_in, n_out):
+def product_mode(dtype, batch, n_in, n_out, rows=None):
     """How the recurrent product of a step runs: 0 compiled loops, 1 BLAS gemm, 2 BLAS gemm on
-    the transposes (see :func:`_make_projection`)."""
+    the transposes, 3 compiled dot products (see :func:`_make_projection`).
+
+    Mode 3 where every block of the batch split holds at least two sequences (``rows``: the
+    fewest a block holds; default ``batch``) and ``config.DOT_PRODUCTS`` says so: "auto" where
+    Numba compiles for AVX-512 (:data:`numrnn.cpu.products.WIDE`).  On a Zen 5 core, one
+    thread, 16 rows, it took 0.4-0.5 of the time of OpenBLAS's AVX2 gemm (float64 and float32,
+    N = 128-512, G*N up to 2048) and 0.8 of the compiled loops' at N = 32; at one row, level
+    with gemv (benchmarks/README.md, "Skinny products with AVX-512").
+    """
+    rows = batch if rows is None else rows
+    if rows >= 2 and products.use_dot_products():
+        return 3
     if batch * n_in * n_out < config.BLAS_MIN_WORK:
         return 0
     return 2 if dtype == np.float32 and config.TRANSPOSED_GEMM_FLOAT32 else 1
@@ -934,18 +965,19 @@ def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, steps=None):
     if edges is not None:
         bad_blocks = np.full((len(edges) - 1, B), -1, np.int64)
         head = (opts, dtype.type(1), xp, w_hh, b_hh, h0, c0, bool(reverse), out_h, out_c, aux,
-                bad_blocks, edges)
+                bad_blocks, edges, B > 1 and products.use_dot_products())
         threads.together(k.forward_split, head,
                          threads.split_threads(k.forward_split, dtype, len(edges) - 1))
         _first_step(bad_blocks, bool(reverse), T, bad)
         return out_h, out_c, aux, bad
-    mode = product_mode(dtype, B, RN, GN)
+    work = (steps or T) * B * RN * GN
+    pieces = threads.pieces(B, work)
+    mode = product_mode(dtype, B, RN, GN, B // pieces)
     # Mᵀ only where the product reads it (modes 0 and 1; an empty stand-in otherwise)
-    w_hh_t = threads.transpose(w_hh) if mode != 2 else np.empty((RN, 0), dtype)
+    w_hh_t = threads.transpose(w_hh) if mode in (0, 1) else np.empty((RN, 0), dtype)
     args = (opts, dtype.type(1), xp, w_hh_t, w_hh, b_hh, h0, c0, bool(reverse), mode, out_h,
             out_c, aux, bad)
-    work = (steps or T) * B * RN * GN
-    threads.run_kernel(k.forward, args, B, threads.pieces(B, work))
+    threads.run_kernel(k.forward, args, B, pieces)
     return out_h, out_c, aux, bad
 
 
@@ -980,9 +1012,12 @@ def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, rev
     bad.fill(-1)
     w_hh = np.ascontiguousarray(w_hh)
     edges = unit_blocks(B, N, RN, GN, steps or T, dtype)
-    mode = product_mode(dtype, B, GN, RN)
-    # Mᵀ only where the pullback reads it (the split, mode 2; an empty stand-in otherwise)
-    w_hh_t = (threads.transpose(w_hh) if edges is not None or mode == 2
+    work = (steps or T) * B * RN * GN
+    pieces = threads.pieces(B, work)
+    mode = product_mode(dtype, B, GN, RN, B // pieces)
+    # Mᵀ only where the pullback reads it (the split, modes 2 and 3; an empty stand-in
+    # otherwise)
+    w_hh_t = (threads.transpose(w_hh) if edges is not None or mode in (2, 3)
               else np.empty((RN, 0), dtype))
     if edges is not None:
         n_blocks = len(edges) - 1
@@ -990,7 +1025,8 @@ def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, rev
         block_norms = scratch.empty((T, B, n_blocks), np.float64)
         head = (opts, dtype.type(1), w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out, dh_n,
                 dc_n, bool(reverse), int(truncate or 0), dxp, dhp, dh0, dc0, squares,
-                block_norms, np.empty((B, N), dtype), np.empty((B, N), dtype), edges)
+                block_norms, np.empty((B, N), dtype), np.empty((B, N), dtype), edges,
+                B > 1 and products.use_dot_products())
         threads.together(k.backward_split, head,
                          threads.split_threads(k.backward_split, dtype, n_blocks))
         _combine_norms(squares, block_norms, bool(reverse), norm, bad)
@@ -998,8 +1034,7 @@ def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, rev
     args = (opts, dtype.type(1), w_hh, w_hh_t, h0,
             c0, out_h, out_c, aux, d_out, dh_n, dc_n, bool(reverse), int(truncate or 0),
             mode, dxp, dhp, dh0, dc0, norm, bad)
-    work = (steps or T) * B * RN * GN
-    threads.run_kernel(k.backward, args, B, threads.pieces(B, work))
+    threads.run_kernel(k.backward, args, B, pieces)
     return dxp, dhp, dh0, dc0, norm, bad
 
 

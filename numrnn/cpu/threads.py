@@ -51,7 +51,7 @@ from numba import njit
 from numba import types as nb_types
 
 from .. import config
-from . import blas, scratch, sync
+from . import blas, products, scratch, sync
 
 _pool = None  # the _Worker threads, grown on demand
 _pool_lock = threading.Lock()  # held by the one run using the pool
@@ -662,9 +662,8 @@ def _dot_into(a, b, out):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _dot_rows_bias(a, b, bias, out, r0, r1):
-    """out[r0:r1] = a[r0:r1] @ b + bias (bias: one entry per column of b)."""
-    np.dot(a[r0:r1], b, out[r0:r1])
+def _add_bias(out, bias, r0, r1):
+    """out[r0:r1] += bias (one entry per column)."""
     p = out.shape[1]
     for i in range(r0, r1):
         row = out[i]
@@ -672,10 +671,42 @@ def _dot_rows_bias(a, b, bias, out, r0, r1):
             row[q] += bias[q]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _dot_rows_bias(a, b, bias, out, r0, r1):
+    """out[r0:r1] = a[r0:r1] @ b + bias (bias: one entry per column of b)."""
+    np.dot(a[r0:r1], b, out[r0:r1])
+    _add_bias(out, bias, r0, r1)
+
+
 @njit(cache=True, nogil=True)
 def _dot_bias_into(a, b, bias, out):
     """:func:`_dot_rows_bias` over all rows, without a pool run."""
     _dot_rows_bias(a, b, bias, out, 0, a.shape[0])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _gemm_rows(a, m, out, r0, r1):
+    """out[r0:r1] = a[r0:r1] @ m.T by compiled dot products (:func:`products.gemm_nt`)."""
+    products.gemm_nt(a[r0:r1], m, out[r0:r1])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _gemm_rows_bias(a, m, bias, out, r0, r1):
+    """out[r0:r1] = a[r0:r1] @ m.T + bias by compiled dot products."""
+    products.gemm_nt(a[r0:r1], m, out[r0:r1])
+    _add_bias(out, bias, r0, r1)
+
+
+@njit(cache=True, nogil=True)
+def _gemm_into(a, m, out):
+    """:func:`_gemm_rows` over all rows, without a pool run."""
+    _gemm_rows(a, m, out, 0, a.shape[0])
+
+
+@njit(cache=True, nogil=True)
+def _gemm_bias_into(a, m, bias, out):
+    """:func:`_gemm_rows_bias` over all rows, without a pool run."""
+    _gemm_rows_bias(a, m, bias, out, 0, a.shape[0])
 
 
 _ROW_EDGES = {}
@@ -711,13 +742,29 @@ def matmul(a, b, out=None, bias=None, blocks=None):
     all blocks run in one pool run.
 
     ``b`` may be C- or Fortran-contiguous (a weight's transpose ``w.T`` goes to the BLAS as a
-    transposed operand: copying it cost 3-7 ms per call for a 2048 x 512 LSTM weight)."""
+    transposed operand: copying it cost 3-7 ms per call for a 2048 x 512 LSTM weight).
+
+    Where the products run as compiled dot products (:func:`products.use_dot_products`:
+    AVX-512), each block is :func:`products.gemm_nt` with the rows of ``b.T`` (a view of a
+    weight's transpose ``w.T``, else a transposed copy)."""
     if out is None:
         out = scratch.empty((a.shape[0], b.shape[1]), a.dtype)
     a = np.ascontiguousarray(a)
     if not (b.flags.c_contiguous or b.flags.f_contiguous):
         b = np.ascontiguousarray(b)
     edges = _row_edges((0, a.shape[0]) if blocks is None else blocks, a.shape[1] * b.shape[1])
+    if products.use_dot_products() and a.dtype == b.dtype and a.dtype.kind == "f":
+        m = b.T if b.flags.f_contiguous else transpose(b)
+        if len(edges) == 2:
+            if bias is None:
+                _gemm_into(a, m, out)
+            else:
+                _gemm_bias_into(a, m, bias, out)
+        elif bias is None:
+            run_kernel(_gemm_rows, (a, m, out), 0, 0, edges)
+        else:
+            run_kernel(_gemm_rows_bias, (a, m, bias, out), 0, 0, edges)
+        return out
     with blas.single_threaded():
         if len(edges) == 2:  # the one block's call itself (the same product): no pool run
             if bias is None:
