@@ -754,27 +754,25 @@ def matmul(a, b, out=None, bias=None, blocks=None):
         b = np.ascontiguousarray(b)
     edges = _row_edges((0, a.shape[0]) if blocks is None else blocks, a.shape[1] * b.shape[1])
     if products.use_dot_products() and a.dtype == b.dtype and a.dtype.kind == "f":
-        m = b.T if b.flags.f_contiguous else transpose(b)
-        if len(edges) == 2:
-            if bias is None:
-                _gemm_into(a, m, out)
-            else:
-                _gemm_bias_into(a, m, bias, out)
-        elif bias is None:
-            run_kernel(_gemm_rows, (a, m, out), 0, 0, edges)
-        else:
-            run_kernel(_gemm_rows_bias, (a, m, bias, out), 0, 0, edges)
-        return out
-    with blas.single_threaded():
+        # the rows of b.T: a weight's own for its transpose w.T, else a transposed copy
+        operand = b.T if b.flags.f_contiguous else transpose(b)
+        kernels = _gemm_into, _gemm_bias_into, _gemm_rows, _gemm_rows_bias
+        held = contextlib.nullcontext()
+    else:
+        operand = b
+        kernels = _dot_into, _dot_bias_into, _dot_rows, _dot_rows_bias
+        held = blas.single_threaded()
+    into, bias_into, rows, rows_bias = kernels
+    with held:
         if len(edges) == 2:  # the one block's call itself (the same product): no pool run
             if bias is None:
-                _dot_into(a, b, out)
+                into(a, operand, out)
             else:
-                _dot_bias_into(a, b, bias, out)
+                bias_into(a, operand, bias, out)
         elif bias is None:
-            run_kernel(_dot_rows, (a, b, out), 0, 0, edges)
+            run_kernel(rows, (a, operand, out), 0, 0, edges)
         else:
-            run_kernel(_dot_rows_bias, (a, b, bias, out), 0, 0, edges)
+            run_kernel(rows_bias, (a, operand, bias, out), 0, 0, edges)
     return out
 
 
