@@ -16,9 +16,15 @@ out)) against the compiled dot products (``products.times_transpose`` up to 64 r
 blocked ``products.gemm_nt``), in GFLOP/s, with whether the compiler targets AVX-512
 (``products.WIDE``: four rows of m at a time, else two) and the BLAS's kernels named.
 
+Then (``--tn``) the weight gradients' products out = a.T @ b, a (K, M), b (K, P) (K = steps x
+sequences of a block of steps, M = G*N, P = N or I), float64 and float32, one thread: the BLAS's
+gemm on the transposed operand (np.dot(a.T, b, out) from compiled code) against
+``products.gemm_tn`` (K-blocks packed transposed, then the blocked dot products), in GFLOP/s.
+
     python benchmarks/bench_products.py
     python benchmarks/bench_products.py --out results/products_2core_zen3.json
     python benchmarks/bench_products.py --sizes "" --shapes 16x512x512,6400x512x2048
+    python benchmarks/bench_products.py --sizes "" --shapes "" --tn 200x2048x512
 """
 import argparse
 import json
@@ -51,6 +57,18 @@ def _gemm(a, m, out, n):
 
 
 @njit
+def _blas_tn(a, b, out, n):
+    for _ in range(n):
+        np.dot(a.T, b, out)
+
+
+@njit
+def _compiled_tn(a, b, out, n):
+    for _ in range(n):
+        products.gemm_tn(a, b, out, 0, a.shape[1], False)
+
+
+@njit
 def _qr(frame, dst, log_r, log_col, qw, n):
     no_r = np.empty((0, 0))
     for _ in range(n):
@@ -75,6 +93,9 @@ def main():
     ap.add_argument("--shapes", default="16x32x32,16x128x128,16x128x512,16x512x512,"
                     "16x512x2048,2x512x2048,10x200x200,200x200x200,3200x512x512,3200x512x2048,"
                     "3200x2048x512", help="k x n x n_out products, float64 and float32 ('' none)")
+    ap.add_argument("--tn", default="200x512x512,200x2048x512,2048x128x128,2048x512x512,"
+                    "2048x2048x512,3200x2048x512", help="K x M x P products a.T @ b, float64 "
+                    "and float32 ('' none)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -112,6 +133,33 @@ def main():
                 line.append(f"{np.dtype(dtype).name} {flops / t_blas / 1e3:.0f} / "
                             f"{flops / t_ours / 1e3:.0f}")
             print(f"{shape} (GFLOP/s, BLAS / compiled): " + "  ".join(line), flush=True)
+        for shape in filter(None, args.tn.split(",")):
+            K, M, P = map(int, shape.split("x"))
+            line = []
+            for dtype in (np.float64, np.float32):
+                a = rng.standard_normal((K, M)).astype(dtype)
+                b = rng.standard_normal((K, P)).astype(dtype)
+                ref = a.T.astype(np.float64) @ b.astype(np.float64)
+                o1, o2 = np.empty((M, P), dtype), np.empty((M, P), dtype)
+                _blas_tn(a, b, o1, 1)
+                _compiled_tn(a, b, o2, 1)
+                for o in (o1, o2):
+                    err = np.abs(o - ref).max() / np.abs(ref).max()
+                    if not err < (1e-13 if dtype == np.float64 else 1e-5):
+                        raise SystemExit(f"tn {shape} {np.dtype(dtype).name}: relative error "
+                                         f"{err:.1e}")
+                flops = 2.0 * K * M * P
+                calls = max(5, int(3e8 / flops))
+                t_blas = _best(_blas_tn, (a, b, o1), calls)
+                t_ours = _best(_compiled_tn, (a, b, o2), calls)
+                rows.append({"tn": shape, "dtype": np.dtype(dtype).name, "blas_us": t_blas,
+                             "compiled_us": t_ours, "wide": products.WIDE,
+                             "blas_gflops": flops / t_blas / 1e3,
+                             "compiled_gflops": flops / t_ours / 1e3,
+                             "compiled_pays": products.gemm_tn_pays(dtype, K, M, P)})
+                line.append(f"{np.dtype(dtype).name} {flops / t_blas / 1e3:.0f} / "
+                            f"{flops / t_ours / 1e3:.0f}")
+            print(f"tn {shape} (GFLOP/s, BLAS / compiled): " + "  ".join(line), flush=True)
         for n in sizes:
             m = rng.standard_normal((n, n))
             m_t = np.ascontiguousarray(m.T)

@@ -93,3 +93,52 @@ def test_dot_tail_sums_from_its_start(rng):
     u, x = rng.standard_normal(45), rng.standard_normal(45)
     for i0 in (0, 1, 7, 44, 45):
         assert_close(products.dot_tail(u, x, i0), float(u[i0:] @ x[i0:]), rtol=1e-14)
+
+
+@pytest.mark.parametrize("K, M, P", [(1, 1, 1), (7, 5, 3), (200, 37, 29), (513, 9, 130),
+                                     (1100, 130, 66), (0, 6, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_tn_is_the_product_over_any_rows(K, M, P, dtype, rng):
+    """out[r0:r1] = a[:, r0:r1].T @ b for row ranges inside and across the packed row blocks,
+    depths across the packed K-blocks (each padded to whole vectors with zeros) and none (K =
+    0: zeros); rows outside r0..r1 untouched.  Sums in another order than NumPy's: to rounding
+    (1e-14 float64, 1e-5 float32, relative to the largest entry, sums of up to 1100 terms)."""
+    a = rng.standard_normal((K, M)).astype(dtype)
+    b = rng.standard_normal((K, P)).astype(dtype)
+    expected = a.T.astype(np.float64) @ b
+    scale = max(np.abs(expected).max(initial=0.0), 1.0)
+    tol = 1e-14 if dtype == np.float64 else 1e-5
+    for r0, r1 in ((0, M), (M // 3, M), (1, max(M - 1, 1))):
+        out = np.full((M, P), np.nan, dtype)
+        products.gemm_tn(a, b, out, r0, r1, False)
+        assert np.isnan(out[:r0]).all() and np.isnan(out[r1:]).all()
+        assert_close(out[r0:r1] / scale, expected[r0:r1] / scale, atol=tol, rtol=0)
+
+
+def test_gemm_tn_propagates_nan_and_inf(rng):
+    """No finite-math assumption, and the zero padding adds nothing: a NaN in a column of a is
+    NaN in that row of out and nowhere else, an inf is +-inf (NaN where it meets a zero)."""
+    K, M, P = 530, 9, 21
+    a = rng.standard_normal((K, M))
+    b = rng.standard_normal((K, P))
+    b[:, 3] = 0.0
+    a[100, 1] = np.nan
+    a[520, 4] = np.inf
+    out = np.empty((M, P))
+    products.gemm_tn(a, b, out, 0, M, False)
+    with np.errstate(invalid="ignore"):
+        expected = a.T @ b
+    assert np.array_equal(np.isnan(out), np.isnan(expected))
+    assert np.array_equal(np.isinf(out), np.isinf(expected))
+    assert np.array_equal(np.sign(out[4]), np.sign(expected[4]), equal_nan=True)
+    finite = np.isfinite(expected)
+    assert_close(out[finite], expected[finite], rtol=1e-13)
+
+
+def test_gemm_tn_takes_float64_and_the_large_float32_products():
+    """The size rule of the weight gradients' compiled form (measured in its docstring)."""
+    assert products.gemm_tn_pays(np.float64, 1, 1, 1)
+    assert products.gemm_tn_pays(np.float32, 6400, 2048, 512)
+    assert products.gemm_tn_pays(np.float32, 512, 512, 128)
+    assert not products.gemm_tn_pays(np.float32, 200, 2048, 512)
+    assert not products.gemm_tn_pays(np.float32, 6400, 128, 128)

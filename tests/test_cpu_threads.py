@@ -14,7 +14,7 @@ import pytest
 from numba import njit
 
 from numrnn import config
-from numrnn.cpu import blas, sync, threads
+from numrnn.cpu import blas, products, sync, threads
 
 
 @njit(nogil=True)
@@ -125,10 +125,21 @@ def kernels_run(monkeypatch):
     return ran
 
 
+def _tn_kernel(split, dtype, dot, K, M, P):
+    """The kernel matmul_tn runs its blocks with (split "rows" or "k"), by the size rule."""
+    if dot == "on" and products.WIDE and products.gemm_tn_pays(dtype, K, M, P):
+        return threads._tn_dot_rows if split == "rows" else threads._tn_blocks
+    return threads._tn_rows if split == "rows" else threads._tn_blocks
+
+
+@pytest.mark.parametrize("dot", ["on", "off"])
 @pytest.mark.parametrize("tn_split", ["rows", "k"])
-def test_products_have_the_same_bits_on_one_and_two_threads(monkeypatch, kernels_run, tn_split):
+def test_products_have_the_same_bits_on_one_and_two_threads(monkeypatch, kernels_run, tn_split,
+                                                            dot):
     """matmul (rows split) and matmul_tn (split over the rows of its output, or over K; NumPy's
-    own BLAS from compiled code) on blocks fixed by the work, not by the threads."""
+    own BLAS from compiled code, or compiled dot products) on blocks fixed by the work, not by
+    the threads."""
+    monkeypatch.setattr(config, "DOT_PRODUCTS", dot)
     monkeypatch.setattr(threads, "TN_MIN_BLOCK_ROWS", 1 if tn_split == "rows" else 10**6)
     monkeypatch.setattr(config, "PARALLEL_BLOCKS", 3)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
@@ -147,22 +158,28 @@ def test_products_have_the_same_bits_on_one_and_two_threads(monkeypatch, kernels
         tol = 1e-4 if dtype == np.float32 else 1e-12
         np.testing.assert_allclose(runs[0][0], a.astype(float) @ b, rtol=tol, atol=tol)
         np.testing.assert_allclose(runs[0][1], a.T.astype(float) @ c, rtol=tol, atol=tol)
-    want = threads._tn_rows if tn_split == "rows" else threads._tn_blocks
-    if tn_split == "k" or blas.numpy_blas_controlled():
-        assert kernels_run.count(want) == 4
+    wants = [_tn_kernel(tn_split, dtype, dot, 31, 60, 30) for dtype in (np.float32, np.float64)]
+    if tn_split == "k" or blas.numpy_blas_controlled() or dot == "on":
+        for want in set(wants):
+            assert kernels_run.count(want) == 2 * wants.count(want)
 
 
+@pytest.mark.parametrize("dot", ["on", "off"])
 def test_matmul_tn_splits_by_rows_where_the_output_is_large_against_k(monkeypatch,
-                                                                       kernels_run):
+                                                                       kernels_run, dot):
     """Rows where M (n + 1) > K (n - 1) (fewer numbers moved than by partial products), K
     otherwise, and rows for one block; the same product to rounding either way, and into a
-    given C-contiguous output in place."""
-    if not blas.numpy_blas_controlled():
-        pytest.skip("the row split needs NumPy's own BLAS")
+    given C-contiguous output in place (float64: through NumPy's BLAS, or compiled dot
+    products)."""
+    monkeypatch.setattr(config, "DOT_PRODUCTS", dot)
+    dot_tn = dot == "on" and products.WIDE
+    if not (blas.numpy_blas_controlled() or dot_tn):
+        pytest.skip("the row split needs NumPy's own BLAS or the compiled dot products")
     monkeypatch.setattr(config, "PARALLEL_BLOCKS", 2)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1)
     rng = np.random.default_rng(1)
-    for K, M, want in ((40, 40, threads._tn_rows), (119, 40, threads._tn_rows),
+    rows = threads._tn_dot_rows if dot_tn else threads._tn_rows
+    for K, M, want in ((40, 40, rows), (119, 40, rows),
                        (120, 40, threads._tn_blocks), (500, 32, threads._tn_blocks)):
         a = rng.standard_normal((K, M))
         c = rng.standard_normal((K, 7))
@@ -179,7 +196,7 @@ def test_matmul_tn_splits_by_rows_where_the_output_is_large_against_k(monkeypatc
     got = threads.matmul_tn(a, c)
     assert kernels_run == []
     want = np.empty((32, 7))
-    threads.run_kernel(threads._tn_rows, (a, c, want), 32, 1)
+    threads.run_kernel(rows, (a, c, want), 32, 1)
     np.testing.assert_array_equal(got, want)
     # a zero-sized output is zeros without a BLAS call (cblas refuses ldb = 0)
     kernels_run.clear()
@@ -201,15 +218,18 @@ def test_one_block_products_skip_the_pool_with_the_same_bits(monkeypatch, kernel
     a = rng.standard_normal((70, 33)).astype(dtype)
     w = rng.standard_normal((40, 33)).astype(dtype)
     got = threads.matmul(a, w.T), threads.matmul_tn(a, a), threads.transpose(w)
-    # (without NumPy's BLAS, matmul_tn splits over K through the pool, one block or not)
-    assert kernels_run == ([] if blas.numpy_blas_controlled() else [threads._tn_blocks])
+    # (without NumPy's BLAS or the dot products, matmul_tn splits over K through the pool, one
+    # block or not)
+    tn = _tn_kernel("rows", dtype, dot, 70, 33, 33)
+    tn_rows = tn is threads._tn_dot_rows or blas.numpy_blas_controlled()
+    assert kernels_run == ([] if tn_rows else [threads._tn_blocks])
     want = np.empty((70, 40), dtype), np.empty((33, 33), dtype), np.empty((33, 40), dtype)
     if dot == "on":  # the rows of w.T's transpose: w's own
         threads.run_kernel(threads._gemm_rows, (a, w, want[0]), 70, 1)
     else:
         threads.run_kernel(threads._dot_rows, (a, w.T, want[0]), 70, 1)
-    if blas.numpy_blas_controlled():
-        threads.run_kernel(threads._tn_rows, (a, a, want[1]), 33, 1)
+    if tn_rows:
+        threads.run_kernel(tn, (a, a, want[1]), 33, 1)
     else:
         want[1][...] = got[1]
     threads.run_kernel(threads._transpose_tiles, (w, want[2]), 2, 1)

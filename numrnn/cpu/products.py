@@ -15,7 +15,8 @@ With AVX-512 the same loops also beat OpenBLAS's AVX2 kernels (which it runs whe
 OPENBLAS_CORETYPE says so, :mod:`numrnn.cpu.blas`) on the recurrent product of each step of a
 batch (:func:`numrnn.cpu.recurrence.product_mode`) and, in blocks that stay in a core's L2
 (:func:`gemm_nt`), on the products over all steps (:func:`numrnn.cpu.threads.matmul`: the input
-projection and the input's gradient).  ``config.DOT_PRODUCTS`` governs those two uses
+projection and the input's gradient; :func:`numrnn.cpu.threads.matmul_tn`: the weight gradients,
+through blocks packed transposed, :func:`gemm_tn`).  ``config.DOT_PRODUCTS`` governs those uses
 (:func:`use_dot_products`); :func:`product_t`, inside the compiled analysis loops, follows
 :data:`WIDE` alone.
 
@@ -58,6 +59,13 @@ CHUNK_BYTES = 1 << 17
 #: (3200, 2048) times (512, 2048): (512, 128, 64) ran at 66-84 and 126-177 GFLOP/s, (256, 128,
 #: 64) at 46-75 and 118-142; OpenBLAS's AVX2 gemm at 55-57 and 106-114.
 GEMM_BLOCKS = (512, 128, 64)
+
+#: The blocks of :func:`gemm_tn` (depth, rows of out, columns of out), packed: half the rows of
+#: :data:`GEMM_BLOCKS`, so a core's packed blocks (a 64 x 520 block of a and a 64-row chunk of
+#: b's, 266 KiB each in float64) leave half its L2 free.  Two threads on the 2-core Zen 5 VM,
+#: (2048, 2048, 512) float32: 248-259 GFLOP/s against 155 with 128 rows; float64 the same
+#: within the noise (119-136).
+TN_BLOCKS = (512, 64, 64)
 
 
 def _target_has_avx512():
@@ -289,6 +297,112 @@ def gemm_nt(a, m, out):
     all steps): blocks of :data:`GEMM_BLOCKS` (depth, rows of a, rows of m) that stay in a
     core's L2."""
     _blocked(a, m, out, GEMM_BLOCKS[0], GEMM_BLOCKS[1], GEMM_BLOCKS[2])
+
+
+#: Padding of the rows of :func:`gemm_tn`'s packed blocks: rows of 512 float64 would lie 4 KiB
+#: apart, and the packing's column writes would all fall in one set of the L1 cache.
+_PACK_PAD = 8
+
+
+@register_jitable
+def _aligned(shape, like):
+    """An uninitialised C-contiguous array of ``shape`` in the dtype of ``like`` whose rows start
+    on a cache line when a row is a multiple of 64 bytes (an AVX-512 load that straddles two
+    lines costs two)."""
+    per_line = 64 // like.itemsize
+    buf = np.empty(shape[0] * shape[1] + per_line, like.dtype)
+    skip = (-(buf.ctypes.data // like.itemsize)) % per_line
+    return buf[skip:skip + shape[0] * shape[1]].reshape(shape)
+
+
+@njit(**_JIT)
+def _pack_t(src, k0, w, c0, n, dst):
+    """dst[j, i] = src[k0 + i, c0 + j] for i < w, j < n, in 8 x 8 tiles: each tile reads eight
+    rows of ``src`` along eight columns and writes eight rows of ``dst`` (0.9 ns a float64 number
+    on a Zen 5 core, against 1.7 for the rows of src one at a time)."""
+    i = 0
+    while i + 8 <= w:
+        row = src[k0 + i:k0 + i + 8]
+        j = 0
+        while j + 8 <= n:
+            for jj in range(8):
+                d = dst[j + jj]
+                for ii in range(8):
+                    d[i + ii] = row[ii, c0 + j + jj]
+            j += 8
+        for jj in range(j, n):
+            d = dst[jj]
+            for ii in range(8):
+                d[i + ii] = row[ii, c0 + jj]
+        i += 8
+    for ii in range(i, w):
+        r = src[k0 + ii]
+        for jj in range(n):
+            dst[jj, ii] = r[c0 + jj]
+
+
+@njit(**_JIT)
+def gemm_tn(a, b, out, r0, r1, accumulate):
+    """out[r0:r1] = a[:, r0:r1].T @ b (``accumulate``: +=, adding each block of K's product in
+    turn: for K up to one block, the bits of adding the product made on its own): a (K, M),
+    b (K, P), out (M, P), one float dtype (the weight gradients, sums over all steps).  Each
+    block of :data:`TN_BLOCKS` columns (the
+    depth, here rows of a and b) is packed transposed, b's block once and a's rows r0..r1 in
+    blocks of :data:`TN_BLOCKS` rows, and multiplied as :func:`gemm_nt` multiplies its
+    blocks, the blocks of K added to out in order.  A packed number feeds P (or r1 - r0)
+    multiply-adds, so the packing costs a few percent.  The bits of out[r] depend on the shapes,
+    r0 and :data:`WIDE` (which loop row r falls in), never on threads."""
+    K = a.shape[0]
+    P = b.shape[1]
+    kc, mc, nc = TN_BLOCKS
+    zero = out.dtype.type(0)
+    if r1 <= r0:
+        return
+    if K == 0:
+        if not accumulate:
+            out[r0:r1, :] = zero
+        return
+    ld = kc + _PACK_PAD
+    pb = _aligned((P, ld), a)
+    pa = _aligned((mc, ld), a)
+    per_line = 64 // a.itemsize
+    for k0 in range(0, K, kc):
+        w = min(kc, K - k0)
+        # the depth padded with zeros to whole vectors: no scalar remainder in the sums (a
+        # product 0 * 0 adds nothing)
+        wp = min(-(-w // per_line) * per_line, ld)
+        add = accumulate or k0 > 0
+        _pack_t(b, k0, w, 0, P, pb)
+        pb[:, w:wp] = zero
+        for s0 in range(r0, r1, mc):
+            rows = min(mc, r1 - s0)
+            _pack_t(a, k0, w, s0, rows, pa)
+            pa[:rows, w:wp] = zero
+            o = out[s0:s0 + rows]
+            for i0 in range(0, P, nc):
+                i1 = min(i0 + nc, P)
+                c = 0
+                while rows - c >= 4:
+                    _four(pa, c, pb, i0, i1, 0, wp, o, zero, add)
+                    c += 4
+                if rows - c >= 2:
+                    _two(pa, c, pb, i0, i1, 0, wp, o, zero, add)
+                    c += 2
+                if rows - c == 1:
+                    _one(pa, c, pb, i0, i1, 0, wp, o, zero, add)
+
+
+def gemm_tn_pays(dtype, K, M, P):
+    """Whether :func:`gemm_tn` beats the BLAS on a (K, M).T @ (K, P) product (with
+    :func:`use_dot_products`).  Its packing costs about a nanosecond a number, against 2 M P /
+    (M + P) multiply-adds that the number feeds.  Measured on the 2-core Zen 5 VM (2 threads,
+    GFLOP/s compiled / OpenBLAS AVX2): float64 1.3-1.65x at every size tried (K = 200 and 6400,
+    M and P 128 to 2048); float32 1.2-1.4x where K >= 6400 and M P >= 512 x 128
+    (6400 x 2048 x 512: 297 / 211), behind at K = 200 (122-166 / 225) and 6400 x 128 x 128
+    (129 / 194)."""
+    if np.dtype(dtype) == np.float64:
+        return True
+    return K >= TN_BLOCKS[0] and M * P >= 512 * 128
 
 
 def use_dot_products():
