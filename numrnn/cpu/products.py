@@ -346,12 +346,12 @@ def gemm_tn(a, b, out, r0, r1, accumulate):
     """out[r0:r1] = a[:, r0:r1].T @ b (``accumulate``: +=, adding each block of K's product in
     turn: for K up to one block, the bits of adding the product made on its own): a (K, M),
     b (K, P), out (M, P), one float dtype (the weight gradients, sums over all steps).  Each
-    block of :data:`TN_BLOCKS` columns (the
-    depth, here rows of a and b) is packed transposed, b's block once and a's rows r0..r1 in
-    blocks of :data:`TN_BLOCKS` rows, and multiplied as :func:`gemm_nt` multiplies its
-    blocks, the blocks of K added to out in order.  A packed number feeds P (or r1 - r0)
-    multiply-adds, so the packing costs a few percent.  The bits of out[r] depend on the shapes,
-    r0 and :data:`WIDE` (which loop row r falls in), never on threads."""
+    block of :data:`TN_BLOCKS` columns (the depth, here rows of a and b) is packed transposed,
+    b's block once and a's rows r0..r1 in blocks of :data:`TN_BLOCKS` rows, and multiplied as
+    :func:`gemm_nt` multiplies its blocks, the blocks of K added to out in order.  A packed
+    number feeds P (or r1 - r0) multiply-adds, so the packing costs a few percent where those
+    are 512 or more.  The bits of out[r] depend on the shapes, r0 and :data:`WIDE` (which loop
+    row r falls in), never on threads."""
     K = a.shape[0]
     P = b.shape[1]
     kc, mc, nc = TN_BLOCKS
@@ -397,9 +397,9 @@ def gemm_tn_pays(dtype, K, M, P):
     :func:`use_dot_products`).  Its packing costs about a nanosecond a number, against 2 M P /
     (M + P) multiply-adds that the number feeds.  Measured on the 2-core Zen 5 VM (2 threads,
     GFLOP/s compiled / OpenBLAS AVX2): float64 1.3-1.65x at every size tried (K = 200 and 6400,
-    M and P 128 to 2048); float32 1.2-1.4x where K >= 6400 and M P >= 512 x 128
-    (6400 x 2048 x 512: 297 / 211), behind at K = 200 (122-166 / 225) and 6400 x 128 x 128
-    (129 / 194)."""
+    M and P 128 to 2048); float32 1.2-1.4x at K = 6400 with M P >= 512 x 128 (6400 x 2048 x 512:
+    297 / 211), behind at K = 200 (122-166 / 225) and 6400 x 128 x 128 (129 / 194).  So float32
+    takes it from one packed block's depth (K >= 512) with M P >= 512 x 128."""
     if np.dtype(dtype) == np.float64:
         return True
     return K >= TN_BLOCKS[0] and M * P >= 512 * 128

@@ -1042,10 +1042,10 @@ def matmul_tn(a, b, out=None):
     Numba's ``np.dot``.  Where the products run as compiled dot products
     (:func:`products.use_dot_products`: AVX-512), every block is :func:`products.gemm_tn`
     instead, at the sizes where it pays (:func:`products.gemm_tn_pays`; K-blocks packed
-    transposed; one thread of a Zen 5 core, float64 K = 3200, M = 2048, P = 512: 87 GFLOP/s
-    against 56 for OpenBLAS's AVX2 gemm, float32 136-150 against 101-115).  Either way as one compiled job per thread;
-    an entry is rounded differently in different blocks, so the bits depend on the sizes and
-    the block count, never on the threads.
+    transposed; one thread of a Zen 5 core, float64 K = 3200, M = 2048, P = 512: 76-87 GFLOP/s
+    against 49-56 for OpenBLAS's AVX2 gemm, float32 136-150 against 101-115).  Either way as
+    one compiled job per thread; an entry is rounded differently in different blocks, so the
+    bits depend on the sizes and the block count, never on the threads.
 
     ``out``: a C-contiguous (M, P) array to write into.
     """
