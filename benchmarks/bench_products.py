@@ -85,6 +85,22 @@ def _best(fn, args, calls):
     return best / calls * 1e6
 
 
+def _race(label, ref, flops, *routes):
+    """Each (loop, args) route's product checked against ``ref`` (SystemExit naming ``label``
+    when one is off), then timed: microseconds per product of each route."""
+    tol = 1e-13 if routes[0][1][0].dtype == np.float64 else 1e-5
+    calls = max(5, int(3e8 / flops))
+    outs = []
+    for fn, args in routes:
+        out = np.empty(ref.shape, args[0].dtype)
+        fn(*args, out, 1)
+        err = np.abs(out - ref).max() / np.abs(ref).max()
+        if not err < tol:
+            raise SystemExit(f"{label}: relative error {err:.1e}")
+        outs.append(out)
+    return [_best(fn, args + (out,), calls) for (fn, args), out in zip(routes, outs)]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="64,128,200,512")
@@ -114,18 +130,9 @@ def main():
                 m_t = np.ascontiguousarray(m.T)
                 ref = a.astype(np.float64) @ m.T.astype(np.float64)
                 compiled = _compiled if k <= 64 else _gemm
-                o1, o2 = np.empty((k, n_out), dtype), np.empty((k, n_out), dtype)
-                _blas(a, m_t, o1, 1)
-                compiled(a, m, o2, 1)
-                for o in (o1, o2):
-                    err = np.abs(o - ref).max() / np.abs(ref).max()
-                    if not err < (1e-13 if dtype == np.float64 else 1e-5):
-                        raise SystemExit(f"{shape} {np.dtype(dtype).name}: relative error "
-                                         f"{err:.1e}")
                 flops = 2.0 * k * n * n_out
-                calls = max(5, int(3e8 / flops))
-                t_blas = _best(_blas, (a, m_t, o1), calls)
-                t_ours = _best(compiled, (a, m, o2), calls)
+                t_blas, t_ours = _race(f"{shape} {np.dtype(dtype).name}", ref, flops,
+                                       (_blas, (a, m_t)), (compiled, (a, m)))
                 rows.append({"shape": shape, "dtype": np.dtype(dtype).name, "blas_us": t_blas,
                              "compiled_us": t_ours, "wide": products.WIDE,
                              "blas_gflops": flops / t_blas / 1e3,
@@ -140,18 +147,9 @@ def main():
                 a = rng.standard_normal((K, M)).astype(dtype)
                 b = rng.standard_normal((K, P)).astype(dtype)
                 ref = a.T.astype(np.float64) @ b.astype(np.float64)
-                o1, o2 = np.empty((M, P), dtype), np.empty((M, P), dtype)
-                _blas_tn(a, b, o1, 1)
-                _compiled_tn(a, b, o2, 1)
-                for o in (o1, o2):
-                    err = np.abs(o - ref).max() / np.abs(ref).max()
-                    if not err < (1e-13 if dtype == np.float64 else 1e-5):
-                        raise SystemExit(f"tn {shape} {np.dtype(dtype).name}: relative error "
-                                         f"{err:.1e}")
                 flops = 2.0 * K * M * P
-                calls = max(5, int(3e8 / flops))
-                t_blas = _best(_blas_tn, (a, b, o1), calls)
-                t_ours = _best(_compiled_tn, (a, b, o2), calls)
+                t_blas, t_ours = _race(f"tn {shape} {np.dtype(dtype).name}", ref, flops,
+                                       (_blas_tn, (a, b)), (_compiled_tn, (a, b)))
                 rows.append({"tn": shape, "dtype": np.dtype(dtype).name, "blas_us": t_blas,
                              "compiled_us": t_ours, "wide": products.WIDE,
                              "blas_gflops": flops / t_blas / 1e3,

@@ -977,16 +977,11 @@ def _tn_dot_rows(a, b, out, m0, m1):
 
 
 @njit(cache=True, nogil=True)
-def _tn_dot_into(a, b, out):
-    """:func:`_tn_dot_rows` over every row, without a pool run (one block)."""
-    products.gemm_tn(a, b, out, 0, a.shape[1], False)
-
-
-@njit(cache=True, nogil=True)
-def _tn_dot_add_into(a, b, out):
-    """out += a.T @ b as compiled dot products (K up to one block: the bits of adding
-    :func:`_tn_dot_into`'s product)."""
-    products.gemm_tn(a, b, out, 0, a.shape[1], True)
+def _tn_dot_into(a, b, out, accumulate=False):
+    """:func:`_tn_dot_rows` over every row, without a pool run (one block); ``accumulate``:
+    out += a.T @ b (K up to one block: the bits of adding the product made on its own).  One
+    kernel for both: each caller of ``gemm_tn`` compiles its loops again (seconds)."""
+    products.gemm_tn(a, b, out, 0, a.shape[1], accumulate)
 
 
 def _tn_compiled(a, b, out):
@@ -1019,7 +1014,7 @@ def matmul_tn_add(a, b, out):
     b = np.ascontiguousarray(b)
     dot = _tn_compiled(a, b, out)
     if out.flags.c_contiguous and dot and a.shape[0] <= products.TN_BLOCKS[0]:
-        _tn_dot_add_into(a, b, out)
+        _tn_dot_into(a, b, out, True)
     elif out.flags.c_contiguous and not dot and _NUMPY_GEMM and blas.numpy_blas_controlled():
         with blas.single_threaded():
             _tn_add_into(a, b, out)
