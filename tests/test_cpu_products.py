@@ -1,9 +1,9 @@
 """The compiled skinny products (numrnn.cpu.products): out = a @ m.T for a few rows of a."""
 import numpy as np
 import pytest
-from numba import njit
+from numba import njit, types
 
-from numrnn.cpu import products
+from numrnn.cpu import products, threads
 from .tolerance import assert_close
 
 
@@ -142,3 +142,44 @@ def test_gemm_tn_takes_float64_and_the_large_float32_products():
     assert products.gemm_tn_pays(np.float32, 512, 512, 128)
     assert not products.gemm_tn_pays(np.float32, 200, 2048, 512)
     assert not products.gemm_tn_pays(np.float32, 6400, 128, 128)
+
+
+@njit
+def _call_with_constants(a, m, out, b, tn_out):
+    """The products called as kernels call them: constant offsets and flags (each a type of its
+    own to Numba), a loop counter starting from a constant, C-ordered outputs."""
+    products.times_transpose(a, m, out)
+    products.gemm_nt(a, m, out)
+    products.gemm_tn(a, b, tn_out, 0, 2, False)
+    c = 0
+    while c < 2:
+        products.gemm_tn(a, b, tn_out, c, 2, c > 0)
+        c += 1
+
+
+def _no_literal(sig):
+    return not any(isinstance(t, types.Literal) or isinstance(t, types.Omitted) for t in sig)
+
+
+def test_product_loops_compile_once_per_dtype(rng):
+    """The loops of the products take one set of argument types per dtype whatever their callers
+    pass (each specialisation took 1-3 s to compile, and kernels met four of each): int64 and
+    bool variables, never constants, and an A-ordered ``out``; the weight gradients' one-block
+    kernel is always called with its flag (an omitted one is a type of its own)."""
+    for dtype in (np.float32, np.float64):
+        a = rng.standard_normal((3, 5)).astype(dtype)
+        m = rng.standard_normal((4, 5)).astype(dtype)
+        b = rng.standard_normal((3, 6)).astype(dtype)
+        out = np.empty((3, 4), dtype)
+        tn_out = np.empty((5, 6), dtype)
+        _call_with_constants(a, m, out, b, tn_out)
+        assert_close(out, a @ m.T, rtol=1e-5)
+        threads.matmul_tn(np.ascontiguousarray(a[:, :4]), b, out=np.empty((4, 6), dtype))
+        threads.matmul_tn_add(a, b, tn_out)
+    # (function, the position of its out)
+    for fn, at in ((products._blocked, 2), (products._gemm_tn, 2), (products._four, 7),
+                   (products._two, 7), (products._one, 7)):
+        sigs = fn.signatures
+        assert all(_no_literal(sig) and sig[at].layout == "A" for sig in sigs), (fn, sigs)
+        assert len({sig[0].dtype for sig in sigs}) == len(sigs), (fn, sigs)
+    assert all(_no_literal(sig) for sig in threads._tn_dot_into.signatures)

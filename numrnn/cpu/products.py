@@ -255,7 +255,8 @@ def _blocked(a, m, out, kc, mc, nc):
     to out in order), ``mc`` rows of a, ``nc`` rows of m (``mc`` and ``nc`` multiples of 4);
     inside, groups of four rows of a, then a pair, then a single row, each against the rows of
     m (:func:`_four`, :func:`_two`, :func:`_one`).  An entry's loops, so its bits, depend on
-    the shapes, the block sizes and :data:`WIDE` alone."""
+    the shapes, the block sizes and :data:`WIDE` alone.  Called as the section below says
+    (one compiled specialisation per dtype)."""
     zero = out.dtype.type(0)
     k, n = a.shape
     n_out = m.shape[0]
@@ -280,7 +281,27 @@ def _blocked(a, m, out, kc, mc, nc):
                     _one(a, c, m, i0, i1, k0, k1, out, zero, add)
 
 
-@njit(**_JIT)
+# --- one compiled specialisation per dtype ------------------------------------------------------
+#
+# Numba compiles a function called from compiled code once for every distinct set of argument
+# types it meets, and a constant argument has a type of its own (``Literal[int](0)``, even where
+# the variable is later a loop counter: type inference meets the constant first); so do a C-
+# and an A-ordered ``out``.  Each specialisation of the dot-product loops (:func:`_four` and
+# its kin) took 1-3 s to compile, and the kernels that called them met up to four of each (a
+# cold ``numrnn study`` compiled for 58 s, 12 of them these extra specialisations).  So
+# :func:`_blocked`, :func:`_gemm_tn` and the loops are called only with ``out`` as an A-ordered
+# view (``out[:, :]``; its rows are stored once per dot product) and int64 and bool variables,
+# never constants: the public :func:`times_transpose`, :func:`gemm_nt` and :func:`gemm_tn` are
+# inlined into their callers (Numba's ``inline="always"``) and pass them so (:func:`_index`).
+
+
+@register_jitable(inline="always")
+def _index(i):
+    """``i`` as an int64 variable, never a constant's type (see above)."""
+    return np.int64(i)
+
+
+@njit(inline="always", **_JIT)
 def times_transpose(a, m, out):
     """out = a @ m.T by compiled loops: a (k, n), m (n_out, n), out (k, n_out), one float dtype,
     rows of a and m contiguous (out's rows may be strided); out distinct from both.  For a few
@@ -288,15 +309,16 @@ def times_transpose(a, m, out):
     by all of a (:func:`_blocked` over the whole of n and of a)."""
     k, n = a.shape
     chunk = max(4, CHUNK_BYTES // max(n * a.itemsize, 1) // 4 * 4)
-    _blocked(a, m, out, max(n, 1), max(k + 4 - k % 4, 4), chunk)
+    _blocked(a, m, out[:, :], _index(max(n, 1)), _index(max(k + 4 - k % 4, 4)), _index(chunk))
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def gemm_nt(a, m, out):
     """out = a @ m.T as :func:`times_transpose`, for any number of rows of a (the products over
     all steps): blocks of :data:`GEMM_BLOCKS` (depth, rows of a, rows of m) that stay in a
     core's L2."""
-    _blocked(a, m, out, GEMM_BLOCKS[0], GEMM_BLOCKS[1], GEMM_BLOCKS[2])
+    _blocked(a, m, out[:, :], _index(GEMM_BLOCKS[0]), _index(GEMM_BLOCKS[1]),
+             _index(GEMM_BLOCKS[2]))
 
 
 #: Padding of the rows of :func:`gemm_tn`'s packed blocks: rows of 512 float64 would lie 4 KiB
@@ -341,8 +363,15 @@ def _pack_t(src, k0, w, c0, n, dst):
             dst[jj, ii] = r[c0 + jj]
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def gemm_tn(a, b, out, r0, r1, accumulate):
+    """out[r0:r1] = a[:, r0:r1].T @ b (see :func:`_gemm_tn`), inlined into its callers so
+    that the loops are compiled once per dtype (see :func:`_index`)."""
+    _gemm_tn(a, b, out[:, :], _index(r0), _index(r1), bool(accumulate))
+
+
+@njit(**_JIT)
+def _gemm_tn(a, b, out, r0, r1, accumulate):
     """out[r0:r1] = a[:, r0:r1].T @ b (``accumulate``: +=, adding each block of K's product in
     turn: for K up to one block, the bits of adding the product made on its own): a (K, M),
     b (K, P), out (M, P), one float dtype (the weight gradients, sums over all steps).  Each
@@ -366,30 +395,31 @@ def gemm_tn(a, b, out, r0, r1, accumulate):
     pb = _aligned((P, ld), a)
     pa = _aligned((mc, ld), a)
     per_line = 64 // a.itemsize
+    first = _index(0)  # (a variable: see _index)
     for k0 in range(0, K, kc):
         w = min(kc, K - k0)
         # the depth padded with zeros to whole vectors: no scalar remainder in the sums (a
         # product 0 * 0 adds nothing)
         wp = min(-(-w // per_line) * per_line, ld)
         add = accumulate or k0 > 0
-        _pack_t(b, k0, w, 0, P, pb)
+        _pack_t(b, k0, w, first, P, pb)
         pb[:, w:wp] = zero
         for s0 in range(r0, r1, mc):
             rows = min(mc, r1 - s0)
             _pack_t(a, k0, w, s0, rows, pa)
             pa[:rows, w:wp] = zero
-            o = out[s0:s0 + rows]
+            o = out[s0:s0 + rows, :]
             for i0 in range(0, P, nc):
                 i1 = min(i0 + nc, P)
-                c = 0
+                c = first
                 while rows - c >= 4:
-                    _four(pa, c, pb, i0, i1, 0, wp, o, zero, add)
+                    _four(pa, c, pb, i0, i1, first, wp, o, zero, add)
                     c += 4
                 if rows - c >= 2:
-                    _two(pa, c, pb, i0, i1, 0, wp, o, zero, add)
+                    _two(pa, c, pb, i0, i1, first, wp, o, zero, add)
                     c += 2
                 if rows - c == 1:
-                    _one(pa, c, pb, i0, i1, 0, wp, o, zero, add)
+                    _one(pa, c, pb, i0, i1, first, wp, o, zero, add)
 
 
 def gemm_tn_pays(dtype, K, M, P):

@@ -977,10 +977,11 @@ def _tn_dot_rows(a, b, out, m0, m1):
 
 
 @njit(cache=True, nogil=True)
-def _tn_dot_into(a, b, out, accumulate=False):
+def _tn_dot_into(a, b, out, accumulate):
     """:func:`_tn_dot_rows` over every row, without a pool run (one block); ``accumulate``:
     out += a.T @ b (K up to one block: the bits of adding the product made on its own).  One
-    kernel for both: each caller of ``gemm_tn`` compiles its loops again (seconds)."""
+    kernel for both, always called with the flag (an omitted one is a type of its own, and
+    each specialisation links ``gemm_tn``'s loops again: seconds)."""
     products.gemm_tn(a, b, out, 0, a.shape[1], accumulate)
 
 
@@ -1068,7 +1069,9 @@ def matmul_tn(a, b, out=None):
     if into is not None and out.flags.c_contiguous and (n == 1 or (
             M >= n * TN_MIN_BLOCK_ROWS and M * (n + 1) > K * (n - 1))):
         with held:
-            if n == 1:
+            if n == 1 and how == _TN_DOT:
+                into(a, b, out, False)
+            elif n == 1:
                 into(a, b, out)
             else:
                 run_kernel(rows, (a, b, out), M, n)
