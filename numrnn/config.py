@@ -46,8 +46,9 @@ TRANSPOSED_GEMM_FLOAT32 = _env_bool("NUMRNN_TRANSPOSED_GEMM_FLOAT32", True)
 #: projection, the input's gradient), as compiled dot products (numrnn.cpu.products) rather
 #: than BLAS gemm: "auto" where Numba compiles for AVX-512 (its 32 vector registers hold the
 #: loops' sixteen running sums: there a step's product took 0.4-0.5 of the time of OpenBLAS's
-#: AVX2 gemm, one Zen 5 core, 16 rows, N = 128-512), "on" wherever, "off" never.  The weight
-#: gradients stay with the BLAS.  See numrnn.cpu.recurrence.product_mode.
+#: AVX2 gemm, one Zen 5 core, 16 rows, N = 128-512) at the sizes where they pay
+#: (numrnn.cpu.products.times_transpose_pays, gemm_nt_pays, gemm_tn_pays: sums deep enough; the
+#: weight gradients too), "on" wherever, "off" never.  See numrnn.cpu.recurrence.product_mode.
 DOT_PRODUCTS = _env_str("NUMRNN_DOT_PRODUCTS", "auto")
 
 #: Threads numrnn's CPU kernels use (0: all usable cores). The work is cut into blocks first

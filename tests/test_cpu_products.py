@@ -135,6 +135,26 @@ def test_gemm_tn_propagates_nan_and_inf(rng):
     assert_close(out[finite], expected[finite], rtol=1e-13)
 
 
+def test_dot_products_take_sums_deep_enough(monkeypatch):
+    """The size rules of the step's product and the products over all steps (measured where
+    their constants are): four AVX-512 vectors deep for a step, eight over all steps; "on"
+    takes them at every size, "off" at none, "auto" only where Numba compiles for AVX-512."""
+    from numrnn import config
+
+    assert products.times_transpose_pays(np.float32, 64)
+    assert not products.times_transpose_pays(np.float32, 32)
+    assert products.times_transpose_pays(np.float64, 32)
+    assert products.gemm_nt_pays(np.float32, 128) and products.gemm_nt_pays(np.float64, 64)
+    assert not products.gemm_nt_pays(np.float32, 96)
+    assert not products.gemm_nt_pays(np.float64, 3)
+    for use, wide, pays, expected in (("on", False, False, True), ("off", True, True, False),
+                                      ("auto", True, True, True), ("auto", True, False, False),
+                                      ("auto", False, True, False)):
+        monkeypatch.setattr(config, "DOT_PRODUCTS", use)
+        monkeypatch.setattr(products, "WIDE", wide)
+        assert products.use_dot_products(pays) is expected
+
+
 def test_gemm_tn_takes_float64_and_the_large_float32_products():
     """The size rule of the weight gradients' compiled form (measured in its docstring)."""
     assert products.gemm_tn_pays(np.float64, 1, 1, 1)

@@ -126,8 +126,9 @@ def kernels_run(monkeypatch):
 
 
 def _tn_kernel(split, dtype, dot, K, M, P):
-    """The kernel matmul_tn runs its blocks with (split "rows" or "k"), by the size rule."""
-    if dot == "on" and products.WIDE and products.gemm_tn_pays(dtype, K, M, P):
+    """The kernel matmul_tn runs its blocks with (split "rows" or "k"): "on" takes the compiled
+    dot products at every size."""
+    if dot == "on":
         return threads._tn_dot_rows if split == "rows" else threads._tn_blocks
     return threads._tn_rows if split == "rows" else threads._tn_blocks
 

@@ -47,9 +47,9 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
         transposed", "compiled dot products (AVX-512)", "BLAS per unit block" or "compiled dot
         products per unit block (AVX-512)").  ``dot_products``: whether the recurrent products
         of several sequences and the products over all steps (the input projection, the
-        input's gradient, and the weight gradients at the sizes
-        :func:`numrnn.cpu.products.gemm_tn_pays` names) run as compiled dot products
-        (``config.DOT_PRODUCTS``, :func:`numrnn.cpu.products.use_dot_products`).  ``split_min_step_work``: float32 multiply-adds per
+        input's gradient, the weight gradients) run as compiled dot products where their sums
+        are deep enough (``config.DOT_PRODUCTS``, :func:`numrnn.cpu.products.use_dot_products`
+        and its size rules).  ``split_min_step_work``: float32 multiply-adds per
         step from which a small batch's steps are split by units (a float64 one counts twice);
         ``split_max_rows`` and ``split_min_sequence_work``: the most sequences per block of the
         batch split, and the least work of one sequence's step, for which a larger batch is

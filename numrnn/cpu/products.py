@@ -423,7 +423,7 @@ def _gemm_tn(a, b, out, r0, r1, accumulate):
 
 
 def gemm_tn_pays(dtype, K, M, P):
-    """Whether :func:`gemm_tn` beats the BLAS on a (K, M).T @ (K, P) product (with
+    """Whether :func:`gemm_tn` beats the BLAS on a (K, M).T @ (K, P) product (the size rule for
     :func:`use_dot_products`).  Its packing costs about a nanosecond a number, against 2 M P /
     (M + P) multiply-adds that the number feeds.  Measured on the 2-core Zen 5 VM (2 threads,
     GFLOP/s compiled / OpenBLAS AVX2): float64 1.3-1.65x at every size tried (K = 200 and 6400,
@@ -435,14 +435,48 @@ def gemm_tn_pays(dtype, K, M, P):
     return K >= TN_BLOCKS[0] and M * P >= 512 * 128
 
 
-def use_dot_products():
-    """Whether the products run as compiled dot products here (``config.DOT_PRODUCTS``: "auto"
-    where Numba compiles for AVX-512, :data:`WIDE`)."""
+#: Least bytes of depth (the length of each dot product) for which a step's recurrent product
+#: pays as compiled dot products (:func:`times_transpose_pays`): four AVX-512 vectors.
+#: Shallower, the sixteen vector sums of a 4 x 4 block cost more to reduce than to build.  One
+#: thread of a Zen 5 core, 16 rows of a, GFLOP/s dot products / the compiled loops
+#: (:func:`numrnn.cpu.recurrence._matmul`) / OpenBLAS's AVX2 gemm: float32 depth 32, 128 rows
+#: of m 40 / 57 / 39, 96 rows 40 / 48 / 40, 32 rows 36 / 41 / 32; depth 64, 256 rows 68 / 54
+#: / 45; float64 depth 32, 128 rows 50 / 43 / 33, 32 rows 38 / 22 / 28.
+STEP_MIN_DEPTH_BYTES = 256
+
+#: Least bytes of depth for which the products over all steps pay as compiled dot products
+#: (:func:`gemm_nt_pays`).  Against a gemm of 6400 rows OpenBLAS does better than against a
+#: step's few: one thread of a Zen 5 core, GFLOP/s OpenBLAS's AVX2 gemm / compiled, rows x
+#: depth x columns, float32: 6400x3x256 47 / 10, 6400x32x128 103 / 54, 6400x64x256 102 / 82,
+#: 6400x96x384 91 / 97, 6400x128x512 87 / 110; float64: 6400x3x256 21 / 10, 6400x16x512 35 /
+#: 32, 6400x32x128 48 / 50, 6400x64x512 45 / 58.  (The input's gradient, deep and narrow, takes
+#: them at every width: 6400x256x3 float32 23 / 52.)
+GEMM_MIN_DEPTH_BYTES = 512
+
+
+def times_transpose_pays(dtype, depth):
+    """Whether a step's product whose sums are ``depth`` long pays as compiled dot products
+    (:data:`STEP_MIN_DEPTH_BYTES`): the size rule for :func:`use_dot_products`."""
+    return depth * np.dtype(dtype).itemsize >= STEP_MIN_DEPTH_BYTES
+
+
+def gemm_nt_pays(dtype, depth):
+    """Whether a product over all steps whose sums are ``depth`` long (the input projection's:
+    the input size) pays as compiled dot products (:data:`GEMM_MIN_DEPTH_BYTES`): the size rule
+    for :func:`use_dot_products`."""
+    return depth * np.dtype(dtype).itemsize >= GEMM_MIN_DEPTH_BYTES
+
+
+def use_dot_products(pays=True):
+    """Whether a product runs as compiled dot products here: ``config.DOT_PRODUCTS`` "on", or
+    "auto" where Numba compiles for AVX-512 (:data:`WIDE`) and ``pays``, the product's size rule
+    (:func:`times_transpose_pays`, :func:`gemm_nt_pays`, :func:`gemm_tn_pays`; "on" takes them
+    at every size)."""
     use = config.DOT_PRODUCTS
     if use not in ("auto", "on", "off"):
         raise ValueError(f"config.DOT_PRODUCTS (NUMRNN_DOT_PRODUCTS): expected 'auto', 'on' or "
                          f"'off', got {use!r}")
-    return use == "on" or (use == "auto" and WIDE)
+    return use == "on" or (use == "auto" and WIDE and bool(pays))
 
 
 def product_t(a, m, m_t, out):

@@ -808,18 +808,23 @@ def options_array(cell, options, dtype):
 
 def product_mode(dtype, batch, n_in, n_out, rows=None):
     """How the recurrent product of a step runs: 0 compiled loops, 1 BLAS gemm, 2 BLAS gemm on
-    the transposes, 3 compiled dot products (see :func:`_make_projection`).
+    the transposes, 3 compiled dot products (see :func:`_make_projection`); ``n_in`` is the
+    depth of its sums.
 
     Mode 3 where every block of the batch split holds at least two sequences (``rows``: the
     fewest a block holds; default ``batch``) and ``config.DOT_PRODUCTS`` says so: "auto" where
-    Numba compiles for AVX-512 (:data:`numrnn.cpu.products.WIDE`).  On a Zen 5 core, one
+    Numba compiles for AVX-512 (:data:`numrnn.cpu.products.WIDE`) and the sums are at least
+    four vectors deep (:func:`numrnn.cpu.products.times_transpose_pays`).  On a Zen 5 core, one
     thread, 16 rows, it took 0.4-0.5 of the time of OpenBLAS's AVX2 gemm (float64 and float32,
-    N = 128-512, G*N up to 2048) and 0.8 of the compiled loops' at N = 32; at one row, level
-    with gemv (benchmarks/README.md, "Skinny products with AVX-512").
+    N = 128-512, G*N up to 2048); at one row, level with gemv (benchmarks/README.md, "Skinny
+    products with AVX-512").  Shallower, with AVX-512 (float32 N = 32: a forward step's sums are
+    32 deep), the compiled loops run instead: 1.1-1.4x the dot products' speed, 1.2-1.5x the BLAS's.
     """
     rows = batch if rows is None else rows
-    if rows >= 2 and products.use_dot_products():
+    if rows >= 2 and products.use_dot_products(products.times_transpose_pays(dtype, n_in)):
         return 3
+    if rows >= 2 and products.use_dot_products():  # AVX-512, but sums too short: the loops
+        return 0
     if batch * n_in * n_out < config.BLAS_MIN_WORK:
         return 0
     return 2 if dtype == np.float32 and config.TRANSPOSED_GEMM_FLOAT32 else 1

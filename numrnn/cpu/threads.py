@@ -745,15 +745,17 @@ def matmul(a, b, out=None, bias=None, blocks=None):
     transposed operand: copying it cost 3-7 ms per call for a 2048 x 512 LSTM weight).
 
     Where the products run as compiled dot products (:func:`products.use_dot_products`:
-    AVX-512), each block is :func:`products.gemm_nt` with the rows of ``b.T`` (a view of a
-    weight's transpose ``w.T``, else a transposed copy)."""
+    AVX-512, with sums as deep as :func:`products.gemm_nt_pays` asks), each block is
+    :func:`products.gemm_nt` with the rows of ``b.T`` (a view of a weight's transpose ``w.T``,
+    else a transposed copy)."""
     if out is None:
         out = scratch.empty((a.shape[0], b.shape[1]), a.dtype)
     a = np.ascontiguousarray(a)
     if not (b.flags.c_contiguous or b.flags.f_contiguous):
         b = np.ascontiguousarray(b)
     edges = _row_edges((0, a.shape[0]) if blocks is None else blocks, a.shape[1] * b.shape[1])
-    if products.use_dot_products() and a.dtype == b.dtype and a.dtype.kind == "f":
+    if (a.dtype == b.dtype and a.dtype.kind == "f"
+            and products.use_dot_products(products.gemm_nt_pays(a.dtype, a.shape[1]))):
         # the rows of b.T: a weight's own for its transpose w.T, else a transposed copy
         operand = b.T if b.flags.f_contiguous else transpose(b)
         kernels = _gemm_into, _gemm_bias_into, _gemm_rows, _gemm_rows_bias
@@ -987,9 +989,8 @@ def _tn_dot_into(a, b, out, accumulate):
 
 def _tn_compiled(a, b, out):
     """Whether :func:`matmul_tn` multiplies a.T @ b as compiled dot products."""
-    return (products.use_dot_products() and a.dtype == b.dtype == out.dtype
-            and a.dtype.kind == "f"
-            and products.gemm_tn_pays(a.dtype, a.shape[0], a.shape[1], b.shape[1]))
+    return (a.dtype == b.dtype == out.dtype and a.dtype.kind == "f" and products.use_dot_products(
+        products.gemm_tn_pays(a.dtype, a.shape[0], a.shape[1], b.shape[1])))
 
 
 @njit(cache=True, nogil=True)
