@@ -16,6 +16,11 @@ out)) against the compiled dot products (``products.times_transpose`` up to 64 r
 blocked ``products.gemm_nt``), in GFLOP/s, with whether the compiler targets AVX-512
 (``products.WIDE``: four rows of m at a time, else two) and the BLAS's kernels named.
 
+Up to 64 rows (a step's product) the compiled loops of the per-step products are timed too
+(``numrnn.cpu.recurrence._matmul``: rows of M^T added in, no dot products), the form
+``recurrence.product_mode`` picks where the dot products' sums are too short
+(``products.times_transpose_pays``).
+
 Then (``--tn``) the weight gradients' products out = a.T @ b, a (K, M), b (K, P) (K = steps x
 sequences of a block of steps, M = G*N, P = N or I), float64 and float32, one thread: the BLAS's
 gemm on the transposed operand (np.dot(a.T, b, out) from compiled code) against
@@ -25,6 +30,14 @@ gemm on the transposed operand (np.dot(a.T, b, out) from compiled code) against
     python benchmarks/bench_products.py --out results/products_2core_zen3.json
     python benchmarks/bench_products.py --sizes "" --shapes 16x512x512,6400x512x2048
     python benchmarks/bench_products.py --sizes "" --shapes "" --tn 200x2048x512
+    python benchmarks/bench_products.py --sizes "" --shapes "" --tn "" --rules gru,float32,32,32,32
+
+Then (``--rules``) whole calls at T = 200, forward and vjp (forward and backward), of cell,
+dtype, B, N, I cases, with the products' depth rules (``products.STEP_MIN_DEPTH_BYTES``,
+``GEMM_MIN_DEPTH_BYTES``) as they are and set to 0 (dot products at every depth, as before the
+rules), the two alternating call by call in one process (the machine's drift between processes
+is larger than the difference), medians of ``--turns`` turns, in milliseconds; both settings'
+outputs and gradients checked against each other first.
 """
 import argparse
 import json
@@ -35,7 +48,8 @@ import time
 import numpy as np
 from numba import njit
 
-from numrnn.cpu import blas, jacobians, products
+import numrnn
+from numrnn.cpu import blas, jacobians, products, recurrence
 
 
 @njit
@@ -48,6 +62,12 @@ def _blas(a, m_t, out, n):
 def _compiled(a, m, out, n):
     for _ in range(n):
         products.times_transpose(a, m, out)
+
+
+@njit
+def _loops(a, m_t, out, n):
+    for _ in range(n):
+        recurrence._matmul(a, m_t, out, False)
 
 
 @njit
@@ -101,6 +121,50 @@ def _race(label, ref, flops, *routes):
     return [_best(fn, args + (out,), calls) for (fn, args), out in zip(routes, outs)]
 
 
+def _rules(case, turns):
+    """One ``--rules`` case: forward and forward + vjp with the depth rules and without."""
+    cell, dtype, B, N, I = case.split(",")
+    B, N, I = int(B), int(N), int(I)
+    rng = np.random.default_rng(0)
+    net = numrnn.RNN(I, N, cell=cell, dtype=dtype, seed=0)
+    x = rng.standard_normal((200, B, I)).astype(dtype)
+    d = rng.standard_normal((200, B, N)).astype(dtype)
+    settings = {"rules": (products.STEP_MIN_DEPTH_BYTES, products.GEMM_MIN_DEPTH_BYTES),
+                "every depth": (0, 0)}
+    results = {}
+    try:
+        for name, (step, gemm) in settings.items():
+            products.STEP_MIN_DEPTH_BYTES, products.GEMM_MIN_DEPTH_BYTES = step, gemm
+            results[name] = net.vjp(x, d)
+            net.forward(x)
+        tol = 1e-10 if np.dtype(dtype) == np.float64 else 1e-3
+        for key, ref in results["rules"].items():
+            other = results["every depth"][key]
+            err = np.abs(other - ref).max() / max(np.abs(ref).max(), 1e-300)
+            if not err <= tol:
+                raise SystemExit(f"--rules {case}: {key} differs by {err:.1e} between settings")
+        times = {name: ([], []) for name in settings}
+        for _ in range(turns):
+            for name, (step, gemm) in settings.items():
+                products.STEP_MIN_DEPTH_BYTES, products.GEMM_MIN_DEPTH_BYTES = step, gemm
+                net.forward(x)
+                t0 = time.perf_counter()
+                net.forward(x)
+                t1 = time.perf_counter()
+                net.vjp(x, d)
+                times[name][0].append(t1 - t0)
+                times[name][1].append(time.perf_counter() - t1)
+    finally:
+        products.STEP_MIN_DEPTH_BYTES, products.GEMM_MIN_DEPTH_BYTES = settings["rules"]
+    med = {name: (1e3 * np.median(f), 1e3 * np.median(fb)) for name, (f, fb) in times.items()}
+    (f_new, fb_new), (f_old, fb_old) = med["rules"], med["every depth"]
+    print(f"rules {case} (ms, every depth -> rules): forward {f_old:.3f} -> {f_new:.3f} "
+          f"({f_new / f_old:.2f}), vjp {fb_old:.3f} -> {fb_new:.3f} "
+          f"({fb_new / fb_old:.2f})", flush=True)
+    return {"rules": case, "turns": turns, "forward_ms": f_new, "vjp_ms": fb_new,
+            "every_depth_forward_ms": f_old, "every_depth_vjp_ms": fb_old}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="64,128,200,512")
@@ -112,6 +176,9 @@ def main():
     ap.add_argument("--tn", default="200x512x512,200x2048x512,2048x128x128,2048x512x512,"
                     "2048x2048x512,3200x2048x512", help="K x M x P products a.T @ b, float64 "
                     "and float32 ('' none)")
+    ap.add_argument("--rules", default="", help="cell,dtype,B,N,I;... whole calls with the "
+                    "depth rules and without ('' none)")
+    ap.add_argument("--turns", type=int, default=30)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -129,17 +196,22 @@ def main():
                 m = rng.standard_normal((n_out, n)).astype(dtype)
                 m_t = np.ascontiguousarray(m.T)
                 ref = a.astype(np.float64) @ m.T.astype(np.float64)
-                compiled = _compiled if k <= 64 else _gemm
                 flops = 2.0 * k * n * n_out
-                t_blas, t_ours = _race(f"{shape} {np.dtype(dtype).name}", ref, flops,
-                                       (_blas, (a, m_t)), (compiled, (a, m)))
-                rows.append({"shape": shape, "dtype": np.dtype(dtype).name, "blas_us": t_blas,
-                             "compiled_us": t_ours, "wide": products.WIDE,
-                             "blas_gflops": flops / t_blas / 1e3,
-                             "compiled_gflops": flops / t_ours / 1e3})
-                line.append(f"{np.dtype(dtype).name} {flops / t_blas / 1e3:.0f} / "
-                            f"{flops / t_ours / 1e3:.0f}")
-            print(f"{shape} (GFLOP/s, BLAS / compiled): " + "  ".join(line), flush=True)
+                routes = [(_blas, (a, m_t)), (_compiled if k <= 64 else _gemm, (a, m))]
+                if k <= 64:
+                    routes.append((_loops, (a, m_t)))
+                times = _race(f"{shape} {np.dtype(dtype).name}", ref, flops, *routes)
+                row = {"shape": shape, "dtype": np.dtype(dtype).name, "blas_us": times[0],
+                       "compiled_us": times[1], "wide": products.WIDE,
+                       "blas_gflops": flops / times[0] / 1e3,
+                       "compiled_gflops": flops / times[1] / 1e3}
+                if k <= 64:
+                    row.update(loops_us=times[2], loops_gflops=flops / times[2] / 1e3)
+                rows.append(row)
+                line.append(f"{np.dtype(dtype).name} " + " / ".join(
+                    f"{flops / t / 1e3:.0f}" for t in times))
+            print(f"{shape} (GFLOP/s, BLAS / compiled" + (" / loops" if k <= 64 else "")
+                  + "): " + "  ".join(line), flush=True)
         for shape in filter(None, args.tn.split(",")):
             K, M, P = map(int, shape.split("x"))
             line = []
@@ -202,6 +274,8 @@ def main():
                              "lapack_over_compiled": out["lapack_us"] / out["compiled_us"]})
                 line.append(f"k={k} {out['lapack_us']:.1f}/{out['compiled_us']:.1f}")
             print(f"QR n={n} (LAPACK / compiled, us): " + "  ".join(line), flush=True)
+    for case in filter(None, (c.strip() for c in args.rules.split(";"))):
+        rows.append(_rules(case, args.turns))
     if args.out:
         meta = {"machine": platform.processor() or platform.machine(),
                 "cpus": os.cpu_count(), "load": os.getloadavg(), "blas": blas.summary(),
