@@ -818,7 +818,8 @@ def product_mode(dtype, batch, n_in, n_out, rows=None):
     thread, 16 rows, it took 0.4-0.5 of the time of OpenBLAS's AVX2 gemm (float64 and float32,
     N = 128-512, G*N up to 2048); at one row, level with gemv (benchmarks/README.md, "Skinny
     products with AVX-512").  Shallower, with AVX-512 (float32 N = 32: a forward step's sums are
-    32 deep), the compiled loops run instead: 1.1-1.4x the dot products' speed, 1.2-1.5x the BLAS's.
+    32 deep), the compiled loops run instead: 1.1-1.4x the dot products' speed, 1.2-1.5x the
+    BLAS's ("Dot products only where their sums are deep enough").
     """
     rows = batch if rows is None else rows
     if rows >= 2 and products.use_dot_products(products.times_transpose_pays(dtype, n_in)):
