@@ -32,6 +32,9 @@ gemm on the transposed operand (np.dot(a.T, b, out) from compiled code) against
     python benchmarks/bench_products.py --sizes "" --shapes "" --tn 200x2048x512
     python benchmarks/bench_products.py --sizes "" --shapes "" --tn "" --rules gru,float32,32,32,32
 
+``--peak``: the 4 x 4 dot-product block on data that stays in L1 (4 rows of a and of m, 32 KiB),
+on one thread and on two at once, float32 and float64: the ceiling of every compiled product.
+
 Then (``--rules``) whole calls at T = 200, forward and vjp (forward and backward), of cell,
 dtype, B, N, I cases, with the products' depth rules (``products.STEP_MIN_DEPTH_BYTES``,
 ``GEMM_MIN_DEPTH_BYTES``) as they are and set to 0 (dot products at every depth, as before the
@@ -43,6 +46,7 @@ import argparse
 import json
 import os
 import platform
+import threading
 import time
 
 import numpy as np
@@ -68,6 +72,16 @@ def _compiled(a, m, out, n):
 def _loops(a, m_t, out, n):
     for _ in range(n):
         recurrence._matmul(a, m_t, out, False)
+
+
+@njit(nogil=True)
+def _in_l1(a, m, out, n):
+    """n times the 4 x 4 dot-product block of products._four over the whole of a (4, K) and m
+    (4, K) (small enough to stay in L1): the loops' own ceiling."""
+    depth, start, rows = np.int64(a.shape[1]), np.int64(0), np.int64(4)
+    for _ in range(n):
+        products._four(a, start, m, start, rows, start, depth, out[:, :], out.dtype.type(0),
+                       False)
 
 
 @njit
@@ -119,6 +133,35 @@ def _race(label, ref, flops, *routes):
             raise SystemExit(f"{label}: relative error {err:.1e}")
         outs.append(out)
     return [_best(fn, args + (out,), calls) for (fn, args), out in zip(routes, outs)]
+
+
+def _peak(rng):
+    """``--peak``: GFLOP/s of the dot-product block in L1 on one thread and on two at once
+    (each its own data), float32 and float64: what no product built from it can pass."""
+    rows = []
+    for dtype, depth in ((np.float32, 1024), (np.float64, 512)):  # a and m: 32 KiB together
+        data = [(rng.standard_normal((4, depth)).astype(dtype),
+                 rng.standard_normal((4, depth)).astype(dtype), np.empty((4, 4), dtype))
+                for _ in range(2)]
+        calls = 100000
+        _in_l1(*data[0], 10)
+        best = {1: 0.0, 2: 0.0}
+        for _ in range(5):
+            for n in (1, 2):
+                workers = [threading.Thread(target=_in_l1, args=data[i] + (calls,))
+                           for i in range(n)]
+                t0 = time.perf_counter()
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    w.join()
+                seconds = time.perf_counter() - t0
+                best[n] = max(best[n], n * 2 * 16 * depth * calls / seconds / 1e9)
+        print(f"peak {np.dtype(dtype).name} (4 x 4 dot-product block in L1, depth {depth}): "
+              f"{best[1]:.0f} GFLOP/s on one thread, {best[2]:.0f} on two", flush=True)
+        rows.append({"peak": np.dtype(dtype).name, "depth": depth, "one_thread_gflops": best[1],
+                     "two_threads_gflops": best[2]})
+    return rows
 
 
 def _rules(case, turns):
@@ -179,6 +222,7 @@ def main():
     ap.add_argument("--rules", default="", help="cell,dtype,B,N,I;... whole calls with the "
                     "depth rules and without ('' none)")
     ap.add_argument("--turns", type=int, default=30)
+    ap.add_argument("--peak", action="store_true", help="the dot-product block's speed in L1")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -274,6 +318,8 @@ def main():
                              "lapack_over_compiled": out["lapack_us"] / out["compiled_us"]})
                 line.append(f"k={k} {out['lapack_us']:.1f}/{out['compiled_us']:.1f}")
             print(f"QR n={n} (LAPACK / compiled, us): " + "  ".join(line), flush=True)
+    if args.peak:
+        rows += _peak(rng)
     for case in filter(None, (c.strip() for c in args.rules.split(";"))):
         rows.append(_rules(case, args.turns))
     if args.out:
