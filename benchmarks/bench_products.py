@@ -165,7 +165,7 @@ def _peak(rng):
 
 
 def _rules(case, turns):
-    """One ``--rules`` case: forward and forward + vjp with the depth rules and without."""
+    """One ``--rules`` case: forward and vjp with the depth rules and without."""
     cell, dtype, B, N, I = case.split(",")
     B, N, I = int(B), int(N), int(I)
     rng = np.random.default_rng(0)
