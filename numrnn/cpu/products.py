@@ -249,14 +249,29 @@ def _one(a, c, m, i0, i1, k0, k1, out, zero, add):
         i += 1
 
 
+@register_jitable(inline="always")
+def _row_groups(a, r0, r1, m, i0, i1, k0, k1, out, zero, add):
+    """out[r0:r1, i0:i1] (+)= a[r0:r1, k0:k1] @ m[i0:i1, k0:k1].T: groups of four rows of a,
+    then a pair, then a single row, each against the rows of m (:func:`_four`, :func:`_two`,
+    :func:`_one`).  Inlined where it is called, so the loops see its callers' argument types."""
+    c = r0
+    while r1 - c >= 4:
+        _four(a, c, m, i0, i1, k0, k1, out, zero, add)
+        c += 4
+    if r1 - c >= 2:
+        _two(a, c, m, i0, i1, k0, k1, out, zero, add)
+        c += 2
+    if r1 - c == 1:
+        _one(a, c, m, i0, i1, k0, k1, out, zero, add)
+
+
 @njit(**_JIT)
 def _blocked(a, m, out, kc, mc, nc):
     """out = a @ m.T in blocks: ``kc`` columns of a and m (the products of later blocks added
     to out in order), ``mc`` rows of a, ``nc`` rows of m (``mc`` and ``nc`` multiples of 4);
-    inside, groups of four rows of a, then a pair, then a single row, each against the rows of
-    m (:func:`_four`, :func:`_two`, :func:`_one`).  An entry's loops, so its bits, depend on
-    the shapes, the block sizes and :data:`WIDE` alone.  Called as the section below says
-    (one compiled specialisation per dtype)."""
+    inside, :func:`_row_groups`.  An entry's loops, so its bits, depend on the shapes, the block
+    sizes and :data:`WIDE` alone.  Called as the section below says (one compiled
+    specialisation per dtype)."""
     zero = out.dtype.type(0)
     k, n = a.shape
     n_out = m.shape[0]
@@ -270,15 +285,7 @@ def _blocked(a, m, out, kc, mc, nc):
             r1 = min(r0 + mc, k)
             for i0 in range(0, n_out, nc):
                 i1 = min(i0 + nc, n_out)
-                c = r0
-                while r1 - c >= 4:
-                    _four(a, c, m, i0, i1, k0, k1, out, zero, add)
-                    c += 4
-                if r1 - c >= 2:
-                    _two(a, c, m, i0, i1, k0, k1, out, zero, add)
-                    c += 2
-                if r1 - c == 1:
-                    _one(a, c, m, i0, i1, k0, k1, out, zero, add)
+                _row_groups(a, r0, r1, m, i0, i1, k0, k1, out, zero, add)
 
 
 # --- one compiled specialisation per dtype ------------------------------------------------------
@@ -411,15 +418,7 @@ def _gemm_tn(a, b, out, r0, r1, accumulate):
             o = out[s0:s0 + rows, :]
             for i0 in range(0, P, nc):
                 i1 = min(i0 + nc, P)
-                c = first
-                while rows - c >= 4:
-                    _four(pa, c, pb, i0, i1, first, wp, o, zero, add)
-                    c += 4
-                if rows - c >= 2:
-                    _two(pa, c, pb, i0, i1, first, wp, o, zero, add)
-                    c += 2
-                if rows - c == 1:
-                    _one(pa, c, pb, i0, i1, first, wp, o, zero, add)
+                _row_groups(pa, first, rows, pb, i0, i1, first, wp, o, zero, add)
 
 
 def gemm_tn_pays(dtype, K, M, P):
