@@ -19,12 +19,18 @@ blocked ``products.gemm_nt``), in GFLOP/s, with whether the compiler targets AVX
 Up to 64 rows (a step's product) the compiled loops of the per-step products are timed too
 (``numrnn.cpu.recurrence._matmul``: rows of M^T added in, no dot products), the form
 ``recurrence.product_mode`` picks where the dot products' sums are too short
-(``products.times_transpose_pays``).
+(``products.times_transpose_pays``), and the packed products with m packed once
+(``products.times_packed``: register tiles of outer products, the form it picks from
+``products.TILE_ROWS`` rows).  Above 64 rows the figures are the BLAS, ``products.gemm_nt`` as
+it runs (the packed products from ``products.PACKED_MIN_ROWS`` rows with AVX-512) and its dot
+products alone (``products._blocked``).
 
 Then (``--tn``) the weight gradients' products out = a.T @ b, a (K, M), b (K, P) (K = steps x
 sequences of a block of steps, M = G*N, P = N or I), float64 and float32, one thread: the BLAS's
 gemm on the transposed operand (np.dot(a.T, b, out) from compiled code) against
-``products.gemm_tn`` (K-blocks packed transposed, then the blocked dot products), in GFLOP/s.
+``products.gemm_tn`` as it runs (the packed products from ``products.PACKED_TN_MIN_COLUMNS``
+columns with AVX-512) and its dot products alone (K-blocks packed transposed, then the blocked
+dot products, ``products._gemm_tn``), in GFLOP/s.
 
     python benchmarks/bench_products.py
     python benchmarks/bench_products.py --out results/products_2core_zen3.json
@@ -33,7 +39,9 @@ gemm on the transposed operand (np.dot(a.T, b, out) from compiled code) against
     python benchmarks/bench_products.py --sizes "" --shapes "" --tn "" --rules gru,float32,32,32,32
 
 ``--peak``: the 4 x 4 dot-product block on data that stays in L1 (4 rows of a and of m, 32 KiB),
-on one thread and on two at once, float32 and float64: the ceiling of every compiled product.
+on one thread and on two at once, float32 and float64: the ceiling of every compiled product;
+then the packed products' register tile the same way (``products._tile``, a 6 x 256 panel of a
+and a 256 x 2-vector panel of m).
 
 Then (``--rules``) whole calls at T = 200, forward and vjp (forward and backward), of cell,
 dtype, B, N, I cases, with the products' depth rules (``products.STEP_MIN_DEPTH_BYTES``,
@@ -41,6 +49,10 @@ dtype, B, N, I cases, with the products' depth rules (``products.STEP_MIN_DEPTH_
 rules), the two alternating call by call in one process (the machine's drift between processes
 is larger than the difference), medians of ``--turns`` turns, in milliseconds; both settings'
 outputs and gradients checked against each other first.
+
+Then (``--packed``) whole calls the same way, cell, dtype, B, N cases (I = N), with the packed
+products of a step and of ``gemm_nt`` and without them (the forms they replace; the weight
+gradients' rule is fixed when the kernels compile, so it is the same in both settings).
 """
 import argparse
 import json
@@ -84,10 +96,38 @@ def _in_l1(a, m, out, n):
                        False)
 
 
+@njit(nogil=True)
+def _tile_in_l1(pa, pb, tile, n):
+    """n times the packed products' register tile (products._tile) over a panel of a and one of
+    m that stay in L1: its own ceiling."""
+    depth = np.int64(pa.size // products.TILE_ROWS)
+    width = np.int64(pb.size // depth)
+    for _ in range(n):
+        products._tile(pa, np.int64(0), np.int64(1), np.int64(products.TILE_ROWS), pb,
+                       np.int64(0), width, depth, tile)
+
+
 @njit
 def _gemm(a, m, out, n):
     for _ in range(n):
-        products.gemm_nt(a, m, out)
+        products.gemm_nt(a, m, out, products.PACKED_MIN_ROWS)
+
+
+@njit
+def _dots_gemm(a, m, out, n):
+    """gemm_nt's dot products (products._blocked), which it runs below PACKED_MIN_ROWS rows
+    or without AVX-512."""
+    kc, mc, nc = products.GEMM_BLOCKS
+    for _ in range(n):
+        products._blocked(a, m, out[:, :], np.int64(kc), np.int64(mc), np.int64(nc))
+
+
+@njit
+def _packed_step(a, pb, out, n):
+    """A step's product by the packed products, m packed once (as a pass packs M)."""
+    pa, tile = products.scratch(a)
+    for _ in range(n):
+        products.times_packed(a[:, :], pb[0], out.shape[1], out[:, :], pa, tile)
 
 
 @njit
@@ -100,6 +140,14 @@ def _blas_tn(a, b, out, n):
 def _compiled_tn(a, b, out, n):
     for _ in range(n):
         products.gemm_tn(a, b, out, 0, a.shape[1], False)
+
+
+@njit
+def _dots_tn(a, b, out, n):
+    """gemm_tn's dot products (products._gemm_tn), which it runs below PACKED_TN_MIN_COLUMNS
+    columns or without AVX-512."""
+    for _ in range(n):
+        products._gemm_tn(a, b, out[:, :], np.int64(0), np.int64(a.shape[1]), False)
 
 
 @njit
@@ -161,35 +209,57 @@ def _peak(rng):
               f"{best[1]:.0f} GFLOP/s on one thread, {best[2]:.0f} on two", flush=True)
         rows.append({"peak": np.dtype(dtype).name, "depth": depth, "one_thread_gflops": best[1],
                      "two_threads_gflops": best[2]})
+        # the packed products' tile: a 6 x 256 panel of a and a 256 x (two vectors) one of m
+        width = products.TILE_VECTORS * 64 // np.dtype(dtype).itemsize
+        depth = 256
+        data = [(rng.standard_normal(products.TILE_ROWS * depth).astype(dtype),
+                 rng.standard_normal(width * depth).astype(dtype),
+                 np.empty(products.TILE_ROWS * width, dtype)) for _ in range(2)]
+        calls = 20000
+        _tile_in_l1(*data[0], 10)
+        best = {1: 0.0, 2: 0.0}
+        for _ in range(5):
+            for n in (1, 2):
+                workers = [threading.Thread(target=_tile_in_l1, args=data[i] + (calls,))
+                           for i in range(n)]
+                t0 = time.perf_counter()
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    w.join()
+                seconds = time.perf_counter() - t0
+                flops = 2 * products.TILE_ROWS * width * depth * calls
+                best[n] = max(best[n], n * flops / seconds / 1e9)
+        print(f"peak {np.dtype(dtype).name} (register tile {products.TILE_ROWS} x {width} in L1, "
+              f"depth {depth}): {best[1]:.0f} GFLOP/s on one thread, {best[2]:.0f} on two",
+              flush=True)
+        rows.append({"tile_peak": np.dtype(dtype).name, "depth": depth,
+                     "one_thread_gflops": best[1], "two_threads_gflops": best[2]})
     return rows
 
 
-def _rules(case, turns):
-    """One ``--rules`` case: forward and vjp with the depth rules and without."""
-    cell, dtype, B, N, I = case.split(",")
-    B, N, I = int(B), int(N), int(I)
-    rng = np.random.default_rng(0)
-    net = numrnn.RNN(I, N, cell=cell, dtype=dtype, seed=0)
-    x = rng.standard_normal((200, B, I)).astype(dtype)
-    d = rng.standard_normal((200, B, N)).astype(dtype)
-    settings = {"rules": (products.STEP_MIN_DEPTH_BYTES, products.GEMM_MIN_DEPTH_BYTES),
-                "every depth": (0, 0)}
+def _alternate(label, turns, net, x, d, settings, apply):
+    """Forward and vjp of ``net`` under each of ``settings`` (name -> what ``apply`` sets),
+    their results checked against each other first, then timed call by call in turns (the
+    order swapped every turn), ``apply`` put back to the first setting at the end: medians in
+    milliseconds, name -> (forward, vjp)."""
+    names = list(settings)
     results = {}
     try:
-        for name, (step, gemm) in settings.items():
-            products.STEP_MIN_DEPTH_BYTES, products.GEMM_MIN_DEPTH_BYTES = step, gemm
+        for name in names:
+            apply(settings[name])
             results[name] = net.vjp(x, d)
             net.forward(x)
-        tol = 1e-10 if np.dtype(dtype) == np.float64 else 1e-3
-        for key, ref in results["rules"].items():
-            other = results["every depth"][key]
+        tol = 1e-10 if np.dtype(net.dtype) == np.float64 else 1e-3
+        for key, ref in results[names[0]].items():
+            other = results[names[1]][key]
             err = np.abs(other - ref).max() / max(np.abs(ref).max(), 1e-300)
             if not err <= tol:
-                raise SystemExit(f"--rules {case}: {key} differs by {err:.1e} between settings")
-        times = {name: ([], []) for name in settings}
-        for _ in range(turns):
-            for name, (step, gemm) in settings.items():
-                products.STEP_MIN_DEPTH_BYTES, products.GEMM_MIN_DEPTH_BYTES = step, gemm
+                raise SystemExit(f"{label}: {key} differs by {err:.1e} between settings")
+        times = {name: ([], []) for name in names}
+        for turn in range(turns):
+            for name in (names if turn % 2 == 0 else names[::-1]):
+                apply(settings[name])
                 net.forward(x)
                 t0 = time.perf_counter()
                 net.forward(x)
@@ -198,14 +268,66 @@ def _rules(case, turns):
                 times[name][0].append(t1 - t0)
                 times[name][1].append(time.perf_counter() - t1)
     finally:
-        products.STEP_MIN_DEPTH_BYTES, products.GEMM_MIN_DEPTH_BYTES = settings["rules"]
-    med = {name: (1e3 * np.median(f), 1e3 * np.median(fb)) for name, (f, fb) in times.items()}
+        apply(settings[names[0]])
+    return {name: (1e3 * np.median(f), 1e3 * np.median(fb)) for name, (f, fb) in times.items()}
+
+
+def _case(case, inputs):
+    """A network and its data for a ``cell,dtype,B,N[,I]`` case, T = 200."""
+    cell, dtype, B, N = case.split(",")[:4]
+    B, N = int(B), int(N)
+    I = int(case.split(",")[4]) if inputs else N
+    rng = np.random.default_rng(0)
+    net = numrnn.RNN(I, N, cell=cell, dtype=dtype, seed=0)
+    x = rng.standard_normal((200, B, I)).astype(dtype)
+    d = rng.standard_normal((200, B, N)).astype(dtype)
+    return net, x, d
+
+
+def _rules(case, turns):
+    """One ``--rules`` case: forward and vjp with the depth rules and without."""
+    net, x, d = _case(case, inputs=True)
+
+    def apply(depths):
+        products.STEP_MIN_DEPTH_BYTES, products.GEMM_MIN_DEPTH_BYTES = depths
+
+    med = _alternate(f"--rules {case}", turns, net, x, d,
+                     {"rules": (products.STEP_MIN_DEPTH_BYTES, products.GEMM_MIN_DEPTH_BYTES),
+                      "every depth": (0, 0)}, apply)
     (f_new, fb_new), (f_old, fb_old) = med["rules"], med["every depth"]
     print(f"rules {case} (ms, every depth -> rules): forward {f_old:.3f} -> {f_new:.3f} "
           f"({f_new / f_old:.2f}), vjp {fb_old:.3f} -> {fb_new:.3f} "
           f"({fb_new / fb_old:.2f})", flush=True)
     return {"rules": case, "turns": turns, "forward_ms": f_new, "vjp_ms": fb_new,
             "every_depth_forward_ms": f_old, "every_depth_vjp_ms": fb_old}
+
+
+def _packed_calls(case, turns):
+    """One ``--packed`` case: forward and vjp with the packed products of a step
+    (``recurrence.product_mode``'s mode 4) and of the products over all steps (``gemm_nt`` from
+    ``products.PACKED_MIN_ROWS`` rows), and with neither (the dot products or loops they
+    replace)."""
+    net, x, d = _case(case, inputs=False)
+    mode = recurrence.product_mode
+
+    def without(dtype, batch, n_in, n_out, rows=None):
+        chosen = mode(dtype, batch, n_in, n_out, rows)
+        if chosen != 4:
+            return chosen
+        return 3 if products.use_dot_products(products.times_transpose_pays(dtype, n_in)) else 0
+
+    def apply(setting):
+        recurrence.product_mode, products.PACKED_MIN_ROWS = setting
+
+    med = _alternate(f"--packed {case}", turns, net, x, d,
+                     {"packed": (mode, products.PACKED_MIN_ROWS), "without": (without, 2**62)},
+                     apply)
+    (f_new, fb_new), (f_old, fb_old) = med["packed"], med["without"]
+    print(f"packed {case} (ms, without -> packed): forward {f_old:.3f} -> {f_new:.3f} "
+          f"({f_new / f_old:.2f}), vjp {fb_old:.3f} -> {fb_new:.3f} "
+          f"({fb_new / fb_old:.2f})", flush=True)
+    return {"packed": case, "turns": turns, "forward_ms": f_new, "vjp_ms": fb_new,
+            "without_forward_ms": f_old, "without_vjp_ms": fb_old}
 
 
 def main():
@@ -221,6 +343,8 @@ def main():
                     "and float32 ('' none)")
     ap.add_argument("--rules", default="", help="cell,dtype,B,N,I;... whole calls with the "
                     "depth rules and without ('' none)")
+    ap.add_argument("--packed", default="", help="cell,dtype,B,N;... whole calls with the "
+                    "packed products and without ('' none)")
     ap.add_argument("--turns", type=int, default=30)
     ap.add_argument("--peak", action="store_true", help="the dot-product block's speed in L1")
     ap.add_argument("--out", default=None)
@@ -243,19 +367,26 @@ def main():
                 flops = 2.0 * k * n * n_out
                 routes = [(_blas, (a, m_t)), (_compiled if k <= 64 else _gemm, (a, m))]
                 if k <= 64:
-                    routes.append((_loops, (a, m_t)))
+                    routes += [(_loops, (a, m_t)),
+                               (_packed_step, (a, products.pack_matrix(m)))]
+                else:
+                    routes.append((_dots_gemm, (a, m)))
                 times = _race(f"{shape} {np.dtype(dtype).name}", ref, flops, *routes)
                 row = {"shape": shape, "dtype": np.dtype(dtype).name, "blas_us": times[0],
                        "compiled_us": times[1], "wide": products.WIDE,
                        "blas_gflops": flops / times[0] / 1e3,
                        "compiled_gflops": flops / times[1] / 1e3}
                 if k <= 64:
-                    row.update(loops_us=times[2], loops_gflops=flops / times[2] / 1e3)
+                    row.update(loops_us=times[2], loops_gflops=flops / times[2] / 1e3,
+                               packed_us=times[3], packed_gflops=flops / times[3] / 1e3)
+                else:
+                    row.update(packed=bool(products.WIDE and k >= products.PACKED_MIN_ROWS),
+                               dots_us=times[2], dots_gflops=flops / times[2] / 1e3)
                 rows.append(row)
                 line.append(f"{np.dtype(dtype).name} " + " / ".join(
                     f"{flops / t / 1e3:.0f}" for t in times))
-            print(f"{shape} (GFLOP/s, BLAS / compiled" + (" / loops" if k <= 64 else "")
-                  + "): " + "  ".join(line), flush=True)
+            print(f"{shape} (GFLOP/s, BLAS / " + ("dots / loops / packed" if k <= 64 else
+                  "gemm_nt / dots") + "): " + "  ".join(line), flush=True)
         for shape in filter(None, args.tn.split(",")):
             K, M, P = map(int, shape.split("x"))
             line = []
@@ -264,16 +395,21 @@ def main():
                 b = rng.standard_normal((K, P)).astype(dtype)
                 ref = a.T.astype(np.float64) @ b.astype(np.float64)
                 flops = 2.0 * K * M * P
-                t_blas, t_ours = _race(f"tn {shape} {np.dtype(dtype).name}", ref, flops,
-                                       (_blas_tn, (a, b)), (_compiled_tn, (a, b)))
+                t_blas, t_ours, t_dots = _race(f"tn {shape} {np.dtype(dtype).name}", ref, flops,
+                                               (_blas_tn, (a, b)), (_compiled_tn, (a, b)),
+                                               (_dots_tn, (a, b)))
                 rows.append({"tn": shape, "dtype": np.dtype(dtype).name, "blas_us": t_blas,
                              "compiled_us": t_ours, "wide": products.WIDE,
                              "blas_gflops": flops / t_blas / 1e3,
                              "compiled_gflops": flops / t_ours / 1e3,
+                             "packed": bool(products.WIDE and M >= products.TILE_ROWS
+                                            and P >= products.PACKED_TN_MIN_COLUMNS),
+                             "dots_us": t_dots, "dots_gflops": flops / t_dots / 1e3,
                              "compiled_pays": products.gemm_tn_pays(dtype, K, M, P)})
                 line.append(f"{np.dtype(dtype).name} {flops / t_blas / 1e3:.0f} / "
-                            f"{flops / t_ours / 1e3:.0f}")
-            print(f"tn {shape} (GFLOP/s, BLAS / compiled): " + "  ".join(line), flush=True)
+                            f"{flops / t_ours / 1e3:.0f} / {flops / t_dots / 1e3:.0f}")
+            print(f"tn {shape} (GFLOP/s, BLAS / gemm_tn / dots): " + "  ".join(line),
+                  flush=True)
         for n in sizes:
             m = rng.standard_normal((n, n))
             m_t = np.ascontiguousarray(m.T)
@@ -322,6 +458,8 @@ def main():
         rows += _peak(rng)
     for case in filter(None, (c.strip() for c in args.rules.split(";"))):
         rows.append(_rules(case, args.turns))
+    for case in filter(None, (c.strip() for c in args.packed.split(";"))):
+        rows.append(_packed_calls(case, args.turns))
     if args.out:
         meta = {"machine": platform.processor() or platform.machine(),
                 "cpus": os.cpu_count(), "load": os.getloadavg(), "blas": blas.summary(),

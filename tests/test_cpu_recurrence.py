@@ -125,10 +125,11 @@ def test_threaded_and_blas_variants_equal_reference(rng, monkeypatch, cell, dtyp
         assert_close(g[name], g_r[name], rtol=RTOL[np.dtype(dtype)], what=name)
 
 
-def test_product_mode_takes_the_loops_for_short_sums_with_avx512(monkeypatch):
-    """Under "auto" with AVX-512, a step's product of two rows or more runs as dot products
-    where its sums are four vectors deep, else as the compiled loops (not the BLAS); one row
-    keeps the loops or the BLAS by its work."""
+def test_product_mode_with_avx512(monkeypatch):
+    """Under "auto" with AVX-512, a step's product of a whole register tile of rows or more runs
+    as the packed products; of two to five rows as dot products where its sums are four
+    vectors deep, else as the compiled loops (not the BLAS); one row keeps the loops or the
+    BLAS by its work."""
     from numrnn import config
     from numrnn.cpu import products, recurrence
 
@@ -136,11 +137,16 @@ def test_product_mode_takes_the_loops_for_short_sums_with_avx512(monkeypatch):
     monkeypatch.setattr(products, "WIDE", True)
     monkeypatch.setattr(config, "BLAS_MIN_WORK", 1)
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
-    assert recurrence.product_mode(f32, 32, 32, 128, 16) == 0  # an LSTM's forward, N = 32
-    assert recurrence.product_mode(f32, 32, 128, 32, 16) == 3  # its backward
-    assert recurrence.product_mode(f32, 32, 64, 256, 16) == 3
-    assert recurrence.product_mode(f64, 32, 32, 128, 16) == 3
+    tile = products.TILE_ROWS
+    assert recurrence.product_mode(f32, 32, 32, 128, 16) == 4  # an LSTM's forward, N = 32
+    assert recurrence.product_mode(f64, 32, 32, 128, tile) == 4
+    assert recurrence.product_mode(f32, 8, 32, 128, tile - 1) == 0
+    assert recurrence.product_mode(f32, 8, 128, 32, tile - 1) == 3  # its backward
+    assert recurrence.product_mode(f32, 4, 64, 256, 2) == 3
+    assert recurrence.product_mode(f64, 4, 32, 128, 2) == 3
     assert recurrence.product_mode(f64, 1, 32, 128, 1) == 1
+    monkeypatch.setattr(products, "WIDE", False)
+    assert recurrence.product_mode(f32, 32, 128, 128, 16) == 2  # no AVX-512: the BLAS
 
 
 @pytest.mark.parametrize("cell", ["tanh", "rate", "lstm", "cornn"])

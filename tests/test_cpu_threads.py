@@ -14,7 +14,7 @@ import pytest
 from numba import njit
 
 from numrnn import config
-from numrnn.cpu import blas, sync, threads
+from numrnn.cpu import blas, products, sync, threads
 
 
 @njit(nogil=True)
@@ -225,7 +225,8 @@ def test_one_block_products_skip_the_pool_with_the_same_bits(monkeypatch, kernel
     assert kernels_run == ([] if tn_rows else [threads._tn_blocks])
     want = np.empty((70, 40), dtype), np.empty((33, 33), dtype), np.empty((33, 40), dtype)
     if dot == "on":  # the rows of w.T's transpose: w's own
-        threads.run_kernel(threads._gemm_rows, (a, w, want[0]), 70, 1)
+        threads.run_kernel(threads._gemm_rows, (a, w, products.PACKED_MIN_ROWS, want[0]),
+                           70, 1)
     else:
         threads.run_kernel(threads._dot_rows, (a, w.T, want[0]), 70, 1)
     if tn_rows:

@@ -10,7 +10,7 @@ __all__ = ["forward", "backward", "coefficients", "recurrent_inputs", "recurrent
            "matmul", "matmul_tn", "single_threaded", "describe"]
 
 _PRODUCTS = ("compiled loops", "BLAS gemm per step", "BLAS gemm per step, transposed",
-             "compiled dot products (AVX-512)")
+             "compiled dot products (AVX-512)", "packed register tiles (AVX-512)")
 
 
 def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtype=np.float32):

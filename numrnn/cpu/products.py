@@ -16,7 +16,12 @@ OPENBLAS_CORETYPE says so, :mod:`numrnn.cpu.blas`) on the recurrent product of e
 batch (:func:`numrnn.cpu.recurrence.product_mode`) and, in blocks that stay in a core's L2
 (:func:`gemm_nt`), on the products over all steps (:func:`numrnn.cpu.threads.matmul`: the input
 projection and the input's gradient; :func:`numrnn.cpu.threads.matmul_tn`: the weight gradients,
-through blocks packed transposed, :func:`gemm_tn`).  ``config.DOT_PRODUCTS`` governs those uses
+through blocks packed transposed, :func:`gemm_tn`).  Larger still, the packed products take
+over: a register tile of outer products (:func:`_tile`, vector code emitted directly) with no
+sums to reduce at the end, in :func:`gemm_nt` from :data:`PACKED_MIN_ROWS` rows of a
+(:func:`_packed`), in :func:`gemm_tn` from :data:`PACKED_TN_MIN_COLUMNS` columns of out
+(:func:`_packed_tn`), and for a step's product of a whole tile of rows with M packed once per
+pass (:func:`pack_matrix`, :func:`times_packed`; ``recurrence.product_mode``'s mode 4).  ``config.DOT_PRODUCTS`` governs those uses
 (:func:`use_dot_products`); :func:`product_t`, inside the compiled analysis loops, follows
 :data:`WIDE` alone.
 
@@ -35,9 +40,11 @@ single row; a group of rows of ``m`` or the last few), so on the shapes, the blo
 keeps the loop scalar.
 """
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.core import config as numba_config
-from numba.extending import overload, register_jitable
+from numba.extending import intrinsic, overload, register_jitable
 
 from .. import config
 from . import blas
@@ -320,12 +327,17 @@ def times_transpose(a, m, out):
 
 
 @njit(inline="always", **_JIT)
-def gemm_nt(a, m, out):
+def gemm_nt(a, m, out, min_rows):
     """out = a @ m.T as :func:`times_transpose`, for any number of rows of a (the products over
     all steps): blocks of :data:`GEMM_BLOCKS` (depth, rows of a, rows of m) that stay in a
-    core's L2."""
-    _blocked(a, m, out[:, :], _index(GEMM_BLOCKS[0]), _index(GEMM_BLOCKS[1]),
-             _index(GEMM_BLOCKS[2]))
+    core's L2; with AVX-512 and ``min_rows`` rows or more (:data:`PACKED_MIN_ROWS`, passed by
+    the caller), the packed products (:func:`_packed`).  The bits of a row depend on the
+    shapes, the rows a is given (which of the two runs) and :data:`WIDE`, never on threads."""
+    if WIDE and a.shape[0] >= min_rows:
+        _packed(a, m, out[:, :])
+    else:
+        _blocked(a, m, out[:, :], _index(GEMM_BLOCKS[0]), _index(GEMM_BLOCKS[1]),
+                 _index(GEMM_BLOCKS[2]))
 
 
 #: Padding of the rows of :func:`gemm_tn`'s packed blocks: rows of 512 float64 would lie 4 KiB
@@ -372,9 +384,13 @@ def _pack_t(src, k0, w, c0, n, dst):
 
 @njit(inline="always", **_JIT)
 def gemm_tn(a, b, out, r0, r1, accumulate):
-    """out[r0:r1] = a[:, r0:r1].T @ b (see :func:`_gemm_tn`), inlined into its callers so
-    that the loops are compiled once per dtype (see :func:`_index`)."""
-    _gemm_tn(a, b, out[:, :], _index(r0), _index(r1), bool(accumulate))
+    """out[r0:r1] = a[:, r0:r1].T @ b (see :func:`_gemm_tn`; with AVX-512, a tile of rows or
+    more and :data:`PACKED_TN_MIN_COLUMNS` columns, :func:`_packed_tn`), inlined into its
+    callers so that the loops are compiled once per dtype (see :func:`_index`)."""
+    if WIDE and r1 - r0 >= TILE_ROWS and b.shape[1] >= PACKED_TN_MIN_COLUMNS:
+        _packed_tn(a, b, out[:, :], _index(r0), _index(r1), bool(accumulate))
+    else:
+        _gemm_tn(a, b, out[:, :], _index(r0), _index(r1), bool(accumulate))
 
 
 @njit(**_JIT)
@@ -419,6 +435,335 @@ def _gemm_tn(a, b, out, r0, r1, accumulate):
             for i0 in range(0, P, nc):
                 i1 = min(i0 + nc, P)
                 _row_groups(pa, first, rows, pb, i0, i1, first, wp, o, zero, add)
+
+
+# --- packed products: a register tile of outer products --------------------------------------
+#
+# The dot products above reduce each of their sixteen vector sums to one number at the end: where
+# the sums are 128 deep (float32, N = 128) that costs about as much as the sums.  The packed
+# products have no reductions: :func:`_tile` keeps a TILE_ROWS x (TILE_VECTORS vectors) block of
+# out in registers and adds one outer product (a column of a's panel times a row of b's) per
+# step of the depth, as fused multiply-adds; the panels are packed so that both are read in
+# order.  Numba gives no vector types, and LLVM does not vectorise a tile of scalar sums (a 6 x
+# 32 tile written out as 192 scalars ran at 7 GFLOP/s), so the tile is an intrinsic that emits
+# the vector code itself.  An entry of out is the sum, in order of k, of its products within
+# each block of PACKED_BLOCKS[0] steps of the depth (one fused multiply-add after another from
+# zero), the blocks added to out in order: its bits depend on the depth alone, never on the
+# tile, the block or the thread that computes it.
+
+#: Rows of a in the register tile of :func:`_tile`, and its vectors of 64 bytes across out.
+TILE_ROWS = 6
+TILE_VECTORS = 2
+
+#: The blocks of the packed products: depth, rows of out, columns of out.  A panel of a
+#: (6 x 256) and one of b (256 x 32 float32) stay in L1 while a tile is made; b's block (256 x
+#: 512, 512 KiB in float32) and a's (96 x 256) in a core's L2.
+PACKED_BLOCKS = (256, 96, 512)
+
+#: Rows of a from which :func:`gemm_nt` runs the packed products.  One thread of the 2-core
+#: Zen 5 VM, GFLOP/s against the dot products (``bench_products.py --shapes``), float32 and
+#: float64: 6400 x 128 x 128 181 / 108 and 95 / 62, 6400 x 512 x 2048 189 / 159 and 97 / 79,
+#: 800 rows 170-171 and 91-94; at 200 rows the packing of m's panels weighs (135 / 155 and
+#: 81 / 138 float32).
+PACKED_MIN_ROWS = 512
+
+#: Columns of out from which :func:`gemm_tn` runs the packed products (:func:`_packed_tn`),
+#: with AVX-512: each packed entry of a then feeds that many multiply-adds.  One thread, GFLOP/s
+#: against its dot products, float32 and float64 (K x M x P): 200 x 2048 x 512 171 / 123 and
+#: 89 / 77, 6400 x 2048 x 512 155 / 139 and 81 / 74; at P = 128 level or behind (6400 x 512 x
+#: 128: 116 / 123 and 65 / 64), at P = 32 far behind (38 / 67).
+PACKED_TN_MIN_COLUMNS = 256
+
+
+def _tile_lanes(dtype):
+    return {types.float32: 16, types.float64: 8}.get(dtype)
+
+
+@intrinsic
+def _tile(typingctx, pa, a0, si, sk, pb, b0, sb, depth, tile):
+    """tile[i * NR + j] = sum over k < depth of A[i, k] * B[k, j] (i < TILE_ROWS, j < NR =
+    TILE_VECTORS vectors of 64 bytes), as fused multiply-adds in order of k; ``depth`` >= 1.
+    A[i, k] is the element a0 + i*si + k*sk of pa's data and B[k, j] the element b0 + k*sb + j
+    of pb's (arrays of any layout: the offsets are in elements from their first; B's rows of NR
+    are contiguous); tile: a C array of TILE_ROWS * NR; one float dtype for all three."""
+    lanes = _tile_lanes(getattr(pa, "dtype", None))
+    if lanes is None or pb.dtype != pa.dtype or tile.dtype != pa.dtype:
+        return None
+    rows, nvec = TILE_ROWS, TILE_VECTORS
+    width = lanes * nvec
+
+    def codegen(context, builder, signature, args):
+        pa_v, a0_v, si_v, sk_v, pb_v, b0_v, sb_v, depth_v, tile_v = args
+        arrays = [context.make_array(signature.args[i])(context, builder, v)
+                  for i, v in ((0, pa_v), (4, pb_v), (8, tile_v))]
+        da, db, dt = (arr.data for arr in arrays)
+        fty = context.get_value_type(signature.args[0].dtype)
+        vty = ir.VectorType(fty, lanes)
+        i64 = ir.IntType(64)
+        name = f"llvm.fma.v{lanes}{'f32' if lanes == 16 else 'f64'}"
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                             name)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+        undef = ir.Constant(vty, ir.Undefined)
+        zero = ir.Constant(vty, [0.0] * lanes)
+
+        def const(n):
+            return ir.Constant(i64, n)
+
+        entry = builder.basic_block
+        loop = builder.append_basic_block("tile.loop")
+        done = builder.append_basic_block("tile.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        k.add_incoming(const(0), entry)
+        acc = [[builder.phi(vty) for _ in range(nvec)] for _ in range(rows)]
+        for row in acc:
+            for v in row:
+                v.add_incoming(zero, entry)
+        boff = builder.add(b0_v, builder.mul(k, sb_v))
+        bvec = [builder.load(builder.bitcast(builder.gep(db, [builder.add(boff, const(lanes * v))]),
+                                             vty.as_pointer()), align=4)
+                for v in range(nvec)]
+        aoff = builder.add(a0_v, builder.mul(k, sk_v))
+        new = []
+        for i in range(rows):
+            x = builder.load(builder.gep(da, [builder.add(aoff, builder.mul(const(i), si_v))]))
+            xv = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(
+                ir.IntType(32), 0)), undef, splat)
+            new.append([builder.call(fma, [xv, bvec[v], acc[i][v]]) for v in range(nvec)])
+        k1 = builder.add(k, const(1))
+        end = builder.basic_block
+        k.add_incoming(k1, end)
+        for i in range(rows):
+            for v in range(nvec):
+                acc[i][v].add_incoming(new[i][v], end)
+        builder.cbranch(builder.icmp_signed("<", k1, depth_v), loop, done)
+        builder.position_at_end(done)
+        for i in range(rows):
+            for v in range(nvec):
+                ptr = builder.gep(dt, [const(i * width + v * lanes)])
+                builder.store(new[i][v], builder.bitcast(ptr, vty.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return (types.void(pa, types.int64, types.int64, types.int64, pb, types.int64,
+                       types.int64, types.int64, tile), codegen)
+
+
+@register_jitable(inline="always")
+def _pack(src, r0, r1, k0, k1, width, dst, d0):
+    """dst[d0 + k*width + i] = src[r0 + i, k0 + k] for k < k1 - k0 and i < width: zero where
+    r0 + i >= r1 (the tile's rows or columns beyond the edge)."""
+    n = r1 - r0
+    zero = dst.dtype.type(0)
+    for k in range(k1 - k0):
+        o = d0 + k * width
+        for i in range(n):
+            dst[o + i] = src[r0 + i, k0 + k]
+        for i in range(n, width):
+            dst[o + i] = zero
+
+
+@register_jitable(inline="always")
+def _panels(m, k0, k1, width, pb, p0):
+    """m's rows packed for the tiles, depth k0..k1: panel q (columns q*width .. of the product,
+    rows of m) at pb[p0 + q*width*(k1 - k0):], k after k, zeros past m's last row."""
+    P = m.shape[0]
+    depth = k1 - k0
+    for q in range(-(-P // width)):
+        c = q * width
+        _pack(m, c, min(c + width, P), k0, k1, width, pb, p0 + q * width * depth)
+
+
+@register_jitable(inline="always")
+def _put_tile(out, r, n_rows, c, nj, tile, width, add):
+    """out[r:r+n_rows, c:c+nj] (+)= the tile's first n_rows rows and nj columns."""
+    for i in range(n_rows):
+        o = out[r + i, c:c + nj]
+        t = tile[i * width:i * width + nj]
+        if add:
+            for j in range(nj):
+                o[j] += t[j]
+        else:
+            for j in range(nj):
+                o[j] = t[j]
+
+
+@njit(**_JIT)
+def _tiles(a, k0, k1, pb, p0, P, out, add, pa, tile):
+    """out (+)= a[:, k0:k1] @ B, B the panels packed by :func:`_panels` at pb[p0:] (P columns):
+    a's rows in blocks of PACKED_BLOCKS[1], the columns in blocks of PACKED_BLOCKS[2] (whole
+    panels), a tile after a tile; a's rows read in place, a short last tile packed in pa.
+    Called, not inlined (one compiled specialisation per dtype: ``out`` A-ordered, int64 and
+    bool variables, as :func:`_index` says), so the kernels that make a step's product with it
+    do not compile its loops again."""
+    M = a.shape[0]
+    _, mc, nc = PACKED_BLOCKS
+    rows = TILE_ROWS
+    width = TILE_VECTORS * (64 // a.itemsize)
+    nc = max(width, nc // width * width)
+    depth = k1 - k0
+    sa0 = a.strides[0] // a.itemsize
+    sa1 = a.strides[1] // a.itemsize
+    for j0 in range(0, P, nc):
+        j1 = min(j0 + nc, P)
+        for i0 in range(0, M, mc):
+            i1 = min(i0 + mc, M)
+            n_a = -(-(i1 - i0) // rows)
+            short = i0 + (n_a - 1) * rows
+            if i1 - short < rows:
+                _pack(a, short, i1, k0, k1, rows, pa[0], 0)
+            for c in range(j0, j1, width):
+                nj = min(width, j1 - c)
+                b0 = p0 + c * depth  # panel c // width
+                for p in range(n_a):
+                    r = i0 + p * rows
+                    if r + rows > i1:
+                        _tile(pa, 0, 1, rows, pb, b0, width, depth, tile)
+                    else:
+                        _tile(a, r * sa0 + k0 * sa1, sa0, sa1, pb, b0, width, depth, tile)
+                    _put_tile(out, r, min(rows, i1 - r), c, nj, tile, width, add)
+
+
+@register_jitable(inline="always")
+def scratch(a):
+    """The packed products' own buffers for a's dtype: a short tile of a, and one tile."""
+    rows = TILE_ROWS
+    width = TILE_VECTORS * (64 // a.itemsize)
+    return (np.empty((1, rows * PACKED_BLOCKS[0]), a.dtype),
+            np.empty(rows * width, a.dtype))
+
+
+@njit(**_JIT)
+def _packed(a, m, out):
+    """out = a @ m.T by register tiles (:func:`_tile`): a (M, K), m (P, K), out (M, P), one
+    float dtype.  For each block of :data:`PACKED_BLOCKS` of the depth, m's rows are packed in
+    panels (:func:`_panels`) and the tiles made (:func:`_tiles`), the blocks of the depth added
+    to out in order."""
+    M, K = a.shape
+    P = m.shape[0]
+    zero = out.dtype.type(0)
+    if K == 0:
+        for i in range(M):
+            for j in range(P):
+                out[i, j] = zero
+        return
+    kc = PACKED_BLOCKS[0]
+    width = TILE_VECTORS * (64 // a.itemsize)
+    pb = np.empty(-(-P // width) * width * min(kc, K), a.dtype)
+    pa, tile = scratch(a)
+    for k0 in range(0, K, kc):
+        k1 = min(k0 + kc, K)
+        _panels(m, k0, k1, width, pb, 0)
+        _tiles(a[:, :], _index(k0), _index(k1), pb, _index(0), _index(P), out, k0 > 0, pa,
+               tile)
+
+
+@register_jitable(inline="always")
+def _pack_columns(src, c0, c1, k0, k1, width, dst, d0):
+    """dst[d0 + q*width*depth + k*width + i] = src[k0 + k, c0 + q*width + i]: the columns
+    c0..c1 of src in panels of ``width`` (rows k0..k1 of src the depth), k after k, zeros past
+    c1.  The transposed operands of :func:`gemm_tn` (their columns are the tiles' rows or
+    columns); a whole panel's copy has a constant length, so it runs as vector moves."""
+    depth = k1 - k0
+    n_full = (c1 - c0) // width
+    zero = dst.dtype.type(0)
+    for k in range(depth):
+        row = src[k0 + k]
+        for q in range(n_full):
+            o = d0 + q * width * depth + k * width
+            c = c0 + q * width
+            for i in range(width):
+                dst[o + i] = row[c + i]
+        c = c0 + n_full * width
+        if c < c1:
+            o = d0 + n_full * width * depth + k * width
+            for i in range(c1 - c):
+                dst[o + i] = row[c + i]
+            for i in range(c1 - c, width):
+                dst[o + i] = zero
+
+
+@njit(**_JIT)
+def _packed_tn(a, b, out, r0, r1, accumulate):
+    """out[r0:r1] (+)= a[:, r0:r1].T @ b by register tiles: a (K, M), b (K, P), out (M, P), one
+    float dtype (the weight gradients, sums over all steps).  For each block of
+    PACKED_BLOCKS[0] rows of a and b (the depth), b's columns are packed in panels and a's
+    columns r0..r1 in tiles' rows (:func:`_pack_columns`); the blocks of the depth added to
+    out in order (``accumulate``: the first one too)."""
+    K = a.shape[0]
+    P = b.shape[1]
+    zero = out.dtype.type(0)
+    if r1 <= r0:
+        return
+    if K == 0:
+        if not accumulate:
+            for i in range(r0, r1):
+                for j in range(P):
+                    out[i, j] = zero
+        return
+    kc, mc, nc = PACKED_BLOCKS
+    rows = TILE_ROWS
+    width = TILE_VECTORS * (64 // a.itemsize)
+    nc = max(width, nc // width * width)
+    mcp = -(-mc // rows) * rows
+    pa = np.empty((1, mcp * kc), a.dtype)
+    pb = np.empty(-(-P // width) * width * min(kc, K), a.dtype)
+    tile = np.empty(rows * width, a.dtype)
+    for k0 in range(0, K, kc):
+        k1 = min(k0 + kc, K)
+        depth = k1 - k0
+        add = accumulate or k0 > 0
+        _pack_columns(b, 0, P, k0, k1, width, pb, 0)
+        for i0 in range(r0, r1, mc):
+            i1 = min(i0 + mc, r1)
+            n_a = -(-(i1 - i0) // rows)
+            _pack_columns(a, i0, i1, k0, k1, rows, pa[0], 0)
+            for j0 in range(0, P, nc):
+                j1 = min(j0 + nc, P)
+                for c in range(j0, j1, width):
+                    nj = min(width, j1 - c)
+                    for p in range(n_a):
+                        r = i0 + p * rows
+                        _tile(pa, p * rows * depth, 1, rows, pb, c * depth, width, depth, tile)
+                        _put_tile(out, r, min(rows, i1 - r), c, nj, tile, width, add)
+
+
+@njit(**_JIT)
+def pack_matrix(m):
+    """m (P, K) packed for :func:`times_packed`, whole: for each block of PACKED_BLOCKS[0] of
+    the depth, its panels (:func:`_panels`); returned as a (1, n) array (it travels in the slot
+    of a 2-D matrix)."""
+    P, K = m.shape
+    kc = PACKED_BLOCKS[0]
+    width = TILE_VECTORS * (64 // m.itemsize)
+    pp = -(-P // width) * width
+    pb = np.empty((1, max(pp * K, 1)), m.dtype)
+    for k0 in range(0, K, kc):
+        k1 = min(k0 + kc, K)
+        _panels(m, k0, k1, width, pb[0], k0 * pp)
+    return pb
+
+
+@njit(**_JIT)
+def times_packed(a, pb, P, out, pa, tile):
+    """out = a @ m.T with m packed by :func:`pack_matrix` (pb, P = m's rows): the packed
+    products of :func:`_packed`, m packed once for many products (a step's, at every step).
+    pa, tile: :func:`scratch`'s buffers.  A call (its callers, the recurrence kernels, pass
+    A-ordered views of a and out: one compiled specialisation per dtype)."""
+    K = a.shape[1]
+    zero = out.dtype.type(0)
+    if K == 0:
+        for i in range(a.shape[0]):
+            for j in range(P):
+                out[i, j] = zero
+        return
+    kc = PACKED_BLOCKS[0]
+    width = TILE_VECTORS * (64 // a.itemsize)
+    pp = -(-P // width) * width
+    for k0 in range(0, K, kc):
+        _tiles(a, _index(k0), _index(min(k0 + kc, K)), pb, _index(k0 * pp), _index(P), out,
+               k0 > 0, pa, tile)
 
 
 def gemm_tn_pays(dtype, K, M, P):

@@ -286,7 +286,7 @@ norms_squared_sum = norms_scaled = norms_safe = None
 
 def _make_projection(fingerprint):
     def _recurrent_projection(p0, p1, b0, w_hh_t, w_hh, b_hh, mode, opts, one, rec, rec_t,
-                              hp_t, hp):
+                              hp_t, hp, pa, tile):
         """hp = r Mᵀ + b_hh for the rows b0 <= b < b0 + nb of one step, r = the recurrent input
         read from the states (p0, p1) entering it.
 
@@ -297,7 +297,9 @@ def _make_projection(fingerprint):
         the batch): there it runs at 42-64 GFLOP/s against 24-32 for the direct form (nb = 16,
         N, G*N in 128..2048, 2-core EPYC); in float64 the two forms run at the same speed.
         3: compiled dot products of rows of r with rows of M
-        (:func:`numrnn.cpu.products.times_transpose`), for AVX-512 (:func:`product_mode`).
+        (:func:`numrnn.cpu.products.times_transpose`), for AVX-512 (:func:`product_mode`); 4:
+        the packed products (:func:`numrnn.cpu.products.times_packed`), M packed once for the
+        pass and passed in ``w_hh_t``'s place (pa, tile: their scratch).
         """
         fingerprint  # noqa: B018 - in the cache key
         nb, GN = hp.shape
@@ -320,7 +322,9 @@ def _make_projection(fingerprint):
                 for q in range(GN):
                     row[q] = hp_t[q, i] + b_hh[q]
             return
-        if mode == 3:
+        if mode == 4:
+            products.times_packed(r[:, :], w_hh_t[0], GN, hp[:, :], pa, tile)
+        elif mode == 3:
             products.times_transpose(r, w_hh, hp)
         else:
             _matmul(r, w_hh_t, hp, mode == 1)
@@ -333,12 +337,12 @@ def _make_projection(fingerprint):
 
 def _make_pullback(fingerprint):
     def _recurrent_pullback(dg, p0, p1, b0, w_hh, w_hh_t, mode, opts, one, dg_t, tmp_t, tmp,
-                            carry0, carry1):
+                            carry0, carry1, pa, tile):
         """carry += the pullback of dg (nb, G*N), the cotangent of the recurrent projection,
         through M and the read of the states, for the rows b0 <= b < b0 + nb of one step.
 
         ``mode`` as in the projection (mode 2: dgᵀ into ``dg_t``, Mᵀ dgᵀ into ``tmp_t``; mode 3:
-        dot products of rows of dg with rows of Mᵀ).
+        dot products of rows of dg with rows of Mᵀ; mode 4: Mᵀ packed, in ``w_hh_t``'s place).
         """
         fingerprint  # noqa: B018 - in the cache key
         nb, N = carry0.shape
@@ -353,6 +357,8 @@ def _make_pullback(fingerprint):
                 row = tmp[i]
                 for k in range(RN):
                     row[k] = tmp_t[k, i]
+        elif mode == 4:
+            products.times_packed(dg[:, :], w_hh_t[0], RN, tmp[:, :], pa, tile)
         elif mode == 3:
             products.times_transpose(dg, w_hh_t, tmp)
         else:
@@ -389,13 +395,15 @@ def _make_forward(fingerprint):
                  np.empty((RN, nb), xp.dtype), np.empty((GN, nb), xp.dtype),
                  np.empty((2, N), xp.dtype))
         rec, hp, rec_t, hp_t, prev = _unmanaged(owned)
+        packing = products.scratch(xp)
+        pa, tile = _unmanaged(packing)
         xp, w_hh_t, w_hh, b_hh, h0, c0, out_h, out_c, aux, bad, opts = _unmanaged(
             (xp, w_hh_t, w_hh, b_hh, h0, c0, out_h, out_c, aux, bad, opts))
         for s in range(T):
             t = T - 1 - s if reverse else s
             p0, p1 = _entering(s == 0, t, reverse, h0, c0, out_h, out_c, TWO_STATES)
             recurrent_projection(p0, p1, b0, w_hh_t, w_hh, b_hh, mode, opts, one, rec, rec_t,
-                                 hp_t, hp)
+                                 hp_t, hp, pa, tile)
             q1 = out_c[t] if TWO_STATES else c0
             for i in range(nb):
                 b = b0 + i
@@ -406,6 +414,7 @@ def _make_forward(fingerprint):
                 if bad[b] < 0 and _count_nonfinite(ohb, N, zero) > 0:
                     bad[b] = t
         _keep(owned)
+        _keep(packing)
     return _forward_kernel
 
 
@@ -433,6 +442,8 @@ def _make_backward(fingerprint):
         owned = (np.empty((nb, N), dtype), np.empty((nb, N), dtype), np.empty((nb, RN), dtype),
                  np.empty((GN, nb), dtype), np.empty((RN, nb), dtype), np.empty(2 * GN, dtype))
         carry, carry_c, tmp, dg_t, tmp_t, sc = _unmanaged(owned)
+        packing = products.scratch(out_h)
+        pa, tile = _unmanaged(packing)
         (opts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, dxp, dhp, dh0, dc0,
          norm, bad) = _unmanaged((opts, w_hh, w_hh_t, h0, c0, out_h, out_c, aux, d_out, dh_n,
                                   dc_n, dxp, dhp, dh0, dc0, norm, bad))
@@ -462,13 +473,14 @@ def _make_backward(fingerprint):
                 carry_c[:, :] = zero
                 continue
             recurrent_pullback(dhp[t, b0:b1], p0, p1, b0, w_hh, w_hh_t, mode, opts, one, dg_t,
-                               tmp_t, tmp, carry, carry_c)
+                               tmp_t, tmp, carry, carry_c, pa, tile)
             if first:
                 for i in range(nb):
                     for j in range(N):
                         dh0[b0 + i, j] = carry[i, j]
                         dc0[b0 + i, j] = carry_c[i, j]
         _keep(owned)
+        _keep(packing)
     return _backward_kernel
 
 
@@ -820,8 +832,16 @@ def product_mode(dtype, batch, n_in, n_out, rows=None):
     products with AVX-512").  Shallower, with AVX-512 (float32 N = 32: a forward step's sums are
     32 deep), the compiled loops run instead: 1.1-1.4x the dot products' speed, 1.2-1.5x the
     BLAS's ("Dot products only where their sums are deep enough").
+
+    Mode 4, ahead of both, where a block holds a whole register tile of sequences
+    (:data:`numrnn.cpu.products.TILE_ROWS`) and ``config.DOT_PRODUCTS`` allows the compiled
+    products ("auto": with AVX-512): the packed products, M packed once per pass
+    (:func:`numrnn.cpu.products.times_packed`).  16 rows, one Zen 5 thread: float32 1.2-2.5x
+    the dot products' speed at N = 32-128, 1.1-1.45x at 512; float64 1.0-1.7x.
     """
     rows = batch if rows is None else rows
+    if rows >= products.TILE_ROWS and products.use_dot_products():
+        return 4
     if rows >= 2 and products.use_dot_products(products.times_transpose_pays(dtype, n_in)):
         return 3
     if rows >= 2 and products.use_dot_products():  # AVX-512, but sums too short: the loops
@@ -979,8 +999,12 @@ def forward(cell, opts, xp, w_hh, b_hh, h0, c0, reverse, steps=None):
     work = (steps or T) * B * RN * GN
     pieces = threads.pieces(B, work)
     mode = product_mode(dtype, B, RN, GN, B // pieces)
-    # Mᵀ only where the product reads it (modes 0 and 1; an empty stand-in otherwise)
-    w_hh_t = threads.transpose(w_hh) if mode in (0, 1) else np.empty((RN, 0), dtype)
+    # Mᵀ only where the product reads it (modes 0 and 1), M packed for mode 4; an empty
+    # stand-in otherwise
+    if mode == 4:
+        w_hh_t = products.pack_matrix(w_hh)
+    else:
+        w_hh_t = threads.transpose(w_hh) if mode in (0, 1) else np.empty((RN, 0), dtype)
     args = (opts, dtype.type(1), xp, w_hh_t, w_hh, b_hh, h0, c0, bool(reverse), mode, out_h,
             out_c, aux, bad)
     threads.run_kernel(k.forward, args, B, pieces)
@@ -1021,10 +1045,12 @@ def backward(cell, opts, w_hh, h0, c0, out_h, out_c, aux, d_out, dh_n, dc_n, rev
     work = (steps or T) * B * RN * GN
     pieces = threads.pieces(B, work)
     mode = product_mode(dtype, B, GN, RN, B // pieces)
-    # Mᵀ only where the pullback reads it (the split, modes 2 and 3; an empty stand-in
-    # otherwise)
-    w_hh_t = (threads.transpose(w_hh) if edges is not None or mode in (2, 3)
+    # Mᵀ only where the pullback reads it (the split, modes 2 and 3), packed for mode 4; an
+    # empty stand-in otherwise
+    w_hh_t = (threads.transpose(w_hh) if edges is not None or mode in (2, 3, 4)
               else np.empty((RN, 0), dtype))
+    if edges is None and mode == 4:
+        w_hh_t = products.pack_matrix(w_hh_t)
     if edges is not None:
         n_blocks = len(edges) - 1
         squares = scratch.empty((T, B, n_blocks), np.float64)

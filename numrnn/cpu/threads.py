@@ -685,28 +685,29 @@ def _dot_bias_into(a, b, bias, out):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _gemm_rows(a, m, out, r0, r1):
-    """out[r0:r1] = a[r0:r1] @ m.T by compiled dot products (:func:`products.gemm_nt`)."""
-    products.gemm_nt(a[r0:r1], m, out[r0:r1])
+def _gemm_rows(a, m, min_rows, out, r0, r1):
+    """out[r0:r1] = a[r0:r1] @ m.T by compiled products (:func:`products.gemm_nt`: packed from
+    ``min_rows`` rows)."""
+    products.gemm_nt(a[r0:r1], m, out[r0:r1], min_rows)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _gemm_rows_bias(a, m, bias, out, r0, r1):
-    """out[r0:r1] = a[r0:r1] @ m.T + bias by compiled dot products."""
-    products.gemm_nt(a[r0:r1], m, out[r0:r1])
+def _gemm_rows_bias(a, m, min_rows, bias, out, r0, r1):
+    """out[r0:r1] = a[r0:r1] @ m.T + bias by compiled products."""
+    products.gemm_nt(a[r0:r1], m, out[r0:r1], min_rows)
     _add_bias(out, bias, r0, r1)
 
 
 @njit(cache=True, nogil=True)
-def _gemm_into(a, m, out):
+def _gemm_into(a, m, min_rows, out):
     """:func:`_gemm_rows` over all rows, without a pool run."""
-    _gemm_rows(a, m, out, 0, a.shape[0])
+    _gemm_rows(a, m, min_rows, out, 0, a.shape[0])
 
 
 @njit(cache=True, nogil=True)
-def _gemm_bias_into(a, m, bias, out):
+def _gemm_bias_into(a, m, min_rows, bias, out):
     """:func:`_gemm_rows_bias` over all rows, without a pool run."""
-    _gemm_rows_bias(a, m, bias, out, 0, a.shape[0])
+    _gemm_rows_bias(a, m, min_rows, bias, out, 0, a.shape[0])
 
 
 _ROW_EDGES = {}
@@ -757,24 +758,24 @@ def matmul(a, b, out=None, bias=None, blocks=None):
     if (a.dtype == b.dtype and a.dtype.kind == "f"
             and products.use_dot_products(products.gemm_nt_pays(a.dtype, a.shape[1]))):
         # the rows of b.T: a weight's own for its transpose w.T, else a transposed copy
-        operand = b.T if b.flags.f_contiguous else transpose(b)
+        operand = (b.T if b.flags.f_contiguous else transpose(b), products.PACKED_MIN_ROWS)
         kernels = _gemm_into, _gemm_bias_into, _gemm_rows, _gemm_rows_bias
         held = contextlib.nullcontext()
     else:
-        operand = b
+        operand = (b,)
         kernels = _dot_into, _dot_bias_into, _dot_rows, _dot_rows_bias
         held = blas.single_threaded()
     into, bias_into, rows, rows_bias = kernels
     with held:
         if len(edges) == 2:  # the one block's call itself (the same product): no pool run
             if bias is None:
-                into(a, operand, out)
+                into(a, *operand, out)
             else:
-                bias_into(a, operand, bias, out)
+                bias_into(a, *operand, bias, out)
         elif bias is None:
-            run_kernel(rows, (a, operand, out), 0, 0, edges)
+            run_kernel(rows, (a, *operand, out), 0, 0, edges)
         else:
-            run_kernel(rows_bias, (a, operand, bias, out), 0, 0, edges)
+            run_kernel(rows_bias, (a, *operand, bias, out), 0, 0, edges)
     return out
 
 
