@@ -183,28 +183,33 @@ def _race(label, ref, flops, *routes):
     return [_best(fn, args + (out,), calls) for (fn, args), out in zip(routes, outs)]
 
 
+def _on_threads(loop, data, calls, flops):
+    """Best of five GFLOP/s of ``loop(*data[i], calls)`` (``flops`` a call) on one thread and on
+    two at once, each thread its own data: {1: ..., 2: ...}."""
+    loop(*data[0], 10)
+    best = {1: 0.0, 2: 0.0}
+    for _ in range(5):
+        for n in (1, 2):
+            workers = [threading.Thread(target=loop, args=data[i] + (calls,)) for i in range(n)]
+            t0 = time.perf_counter()
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            best[n] = max(best[n], n * flops * calls / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
 def _peak(rng):
     """``--peak``: GFLOP/s of the dot-product block in L1 on one thread and on two at once
-    (each its own data), float32 and float64: what no product built from it can pass."""
+    (each its own data), float32 and float64: what no product built from it can pass; then the
+    packed products' register tile the same way."""
     rows = []
     for dtype, depth in ((np.float32, 1024), (np.float64, 512)):  # a and m: 32 KiB together
         data = [(rng.standard_normal((4, depth)).astype(dtype),
                  rng.standard_normal((4, depth)).astype(dtype), np.empty((4, 4), dtype))
                 for _ in range(2)]
-        calls = 100000
-        _in_l1(*data[0], 10)
-        best = {1: 0.0, 2: 0.0}
-        for _ in range(5):
-            for n in (1, 2):
-                workers = [threading.Thread(target=_in_l1, args=data[i] + (calls,))
-                           for i in range(n)]
-                t0 = time.perf_counter()
-                for w in workers:
-                    w.start()
-                for w in workers:
-                    w.join()
-                seconds = time.perf_counter() - t0
-                best[n] = max(best[n], n * 2 * 16 * depth * calls / seconds / 1e9)
+        best = _on_threads(_in_l1, data, 100000, 2 * 16 * depth)
         print(f"peak {np.dtype(dtype).name} (4 x 4 dot-product block in L1, depth {depth}): "
               f"{best[1]:.0f} GFLOP/s on one thread, {best[2]:.0f} on two", flush=True)
         rows.append({"peak": np.dtype(dtype).name, "depth": depth, "one_thread_gflops": best[1],
@@ -215,21 +220,7 @@ def _peak(rng):
         data = [(rng.standard_normal(products.TILE_ROWS * depth).astype(dtype),
                  rng.standard_normal(width * depth).astype(dtype),
                  np.empty(products.TILE_ROWS * width, dtype)) for _ in range(2)]
-        calls = 20000
-        _tile_in_l1(*data[0], 10)
-        best = {1: 0.0, 2: 0.0}
-        for _ in range(5):
-            for n in (1, 2):
-                workers = [threading.Thread(target=_tile_in_l1, args=data[i] + (calls,))
-                           for i in range(n)]
-                t0 = time.perf_counter()
-                for w in workers:
-                    w.start()
-                for w in workers:
-                    w.join()
-                seconds = time.perf_counter() - t0
-                flops = 2 * products.TILE_ROWS * width * depth * calls
-                best[n] = max(best[n], n * flops / seconds / 1e9)
+        best = _on_threads(_tile_in_l1, data, 20000, 2 * products.TILE_ROWS * width * depth)
         print(f"peak {np.dtype(dtype).name} (register tile {products.TILE_ROWS} x {width} in L1, "
               f"depth {depth}): {best[1]:.0f} GFLOP/s on one thread, {best[2]:.0f} on two",
               flush=True)
