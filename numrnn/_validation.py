@@ -3,6 +3,7 @@
 Each check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong rank, shape,
 value) with a message that names the argument, what was expected and what came.
 """
+import math
 import numbers
 
 import numpy as np
@@ -37,12 +38,13 @@ def check_int(name, value, minimum):
 
 def check_real(name, value, low=None, high=None, low_open=False, high_open=False):
     """A finite real number, optionally in an interval."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    if type(value) is not float and (isinstance(value, (bool, np.bool_))
+                                     or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name}: expected a real number, got {value!r} ({type(value).__name__})")
     value = float(value)
     lo_ok = low is None or (value > low if low_open else value >= low)
     hi_ok = high is None or (value < high if high_open else value <= high)
-    if not np.isfinite(value) or not (lo_ok and hi_ok):
+    if not math.isfinite(value) or not (lo_ok and hi_ok):
         lb = "(" if low_open else "["
         rb = ")" if high_open else "]"
         interval = f"{lb}{'-inf' if low is None else low}, {'inf' if high is None else high}{rb}"
@@ -147,6 +149,6 @@ def count_nonfinite(a):
     the entries are counted only when the sum is not finite (an entry is, or the sum overflowed).
     """
     a = np.asarray(a)
-    if np.isfinite(np.add.reduce(a, axis=None)):
+    if math.isfinite(np.add.reduce(a, axis=None)):
         return 0
     return int(a.size - np.count_nonzero(np.isfinite(a)))

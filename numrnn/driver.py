@@ -21,15 +21,21 @@ from . import errors
 from . import noise as _noise
 
 __all__ = ["backend_of", "check_input", "split_state", "forward_pass", "backward_pass",
-           "forward", "forward_pullback", "bytes_needed", "describe", "Tape"]
+           "forward", "forward_pullback", "vjp", "bytes_needed", "describe", "Tape"]
+
+
+_BACKENDS = {}
 
 
 def backend_of(net):
     """The backend module of ``net.device``."""
-    if net.device == "cuda":
-        from .gpu import backend
-    else:
-        from .cpu import backend
+    backend = _BACKENDS.get(net.device)
+    if backend is None:
+        if net.device == "cuda":
+            from .gpu import backend
+        else:
+            from .cpu import backend
+        _BACKENDS[net.device] = backend
     return backend
 
 
@@ -755,6 +761,17 @@ def forward_pullback(net, x, h0=None, noise_std=0.0, seed=None, checkpoint=None,
         return None, _pack_state(net, session, h_n, c_n, unbatched), pullback
     out, h_n = _pack(net, session, backend, out, h_n, c_n, unbatched)
     return out, h_n, pullback
+
+
+def vjp(net, x, d_output, h0, d_h_n, truncate, noise_std, seed, checkpoint, memory_budget,
+        grad_steps, keep_output):
+    """``RNN.vjp`` (``keep_output=False``) and ``RNN.forward_vjp``: :func:`forward_pullback`
+    without a snapshot of the parameters (no code of the user's runs between the passes) and
+    its pullback, in one ``running()`` block.  Returns (output or None, h_n, grads)."""
+    with backend_of(net).running():
+        out, h_n, pullback = forward_pullback(net, x, h0, noise_std, seed, checkpoint,
+                                              memory_budget, keep_output, snapshot=False)
+        return out, h_n, pullback(d_output, d_h_n, truncate, grad_steps)
 
 
 def _check_grad_steps(grad_steps, T):

@@ -103,7 +103,8 @@ def first_in_running_order(bad, reverse):
     """(t, b): the earliest of the per-sequence first bad time indices ``bad`` (-1: none), in the
     order a sweep ran (time ascending, or descending when ``reverse``); None if there is none."""
     bad = np.asarray(bad)
-    if bad.size == 0 or bad.max() < 0:
+    # (a few sequences: a list's max costs 0.1-0.6 us, NumPy's reduction 1-1.6)
+    if bad.size == 0 or (max(bad.tolist()) if bad.size <= 64 else bad.max()) < 0:
         return None
     seqs = np.flatnonzero(bad >= 0)
     steps = np.asarray(bad)[seqs]

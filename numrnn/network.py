@@ -639,9 +639,8 @@ class RNN:
         returns and ``grads`` is what :meth:`vjp` returns (with the same noise, if any); the
         keyword arguments are those of :meth:`vjp`.
         """
-        out, h_n, pullback = driver.forward_pullback(self, x, h0, noise_std, seed, checkpoint,
-                                                     memory_budget, snapshot=False)
-        return out, h_n, pullback(d_output, d_h_n, truncate, grad_steps)
+        return driver.vjp(self, x, d_output, h0, d_h_n, truncate, noise_std, seed, checkpoint,
+                          memory_budget, grad_steps, keep_output=True)
 
     def forward_pullback(self, x, h0=None, *, noise_std=0.0, seed=None, checkpoint=None,
                          memory_budget=None):
@@ -753,8 +752,6 @@ class RNN:
         Williams, R. J. and Peng, J. (1990). An efficient gradient-based algorithm for on-line
         training of recurrent network trajectories. Neural Computation 2(4).
         """
-        out, h_n, pullback = driver.forward_pullback(self, x, h0, noise_std, seed, checkpoint,
-                                                     memory_budget, keep_output=False,
-                                                     snapshot=False)
-        return pullback(d_output, d_h_n, truncate, grad_steps)
+        return driver.vjp(self, x, d_output, h0, d_h_n, truncate, noise_std, seed, checkpoint,
+                          memory_budget, grad_steps, keep_output=False)[2]
 

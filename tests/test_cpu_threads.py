@@ -358,3 +358,84 @@ def test_colsum_has_the_bits_of_numpys_reduction(dtype):
             assert out.tobytes() == want.tobytes(), (rows, cols, arr.flags.c_contiguous)
     a = np.array([[1.0, np.inf], [np.nan, -np.inf]], dtype)
     np.testing.assert_array_equal(threads.colsum(a, np.empty(2, dtype)), [np.nan, np.nan])
+
+
+# --- running(): the block around a pass -----------------------------------------------------------
+
+
+def _blas_threads():
+    return blas.num_threads() if blas.can_limit_threads() else None
+
+
+def test_running_is_reentrant_and_restores_at_the_outermost_exit():
+    """The outermost block holds the BLAS at one thread and silences NumPy's floating-point
+    warnings; a nested block changes nothing and its exit restores nothing; the outermost
+    exit restores both."""
+    from numrnn.cpu import backend
+
+    before_err, before_blas = np.geterr(), _blas_threads()
+    with np.errstate(over="warn", invalid="raise"):
+        outer_err = np.geterr()
+        with backend.running():
+            assert set(np.geterr().values()) == {"ignore"}
+            if before_blas is not None:
+                assert blas.num_threads() == 1
+            with backend.running():
+                assert set(np.geterr().values()) == {"ignore"}
+            assert set(np.geterr().values()) == {"ignore"}  # the nested exit restored nothing
+            if before_blas is not None:
+                assert blas.num_threads() == 1
+        assert np.geterr() == outer_err
+    assert np.geterr() == before_err and _blas_threads() == before_blas
+
+
+def test_running_restores_after_an_exception_in_a_nested_block():
+    from numrnn.cpu import backend
+
+    before_err, before_blas = np.geterr(), _blas_threads()
+    with pytest.raises(RuntimeError, match="boom"):
+        with backend.running():
+            with backend.running():
+                raise RuntimeError("boom")
+    assert np.geterr() == before_err and _blas_threads() == before_blas
+    with backend.running():  # the depth went back to 0: the next block sets up again
+        assert set(np.geterr().values()) == {"ignore"}
+    assert np.geterr() == before_err
+
+
+def test_running_counts_its_depth_per_thread():
+    """A block in another thread sets up for itself (NumPy's error state is per thread), not
+    as one nested in this thread's block; it waits for this one's BLAS hold to end."""
+    from numrnn.cpu import backend
+
+    seen = []
+
+    def other():
+        with backend.running():
+            seen.append(np.geterr())
+
+    with backend.running():
+        t = threading.Thread(target=other)
+        t.start()
+        time.sleep(0.05)
+    t.join(timeout=60)
+    assert not t.is_alive() and len(seen) == 1
+    assert set(seen[0].values()) == {"ignore"}
+
+
+def test_a_refused_vjp_leaves_the_error_state_and_the_blas_as_they_were():
+    """vjp runs both passes in one running() block; its argument checks run inside it, and a
+    refusal leaves NumPy's error state and the BLAS's thread counts as they were."""
+    import numrnn
+
+    net = numrnn.RNN(3, 4, seed=0)
+    x = np.ones((5, 2, 3))
+    before_err, before_blas = np.geterr(), _blas_threads()
+    with pytest.raises(ValueError, match="d_output"):
+        net.vjp(x, np.ones((5, 2, 7)))
+    with pytest.raises(ValueError, match="x: expected finite"):
+        net.forward_vjp(np.full((5, 2, 3), np.nan), np.ones((5, 2, 4)))
+    assert np.geterr() == before_err and _blas_threads() == before_blas
+    grads = net.vjp(x, np.ones((5, 2, 4)))
+    assert np.geterr() == before_err and _blas_threads() == before_blas
+    assert np.isfinite(grads["weight_hh_l0"]).all()

@@ -4,7 +4,7 @@
 or the other and never asks which.  Arrays here are NumPy arrays; the recurrence runs in the
 compiled kernels of :mod:`numrnn.cpu.recurrence` on numrnn's own threads.
 """
-import contextlib
+import threading
 
 import numpy as np
 
@@ -42,14 +42,55 @@ def session(dtype, x):
     return Session(dtype)
 
 
-@contextlib.contextmanager
+class _Running:
+    """The context manager :func:`running` returns (one object; the state is per thread).
+
+    Re-entrant: the outermost block of a thread sets up and restores, the blocks nested in it
+    only count (``vjp`` holds one around both of its passes, each of which holds its own).  A
+    class rather than a generator: the setup runs once a call, where it cost 4.7 us."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        state = _running.__dict__
+        depth = state.get("depth", 0)
+        if depth:
+            state["depth"] = depth + 1
+            return self
+        threads.wake()
+        blas.single_threaded().__enter__()
+        try:
+            errors = np.errstate(all="ignore")
+            errors.__enter__()
+        except BaseException:
+            blas.single_threaded().__exit__(None, None, None)
+            raise
+        state["errstate"] = errors
+        state["depth"] = 1
+        return self
+
+    def __exit__(self, *exc):
+        state = _running.__dict__
+        state["depth"] -= 1
+        if state["depth"]:
+            return False
+        try:
+            state.pop("errstate").__exit__(*exc)
+        finally:
+            blas.single_threaded().__exit__(*exc)
+        return False
+
+
+_running = threading.local()  # depth: the blocks of running() the thread is in
+_RUNNING = _Running()
+
+
 def running():
     """Around a pass: numrnn's own threads do the parallel work (the BLAS is held to one), and
     NaN/inf born inside are reported by numrnn (:mod:`numrnn.errors`), not as NumPy warnings.
-    The pool's threads are woken now, to be spinning when the first parallel work comes."""
-    threads.wake()
-    with blas.single_threaded(), np.errstate(all="ignore"):
-        yield
+    The pool's threads are woken now, to be spinning when the first parallel work comes.
+    Re-entrant (a block nested in another costs next to nothing)."""
+    return _RUNNING
 
 
 def upload(a):
