@@ -67,7 +67,7 @@ PARALLEL_BLOCKS = _env_int("NUMRNN_PARALLEL_BLOCKS", 0)
 PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 2_000_000)
 
 #: Least float32 multiply-adds per time step (B * N_in * N_out; a float64 multiply-add counts
-#: twice) for which one step of a batch smaller than the machine's block count is split over
+#: SPLIT_FLOAT64_WEIGHT times) for which one step of a batch smaller than the machine's block count is split over
 #: threads by units (a barrier per step); below it the batch is split by sequences (larger
 #: batches: SPLIT_MAX_ROWS and SPLIT_MIN_SEQUENCE_WORK).  See
 #: numrnn.cpu.recurrence.unit_blocks.  Measured on the 2-core EPYC, forward + vjp at B = 1,
@@ -76,9 +76,19 @@ PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 2_000_000)
 #: N = 256-512); float64, whose step reads twice the bytes of M, 1.15-1.33x in 8 of 10 runs
 #: at 25k-40k (tanh and relu N = 160-200, GRU N = 96-112, LSTM N = 80-96; tanh N = 200 once
 #: 0.88x and once 0.99x; the forward pass of T = 2000 1.0-1.3x), 1.0x at 16k-19k (tanh N = 128,
-#: GRU N = 80, LSTM N = 64: not split).  The tangent products of the Lyapunov loop (always
+#: GRU N = 80, LSTM N = 64; measured again after the packed products, 1.03-1.10x: they split
+#: now, see SPLIT_FLOAT64_WEIGHT).  The tangent products of the Lyapunov loop (always
 #: float64) count plain multiply-adds (numrnn.cpu.jacobians.vector_blocks).
 SPLIT_MIN_STEP_WORK = _env_int("NUMRNN_SPLIT_MIN_STEP_WORK", 3 * 128 * 128)
+
+#: How many times a float64 multiply-add counts against SPLIT_MIN_STEP_WORK (it was 2, the
+#: ratio of the bytes of M a step reads).  Measured on the 2-core Zen 5 VM after the packed
+#: products (benchmarks/bench_split.py, 15 rounds, vjp T = 200 batch split / unit split,
+#: results/split_b1_float64_2core_zen5_issue16.md): float64 at 16k-19k multiply-adds a step
+#: 1.10 (tanh N = 128), 1.09 (GRU N = 80), 1.03 (LSTM N = 64), at 25k-28k 1.07-1.25; float32
+#: in the same run (results/split_b1_float32_2core_zen5_issue16.md) 0.82-0.90 for tanh N = 128
+#: and 192 and LSTM N = 64, 1.05-1.17 for GRU N = 96-112 and LSTM N = 96: float32's rule stays.
+SPLIT_FLOAT64_WEIGHT = _env_int("NUMRNN_SPLIT_FLOAT64_WEIGHT", 3)
 
 #: The most sequences per block of the batch split (B / the machine's block count, rounded up)
 #: for which a batch of at least two a block is split by units instead, when one sequence's

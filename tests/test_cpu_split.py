@@ -101,11 +101,18 @@ def test_batches_of_a_few_sequences_a_block_are_split_by_units(split):
                                       [0, 16, 32, 50])
 
 
-def test_a_float64_step_counts_twice_the_work_of_a_float32_one(split):
-    """A small batch's step is bound by reading M: float64 splits from half the multiply-adds
-    (B * R*N * G*N = 7500 here)."""
-    split.setattr(config, "SPLIT_MIN_STEP_WORK", 15000)
+def test_a_float64_step_counts_its_weight_times_the_work_of_a_float32_one(split):
+    """A small batch's step is bound by reading M: float64 splits from a third of the
+    multiply-adds (B * R*N * G*N = 7500 here; ``config.SPLIT_FLOAT64_WEIGHT`` = 3)."""
+    assert config.SPLIT_FLOAT64_WEIGHT == 3
+    split.setattr(config, "SPLIT_MIN_STEP_WORK", 22500)
     assert recurrence.unit_blocks(1, 50, 50, 150, 10, np.float32) is None
+    np.testing.assert_array_equal(recurrence.unit_blocks(1, 50, 50, 150, 10, np.float64),
+                                  [0, 16, 32, 50])
+    split.setattr(config, "SPLIT_MIN_STEP_WORK", 22501)
+    assert recurrence.unit_blocks(1, 50, 50, 150, 10, np.float64) is None
+    split.setattr(config, "SPLIT_FLOAT64_WEIGHT", 2)  # the weight is read at every call
+    split.setattr(config, "SPLIT_MIN_STEP_WORK", 15000)
     np.testing.assert_array_equal(recurrence.unit_blocks(1, 50, 50, 150, 10, np.float64),
                                   [0, 16, 32, 50])
     split.setattr(config, "SPLIT_MIN_STEP_WORK", 15001)

@@ -50,7 +50,8 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
         input's gradient, the weight gradients) run as compiled dot products where their sums
         are deep enough (``config.DOT_PRODUCTS``, :func:`numrnn.cpu.products.use_dot_products`
         and its size rules).  ``split_min_step_work``: float32 multiply-adds per
-        step from which a small batch's steps are split by units (a float64 one counts twice);
+        step from which a small batch's steps are split by units (a float64 one counts
+        ``split_float64_weight`` times);
         ``split_max_rows`` and ``split_min_sequence_work``: the most sequences per block of the
         batch split, and the least work of one sequence's step, for which a larger batch is
         split by units.
@@ -90,6 +91,7 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
     return {"threads": threads.num_threads(), "parallel_blocks": threads.num_blocks(),
             "parallel_min_work": config.PARALLEL_MIN_WORK, "blas_min_work": config.BLAS_MIN_WORK,
             "split_min_step_work": config.SPLIT_MIN_STEP_WORK,
+            "split_float64_weight": config.SPLIT_FLOAT64_WEIGHT,
             "split_max_rows": config.SPLIT_MAX_ROWS,
             "split_min_sequence_work": config.SPLIT_MIN_SEQUENCE_WORK,
             "transposed_gemm_float32": config.TRANSPOSED_GEMM_FLOAT32,

@@ -858,7 +858,8 @@ def unit_blocks(B, N, RN, GN, steps, dtype):
     Split when a block of the batch split would hold no sequence (fewer sequences than the
     machine has blocks, :func:`numrnn.cpu.threads.num_blocks`) and a step carries at least
     ``config.SPLIT_MIN_STEP_WORK`` float32 multiply-adds (B * R*N * G*N; a float64 one counts
-    twice: a small batch's step is bound by reading M, twice the bytes per multiply-add; the
+    three times, ``config.SPLIT_FLOAT64_WEIGHT``: a small batch's step is bound by reading M,
+    twice the bytes per multiply-add, and the measured break-even sits lower still; the
     barrier and the smaller products must pay); or when each block would hold 2 to
     ``config.SPLIT_MAX_ROWS`` sequences and one sequence's step carries
     ``config.SPLIT_MIN_SEQUENCE_WORK`` (R*N * G*N, float64 counted twice): then every thread of
@@ -873,7 +874,8 @@ def unit_blocks(B, N, RN, GN, steps, dtype):
     scale = np.dtype(dtype).itemsize // 4
     rows = -(-B // blocks)  # sequences per block of the batch split
     if B < blocks:
-        enough = work * scale >= config.SPLIT_MIN_STEP_WORK
+        weight = config.SPLIT_FLOAT64_WEIGHT if scale == 2 else 1
+        enough = work * weight >= config.SPLIT_MIN_STEP_WORK
     else:
         enough = 2 <= rows <= config.SPLIT_MAX_ROWS and RN * GN * scale >= \
             config.SPLIT_MIN_SEQUENCE_WORK
