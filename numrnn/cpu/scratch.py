@@ -26,6 +26,7 @@ minor faults per call 600-3000 -> 0; relu float64 B = 32 N = 32 7.3-11.0 -> 4.3-
 float32 B = 32 N = 128 75-104 -> 70-77 ms; ``lyapunov_spectrum`` k = 10, N = 200, T = 2000
 3400-5300 faults -> 1.
 """
+import math
 import os
 import sys
 import threading
@@ -88,10 +89,9 @@ def empty(shape, dtype):
     ``config.SCRATCH_BYTES``."""
     global _total
     dtype = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    nbytes = dtype.itemsize
-    for n in shape:
-        nbytes *= n
+    if type(shape) is not tuple:
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    nbytes = dtype.itemsize * math.prod(shape)
     limit = config.SCRATCH_BYTES
     if nbytes < max(config.SCRATCH_MIN_BYTES, 1) or nbytes + _ALIGN > limit or not _USABLE:
         return np.empty(shape, dtype)

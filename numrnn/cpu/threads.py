@@ -717,16 +717,21 @@ def _row_edges(blocks, row_work):
     """The ranges of rows a product runs on: each of ``blocks`` (row edges: start of each block
     and the end) cut into :func:`pieces` by its own work (``row_work`` multiply-adds a row), so
     that a block's sub-ranges, and the bits of its rows, do not depend on the other blocks."""
-    spans = tuple(zip(blocks[:-1], blocks[1:]))
-    counts = tuple(pieces(r1 - r0, (r1 - r0) * row_work) for r0, r1 in spans)
-    key = (spans, counts)  # (the counts follow the configuration: not kept from call to call)
+    if (blocks[-1] - blocks[0]) * row_work < config.PARALLEL_MIN_WORK:
+        # every block is one piece (pieces() says 1 below that work): the blocks' own edges
+        key, cuts = (tuple(blocks), None), blocks
+    else:
+        spans = tuple(zip(blocks[:-1], blocks[1:]))
+        counts = tuple(pieces(r1 - r0, (r1 - r0) * row_work) for r0, r1 in spans)
+        key, cuts = (spans, counts), None  # (the counts follow the configuration: not kept)
     edges = _ROW_EDGES.get(key)
     if edges is None:
         if len(_ROW_EDGES) > 256:
             _ROW_EDGES.clear()
-        cuts = [blocks[0]]
-        for (r0, r1), n in zip(spans, counts):
-            cuts += [r0 + e for e in bounds(r1 - r0, n)[1:]]
+        if cuts is None:
+            cuts = [blocks[0]]
+            for (r0, r1), n in zip(spans, counts):
+                cuts += [r0 + e for e in bounds(r1 - r0, n)[1:]]
         edges = _ROW_EDGES[key] = np.array(cuts, np.int64)
         edges.flags.writeable = False
     return edges
