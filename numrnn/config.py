@@ -67,9 +67,9 @@ PARALLEL_BLOCKS = _env_int("NUMRNN_PARALLEL_BLOCKS", 0)
 PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 2_000_000)
 
 #: Least float32 multiply-adds per time step (B * N_in * N_out; a float64 multiply-add counts
-#: SPLIT_FLOAT64_WEIGHT times) for which one step of a batch smaller than the machine's block count is split over
-#: threads by units (a barrier per step); below it the batch is split by sequences (larger
-#: batches: SPLIT_MAX_ROWS and SPLIT_MIN_SEQUENCE_WORK).  See
+#: SPLIT_FLOAT64_WEIGHT times) for which one step of a batch smaller than the machine's block
+#: count is split over threads by units (a barrier per step); below it the batch is split by
+#: sequences (larger batches: SPLIT_MAX_ROWS and SPLIT_MIN_SEQUENCE_WORK).  See
 #: numrnn.cpu.recurrence.unit_blocks.  Measured on the 2-core EPYC, forward + vjp at B = 1,
 #: T = 200 (split / by sequences): float32 0.9-1.1x at 16k-37k multiply-adds a step (tanh
 #: N = 128-192, LSTM N = 64), 1.05-1.5x from 49k on (GRU N = 128, LSTM N = 128-256, tanh

@@ -117,7 +117,7 @@ def make(net, noise_std, seed, *, seed_required=False):
         Refuse ``seed=None`` (for ``forward`` and ``vjp``, whose noise must be reproducible so
         that the gradient belongs to the trajectory it was asked for).
     """
-    if noise_std == 0 and type(noise_std) in (float, int):  # the common call, checked fast
+    if type(noise_std) in (float, int) and noise_std == 0:  # the common call, checked fast
         return None
     noise_std = _v.check_real("noise_std", noise_std, 0.0)
     if noise_std == 0.0:

@@ -700,9 +700,17 @@ def test_full_spectrum_split_over_threads_gives_the_bits_of_one_thread(kw, split
     assert np.array_equal(clv.exponents, runs[2].exponents)
     monkeypatch.setattr(jacobians, "FACTORED_SPLIT_MIN_S", 10**9)
     whole = lyapunov_spectrum(net, x, seed=0)
-    assert_close(runs[0].exponents, whole.exponents,
-                 atol=1e-12 * np.abs(whole.exponents).max())
-    assert_close(runs[0].local, whole.local, atol=1e-8)
+    # The sum of all exponents (the mean log |det J_t|) and the leading half to rounding, the
+    # rest to 8 digits and the local exponents to 1e-5: two close exponents (the 2-layer LSTM's
+    # 26th and 27th, -6.51 and -6.62) split their 2-D subspace's growth between them
+    # ill-conditionedly, and another order of the same sums (OpenBLAS's SkylakeX kernels here)
+    # moved 6e-10 of the pair's sum from one to the other, 1.1e-6 in one step's local pair.
+    scale = np.abs(whole.exponents).max()
+    assert_close(runs[0].exponents.sum(), whole.exponents.sum(),
+                 atol=1e-12 * np.abs(whole.exponents).sum())
+    assert_close(runs[0].exponents[:S // 2], whole.exponents[:S // 2], atol=1e-12 * scale)
+    assert_close(runs[0].exponents, whole.exponents, atol=1e-8 * scale)
+    assert_close(runs[0].local, whole.local, atol=1e-5)
 
 
 @pytest.mark.parametrize("split, k", [("split_steps", 3), ("split_factored", None)],

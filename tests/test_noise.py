@@ -25,6 +25,13 @@ def test_bad_noise_arguments_are_refused():
             net.forward(x, noise_std=bad, seed=0)
     with pytest.raises(TypeError, match="noise_std"):
         net.forward(x, noise_std="0.5", seed=0)
+    for bad in (np.zeros(2), [0.0], True, None):  # zero-like, but not a real number
+        with pytest.raises(TypeError, match="noise_std: expected a real number"):
+            net.forward(x, noise_std=bad, seed=0)
+        with pytest.raises(TypeError, match="noise_std: expected a real number"):
+            net.vjp(x, np.zeros((5, 6)), noise_std=bad, seed=0)
+    for zero in (0, 0.0, -0.0, np.float64(0.0), np.float32(0.0)):  # no noise: seed not needed
+        np.testing.assert_array_equal(net.forward(x, noise_std=zero)[0], net.forward(x)[0])
     with pytest.raises(ValueError, match="seed: noise_std=0.5 needs a seed"):
         net.forward(x, noise_std=0.5)
     with pytest.raises(ValueError, match="seed"):
