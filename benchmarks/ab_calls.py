@@ -34,27 +34,16 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+
+import ab_commits  # noqa: E402  (the cases' syntax)
 
 CALLS = ("vjp", "forward", "forward_vjp")
 
 
 def parse_cases(text):
     """"cell,dtype,B,N,T;..." -> [(cell, dtype, B, N, T)], or ValueError naming the bad case."""
-    cases = []
-    for spec in filter(None, (s.strip() for s in text.split(";"))):
-        parts = spec.split(",")
-        if len(parts) != 5 or parts[1] not in ("float32", "float64"):
-            raise ValueError(f"--cases: expected cell,float32|float64,B,N,T, got {spec!r}")
-        try:
-            B, N, T = (int(p) for p in parts[2:])
-        except ValueError:
-            raise ValueError(f"--cases: B, N and T must be integers, got {spec!r}") from None
-        if min(B, N, T) < 1:
-            raise ValueError(f"--cases: B, N and T must be at least 1, got {spec!r}")
-        cases.append((parts[0], parts[1], B, N, T))
-    if not cases:
-        raise ValueError("--cases: expected at least one case")
-    return cases
+    return ab_commits.parse_cases(text, ("B", "N", "T"))
 
 
 def export_base(commit, folder):

@@ -34,20 +34,23 @@ REPO = os.path.dirname(HERE)
 SETTLE_S = 0.005
 
 
-def parse_cases(text):
-    """"cell,dtype,B,N;..." -> [(cell, dtype, B, N)], or ValueError naming the bad case."""
+def parse_cases(text, sizes=("B", "N")):
+    """"cell,dtype,B,N;..." -> [(cell, dtype, B, N)] (``sizes``: the integers after the dtype,
+    by name), or ValueError naming the bad case."""
+    names = ", ".join(sizes[:-1]) + " and " + sizes[-1]
     cases = []
     for spec in filter(None, (s.strip() for s in text.split(";"))):
         parts = spec.split(",")
-        if len(parts) != 4 or parts[1] not in ("float32", "float64"):
-            raise ValueError(f"--cases: expected cell,float32|float64,B,N, got {spec!r}")
+        if len(parts) != 2 + len(sizes) or parts[1] not in ("float32", "float64"):
+            raise ValueError(f"--cases: expected cell,float32|float64,{','.join(sizes)}, got "
+                             f"{spec!r}")
         try:
-            B, N = int(parts[2]), int(parts[3])
+            values = tuple(int(p) for p in parts[2:])
         except ValueError:
-            raise ValueError(f"--cases: B and N must be integers, got {spec!r}") from None
-        if B < 1 or N < 1:
-            raise ValueError(f"--cases: B and N must be at least 1, got {spec!r}")
-        cases.append((parts[0], parts[1], B, N))
+            raise ValueError(f"--cases: {names} must be integers, got {spec!r}") from None
+        if min(values) < 1:
+            raise ValueError(f"--cases: {names} must be at least 1, got {spec!r}")
+        cases.append((parts[0], parts[1], *values))
     if not cases:
         raise ValueError("--cases: expected at least one case")
     return cases
