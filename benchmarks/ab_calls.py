@@ -121,6 +121,7 @@ def main(argv=None):
     if args.calls < 10:
         ap.exit(2, f"ab_calls.py: --calls: expected at least 10, got {args.calls}\n")
     import numrnn
+    from numrnn.cpu import blas
 
     rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", args.base],
                          capture_output=True, text=True)
@@ -136,7 +137,8 @@ def main(argv=None):
         base = export_base(args.base, folder)
         print(f"# {args.call}: base {rev.stdout.strip()} ({os.path.dirname(base.__file__)}) "
               f"against {new_name} ({os.path.dirname(numrnn.__file__)}), one process, "
-              f"{args.calls} calls each, alternating; {os.cpu_count()} CPUs", flush=True)
+              f"{args.calls} calls each, alternating; {os.cpu_count()} CPUs; {blas.summary()}",
+              flush=True)
         print("| cell | dtype | B | N | T | results | base p10 us | new p10 us | new / base p10 "
               "| base median us | new median us | new / base median |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -157,7 +159,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(base=rev.stdout.strip(), new=new_name, call=args.call,
-                           calls=args.calls, rows=rows), f, indent=1)
+                           calls=args.calls, machine=blas.summary(), rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ sys.path.insert(0, HERE)
 
 import bench_cpu  # noqa: E402  (the cases, the JAX twin and the protocol's idle)
 from numrnn import config  # noqa: E402
+from numrnn.cpu import blas  # noqa: E402
 
 
 def main(argv=None):
@@ -64,7 +65,7 @@ def main(argv=None):
     config.NUM_THREADS = default_threads
     print(f"# {cell} {dtype} B={B} N={N} T={args.steps}: forward + vjp, {args.rounds} rounds of "
           f"{args.calls} calls, alternating; idle = {bench_cpu.SETTLE_S * 1e3:g} ms and one "
-          f"untimed forward; {os.cpu_count()} CPUs")
+          f"untimed forward; {os.cpu_count()} CPUs; {blas.summary()}")
     print("| contender | back to back median us (p10) | after idle median us (p10) | "
           "after idle / back to back (median) |")
     print("|---|---|---|---|")

@@ -707,8 +707,20 @@ def _info():
                      "kernels": "numrnn.gpu @cuda.jit kernels (device='cuda')" if usable
                      else "none: device='cuda' is unavailable, the CPU kernels run"},
             "blas": {"libraries": backend["blas_libraries"], "note": backend["blas_note"],
-                     "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")},
+                     "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+                     "products_over_time": _products_over_time(backend)},
             "config": tunables, "cpu_kernels": kernels, "cells": _cells()}
+
+
+def _products_over_time(backend):
+    """Who makes the products over all steps (input projection, input and weight gradients)."""
+    if not backend["dot_products"]:
+        return "BLAS"
+    if backend["blas_avx512_kernels"]:
+        from .cpu import products
+        return (f"BLAS (AVX-512 kernels); float64 weight gradients under "
+                f"{products.PACKED_TN_MIN_COLUMNS} columns compiled")
+    return "compiled (AVX-512) where their sums are deep enough, else BLAS"
 
 
 def _cmd_info(args):
@@ -727,6 +739,7 @@ def _cmd_info(args):
     for lib in info["blas"]["libraries"]:
         print(f"  {lib['name'] + ' OpenBLAS':22s} {lib['config']} (kernels: {lib['core']})")
     print(f"  {'OPENBLAS_CORETYPE':22s} {info['blas']['OPENBLAS_CORETYPE']}")
+    print(f"  {'products over time':22s} {info['blas']['products_over_time']}")
     if info["blas"]["note"]:
         print(f"  note: {info['blas']['note']}")
     print("\ncuda:")

@@ -82,11 +82,11 @@ PARALLEL_MIN_WORK = _env_int("NUMRNN_PARALLEL_MIN_WORK", 2_000_000)
 SPLIT_MIN_STEP_WORK = _env_int("NUMRNN_SPLIT_MIN_STEP_WORK", 3 * 128 * 128)
 
 #: How many times a float64 multiply-add counts against SPLIT_MIN_STEP_WORK (it was 2, the
-#: ratio of the bytes of M a step reads).  Measured on the 2-core Zen 5 VM after the packed
+#: ratio of the bytes of M a step reads).  Measured on the 2-core Zen 4 VM after the packed
 #: products (benchmarks/bench_split.py, 15 rounds, vjp T = 200 batch split / unit split,
-#: results/split_b1_float64_2core_zen5_issue16.md): float64 at 16k-19k multiply-adds a step
+#: results/split_b1_float64_2core_zen4_issue16.md): float64 at 16k-19k multiply-adds a step
 #: 1.10 (tanh N = 128), 1.09 (GRU N = 80), 1.03 (LSTM N = 64), at 25k-28k 1.07-1.25; float32
-#: in the same run (results/split_b1_float32_2core_zen5_issue16.md) 0.82-0.90 for tanh N = 128
+#: in the same run (results/split_b1_float32_2core_zen4_issue16.md) 0.82-0.90 for tanh N = 128
 #: and 192 and LSTM N = 64, 1.05-1.17 for GRU N = 96-112 and LSTM N = 96: float32's rule stays.
 SPLIT_FLOAT64_WEIGHT = _env_int("NUMRNN_SPLIT_FLOAT64_WEIGHT", 3)
 

@@ -408,6 +408,11 @@ def test_info_reports_what_the_cpu_backend_describes(capsys):
         [k["recurrent_product"] for k in backend["kernels"]]
     assert info["blas"]["libraries"] == backend["blas_libraries"]
     assert info["blas"]["note"] == backend["blas_note"]
+    over_time = info["blas"]["products_over_time"]
+    assert over_time == ("BLAS" if not backend["dot_products"] else
+                         f"BLAS (AVX-512 kernels); float64 weight gradients under "
+                         f"{numrnn.cpu.products.PACKED_TN_MIN_COLUMNS} columns compiled" if backend["blas_avx512_kernels"] else
+                         "compiled (AVX-512) where their sums are deep enough, else BLAS")
     rc, out, _ = _run(capsys, "info")
     text = out[out.index("\nblas:"):out.index("\ncuda:")]
     for lib in backend["blas_libraries"]:
@@ -416,6 +421,7 @@ def test_info_reports_what_the_cpu_backend_describes(capsys):
         assert "note: " not in text
     else:
         assert "note: " + backend["blas_note"] in text
+    assert f"products over time     {over_time}" in text
     assert [r["recurrence"] for r in info["cpu_kernels"]] == \
         [f"@njit kernel, batch split over {k['pieces']} thread(s)" if k["split"] == "sequences"
          else f"@njit kernel, each step split into {k['pieces']} unit blocks (a barrier per step)"

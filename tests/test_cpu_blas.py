@@ -123,3 +123,17 @@ def test_vector_width_note_names_narrow_kernels_on_a_wide_cpu(monkeypatch, avx51
     assert "zen's" not in blas.vector_width_note([dict(lib, core="ZEN")])  # (names as given)
     for quiet in ([wide], [dict(lib, core="Prescott")], [dict(lib, core=None)], []):
         assert blas.vector_width_note(quiet) is None
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_wide_kernels_asks_avx512_kernels_of_both_libraries(monkeypatch, avx512):
+    """The products over time go to the BLAS where both OpenBLAS libraries (SciPy's under
+    Numba's np.dot, NumPy's under the weight gradients) run AVX-512 kernels on an AVX-512 CPU."""
+    monkeypatch.setattr(blas, "_cpu_has_avx512", lambda: avx512)
+    scipy = dict(name="scipy", config="OpenBLAS 0.3.30 DYNAMIC_ARCH", core="SkylakeX", threads=1)
+    numpy = dict(scipy, name="numpy", core="Cooperlake")
+    assert blas.wide_kernels([scipy, numpy]) is avx512
+    assert blas.wide_kernels([dict(scipy, core="SAPPHIRERAPIDS"), numpy]) is avx512
+    for narrow in ([scipy, dict(numpy, core="Haswell")], [dict(scipy, core=None), numpy],
+                   [scipy], [numpy], []):
+        assert blas.wide_kernels(narrow) is False

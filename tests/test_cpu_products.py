@@ -249,6 +249,7 @@ def test_dot_products_take_sums_deep_enough(monkeypatch):
     takes them at every size, "off" at none, "auto" only where Numba compiles for AVX-512."""
     from numrnn import config
 
+    monkeypatch.setattr(products, "blas_wide", lambda: False)
     assert products.times_transpose_pays(np.float32, 64)
     assert not products.times_transpose_pays(np.float32, 32)
     assert products.times_transpose_pays(np.float64, 32)
@@ -263,13 +264,39 @@ def test_dot_products_take_sums_deep_enough(monkeypatch):
         assert products.use_dot_products(pays) is expected
 
 
-def test_gemm_tn_takes_float64_and_the_large_float32_products():
-    """The size rule of the weight gradients' compiled form (measured in its docstring)."""
+def test_gemm_tn_takes_float64_and_the_large_float32_products(monkeypatch):
+    """The size rule of the weight gradients' compiled form (measured in its docstring),
+    against OpenBLAS's AVX2 kernels."""
+    monkeypatch.setattr(products, "blas_wide", lambda: False)
     assert products.gemm_tn_pays(np.float64, 1, 1, 1)
+    assert products.gemm_tn_pays(np.float64, 6400, 2048, 512)
     assert products.gemm_tn_pays(np.float32, 6400, 2048, 512)
     assert products.gemm_tn_pays(np.float32, 512, 512, 128)
     assert not products.gemm_tn_pays(np.float32, 200, 2048, 512)
     assert not products.gemm_tn_pays(np.float32, 6400, 128, 128)
+
+
+def test_products_over_time_go_to_a_blas_with_avx512_kernels(monkeypatch):
+    """Against OpenBLAS's AVX-512 kernels the input projection's products never pay compiled,
+    nor float32's weight gradients; float64's weight gradients only narrower than the packed
+    products' columns (measured in the rules' docstrings)."""
+    monkeypatch.setattr(products, "blas_wide", lambda: True)
+    for dtype, depth in ((np.float32, 128), (np.float32, 2048), (np.float64, 64)):
+        assert not products.gemm_nt_pays(dtype, depth)
+    assert not products.gemm_tn_pays(np.float32, 6400, 2048, 512)
+    assert not products.gemm_tn_pays(np.float32, 6400, 128, 32)
+    assert not products.gemm_tn_pays(np.float64, 6400, 2048, products.PACKED_TN_MIN_COLUMNS)
+    assert products.gemm_tn_pays(np.float64, 6400, 512, products.PACKED_TN_MIN_COLUMNS - 1)
+    assert products.gemm_tn_pays(np.float64, 200, 384, 128)
+
+
+def test_blas_wide_is_probed_once(monkeypatch):
+    """The rule's input is the kernels of both OpenBLAS libraries, read once per process."""
+    calls = []
+    monkeypatch.setattr(products, "_BLAS_WIDE", [])
+    monkeypatch.setattr(products.blas, "wide_kernels", lambda: calls.append(1) or True)
+    assert products.blas_wide() and products.blas_wide()
+    assert calls == [1]
 
 
 @njit

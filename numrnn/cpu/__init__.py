@@ -49,7 +49,10 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
         of several sequences and the products over all steps (the input projection, the
         input's gradient, the weight gradients) run as compiled dot products where their sums
         are deep enough (``config.DOT_PRODUCTS``, :func:`numrnn.cpu.products.use_dot_products`
-        and its size rules).  ``split_min_step_work``: float32 multiply-adds per
+        and its size rules).  ``blas_avx512_kernels``: whether both OpenBLAS libraries run
+        AVX-512 kernels (:func:`numrnn.cpu.blas.wide_kernels`); then the products over all
+        steps go to the BLAS, but float64's narrow weight gradients
+        (:func:`numrnn.cpu.products.gemm_nt_pays`, :func:`numrnn.cpu.products.gemm_tn_pays`).  ``split_min_step_work``: float32 multiply-adds per
         step from which a small batch's steps are split by units (a float64 one counts
         ``split_float64_weight`` times);
         ``split_max_rows`` and ``split_min_sequence_work``: the most sequences per block of the
@@ -96,6 +99,7 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
             "split_min_sequence_work": config.SPLIT_MIN_SEQUENCE_WORK,
             "transposed_gemm_float32": config.TRANSPOSED_GEMM_FLOAT32,
             "dot_products": products.use_dot_products(),
+            "blas_avx512_kernels": products.blas_wide(),
             "blas_thread_control": blas.can_limit_threads(), "blas_threads": blas.num_threads(),
             "numpy_blas_thread_control": blas.numpy_blas_controlled(),
             "blas_libraries": found, "blas_note": blas.vector_width_note(found),

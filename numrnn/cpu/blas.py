@@ -145,6 +145,22 @@ def libraries():
     return out
 
 
+#: OpenBLAS's core names (lower case) whose widest kernels are AVX-512.
+AVX512_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+
+
+def wide_kernels(found=None):
+    """Whether both OpenBLAS libraries under numrnn's products over time, SciPy's (under
+    Numba's np.dot) and NumPy's (the weight gradients' gemm), are found and run AVX-512 kernels
+    (:data:`AVX512_CORES`) on a CPU with AVX-512.  False where either is missing or its kernels
+    are unknown or narrower.  ``found``: :func:`libraries`' list (default: probed now)."""
+    if found is None:
+        found = libraries()
+    cores = {lib["name"]: (lib["core"] or "").lower() for lib in found}
+    return (_cpu_has_avx512() and set(cores) >= {"scipy", "numpy"}
+            and all(cores[name] in AVX512_CORES for name in ("scipy", "numpy")))
+
+
 def _cpu_has_avx512():
     """Whether this CPU runs AVX-512 (as LLVM, Numba's compiler, sees the host)."""
     try:

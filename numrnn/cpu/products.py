@@ -766,14 +766,38 @@ def times_packed(a, pb, P, out, pa, tile):
                k0 > 0, pa, tile)
 
 
+_BLAS_WIDE = []
+
+
+def blas_wide():
+    """Whether the BLAS under the products over time runs AVX-512 kernels
+    (:func:`numrnn.cpu.blas.wide_kernels`), probed once per process: the size rules of those
+    products (:func:`gemm_nt_pays`, :func:`gemm_tn_pays`) depend on it."""
+    if not _BLAS_WIDE:
+        _BLAS_WIDE.append(blas.wide_kernels())
+    return _BLAS_WIDE[0]
+
+
 def gemm_tn_pays(dtype, K, M, P):
     """Whether :func:`gemm_tn` beats the BLAS on a (K, M).T @ (K, P) product (the size rule for
     :func:`use_dot_products`).  Its packing costs about a nanosecond a number, against 2 M P /
-    (M + P) multiply-adds that the number feeds.  Measured on the 2-core Zen 5 VM (2 threads,
-    GFLOP/s compiled / OpenBLAS AVX2): float64 1.3-1.65x at every size tried (K = 200 and 6400,
-    M and P 128 to 2048); float32 1.2-1.4x at K = 6400 with M P >= 512 x 128 (6400 x 2048 x 512:
-    297 / 211), behind at K = 200 (122-166 / 225) and 6400 x 128 x 128 (129 / 194).  So float32
-    takes it from one packed block's depth (K >= 512) with M P >= 512 x 128."""
+    (M + P) multiply-adds that the number feeds.
+
+    Against OpenBLAS's AVX2 kernels, measured on the 2-core Zen 5 VM (2 threads, GFLOP/s
+    compiled / OpenBLAS AVX2): float64 1.3-1.65x at every size tried (K = 200 and 6400, M and P
+    128 to 2048); float32 1.2-1.4x at K = 6400 with M P >= 512 x 128 (6400 x 2048 x 512: 297 /
+    211), behind at K = 200 (122-166 / 225) and 6400 x 128 x 128 (129 / 194).  So float32
+    takes it from one packed block's depth (K >= 512) with M P >= 512 x 128.
+
+    Against OpenBLAS's AVX-512 kernels (:func:`blas_wide`), on a 2-core Zen 4 VM (AVX-512 on
+    256-bit units; one thread, GFLOP/s BLAS / compiled): float32 behind at every size (6400 x
+    2048 x 512 92 / 66-84, 200 x 128 x 32 116 / 55, 6400 x 512 x 128 63 / 61); float64 level
+    or behind from PACKED_TN_MIN_COLUMNS columns (6400 x 2048 x 512 45 / 41-48, 200 x 2048 x 512
+    45 / 45) but ahead below them (6400 x 512 x 128 33 / 41, 6400 x 128 x 32 17 / 21; a GRU's
+    whole vjp at B = 32, N = 128 took 1.065x as long with the BLAS).  So there float64 takes it
+    below PACKED_TN_MIN_COLUMNS columns alone, float32 never."""
+    if blas_wide():
+        return np.dtype(dtype) == np.float64 and P < PACKED_TN_MIN_COLUMNS
     if np.dtype(dtype) == np.float64:
         return True
     return K >= TN_BLOCKS[0] and M * P >= 512 * 128
@@ -807,8 +831,12 @@ def times_transpose_pays(dtype, depth):
 def gemm_nt_pays(dtype, depth):
     """Whether a product over all steps whose sums are ``depth`` long (the input projection's:
     the input size) pays as compiled dot products (:data:`GEMM_MIN_DEPTH_BYTES`): the size rule
-    for :func:`use_dot_products`."""
-    return depth * np.dtype(dtype).itemsize >= GEMM_MIN_DEPTH_BYTES
+    for :func:`use_dot_products`.  Never where the BLAS runs AVX-512 kernels
+    (:func:`blas_wide`): on a 2-core Zen 4 VM (one thread, GFLOP/s BLAS / compiled) float32
+    6400 x 512 x 2048 100 / 77, 6400 x 128 x 512 91 / 73, 200 x 128 x 512 94 / 57; float64 51
+    / 46, 40 / 42, 48 / 41; whole vjps at B = 32, N = 512 (float32 LSTM, GRU, tanh) took
+    0.77-0.85 of their time with the BLAS for every product over time."""
+    return depth * np.dtype(dtype).itemsize >= GEMM_MIN_DEPTH_BYTES and not blas_wide()
 
 
 def use_dot_products(pays=True):
