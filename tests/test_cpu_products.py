@@ -171,7 +171,8 @@ def test_gemm_tn_propagates_nan_and_inf(P, rng):
     assert_close(out[finite], expected[finite], rtol=1e-13)
 
 
-@pytest.mark.parametrize("M, K, P", [(1, 1, 1), (6, 256, 32), (11, 255, 33), (515, 257, 31),
+@pytest.mark.parametrize("M, K, P", [(1, 1, 1), (6, 256, 32), (8, 256, 32), (16, 512, 64),
+                                     (11, 255, 33), (515, 257, 31),
                                      (13, 600, 1030), (7, 3, 513), (5, 0, 4)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_packed_product_is_the_product(M, K, P, dtype, rng):

@@ -451,12 +451,20 @@ def _gemm_tn(a, b, out, r0, r1, accumulate):
 # zero), the blocks added to out in order: its bits depend on the depth alone, never on the
 # tile, the block or the thread that computes it.
 
-#: Rows of a in the register tile of :func:`_tile`, and its vectors of 64 bytes across out.
-TILE_ROWS = 6
+#: Rows of a in the register tile of :func:`_tile`, and its vectors of 64 bytes across out:
+#: sixteen vector sums, two vectors of b and a broadcast, 19 of AVX-512's 32 registers.  Each
+#: step of the depth loads two vectors and eight numbers for sixteen fused multiply-adds (six
+#: rows: eight loads for twelve), and a thread's share of a batch of 32 (16 rows) is two whole
+#: tiles (six rows: three, the last a third empty).  One thread of the 2-core Zen 4 VM, GFLOP/s
+#: six rows / eight (``bench_products.py --shapes``, the packed column), float32 16 x 512 x 2048
+#: 88 / 100, 16 x 128 x 512 79 / 91, 16 x 512 x 512 85 / 106; float64 36 / 46, 42 / 48, 44 /
+#: 48; the tile alone in L1 (``--peak``) 111 / 113 and 54 / 56.  An entry's bits do not depend
+#: on the tile (see above).
+TILE_ROWS = 8
 TILE_VECTORS = 2
 
 #: The blocks of the packed products: depth, rows of out, columns of out.  A panel of a
-#: (6 x 256) and one of b (256 x 32 float32) stay in L1 while a tile is made; b's block (256 x
+#: (8 x 256) and one of b (256 x 32 float32) stay in L1 while a tile is made; b's block (256 x
 #: 512, 512 KiB in float32) and a's (96 x 256) in a core's L2.
 PACKED_BLOCKS = (256, 96, 512)
 

@@ -749,7 +749,8 @@ _INLINED = None
 def _inlined_sources():
     """A hash of the modules whose functions are compiled into the kernels: Numba's on-disk cache
     checks only the file of the function it compiles (this one), so an edit of the barrier, the
-    norms or exp/tanh would otherwise be served the stale cached kernel."""
+    norms, exp/tanh or the products (their tile's size, inlined in the kernels' scratch) would
+    otherwise be served the stale cached kernel."""
     global _INLINED
     if _INLINED is None:
         import hashlib
@@ -757,7 +758,7 @@ def _inlined_sources():
 
         from ..cells import twins as twins_module
         digest = hashlib.sha256()
-        for module in (sync, norms, elementary, codegen, twins_module):
+        for module in (sync, norms, elementary, codegen, twins_module, products):
             digest.update(inspect.getsource(module).encode())
         _INLINED = digest.hexdigest()[:8]
     return _INLINED
