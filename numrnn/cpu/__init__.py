@@ -52,9 +52,9 @@ def describe(sizes=((1, 32), (1, 512), (32, 128), (32, 512)), *, steps=200, dtyp
         and its size rules).  ``blas_avx512_kernels``: whether both OpenBLAS libraries run
         AVX-512 kernels (:func:`numrnn.cpu.blas.wide_kernels`); then the products over all
         steps go to the BLAS, but float64's narrow weight gradients
-        (:func:`numrnn.cpu.products.gemm_nt_pays`, :func:`numrnn.cpu.products.gemm_tn_pays`).  ``split_min_step_work``: float32 multiply-adds per
-        step from which a small batch's steps are split by units (a float64 one counts
-        ``split_float64_weight`` times);
+        (:func:`numrnn.cpu.products.gemm_nt_pays`, :func:`numrnn.cpu.products.gemm_tn_pays`).
+        ``split_min_step_work``: float32 multiply-adds per step from which a small batch's
+        steps are split by units (a float64 one counts ``split_float64_weight`` times);
         ``split_max_rows`` and ``split_min_sequence_work``: the most sequences per block of the
         batch split, and the least work of one sequence's step, for which a larger batch is
         split by units.
