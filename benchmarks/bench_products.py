@@ -40,8 +40,8 @@ dot products, ``products._gemm_tn``), in GFLOP/s.
 
 ``--peak``: the 4 x 4 dot-product block on data that stays in L1 (4 rows of a and of m, 32 KiB),
 on one thread and on two at once, float32 and float64: the ceiling of every compiled product;
-then the packed products' register tile the same way (``products._tile``, a TILE_ROWS x 256 panel of a
-and a 256 x 2-vector panel of m).
+then the packed products' register tile the same way (``products._tile``, a TILE_ROWS x 256
+panel of a and a 256 x 2-vector panel of m).
 
 Then (``--rules``) whole calls at T = 200, forward and vjp (forward and backward), of cell,
 dtype, B, N, I cases, with the products' depth rules (``products.STEP_MIN_DEPTH_BYTES``,
@@ -214,7 +214,7 @@ def _peak(rng):
               f"{best[1]:.0f} GFLOP/s on one thread, {best[2]:.0f} on two", flush=True)
         rows.append({"peak": np.dtype(dtype).name, "depth": depth, "one_thread_gflops": best[1],
                      "two_threads_gflops": best[2]})
-        # the packed products' tile: a TILE_ROWS x 256 panel of a and a 256 x (two vectors) one of m
+        # the packed products' tile: a TILE_ROWS x 256 panel of a, a 256 x (two vectors) one of m
         width = products.TILE_VECTORS * 64 // np.dtype(dtype).itemsize
         depth = 256
         data = [(rng.standard_normal(products.TILE_ROWS * depth).astype(dtype),

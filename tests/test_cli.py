@@ -409,9 +409,11 @@ def test_info_reports_what_the_cpu_backend_describes(capsys):
     assert info["blas"]["libraries"] == backend["blas_libraries"]
     assert info["blas"]["note"] == backend["blas_note"]
     over_time = info["blas"]["products_over_time"]
+    columns = numrnn.cpu.products.PACKED_TN_MIN_COLUMNS
+    wide = (f"BLAS (AVX-512 kernels); float64 weight gradients under {columns} columns "
+            f"compiled")
     assert over_time == ("BLAS" if not backend["dot_products"] else
-                         f"BLAS (AVX-512 kernels); float64 weight gradients under "
-                         f"{numrnn.cpu.products.PACKED_TN_MIN_COLUMNS} columns compiled" if backend["blas_avx512_kernels"] else
+                         wide if backend["blas_avx512_kernels"] else
                          "compiled (AVX-512) where their sums are deep enough, else BLAS")
     rc, out, _ = _run(capsys, "info")
     text = out[out.index("\nblas:"):out.index("\ncuda:")]
