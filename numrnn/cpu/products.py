@@ -842,8 +842,9 @@ def gemm_nt_pays(dtype, depth):
     for :func:`use_dot_products`.  Never where the BLAS runs AVX-512 kernels
     (:func:`blas_wide`): on a 2-core Zen 4 VM (one thread, GFLOP/s BLAS / compiled) float32
     6400 x 512 x 2048 100 / 77, 6400 x 128 x 512 91 / 73, 200 x 128 x 512 94 / 57; float64 51
-    / 46, 40 / 42, 48 / 41; whole vjps at B = 32, N = 512 (float32 LSTM, GRU, tanh) took
-    0.77-0.85 of their time with the BLAS for every product over time."""
+    / 46, 40 / 42, 48 / 41; whole vjps at B = 32, N = 512 took 0.78-0.91 of their time with the
+    BLAS for the products over time (``benchmarks/ab_calls.py``, every cell and dtype of the
+    grid, results/ab_calls_blas_wide_2core_zen4.md)."""
     return depth * np.dtype(dtype).itemsize >= GEMM_MIN_DEPTH_BYTES and not blas_wide()
 
 
