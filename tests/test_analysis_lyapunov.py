@@ -732,3 +732,24 @@ def test_a_nonfinite_frame_is_reported_from_split_steps(split, k, request, monke
         res = lyapunov_spectrum(net, np.zeros((10, 2, 1)), k=k, seed=0)
     assert np.isnan(res.exponents).all()
     assert runs and max(runs) == 2
+
+
+def test_random_frames_hold_numpy_blas_to_one_thread(monkeypatch):
+    """The initial frames' QRs run with every BLAS held to one thread (numrnn.cpu.blas): a
+    threaded one would leave its threads spinning into the QR loop that follows, on numrnn's
+    threads."""
+    from numrnn.analysis import linearisation
+    from numrnn.cpu import blas
+
+    held = []
+    qr = np.linalg.qr
+
+    def watched(a):
+        held.append(blas._depth)
+        return qr(a)
+
+    monkeypatch.setattr(linearisation.np.linalg, "qr", watched)
+    q = linearisation.frames(np.random.default_rng(0), 3, 20, 5, np.float64)
+    assert held == [1, 1, 1] and blas._depth == 0
+    assert_close(np.einsum("bsk,bsl->bkl", q, q), np.broadcast_to(np.eye(5), (3, 5, 5)),
+                 atol=1e-14)

@@ -113,3 +113,33 @@ def test_both_routes_give_one_spectrum(k, rng):
         finally:
             _k.HOUSEHOLDER_MAX_K = old
     assert_close(res["householder"], res["lapack"], rtol=1e-11)
+
+
+@pytest.mark.parametrize("S, nb, n_blocks", [(200, 24, 2), (200, 24, 3), (60, 4, 3),
+                                             (100, 8, 4), (50, 24, 2)])
+def test_update_columns_cover_each_panel_step_once(S, nb, n_blocks, monkeypatch):
+    """The factored QR's column blocks (jacobians.update_columns): one row per panel step
+    before the last 2 nb columns, each row's blocks tile the columns from the next panel on,
+    block 0 holds that whole panel and takes FACTOR_SHARE panels' columns fewer than an even
+    share where there is room, the others share the rest evenly."""
+    monkeypatch.setattr(_k, "FACTOR_SHARE", 3)
+    cols = _k.update_columns(S, nb, n_blocks)
+    steps = [lo for lo in range(nb, S, nb) if S - lo > 2 * nb]
+    assert cols.dtype == np.int64 and cols.shape == (max(1, len(steps)), n_blocks + 1)
+    if not steps:
+        assert not cols.any()
+    for row, lo in zip(cols, steps):
+        rest = S - lo
+        assert row[0] == lo and row[-1] == S and np.all(np.diff(row) >= 0)
+        assert row[1] - lo == max(nb, (rest - 3 * nb) // n_blocks)
+        others = np.diff(row[1:])
+        assert others.max() - others.min() <= 1
+
+
+def test_update_columns_one_block_and_an_even_split(monkeypatch):
+    """One block: no panel steps (the QR is one dgeqrt).  FACTOR_SHARE 0: halves, as an even
+    split gives them."""
+    assert _k.update_columns(200, 24, 1).tolist() == [[0, 0]]
+    monkeypatch.setattr(_k, "FACTOR_SHARE", 0)
+    cols = _k.update_columns(200, 24, 2)
+    assert [r[1] - r[0] for r in cols] == [(200 - lo) // 2 for lo in range(24, 152, 24)]

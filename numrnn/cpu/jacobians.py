@@ -547,9 +547,10 @@ def qr_workspace(K, S, householder_max_k=None):
 # by blocks of rows (the rows of C_t are independent), and the QR as LAPACK's dgeqrt does it,
 # panel by panel, each panel of FACTORED_NB columns factored on one thread and the columns to
 # its right updated by blocks (dgemqrt from the left, the columns independent), the next panel
-# factored as soon as its own block is updated; the last 2 * FACTORED_NB columns are one
-# dgeqrt.  The blocks are a function of S and of the machine's block count alone
-# (:func:`factored_blocks`), so the bits do not depend on the thread count.
+# factored as soon as its own block is updated (that block takes fewer columns:
+# :data:`FACTOR_SHARE`); the last 2 * FACTORED_NB columns are one dgeqrt.  The blocks are a
+# function of S and of the machine's block count alone (:func:`factored_blocks`), so the bits
+# do not depend on the thread count.
 
 #: Whether the full spectrum keeps Q factored (tests compare the two routes).
 FACTORED = True
@@ -561,6 +562,15 @@ FACTORED_NB = 24
 #: cores, T = 1000, 1 against 2 threads (min of 7-9 alternating runs): S = 64 159 / 151 ms,
 #: S = 100 346 / 332, S = 128 586 / 622 (medians 888 / 720), S = 200 1557 / 1129.
 FACTORED_SPLIT_MIN_S = 128
+#: What factoring a panel of the QR costs, in panels of columns of the update right of it: the
+#: block that factors the next panel takes that many panels' columns fewer of each update
+#: (:func:`update_columns`).  One thread of the 2-core Zen 4, SciPy's OpenBLAS: a 152 x 24
+#: panel's dgeqrt took 34 us, the update of 88 columns by its reflectors 34 us (200 rows: 36
+#: and 54; 104 rows: 20 and 24), so about 3.  With an even split (0) one thread did twice the
+#: LAPACK work of the other (`perf`, S = 200).  Full spectrum, S = 200, T = 300, 40
+#: alternating rounds in one process, time against 0 (median per round): 2 0.959, 3 0.947,
+#: 4 0.969, 6 0.941.
+FACTOR_SHARE = 3
 
 
 def _factored(K, S, strict):
@@ -582,8 +592,8 @@ def factored_workspace(K, S, strict):
     not apply (k < S; S < FACTORED_MIN_S; or ``strict``: an ons_interval > 1, which
     keeps the frame explicit between QRs): (jc (2, S, S), bufs (2, S, S), tb (2, S, nb), work
     (n_blocks, S * nb) and ints (n_blocks, 8) for each block's LAPACK calls, chars, edges
-    (n_blocks + 1,) of the row blocks).  Frames and matrices of either dtype: the route runs in
-    float64."""
+    (n_blocks + 1,) of the row blocks, and :func:`update_columns`).  Frames and matrices of
+    either dtype: the route runs in float64."""
     if not _factored(K, S, strict):
         S = 0
     nb = max(1, min(FACTORED_NB, S))
@@ -591,7 +601,26 @@ def factored_workspace(K, S, strict):
     return (np.empty((2, S, S)), np.empty((2, S, S)), np.empty((2, S, nb)),
             np.empty((n, max(1, S * nb))), np.zeros((n, 8), LAPACK_INT),
             np.array([ord("R"), ord("N"), ord("L"), ord("T")], np.uint8),
-            np.array([S * i // n for i in range(n + 1)], np.int64))
+            np.array([S * i // n for i in range(n + 1)], np.int64), update_columns(S, nb, n))
+
+
+def update_columns(S, nb, n_blocks):
+    """The column blocks of the QR's panel steps in the factored route: row p (the step after
+    panel p, of columns p nb .. (p + 1) nb, is factored) holds the edges of the n_blocks blocks
+    of the columns from (p + 1) nb on, which the panel's reflectors update.  Block 0 holds the
+    next panel, which its thread factors after the update, so it takes ``FACTOR_SHARE`` panels'
+    columns fewer than an even share (never fewer than the panel's nb); the others share the
+    rest evenly.  The step that reaches the last 2 nb columns is not in it (one block).  At
+    least one row, all zero where there is no such step."""
+    rows = []
+    lo = nb
+    while n_blocks > 1 and S - lo > 2 * nb:
+        rest = S - lo
+        first = min(rest, max(nb, (rest - FACTOR_SHARE * nb) // n_blocks))
+        left = rest - first
+        rows.append([lo] + [lo + first + left * b // (n_blocks - 1) for b in range(n_blocks)])
+        lo += nb
+    return np.array(rows or [[0] * (n_blocks + 1)], np.int64)
 
 
 @register_jitable
@@ -1002,7 +1031,7 @@ def _factored_loop(jac, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, q, qr
     S = K
     N = direct.shape[5]
     GN = w_hh.shape[1]
-    jcs, bufs, tb, edges = fw[0], fw[1], fw[2], fw[6]
+    jcs, bufs, tb, edges, cols = fw[0], fw[1], fw[2], fw[6], fw[7]
     n_blocks = edges.shape[0] - 1
     nb = tb.shape[2]
     tail = S if n_blocks == 1 else 2 * nb  # the QR's last columns, one dgeqrt
@@ -1058,8 +1087,7 @@ def _factored_loop(jac, n_dir, reads, w_hh, w_up, rec, inp, direct, rgrad, q, qr
                     if last:  # one block: columns lo.. updated and factored at once
                         c0, c1 = (lo, S) if blk == 0 else (S, S)
                     else:
-                        c0 = lo if blk == 0 else max(lo + (S - lo) * blk // n_blocks, lo + nb)
-                        c1 = max(lo + (S - lo) * (blk + 1) // n_blocks, lo + nb)
+                        c0, c1 = cols[i // nb, blk], cols[i // nb, blk + 1]
                     if c1 > c0:
                         _gemqrt(fw, 2, 3, cur, i, nb, c, i, c0, S - i, c1 - c0, blk)
                     if blk == 0 and last:
