@@ -9,9 +9,9 @@ JAX.
     python benchmarks/bench_analysis.py --jax-only      # issue 16's cases alone
     python benchmarks/bench_analysis.py --jax-only --smoke --repeats 1   # seconds; no figures
 
-Issue 15's cases: every figure is the median of ``--repeats`` calls after one untimed call
-(compilation or the on-disk cache); the first call is reported apart.  No peer there: no other
-package computes covariant Lyapunov vectors of RNNs.
+Issue 15's cases: every figure is the median of ``--repeats`` (default 3) calls after one
+untimed call (compilation or the on-disk cache); the first call is reported apart.  No peer
+there: no other package computes covariant Lyapunov vectors of RNNs.
 
 Issue 16's cases (when jax is installed; the JAX twins are in ``jax_peers.py``), float64:
 
@@ -39,10 +39,11 @@ count), and with that OpenBLAS held to one thread for the call (numrnn.cpu.blas.
 as numrnn's analysis holds it.  On a loaded 2-core machine the 2-thread OpenBLAS made JAX's
 200 x 200 QR loop 2-40x slower.  Each case: one first call of each, made by the checks (JAX's
 with the BLAS at one thread) and reported apart ("first": numrnn's Numba compilation or cache,
-JAX's tracing and XLA compilation, plus one run), then ``--repeats`` interleaved rounds (numrnn,
-JAX, JAX with one BLAS thread, numrnn, ...); medians, and the ratio JAX time / numrnn time
-(> 1: numrnn is faster).  The load average is recorded: on this shared machine, runs with load
-above the core count are noise.
+JAX's tracing and XLA compilation, plus one run), then ``--repeats`` (default 9) interleaved
+rounds (numrnn, JAX, JAX with one BLAS thread, numrnn, ...); medians, and the ratio JAX time /
+numrnn time (> 1: numrnn is faster).  Nine rounds, since the two or three Jacobian calls after
+the first can be several times slower than the later ones (benchmarks/README.md).  The load
+average is recorded: on this shared machine, runs with load above the core count are noise.
 """
 import argparse
 import json
@@ -219,7 +220,11 @@ def jax_cases(lyap_net, repeats, smoke=False):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed calls per case (default 3 for issue 15's cases, 9 for issue "
+                         "16's against JAX: the two or three Jacobian calls after the first "
+                         "took 40-116 ms where the later ones took 7-16 on the 2-core Zen 4, "
+                         "see benchmarks/README.md)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-study", action="store_true", help="skip the numrnn study timing")
     ap.add_argument("--jax-only", action="store_true",
@@ -254,14 +259,14 @@ def main():
             net, n_steps=T, times=[1000], seed=0, storage="disk")),
     ]
     for name, fn in ([] if args.jax_only else cases):
-        first, median, _ = timed(fn, args.repeats)
+        first, median, _ = timed(fn, args.repeats or 3)
         rows.append({"case": f"{name}; tanh N=200 g=2, T={T}", "first_s": first,
                      "median_s": median, "load": os.getloadavg()[0]})
         print(f"{rows[-1]['case']:70s} first {first:7.2f} s  median {median:7.3f} s  "
               f"load {rows[-1]['load']:.1f}", flush=True)
     jax_version = None
     if not args.no_jax:
-        jax_rows, jax_version = jax_cases(net, args.repeats, smoke=args.smoke)
+        jax_rows, jax_version = jax_cases(net, args.repeats or 9, smoke=args.smoke)
         rows += jax_rows
     if not (args.no_study or args.jax_only):
         cfg = StudyConfig()
