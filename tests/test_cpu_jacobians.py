@@ -136,6 +136,37 @@ def test_update_columns_cover_each_panel_step_once(S, nb, n_blocks, monkeypatch)
         assert others.max() - others.min() <= 1
 
 
+@pytest.mark.parametrize("S, n_blocks", [(200, 2), (200, 3), (256, 2), (128, 8), (64, 8),
+                                         (100, 2), (12, 3), (9, 2), (200, 1)])
+def test_factored_rows_keep_blocks_off_each_others_cache_lines(S, n_blocks):
+    """The factored route's row blocks (jacobians.factored_rows) tile the S rows.  Where S is
+    a multiple of 8 with 8 rows or more a block, every edge is a multiple of 8 (a cache line of
+    float64) and each block is within 8 rows of an even share; else the edges are S i // n."""
+    edges = _k.factored_rows(S, n_blocks)
+    assert edges.dtype == np.int64 and len(edges) == n_blocks + 1
+    assert edges[0] == 0 and edges[-1] == S and np.all(np.diff(edges) > 0)
+    if S % 8 == 0 and S >= 8 * n_blocks:
+        assert np.all(edges % 8 == 0)
+        assert np.all(np.abs(np.diff(edges) - S / n_blocks) < 8)
+    else:
+        assert edges.tolist() == [S * i // n_blocks for i in range(n_blocks + 1)]
+    assert _k.factored_rows(200, 2).tolist() == [0, 96, 200]
+
+
+@pytest.mark.parametrize("S", [128, 200, 256])
+def test_factored_workspace_starts_each_column_on_a_cache_line(S, monkeypatch):
+    """Both of the factored route's C (S x S, stored by columns) start on a 64-byte line, so
+    with S a multiple of 8 every column does, and the row blocks' edges fall between lines."""
+    monkeypatch.setattr(_k.threads, "num_blocks", lambda: 2)
+    for _ in range(5):  # (np.empty would put a fresh array 16 bytes off a line, most times)
+        fw = _k.factored_workspace(S, S, False)
+        bufs = fw[1]
+        assert bufs.shape == (2, S, S) and bufs.dtype == np.float64
+        assert bufs.flags.c_contiguous
+        assert bufs[0].ctypes.data % 64 == 0 and bufs[1].ctypes.data % 64 == 0
+        assert fw[6].tolist() == _k.factored_rows(S, 2).tolist()
+
+
 def test_update_columns_one_block_and_an_even_split(monkeypatch):
     """One block: no panel steps (the QR is one dgeqrt).  FACTOR_SHARE 0: halves, as an even
     split gives them."""

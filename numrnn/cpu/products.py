@@ -346,7 +346,7 @@ _PACK_PAD = 8
 
 
 @register_jitable
-def _aligned(shape, like):
+def aligned(shape, like):
     """An uninitialised C-contiguous array of ``shape`` in the dtype of ``like`` whose rows start
     on a cache line when a row is a multiple of 64 bytes (an AVX-512 load that straddles two
     lines costs two)."""
@@ -415,8 +415,8 @@ def _gemm_tn(a, b, out, r0, r1, accumulate):
             out[r0:r1, :] = zero
         return
     ld = kc + _PACK_PAD
-    pb = _aligned((P, ld), a)
-    pa = _aligned((mc, ld), a)
+    pb = aligned((P, ld), a)
+    pa = aligned((mc, ld), a)
     per_line = 64 // a.itemsize
     first = _index(0)  # (a variable: see _index)
     for k0 in range(0, K, kc):
