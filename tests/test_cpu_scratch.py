@@ -199,6 +199,30 @@ def test_repeated_calls_reuse_the_buffers_of_the_last(fresh_pool, monkeypatch):
         assert scratch.pooled_bytes()[0] == total, (scratch.pooled_bytes(), total)
 
 
+def test_step_jacobians_come_from_the_pool_and_a_kept_one_survives(fresh_pool, monkeypatch):
+    """numrnn.jacobians' output (T * B * S * S float64: 65 MB at the benchmark's size, where a
+    fresh array took a page fault per 4 KiB) is pooled: one the caller keeps stays busy and is
+    never written again; one it drops is taken again by the next call (no new memory)."""
+    monkeypatch.setattr(config, "NUM_THREADS", 1)
+    monkeypatch.setattr(config, "SCRATCH_BYTES", 64 * 2**20)
+    net = numrnn.RNN(3, 24, cell="gru", seed=0)
+    rng = np.random.default_rng(3)
+    x1, x2 = rng.standard_normal((150, 3)), rng.standard_normal((150, 3))
+    kept = numrnn.jacobians(net, x1)
+    gc.collect()
+    assert kept.nbytes == 150 * 24 * 24 * 8 and scratch.pooled_bytes()[1] >= kept.nbytes
+    copy = kept.copy()
+    numrnn.jacobians(net, x2)
+    gc.collect()
+    total = scratch.pooled_bytes()[0]
+    for _ in range(3):
+        J = numrnn.jacobians(net, x2)
+        assert not np.shares_memory(J, kept)
+        del J
+        assert scratch.pooled_bytes()[0] == total, (scratch.pooled_bytes(), total)
+    np.testing.assert_array_equal(kept, copy)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_child_forked_while_another_thread_holds_the_pool_can_use_it(fresh_pool):
     """A child forked while another thread was taking a buffer must not wait forever for that

@@ -340,10 +340,12 @@ class Linearisation:
     def jacobians(self, out=None):
         """The dense step Jacobians J_t, (T, B, S, S) float64, written straight from the
         coefficients (:func:`numrnn.cpu.jacobians.jacobians`: no product with the identity).
-        ``out``: a C-contiguous float64 array of that shape to write them into.  Returns (J,
-        first): ``first`` the (t, b) of the first J_t holding an inf or NaN, or None."""
+        ``out``: a C-contiguous float64 array of that shape to write them into; by default a
+        pooled one (:mod:`numrnn.cpu.scratch`: safe to keep, and the pages of a dropped one are
+        written again without faults).  Returns (J, first): ``first`` the (t, b) of the first
+        J_t holding an inf or NaN, or None."""
         if out is None:
-            out = np.empty((self.T, self.B, self.S, self.S), self.dtype)
+            out = scratch.empty((self.T, self.B, self.S, self.S), self.dtype)
         args = (self.D, self.reads, self.w_hh, self.w_up, self.rec, self.inp, self.direct,
                 self.rgrad)
         return out, _k.jacobians(args, out)
