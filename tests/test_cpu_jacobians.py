@@ -167,6 +167,23 @@ def test_factored_workspace_starts_each_column_on_a_cache_line(S, monkeypatch):
         assert fw[6].tolist() == _k.factored_rows(S, 2).tolist()
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_frame_workspace_rows_start_on_cache_lines(dtype):
+    """The QR loops' scratch (jacobians._frame_workspace): r, up, y, z and tmp in the frame's
+    dtype, one row a vector, each array on a 64-byte line (the split loop's threads write
+    blocks of rows); up starts at zero."""
+    q = np.zeros((2, 10, 2, 1, 32), dtype)
+    w_hh = np.zeros((2, 96, 64), dtype)
+    for _ in range(5):
+        r, up, y, z, tmp, log_r, log_col, no_r = _k._frame_workspace(q, w_hh)
+        assert [a.shape for a in (r, up, y, z, tmp)] == [(10, 64), (10, 32), (10, 96),
+                                                         (10, 96), (10, 2, 1, 32)]
+        for a in (r, up, y, z, tmp):
+            assert a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % 64 == 0
+        assert not up.any()
+        assert log_r.shape == log_col.shape == (10,) and no_r.shape == (0, 0)
+
+
 def test_update_columns_one_block_and_an_even_split(monkeypatch):
     """One block: no panel steps (the QR is one dgeqrt).  FACTOR_SHARE 0: halves, as an even
     split gives them."""

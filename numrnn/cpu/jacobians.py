@@ -974,12 +974,20 @@ def _record_rates(acc, n, ok, st):
 def _frame_workspace(q, w_hh):
     """The scratch arrays of a QR loop that advances frames q (B, k, L*D, P, N) with
     :func:`_advance`: (r, up, y, z, tmp, log_r, log_col, no_r), no_r a (0, 0) stand-in for
-    the R the QR does not return."""
+    the R the QR does not return.  r .. tmp, one row a vector, start on a cache line (where a
+    row is a multiple of 64 bytes, so is every row): the threads of :func:`_lyapunov_split`
+    write blocks of their rows, and would otherwise share the line at each edge.  Measured,
+    k = 10, N = 200, T = 2000, 2 threads of the Zen 4, against np.empty arrays, alternating in
+    one process (median per round of the whole call, 30-40 rounds, seven processes): 0.980,
+    0.984, 0.985, 0.985, 0.993, 0.994, 1.008: about 1.5%, at the edge of the machine's noise."""
     K, N = q.shape[1], q.shape[4]
     GN, RN = w_hh.shape[1], w_hh.shape[2]
-    dt = q.dtype
-    return (np.empty((K, RN), dt), np.zeros((K, N), dt), np.empty((K, GN), dt),
-            np.empty((K, GN), dt), np.empty(q.shape[1:], dt), np.empty(K, np.float64),
+    like = np.empty(0, q.dtype)
+    up = products.aligned((K, N), like)
+    up[:] = 0.0
+    tmp = products.aligned((K, q.shape[2] * q.shape[3] * N), like).reshape(q.shape[1:])
+    return (products.aligned((K, RN), like), up, products.aligned((K, GN), like),
+            products.aligned((K, GN), like), tmp, np.empty(K, np.float64),
             np.empty(K, np.float64), np.empty((0, 0), np.float64))
 
 
