@@ -234,6 +234,8 @@ def main():
                     help="issue 16's cases on short trajectories (Jacobians T=50, Lyapunov "
                          "T=100): a check that the script runs, not for figures")
     args = ap.parse_args()
+    if args.repeats is not None and args.repeats < 1:
+        ap.error(f"--repeats: expected a count of 1 or more, got {args.repeats}")
     blas_note = blas.vector_width_note()
     print(f"# {blas.summary()}")
     if blas_note:
@@ -259,14 +261,14 @@ def main():
             net, n_steps=T, times=[1000], seed=0, storage="disk")),
     ]
     for name, fn in ([] if args.jax_only else cases):
-        first, median, _ = timed(fn, args.repeats or 3)
+        first, median, _ = timed(fn, 3 if args.repeats is None else args.repeats)
         rows.append({"case": f"{name}; tanh N=200 g=2, T={T}", "first_s": first,
                      "median_s": median, "load": os.getloadavg()[0]})
         print(f"{rows[-1]['case']:70s} first {first:7.2f} s  median {median:7.3f} s  "
               f"load {rows[-1]['load']:.1f}", flush=True)
     jax_version = None
     if not args.no_jax:
-        jax_rows, jax_version = jax_cases(net, args.repeats or 9, smoke=args.smoke)
+        jax_rows, jax_version = jax_cases(net, 9 if args.repeats is None else args.repeats, smoke=args.smoke)
         rows += jax_rows
     if not (args.no_study or args.jax_only):
         cfg = StudyConfig()
