@@ -3,9 +3,10 @@
 A job must give the bits of the same blocks run one after another, whatever the thread count;
 an error in any block must reach the caller and leave the pool usable; a pool thread asleep in
 the OS must wake for the next job; a pool thread that comes late leaves its blocks to the
-caller, which does not wait for it; a caller that finds the pool busy (another Python thread's
-call) runs its blocks alone.
+caller, which does not wait for it; a pool thread that starts its job on its caller's CPU moves
+off it; a caller that finds the pool busy (another Python thread's call) runs its blocks alone.
 """
+import os
 import threading
 import time
 
@@ -113,6 +114,54 @@ def test_a_pool_thread_asleep_in_the_os_wakes_for_the_next_job(two_threads, monk
         threads.run_kernel(_fill, (out, float(k), -1), 100, 2)
         np.testing.assert_array_equal(out, k * np.arange(1, 101.0))
         time.sleep(0.02)
+
+
+def test_a_pool_thread_on_its_callers_cpu_moves_off_it(two_threads, monkeypatch):
+    """The CPUs are stood in for: where the pool thread finds the CPU its caller posted from,
+    it moves off that one before the job, and only then; the job runs either way."""
+    threads.run(lambda b0, b1: None, 2, 2)  # the pool exists
+    worker = threads._pool[0]
+    main = threading.get_ident()
+    left = []
+    monkeypatch.setattr(threads, "_leave_cpu",
+                        lambda cpu: left.append((cpu, threading.get_ident())) or True)
+    ran = []
+    for same in (True, False, True):
+        monkeypatch.setattr(threads, "_current_cpu", (lambda: 3) if same else (
+            lambda: 3 if threading.get_ident() == main else 1))
+        moves, left[:], ran[:] = worker.moves, [], []
+        threads.run(lambda b0, b1: ran.append((b0, threading.get_ident())), 2, 2)
+        assert sorted(ran) == [(0, main), (1, worker.thread.ident)]
+        assert left == ([(3, worker.thread.ident)] if same else [])
+        assert worker.moves == moves + same
+
+
+@pytest.mark.skipif(threads._getcpu is None or not hasattr(os, "sched_getaffinity")
+                    or len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to move between")
+def test_leave_cpu_moves_the_thread_and_gives_its_affinity_back(monkeypatch):
+    """The thread's affinity shrinks to the other CPUs, where it then runs (the kernel moves a
+    running thread before the call returns), and is set back as it was."""
+    me = threading.get_ident()
+    seen = []
+    set_affinity = os.sched_setaffinity
+
+    def recording(pid, mask):
+        set_affinity(pid, mask)
+        if threading.get_ident() == me:  # (not a pool thread's own move)
+            seen.append((set(mask), threads._current_cpu()))
+
+    monkeypatch.setattr(os, "sched_setaffinity", recording)
+    before = os.sched_getaffinity(0)
+    cpu = threads._current_cpu()
+    assert cpu in before
+    assert threads._leave_cpu(cpu)
+    (shrunk, there), (restored, _) = seen
+    assert shrunk == before - {cpu}
+    assert there in shrunk
+    assert restored == before == os.sched_getaffinity(0)
+    seen.clear()
+    assert not threads._leave_cpu(max(before) + 1)  # not a CPU it may run on: nothing moves
+    assert seen == [] and os.sched_getaffinity(0) == before
 
 
 @pytest.fixture
