@@ -267,14 +267,14 @@ class _Worker:
                 ok = _await_job(board, me, seen, idle)
 
     def post(self, job):
-        """Give the thread ``job``.  The caller's CPU goes with it: a thread woken from its
-        sleep can be placed on the waker's CPU, busy as it is, when the other CPU's virtual CPU
-        is halted (Linux counts a preempted virtual CPU as not idle); the two then share one
-        CPU, and every barrier of a :func:`together` run waits for the scheduler, until the
-        load balancer moves one (measured: tanh T = 500, N = 128, the forward of
-        ``numrnn.jacobians`` after a 30 ms sleep: 10-12 of 30 runs took 14-24 ms against 0.8,
-        and in every one the helper had started on the caller's CPU, in none of the others).
-        So a thread that finds itself there moves off it (:func:`_leave_cpu`)."""
+        """Give the thread ``job``.  The caller's CPU goes with it: after the process idled,
+        Linux can wake the thread on the waker's CPU, busy as it is, with the other CPU idle
+        (on a virtual machine); the two then share one CPU, and every barrier of a
+        :func:`together` run waits for the scheduler until the load balancer moves one
+        (measured: tanh T = 500, N = 128, the forward of ``numrnn.jacobians`` after a 30 ms
+        sleep: 10 and 7 of 30 runs took 14-24 ms against 0.7-1.4, and in every one the helper
+        had started on the caller's CPU, in none of the others).  So a thread that finds
+        itself there moves off it (:func:`_leave_cpu`; ``benchmarks/wake_cpu.py``)."""
         self.job = job
         self.caller_cpu = _current_cpu()
         _post(self.board, self.me)
