@@ -657,6 +657,29 @@ def test_steps_split_by_vectors_give_the_bits_of_one_thread(kw, split_steps, mon
                  atol=1e-12 * np.abs(whole.exponents).max())
 
 
+def test_split_steps_take_lapacks_q_as_one_thread(split_steps, monkeypatch, rng):
+    """A frame wider than HOUSEHOLDER_MAX_K (LAPACK's QR): each participant writes its vectors
+    of LAPACK's Q; the same bits on 1, 2 and 3 threads, the unsplit loop to rounding."""
+    from numrnn import config
+    from numrnn.cpu import jacobians
+
+    monkeypatch.setattr(jacobians, "HOUSEHOLDER_MAX_K", 2)
+    net = numrnn.RNN(2, 12, seed=1, cell="gru")
+    x = rng.standard_normal((120, 2, 2))
+    runs = []
+    for n in (1, 2, 3):
+        monkeypatch.setattr(config, "NUM_THREADS", n)
+        runs.append(lyapunov_spectrum(net, x, k=5, seed=0))
+    assert len(split_steps) == 3 and max(split_steps) > 1
+    for res in runs[1:]:
+        assert res.local.tobytes() == runs[0].local.tobytes()
+    monkeypatch.setattr(config, "SPLIT_MIN_STEP_WORK", 10**18)
+    whole = lyapunov_spectrum(net, x, k=5, seed=0)
+    assert len(split_steps) == 3
+    assert_close(runs[0].exponents, whole.exponents,
+                 atol=1e-12 * np.abs(whole.exponents).max())
+
+
 @pytest.fixture
 def split_factored(monkeypatch):
     """The full spectrum's factored route cut into 3 blocks from S = 1 on, its QR in panels of

@@ -2,6 +2,7 @@
 LAPACK calls against numpy.linalg.qr, on random and on badly conditioned frames."""
 import numpy as np
 import pytest
+from numba import njit
 
 from numrnn.cpu import jacobians as _k
 
@@ -84,6 +85,52 @@ def test_frame_qr_is_lapacks(route, rng):
                      rtol=1e-12, what=what)
         if route == "lapack" and K > 1:
             assert np.array_equal(q, qq) and np.array_equal(r, rr), what
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_frame_qr_rounds_a_float32_q_once(route, rng):
+    """A float32 frame is factored in float64 and its Q rounded to float32 once: the float64
+    QR's Q, rounded (on either route)."""
+    for name, a in frames(rng):
+        if np.abs(a).max() > np.finfo(np.float32).max:
+            continue  # (the graded frames overflow float32)
+        a32 = a.astype(np.float32)
+        q32 = _k.frame_qr(a32, ROUTES[route])[0]
+        q64 = _k.frame_qr(a32.astype(np.float64), ROUTES[route])[0]
+        assert q32.dtype == np.float32, name
+        assert np.array_equal(q32, q64.astype(np.float32)), name
+
+
+@njit
+def _factor_and_form(a, lo_hi):
+    """The compiled Householder QR of the frame a (k, S); Q formed in place of the factored
+    frame, and by the row blocks lo_hi[i] .. lo_hi[i + 1] into another array from a factored
+    copy; that copy after and before."""
+    w = a.copy()
+    tau = np.empty(a.shape[0])
+    _k._householder_qr(w, tau)
+    factored, before = w.copy(), w.copy()
+    _k._householder_q_rows(w, tau, w, 0, a.shape[0])
+    rows = np.empty_like(a)
+    for i in range(lo_hi.shape[0] - 1):
+        _k._householder_q_rows(factored, tau, rows, lo_hi[i], lo_hi[i + 1])
+    return w, rows, factored, before
+
+
+@pytest.mark.parametrize("edges", [(0, 10), (0, 7, 10), (0, 3, 4, 9, 10), (0, 5, 10)])
+def test_q_formed_by_row_blocks_is_q(edges, rng):
+    """Q's rows (the frame's vectors) formed by blocks from the factored frame, which they only
+    read: Q to rounding (its bits where one block holds every row), orthonormal, each row
+    numpy's Q's up to its sign."""
+    a = rng.standard_normal((10, 37))
+    whole, rows, factored, before = _factor_and_form(a, np.array(edges, np.int64))
+    assert np.array_equal(factored, before)
+    if edges == (0, 10):
+        assert np.array_equal(rows, whole)
+    assert_close(rows, whole, atol=1e-15)
+    assert_close(rows @ rows.T, np.eye(10), atol=1e-14)
+    q = np.linalg.qr(a.T)[0].T
+    assert_close(np.abs(np.einsum("ks,ks->k", rows, q)), np.ones(10), rtol=1e-14)
 
 
 def test_frame_qr_measures_the_angle():
@@ -182,6 +229,30 @@ def test_frame_workspace_rows_start_on_cache_lines(dtype):
             assert a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % 64 == 0
         assert not up.any()
         assert log_r.shape == log_col.shape == (10,) and no_r.shape == (0, 0)
+
+
+@pytest.mark.parametrize("K, householder_max_k", [(10, None), (10, 4), (3, None)])
+def test_split_workspace_gives_each_participant_its_own_lines(K, householder_max_k,
+                                                             monkeypatch):
+    """The split loop's scratch (jacobians._split_workspace): the products' scratch and two
+    moved frames shared, and per participant a QR workspace, Q, logs and a status row whose
+    rows start on their own 64-byte lines (the participants write them at once)."""
+    if householder_max_k is not None:
+        monkeypatch.setattr(_k, "HOUSEHOLDER_MAX_K", householder_max_k)
+    q = np.zeros((1, K, 1, 1, 200))
+    w_hh = np.zeros((1, 200, 200))
+    (r, up, y, z, moved), parts = _k._split_workspace(q, w_hh, 3)
+    w, tau, work, ints, use_lapack, own, logs, status = parts
+    assert use_lapack == (K > _k.HOUSEHOLDER_MAX_K)
+    assert [a.shape for a in (r, up, y, z)] == [(K, 200)] * 4 and not up.any()
+    assert moved.shape == (2, K, 1, 1, 200)
+    assert w.shape == own.shape == (3, K, 200) and status.shape == (3, 8)
+    assert tau.shape[0] == work.shape[0] == ints.shape[0] == logs.shape[0] == 3
+    assert tau.shape[1] >= K and logs.shape[1:] == (2, tau.shape[1])
+    assert work.shape[1] >= _k.qr_workspace(K, 200)[2].shape[0] and ints.shape[1] >= 6
+    for a in (r, up, y, z, moved[0], moved[1], *w, *own, *tau, *work, *ints, *status,
+              *logs[:, 0], *logs[:, 1]):
+        assert a.flags.c_contiguous and a.ctypes.data % 64 == 0
 
 
 def test_update_columns_one_block_and_an_even_split(monkeypatch):

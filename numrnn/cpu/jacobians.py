@@ -775,19 +775,48 @@ def _scaled_norm(w, c, i0):
 
 
 @register_jitable
-def _householder_q(w, tau):
-    """Q = H_0 ... H_{k-1} [I_k; 0] in place of the factored w (LAPACK's dorg2r)."""
+def _householder_q_rows(w, tau, dst, lo, hi):
+    """Rows lo .. hi-1 of Q = H_0 ... H_{k-1} [I_k; 0] (frame-major: Q's columns) into dst,
+    from the factored w (LAPACK's dorg2r, by rows): row j is H_j e_j, then H_{j-1} .. H_0
+    applied in turn.  dst may be w itself with the whole of Q (lo = 0, hi = k: in place, each
+    reflector read before its row is overwritten); else w is only read, so disjoint row blocks
+    can be formed at once.  A row's bits depend on lo (where its groups of four rows start)."""
     K, S = w.shape
-    for c in range(K - 1, -1, -1):
+    for c in range(hi - 1, -1, -1):
         t = tau[c]
-        products.reflect_rows(w, c, t, c + 1)
-        row = w[c]
-        i0 = max(c + 1, 0)
-        for j in range(S - i0):
-            row[i0 + j] *= -t
-        row[c] = 1.0 - t
-        for i in range(c):
-            row[i] = 0.0
+        products.reflect_rows_of(w[c], dst, c, t, max(c + 1, lo), hi)
+        if c >= lo:
+            src = w[c]
+            row = dst[c]
+            i0 = max(c + 1, 0)
+            for j in range(S - i0):
+                row[i0 + j] = src[i0 + j] * -t
+            row[c] = 1.0 - t
+            for i in range(c):
+                row[i] = 0.0
+
+
+@register_jitable
+def _q_rows_into(w, tau, dst, lo, hi):
+    """Rows lo .. hi-1 of Q (:func:`_householder_q_rows`) into dst: straight where dst has w's
+    float64, else formed in w (in place: the rows before lo keep their reflectors) and rounded
+    into dst once, as LAPACK's Q would be."""
+    if dst.itemsize == w.itemsize:
+        _householder_q_rows(w, tau, dst, lo, hi)
+    else:
+        _householder_q_rows(w, tau, w, lo, hi)
+        for c in range(lo, hi):
+            d, src = dst[c], w[c]
+            for i in range(w.shape[1]):
+                d[i] = src[i]
+
+
+@register_jitable
+def _q_left_to_caller(K, qw, form_q):
+    """Whether :func:`_orthonormalise` leaves Q unformed (``form_q`` False, a frame of two
+    vectors or more, the compiled QR): the caller forms it by row blocks
+    (:func:`_householder_q_rows`)."""
+    return not form_q and K > 1 and not qw[4]
 
 
 @register_jitable
@@ -811,11 +840,12 @@ def _lapack_qr(w, tau, work, ints, form_q):
 
 
 @register_jitable
-def _orthonormalise(flat, dst, amax, log_r, log_col, measure, qw, r_out):
+def _orthonormalise(flat, dst, amax, log_r, log_col, measure, qw, r_out, form_q=True):
     """QR of the frame ``flat`` (k, S) (frame-major: the (S, k) matrix A in Fortran order):
     dst <- Q (dst may be flat), log_r[i] <- ln|R_ii| (-inf where R_ii = 0); with r_out of shape
     (k, k) also
-    r_out <- R (zero below the diagonal).  ``amax``: max |entry| of the frame (> 0 scales the
+    r_out <- R (zero below the diagonal).  ``form_q`` False: where :func:`_q_left_to_caller`
+    says so, Q is not formed (dst is not written; the factored frame is in ``qw``).  ``amax``: max |entry| of the frame (> 0 scales the
     k = 1 norm, so that its squares neither overflow nor underflow; 0: a zero frame, left as it
     is).  ``qw``: the workspace of :func:`qr_workspace`.  With ``measure`` also log_col[i] <- ln
     of column i's norm before the QR, and returns (s, i): the smallest |R_ii| / ||R[:i+1, i]||
@@ -879,11 +909,11 @@ def _orthonormalise(flat, dst, amax, log_r, log_col, measure, qw, r_out):
                 r_out[j, i] = 0.0
     if use_lapack:
         _lapack_qr(w, tau, work, ints, True)
-    else:
-        _householder_q(w, tau)
-    for c in range(K):
-        for i in range(S):
-            dst[c, i] = w[c, i]
+        for c in range(K):
+            for i in range(S):
+                dst[c, i] = w[c, i]
+    elif form_q:
+        _q_rows_into(w, tau, dst, 0, K)
     return worst, at
 
 
@@ -895,13 +925,14 @@ def _qr_kernel(frame, dst, log_r, log_col, qw, r_out):
 
 @register_jitable
 def _after_step(flat, dst, t, n, qr, strict, ortho_tol, log_tiny, prev_log, log_r, log_col, st,
-                qw, r_out):
+                qw, r_out, form_q=True):
     """Check the frame ``flat`` (k, S) after step t, the n-th since the last QR, and into
     ``dst`` orthonormalise it when ``qr`` (workspace ``qw``; R into r_out if it has shape (k,
     k)), else copy it.  ``prev_log``: ln max|entry| after the previous step (0 after a QR).
     Returns (code, ln max|entry|): code 0 go on, 1 the frame is lost (non-finite), 2 stop
     (ons_interval too long; dst is then not written); a failure is written to ``st``: kind, t,
-    n, a measure, a column."""
+    n, a measure, a column.  ``form_q`` False: dst is not written where a frame is only copied
+    either, and Q is left to the caller as :func:`_orthonormalise` says."""
     amax = _frame_max(flat)
     if not np.isfinite(amax):
         if strict and n > 1:
@@ -918,9 +949,10 @@ def _after_step(flat, dst, t, n, qr, strict, ortho_tol, log_tiny, prev_log, log_
             st[0], st[1], st[2], st[3], st[4] = FAIL_UNDERFLOW, t, n, la, -1
             return 2, la
     if not qr:
-        _copy_frame(dst, flat)
+        if form_q:
+            _copy_frame(dst, flat)
         return 0, la
-    worst, at = _orthonormalise(flat, dst, amax, log_r, log_col, strict, qw, r_out)
+    worst, at = _orthonormalise(flat, dst, amax, log_r, log_col, strict, qw, r_out, form_q)
     if strict and amax > 0.0:
         for i in range(flat.shape[0]):
             if log_col[i] < log_tiny:
@@ -980,15 +1012,55 @@ def _frame_workspace(q, w_hh):
     k = 10, N = 200, T = 2000, 2 threads of the Zen 4, against np.empty arrays, alternating in
     one process (median per round of the whole call, 30-40 rounds, seven processes): 0.980,
     0.984, 0.985, 0.985, 0.993, 0.994, 1.008: about 1.5%, at the edge of the machine's noise."""
+    r, up, y, z = _product_scratch(q, w_hh)
+    like = np.empty(0, q.dtype)
+    tmp = products.aligned((q.shape[1], q.shape[2] * q.shape[3] * q.shape[4]),
+                           like).reshape(q.shape[1:])
+    K = q.shape[1]
+    return (r, up, y, z, tmp, np.empty(K, np.float64), np.empty(K, np.float64),
+            np.empty((0, 0), np.float64))
+
+
+@register_jitable
+def _product_scratch(q, w_hh):
+    """(r, up, y, z) of :func:`_frame_workspace`: the tangent products' scratch, up zeroed."""
     K, N = q.shape[1], q.shape[4]
     GN, RN = w_hh.shape[1], w_hh.shape[2]
     like = np.empty(0, q.dtype)
     up = products.aligned((K, N), like)
     up[:] = 0.0
-    tmp = products.aligned((K, q.shape[2] * q.shape[3] * N), like).reshape(q.shape[1:])
     return (products.aligned((K, RN), like), up, products.aligned((K, GN), like),
-            products.aligned((K, GN), like), tmp, np.empty(K, np.float64),
-            np.empty(K, np.float64), np.empty((0, 0), np.float64))
+            products.aligned((K, GN), like))
+
+
+def _split_workspace(q, w_hh, n_parts):
+    """The scratch of :func:`_lyapunov_split` for ``n_parts`` participants at most: shared, (r,
+    up, y, z) of :func:`_product_scratch` and the two moved frames (2, k, L*D, P, N); per
+    participant, its QR workspace (w, tau, work, ints, as :func:`qr_workspace`'s, and
+    use_lapack), ``own``, ``logs`` (2, k) and a status row (8,), each participant's rows
+    starting on a cache line where their size allows (the participants write them at once):
+    tau and logs are padded to whole lines (the kernel takes their first k)."""
+    K, S = q.shape[1], q.shape[2] * q.shape[3] * q.shape[4]
+    r, up, y, z = _product_scratch(q, w_hh)
+    like = np.empty(0, q.dtype)
+    moved = products.aligned((2 * K, S), like).reshape((2,) + q.shape[1:])
+    w, tau, work, ints, use_lapack = _qr_workspace_of(q)
+
+    def lines(n, dtype):  # n entries rounded up to whole cache lines
+        per = 64 // np.dtype(dtype).itemsize
+        return -(-max(n, 1) // per) * per
+
+    f64 = np.empty(0, np.float64)
+    kp = lines(K, np.float64)
+    parts = (products.aligned((n_parts * K, S), f64).reshape(n_parts, K, S),
+             products.aligned((n_parts, kp), f64),
+             products.aligned((n_parts, lines(work.shape[0], np.float64)), f64),
+             products.aligned((n_parts, lines(ints.shape[0], ints.dtype)), ints),
+             use_lapack,
+             products.aligned((n_parts * K, S), like).reshape(n_parts, K, S),
+             products.aligned((n_parts * 2, kp), f64).reshape(n_parts, 2, kp),
+             products.aligned((n_parts, 8), f64))
+    return (r, up, y, z, moved), parts
 
 
 @register_jitable
@@ -1361,13 +1433,14 @@ def _qr_workspace_of(q):
 
 def workspace_bytes(K, S, strict):
     """Bytes of the QR loops' workspaces for frames of K vectors of S numbers (the QR's copy of
-    the frame, and for the full spectrum the factored route's four S x S matrices and its
-    blocks' LAPACK workspaces)."""
-    factored = 0
+    the frame; for the full spectrum the factored route's four S x S matrices and its blocks'
+    LAPACK workspaces; else, where the steps may be split by vectors, each participant's copy
+    and Q and the two moved frames of :func:`_split_workspace`)."""
     if _factored(K, S, strict):
         nb = min(FACTORED_NB, S)
-        factored = (4 * S * S + (2 + factored_blocks(S)) * S * nb) * 8
-    return K * S * 8 + factored
+        return K * S * 8 + (4 * S * S + (2 + factored_blocks(S)) * S * nb) * 8
+    split = 0 if strict or K < 2 else (2 * min(threads.num_blocks(), K) + 2) * K * S * 8
+    return K * S * 8 + split
 
 
 def _factored_workspace_of(q, strict):
@@ -1396,7 +1469,8 @@ def _run_factored(jac, args, q, qr_at, record_at, local, status, fw, r_from=None
 def lyapunov(args, q, qr_at, record_at, local, strict):
     """Benettin's loop along a linearised trajectory (see _lyapunov_kernel), q (B, S, k)
     orthonormal frames; returns the status array (B, 8).  Each step's tangent products are split
-    over numrnn's threads by vectors where that pays (:func:`vector_blocks`)."""
+    over numrnn's threads by vectors where that pays (:func:`vector_blocks`), and every thread
+    then factors the frame itself and writes its own vectors of Q (:func:`_lyapunov_split`)."""
     q = frame_major(q, args)
     status = np.zeros((q.shape[0], 8))
     ortho_tol, log_tiny = qr_limits(q.dtype)
@@ -1408,8 +1482,9 @@ def lyapunov(args, q, qr_at, record_at, local, strict):
                           status, fw)
             return status
         if edges is not None:
-            head = (*args, q, qr_at, record_at, local, ortho_tol, log_tiny, _qr_workspace_of(q),
-                    status, *_frame_workspace(q, args[2]), edges, np.zeros(1, np.int64))
+            shared, parts = _split_workspace(q, args[2], len(edges) - 1)
+            head = (*args, q, qr_at, record_at, local, ortho_tol, log_tiny, status, *shared,
+                    edges, *parts)
             threads.together(_lyapunov_split, head,
                              threads.split_threads(_lyapunov_split, q.dtype, len(edges) - 1))
             return status
@@ -1441,51 +1516,79 @@ def vector_blocks(q, w_hh, T):
 
 @njit(**_JIT)
 def _lyapunov_split(n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, rgrad, q, qr_at,
-                    record_at, local, ortho_tol, log_tiny, qw, status, r, up, y, z, tmp, log_r,
-                    log_col, no_r, edges, lost, flags, me, n_threads):
+                    record_at, local, ortho_tol, log_tiny, status, r, up, y, z, moved, edges,
+                    qr_w, qr_tau, qr_work, qr_ints, use_lapack, own, logs, own_status, flags,
+                    me, n_threads):
     """Participant ``me`` of ``n_threads`` (:func:`numrnn.cpu.threads.together`) in the loop of
-    :func:`_lyapunov_kernel` (tangent maps, not strict): at each step it moves the vector blocks
-    me, me + n_threads, ... (``edges``) of the frame through the step, all meet at a barrier,
-    participant 0 checks and orthonormalises the frame, and all meet again.  ``lost[0]``: 1
-    when participant 0 has lost the sequence (its frame non-finite).  The scratch (r .. no_r,
-    :func:`_frame_workspace`) is shared: the blocks write disjoint vectors of it."""
+    :func:`_lyapunov_kernel` (tangent maps, not strict), one barrier a step.  At step t it moves
+    its vector blocks me, me + n_threads, ... (``edges``) of the frame through the step into
+    ``moved[t % 2]``, and all meet at the barrier.  Then each checks and factors the whole
+    moved frame itself, in its own workspace (the same arithmetic on the same numbers, so the
+    same bits and the same verdict in every participant), and writes its blocks' vectors of Q
+    into the frame: the next step's products read only their own vectors, so no one waits for
+    another's QR, and the two moved buffers keep a step's writes off the frame the others are
+    still factoring (a participant writes ``moved[t % 2]`` again only after the next barrier,
+    which the others pass once they have read it).  Participant 0 alone writes ``status``
+    and the local rates.  Against one participant factoring and forming all of Q between two
+    barriers a step: k = 10, N = 200, T = 2000 on the 2-core Zen 4, the whole
+    ``lyapunov_spectrum`` call alternating with the old code's in one process (30 rounds, three
+    processes), 0.951-0.960 of its time, the same exponents.  Forming Q by row blocks between
+    three barriers instead (participant 0 factoring) took 1.045-1.085 of it (its third
+    barrier, and the factored frame read on the other core; not measured apart).
+
+    Per participant (first axis: at least n_threads): the QR's workspace (``qr_w`` .. ``qr_ints``,
+    as :func:`qr_workspace`'s), ``own`` (k, S) (LAPACK's Q), ``logs`` (2, k) (ln|R_ii|, the
+    columns' norms), ``own_status`` (8,) (where participant 0 writes ``status``).  The scratch
+    (r, up, y, z, :func:`_frame_workspace`) is shared: the blocks write disjoint vectors of it."""
     B = q.shape[0]
     T = qr_at.shape[0]
     K, S = q.shape[1], q.shape[2] * q.shape[3] * q.shape[4]
     n_blocks = edges.shape[0] - 1
-    moved = tmp.reshape((K, S))
+    qw = (qr_w[me], qr_tau[me][:K], qr_work[me], qr_ints[me], use_lapack)
+    by_rows = _q_left_to_caller(K, qw, False)
+    w, tau = qw[0], qw[1]
+    mine = own[me]
+    log_r, log_col = logs[me, 0][:K], logs[me, 1][:K]
+    no_r = np.empty((0, 0), np.float64)
     phase = 0
     for b in range(B):
         qb = q[b]
         flat = qb.reshape((K, S))
+        st = status[b] if me == 0 else own_status[me]
         n = 0
         prev = 0.0
         for t in range(T):
+            buf = moved[t % 2]
             for blk in range(me, n_blocks, n_threads):
                 c0, c1 = edges[blk], edges[blk + 1]
                 _apply_tangent(False, t, b, n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp,
-                               direct, rgrad, qb[c0:c1], tmp[c0:c1], r[c0:c1], y[c0:c1],
+                               direct, rgrad, qb[c0:c1], buf[c0:c1], r[c0:c1], y[c0:c1],
                                z[c0:c1], up[c0:c1])
             n += 1
             phase += 1
             sync.arrive_and_wait(flags, me, n_threads, phase)
-            if me == 0:
-                code, prev = _after_step(moved, flat, t, n, qr_at[t], False, ortho_tol,
-                                         log_tiny, prev, log_r, log_col, status[b], qw, no_r)
-                lost[0] = code
-                if code == 1:
+            frame = buf.reshape((K, S))
+            code, prev = _after_step(frame, mine, t, n, qr_at[t], False, ortho_tol, log_tiny,
+                                     prev, log_r, log_col, st, qw, no_r, False)
+            if code == 1:
+                if me == 0:
                     _lose_sequence(local, b, t, qr_at, record_at)
-                elif qr_at[t]:
-                    blk = record_at[t]
-                    if blk >= 0:
-                        for i in range(K):
-                            local[blk, b, i] = log_r[i]
+                break
+            if me == 0 and qr_at[t]:
+                blk = record_at[t]
+                if blk >= 0:
+                    for i in range(K):
+                        local[blk, b, i] = log_r[i]
+            for blk in range(me, n_blocks, n_threads):
+                c0, c1 = edges[blk], edges[blk + 1]
+                if not qr_at[t]:
+                    _copy_frame(flat[c0:c1], frame[c0:c1])
+                elif by_rows:
+                    _q_rows_into(w, tau, flat, c0, c1)
+                else:
+                    _copy_frame(flat[c0:c1], mine[c0:c1])
             if qr_at[t]:
                 n = 0
-            phase += 1
-            sync.arrive_and_wait(flags, me, n_threads, phase)
-            if lost[0] == 1:
-                break
 
 
 def lyapunov_dense(jac, q, qr_at, record_at, local, strict):

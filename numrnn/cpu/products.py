@@ -906,14 +906,20 @@ def reflect_rows(w, c, t, c0):
     """Apply the Householder reflector H = I - t v v^T, v = (1, w[c, c+1:]) (LAPACK's dlarf, v's
     leading 1 implicit), to the rows c0 .. k-1 of w (k, S) over their entries c .. S-1: each
     row x there becomes x - t (v . x) v.  Rows of w are the columns of the (S, k) matrix in
-    Fortran order; c0 > c."""
-    K, S = w.shape
+    Fortran order; c0 > c.  :func:`reflect_rows_of` with the reflector in w itself."""
+    reflect_rows_of(w[c], w, c, t, c0, w.shape[0])
+
+
+@njit(**_JIT)
+def reflect_rows_of(u, x, c, t, r, r1):
+    """Apply H = I - t v v^T, v = (1, u[c+1:]), to the rows r .. r1-1 of x (k, S) over their
+    entries c .. S-1 (u: S long, not one of those rows).  The rows go four at a time, in order
+    from r, then one at a time: a row's bits depend on where its group of four starts."""
+    S = u.shape[0]
     i0 = max(c + 1, 0)  # (max: LLVM then knows the indices below are not negative)
     n = S - i0
-    u = w[c]
-    r = c0
-    while r + 3 < K:
-        x0, x1, x2, x3 = w[r], w[r + 1], w[r + 2], w[r + 3]
+    while r + 3 < r1:
+        x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
         s0 = s1 = s2 = s3 = 0.0
         for j in range(n):
             uj = u[i0 + j]
@@ -936,8 +942,8 @@ def reflect_rows(w, c, t, c0):
             x2[i0 + j] -= s2 * uj
             x3[i0 + j] -= s3 * uj
         r += 4
-    while r < K:
-        x0 = w[r]
+    while r < r1:
+        x0 = x[r]
         s0 = 0.0
         for j in range(n):
             s0 += u[i0 + j] * x0[i0 + j]
