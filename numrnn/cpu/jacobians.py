@@ -845,9 +845,9 @@ def _orthonormalise(flat, dst, amax, log_r, log_col, measure, qw, r_out, form_q=
     dst <- Q (dst may be flat), log_r[i] <- ln|R_ii| (-inf where R_ii = 0); with r_out of shape
     (k, k) also
     r_out <- R (zero below the diagonal).  ``form_q`` False: where :func:`_q_left_to_caller`
-    says so, Q is not formed (dst is not written; the factored frame is in ``qw``).  ``amax``: max |entry| of the frame (> 0 scales the
-    k = 1 norm, so that its squares neither overflow nor underflow; 0: a zero frame, left as it
-    is).  ``qw``: the workspace of :func:`qr_workspace`.  With ``measure`` also log_col[i] <- ln
+    says so, Q is not formed (dst is not written; the factored frame is in ``qw``).  ``amax``:
+    max |entry| of the frame (> 0 scales the k = 1 norm, so that its squares neither overflow
+    nor underflow; 0: a zero frame, left as it is).  ``qw``: the workspace of :func:`qr_workspace`.  With ``measure`` also log_col[i] <- ln
     of column i's norm before the QR, and returns (s, i): the smallest |R_ii| / ||R[:i+1, i]||
     over columns i >= 1 and where it is ((1.0, 0) otherwise)."""
     K, S = flat.shape
@@ -1008,7 +1008,8 @@ def _frame_workspace(q, w_hh):
     :func:`_advance`: (r, up, y, z, tmp, log_r, log_col, no_r), no_r a (0, 0) stand-in for
     the R the QR does not return.  r .. tmp, one row a vector, start on a cache line (where a
     row is a multiple of 64 bytes, so is every row): the threads of :func:`_lyapunov_split`
-    write blocks of their rows, and would otherwise share the line at each edge.  Measured,
+    write blocks of the rows of r .. z (:func:`_product_scratch`) and of its moved frames,
+    and would otherwise share the line at each edge.  Measured,
     k = 10, N = 200, T = 2000, 2 threads of the Zen 4, against np.empty arrays, alternating in
     one process (median per round of the whole call, 30-40 rounds, seven processes): 0.980,
     0.984, 0.985, 0.985, 0.993, 0.994, 1.008: about 1.5%, at the edge of the machine's noise."""
@@ -1539,7 +1540,7 @@ def _lyapunov_split(n_dir, reads, w_hh, w_up, w_hh_t, w_up_t, rec, inp, direct, 
     Per participant (first axis: at least n_threads): the QR's workspace (``qr_w`` .. ``qr_ints``,
     as :func:`qr_workspace`'s), ``own`` (k, S) (LAPACK's Q), ``logs`` (2, k) (ln|R_ii|, the
     columns' norms), ``own_status`` (8,) (where participant 0 writes ``status``).  The scratch
-    (r, up, y, z, :func:`_frame_workspace`) is shared: the blocks write disjoint vectors of it."""
+    (r, up, y, z, :func:`_product_scratch`) is shared: the blocks write disjoint vectors of it."""
     B = q.shape[0]
     T = qr_at.shape[0]
     K, S = q.shape[1], q.shape[2] * q.shape[3] * q.shape[4]
