@@ -635,37 +635,21 @@ def count_runs(monkeypatch, kernel):
 @pytest.mark.parametrize("kw", [dict(cell="tanh"), dict(cell="lstm", num_layers=2),
                                 dict(cell="gru", bidirectional=True)],
                          ids=["tanh", "lstm-2", "gru-bi"])
-def test_steps_split_by_vectors_give_the_bits_of_one_thread(kw, split_steps, monkeypatch, rng):
+@pytest.mark.parametrize("householder_max_k", [None, 2], ids=["householder-qr", "lapack-qr"])
+def test_steps_split_by_vectors_give_the_bits_of_one_thread(kw, householder_max_k, split_steps,
+                                                            monkeypatch, rng):
     """The tangent products of each step split over threads by blocks of vectors: the same bits
     on 1, 2 and 3 threads, and the loop of one thread without the split to rounding (each
-    block's products are their own BLAS call)."""
-    from numrnn import config
-
-    net = numrnn.RNN(2, 12, seed=1, **kw)
-    x = rng.standard_normal((200, 3, 2))
-    runs = []
-    for n in (1, 2, 3):
-        monkeypatch.setattr(config, "NUM_THREADS", n)
-        runs.append(lyapunov_spectrum(net, x, k=5, seed=0))
-    assert len(split_steps) == 3 and max(split_steps) > 1
-    for res in runs[1:]:
-        assert res.local.tobytes() == runs[0].local.tobytes()
-    monkeypatch.setattr(config, "SPLIT_MIN_STEP_WORK", 10**18)
-    whole = lyapunov_spectrum(net, x, k=5, seed=0)
-    assert len(split_steps) == 3
-    assert_close(runs[0].exponents, whole.exponents,
-                 atol=1e-12 * np.abs(whole.exponents).max())
-
-
-def test_split_steps_take_lapacks_q_as_one_thread(split_steps, monkeypatch, rng):
-    """A frame wider than HOUSEHOLDER_MAX_K (LAPACK's QR): each participant writes its vectors
-    of LAPACK's Q; the same bits on 1, 2 and 3 threads, the unsplit loop to rounding."""
+    block's products are their own BLAS call).  Each participant writes its own vectors of Q:
+    formed from its own factored frame (the compiled QR), or LAPACK's for a frame wider than
+    HOUSEHOLDER_MAX_K."""
     from numrnn import config
     from numrnn.cpu import jacobians
 
-    monkeypatch.setattr(jacobians, "HOUSEHOLDER_MAX_K", 2)
-    net = numrnn.RNN(2, 12, seed=1, cell="gru")
-    x = rng.standard_normal((120, 2, 2))
+    if householder_max_k is not None:
+        monkeypatch.setattr(jacobians, "HOUSEHOLDER_MAX_K", householder_max_k)
+    net = numrnn.RNN(2, 12, seed=1, **kw)
+    x = rng.standard_normal((200, 3, 2))
     runs = []
     for n in (1, 2, 3):
         monkeypatch.setattr(config, "NUM_THREADS", n)
