@@ -268,7 +268,8 @@ def main():
               f"load {rows[-1]['load']:.1f}", flush=True)
     jax_version = None
     if not args.no_jax:
-        jax_rows, jax_version = jax_cases(net, 9 if args.repeats is None else args.repeats, smoke=args.smoke)
+        jax_rows, jax_version = jax_cases(net, 9 if args.repeats is None else args.repeats,
+                                          smoke=args.smoke)
         rows += jax_rows
     if not (args.no_study or args.jax_only):
         cfg = StudyConfig()

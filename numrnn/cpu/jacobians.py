@@ -843,11 +843,11 @@ def _lapack_qr(w, tau, work, ints, form_q):
 def _orthonormalise(flat, dst, amax, log_r, log_col, measure, qw, r_out, form_q=True):
     """QR of the frame ``flat`` (k, S) (frame-major: the (S, k) matrix A in Fortran order):
     dst <- Q (dst may be flat), log_r[i] <- ln|R_ii| (-inf where R_ii = 0); with r_out of shape
-    (k, k) also
-    r_out <- R (zero below the diagonal).  ``form_q`` False: where :func:`_q_left_to_caller`
-    says so, Q is not formed (dst is not written; the factored frame is in ``qw``).  ``amax``:
-    max |entry| of the frame (> 0 scales the k = 1 norm, so that its squares neither overflow
-    nor underflow; 0: a zero frame, left as it is).  ``qw``: the workspace of :func:`qr_workspace`.  With ``measure`` also log_col[i] <- ln
+    (k, k) also r_out <- R (zero below the diagonal).  ``form_q`` False: where
+    :func:`_q_left_to_caller` says so, Q is not formed (dst is not written; the factored frame
+    is in ``qw``).  ``amax``: max |entry| of the frame (> 0 scales the k = 1 norm, so that its
+    squares neither overflow nor underflow; 0: a zero frame, left as it is).  ``qw``: the
+    workspace of :func:`qr_workspace`.  With ``measure`` also log_col[i] <- ln
     of column i's norm before the QR, and returns (s, i): the smallest |R_ii| / ||R[:i+1, i]||
     over columns i >= 1 and where it is ((1.0, 0) otherwise)."""
     K, S = flat.shape
